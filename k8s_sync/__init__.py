@@ -1,0 +1,1 @@
+"""egressgw: k8s_sync."""

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages egressgw's lab and tests need (idempotent). Debian 12, root.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+PKGS=(iproute2 nftables conntrack conntrackd iperf3 tcpdump bird2 frr wireguard-go wireguard-tools
+      etcd-server python3-venv procps psmisc iputils-ping kmod jq ethtool)
+missing=()
+for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  # --no-install-recommends: wireguard-tools would otherwise pull a kernel image and initramfs tooling
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's packaged daemons must not run on the host: the lab starts its own copies inside namespaces.
+for svc in bird frr conntrackd etcd; do
+  pkill -x "$svc" 2>/dev/null || true
+done
