@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from appliance.model import IPAddress, IPNetwork, Member, PolicyRef
+from appliance.model import BgpSpec, FailoverSpec, IPAddress, IPNetwork, IPPool, Member, PolicyRef, TunnelSpec
 from appliance.snapshot import Reason
 
 
@@ -53,6 +53,10 @@ class Steering:
     gateway: str
     eip: IPAddress | None
     destinations: tuple[IPNetwork, ...]
+    #: tunnel endpoints toward the gateway instance, one per family available (v4 first): the EIP itself and its
+    #: partner of the other family at the same pool index (so IPv6 traffic can ride an IPv4 underlay and the
+    #: reverse). For useNodeIP (eip None) the underlay address of the instance's first-ranked alive member.
+    endpoints: tuple[IPAddress, ...] = ()
     #: position in the global precedence order (0 = highest precedence); deterministic
     rank: int = 0
 
@@ -65,8 +69,16 @@ class GatewayInstance:
     members: tuple[Member, ...]
     #: every EIP in use by a Ready policy of this instance (sorted); these are held and announced by each member
     eips: tuple[IPAddress, ...]
-    #: eip -> member names best first (rendezvous ranking over all members, alive or not)
+    #: eip -> member names best first (rendezvous ranking over all members, alive or not). An IPv4 and an IPv6 EIP at
+    #: the same pool index share one ranking key (the index), so a dual-stack pair always has the same primary.
     ranking: tuple[tuple[IPAddress, tuple[str, ...]], ...]
+    #: members whose member Lease is fresh (all members when liveness is unknown)
+    alive: frozenset[str] = frozenset()
+    tunnel: TunnelSpec = TunnelSpec()
+    bgp: BgpSpec = BgpSpec()
+    failover: FailoverSpec = FailoverSpec()
+    ipv4_pool: IPPool = IPPool()
+    ipv6_pool: IPPool = IPPool()
 
     def rank_of(self, eip: IPAddress) -> tuple[str, ...]:
         for ip, order in self.ranking:
