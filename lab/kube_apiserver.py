@@ -1,0 +1,438 @@
+"""Start a real etcd + kube-apiserver (v1.20) for tests and the lab, optionally inside a network namespace.
+
+There is no kubelet, scheduler or controller-manager: this is only the API (see docs and
+`scripts/ensure-kube-apiserver.sh`, which builds and caches the binary). Usage::
+
+    cfg = ApiServerConfig(workdir=Path("/tmp/x"))            # free 127.0.0.1 ports
+    with start_apiserver(cfg) as api:                         # waits for /readyz
+        apply_crds(api, crd_files())                          # waits until Established
+        ... api.kubeconfig_path, api.url, api.token ...
+        api.restart_apiserver()                               # etcd keeps its data (relist tests)
+
+With ``netns="NS"`` both processes run under ``ip netns exec NS`` (the namespace must exist; its loopback is set
+up); the default ports are then the well-known ones (6443, 2379, 2380), since the namespace is fresh. Readiness
+probes and CRD application then also run inside that namespace (a child ``python -m lab.kube_apiserver``), because
+the host namespace has no route into a lab namespace.
+
+Why the flags: ``--token-auth-file`` with one ``system:masters`` token (no certificates to manage);
+``--disable-admission-plugins=ServiceAccount`` (no controller-manager creates default service accounts);
+``--endpoint-reconciler-type=none`` (a loopback advertise address would be refused for the `kubernetes` Endpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENSURE_HINT = "run scripts/ensure-kube-apiserver.sh (builds and caches it, about 5 minutes the first time)"
+CRD_DIR = Path(__file__).resolve().parent.parent / "k8s_sync" / "crds"
+
+
+class ApiServerError(RuntimeError):
+    """The API server (or etcd) is missing, did not start, or did not become ready."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenUser:
+    """An extra static-token user (for RBAC tests or per-node agent credentials)."""
+
+    token: str
+    user: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiServerConfig:
+    """How to run etcd + kube-apiserver. Ports left None are chosen: free loopback ports, or 6443/2379/2380 in a
+    network namespace (a fresh namespace has every port free)."""
+
+    #: everything goes here: etcd data, certs, keys, token file, kubeconfig, logs
+    workdir: Path
+    #: the apiserver's bind and advertise address (in the namespace when `netns` is set)
+    address: str = "127.0.0.1"
+    port: int | None = None
+    etcd_client_port: int | None = None
+    etcd_peer_port: int | None = None
+    #: run both processes in this existing network namespace (`ip netns exec`)
+    netns: str | None = None
+    service_cluster_ip_range: str = "100.100.0.0/16"
+    #: default: $KUBE_TEST_BIN/kube-apiserver, else ~/.cache/kube-test-bin/kube-apiserver
+    apiserver_binary: Path | None = None
+    etcd_binary: Path = Path("/usr/bin/etcd")
+    extra_tokens: tuple[TokenUser, ...] = ()
+    extra_apiserver_args: tuple[str, ...] = ()
+    #: seconds to wait for /readyz
+    ready_timeout: float = 60.0
+
+
+def default_apiserver_binary() -> Path:
+    base = os.environ.get("KUBE_TEST_BIN") or str(Path.home() / ".cache" / "kube-test-bin")
+    return Path(base) / "kube-apiserver"
+
+
+def crd_files() -> tuple[Path, ...]:
+    """The project's CRD manifests (k8s_sync/crds/*.yaml), sorted."""
+    return tuple(sorted(CRD_DIR.glob("*.yaml")))
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+class ApiServer:
+    """A running etcd + kube-apiserver pair. Create it with `start_apiserver`."""
+
+    def __init__(self, config: ApiServerConfig, *, port: int, etcd_client_port: int, etcd_peer_port: int) -> None:
+        self.config = config
+        self.port = port
+        self.etcd_client_port = etcd_client_port
+        self.etcd_peer_port = etcd_peer_port
+        self.token = secrets.token_hex(16)
+        self.url = f"https://{_url_host(config.address)}:{port}"
+        self.workdir = config.workdir
+        self.kubeconfig_path = config.workdir / "kubeconfig"
+        self._etcd: subprocess.Popen[bytes] | None = None
+        self._apiserver: subprocess.Popen[bytes] | None = None
+
+    # ----- lifecycle -----
+
+    def start(self) -> None:
+        binary = self.config.apiserver_binary or default_apiserver_binary()
+        if not os.access(binary, os.X_OK):
+            raise ApiServerError(f"kube-apiserver not found at {binary}: {ENSURE_HINT}")
+        if not os.access(self.config.etcd_binary, os.X_OK):
+            raise ApiServerError(f"etcd not found at {self.config.etcd_binary}: {ENSURE_HINT}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.config.netns:
+            subprocess.run(["ip", "-n", self.config.netns, "link", "set", "lo", "up"], check=True)
+        self._write_credentials()
+        self._write_kubeconfig()
+        try:
+            self._etcd = self._spawn(self._etcd_command(), "etcd.log")
+            self._start_apiserver(binary)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the apiserver, then etcd (SIGTERM, then SIGKILL after 10 s). Idempotent."""
+        _terminate(self._apiserver)
+        self._apiserver = None
+        _terminate(self._etcd)
+        self._etcd = None
+
+    def stop_apiserver(self) -> None:
+        """Stop only the apiserver (etcd keeps running and keeps the data)."""
+        _terminate(self._apiserver)
+        self._apiserver = None
+
+    def restart_apiserver(self) -> None:
+        """Stop and start the apiserver process alone; waits for /readyz. Watch caches start empty, so watches
+        from an old resourceVersion may get 410 Gone - a deterministic way to test relisting."""
+        self.stop_apiserver()
+        self._start_apiserver(self.config.apiserver_binary or default_apiserver_binary())
+
+    @property
+    def apiserver_pid(self) -> int | None:
+        return self._apiserver.pid if self._apiserver else None
+
+    @property
+    def etcd_pid(self) -> int | None:
+        return self._etcd.pid if self._etcd else None
+
+    def __enter__(self) -> ApiServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----- internals -----
+
+    def _prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.config.netns] if self.config.netns else []
+
+    def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        with open(self.workdir / log_name, "ab") as log:
+            return subprocess.Popen(
+                self._prefix() + command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def _start_apiserver(self, binary: Path) -> None:
+        self._apiserver = self._spawn(self._apiserver_command(binary), "kube-apiserver.log")
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop_apiserver()
+            raise
+
+    def _etcd_command(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.etcd_client_port}"
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        return [
+            str(self.config.etcd_binary), "--name", "egressgw", "--data-dir", str(self.workdir / "etcd"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"egressgw={peer}", "--unsafe-no-fsync", "--logger", "zap",
+            "--log-level", "warn",
+        ]
+
+    def _apiserver_command(self, binary: Path) -> list[str]:
+        w = self.workdir
+        return [
+            str(binary),
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_client_port}",
+            f"--bind-address={self.config.address}",
+            f"--advertise-address={self.config.address}",
+            f"--secure-port={self.port}",
+            "--insecure-port=0",
+            f"--cert-dir={w / 'certs'}",
+            f"--token-auth-file={w / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            f"--service-account-key-file={w / 'sa.pub'}",
+            f"--service-account-signing-key-file={w / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-cluster-ip-range={self.config.service_cluster_ip_range}",
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--v=1",
+            *self.config.extra_apiserver_args,
+        ]
+
+    def _write_credentials(self) -> None:
+        key, pub = self.workdir / "sa.key", self.workdir / "sa.pub"
+        if not key.exists():
+            _make_rsa_keypair(key, pub)
+        lines = [f"{self.token},egressgw-admin,egressgw-admin,system:masters"]
+        for t in self.config.extra_tokens:
+            groups = ",".join(t.groups)
+            lines.append(f'{t.token},{t.user},{t.user},"{groups}"' if groups else f"{t.token},{t.user},{t.user}")
+        path = self.workdir / "tokens.csv"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+
+    def _write_kubeconfig(self) -> None:
+        self.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(self.url, self.token)))
+        self.kubeconfig_path.chmod(0o600)
+
+    def _wait_ready(self) -> None:
+        if self.config.netns:
+            cmd = [*self._prefix(), sys.executable, "-m", "lab.kube_apiserver", "probe", "--url", self.url,
+                   "--token", self.token, "--timeout", str(self.config.ready_timeout)]
+            ok = subprocess.run(cmd, capture_output=True).returncode == 0
+            if ok and self._apiserver is not None and self._apiserver.poll() is None:
+                return
+        else:
+            deadline = time.monotonic() + self.config.ready_timeout
+            while time.monotonic() < deadline:
+                if self._apiserver is not None and self._apiserver.poll() is not None:
+                    break
+                if self._etcd is not None and self._etcd.poll() is not None:
+                    break
+                if probe_ready(self.url, self.token):
+                    return
+                time.sleep(0.2)
+        raise ApiServerError(
+            f"kube-apiserver at {self.url} not ready within {self.config.ready_timeout:.0f} s\n"
+            f"--- {self.workdir / 'kube-apiserver.log'} (tail) ---\n{_tail(self.workdir / 'kube-apiserver.log')}\n"
+            f"--- {self.workdir / 'etcd.log'} (tail) ---\n{_tail(self.workdir / 'etcd.log')}"
+        )
+
+
+def kubeconfig(url: str, token: str) -> dict[str, Any]:
+    """A kubeconfig dict for `url` with a bearer token (the server certificate is self-signed: not verified)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "egressgw", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "egressgw-admin", "user": {"token": token}}],
+        "contexts": [{"name": "egressgw", "context": {"cluster": "egressgw", "user": "egressgw-admin"}}],
+        "current-context": "egressgw",
+    }
+
+
+def start_apiserver(config: ApiServerConfig) -> ApiServer:
+    """Start etcd + kube-apiserver and wait for /readyz. Raises ApiServerError (with log tails) on failure."""
+    if config.netns:
+        port, client, peer = config.port or 6443, config.etcd_client_port or 2379, config.etcd_peer_port or 2380
+    else:
+        port = config.port or free_port(config.address)
+        client = config.etcd_client_port or free_port()
+        peer = config.etcd_peer_port or free_port()
+    server = ApiServer(config, port=port, etcd_client_port=client, etcd_peer_port=peer)
+    server.start()
+    return server
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=grace)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _make_rsa_keypair(key: Path, pub: Path) -> None:
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+    except ImportError:
+        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+        subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
+                       capture_output=True)
+        return
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                          serialization.NoEncryption()))
+    key.chmod(0o600)
+    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _insecure_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _request(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, context=_insecure_context(), timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw.startswith(b"{") else raw.decode()
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw.startswith(b"{") else raw.decode(errors="replace")
+
+
+def probe_ready(url: str, token: str) -> bool:
+    try:
+        status, body = _request(f"{url}/readyz", token)
+    except (OSError, ValueError):
+        return False
+    return status == 200 and body == "ok"
+
+
+# ----- CRDs -----
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def _apply_crds_direct(url: str, token: str, paths: Sequence[Path], timeout: float) -> None:
+    names = []
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            name = doc["metadata"]["name"]
+            names.append(name)
+            status, body = _request(f"{url}{CRD_PATH}", token, "POST", doc)
+            if status == 409:
+                status, current = _request(f"{url}{CRD_PATH}/{name}", token)
+                doc = {**doc, "metadata": {**doc["metadata"],
+                                           "resourceVersion": current["metadata"]["resourceVersion"]}}
+                status, body = _request(f"{url}{CRD_PATH}/{name}", token, "PUT", doc)
+            if status not in (200, 201):
+                raise ApiServerError(f"applying CRD {name} from {path} failed ({status}): {body}")
+    deadline = time.monotonic() + timeout
+    pending = list(names)
+    while pending:
+        _, body = _request(f"{url}{CRD_PATH}/{pending[0]}", token)
+        conditions = body.get("status", {}).get("conditions") or [] if isinstance(body, dict) else []
+        if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise ApiServerError(f"CRD {pending[0]} not Established within {timeout} s: {conditions}")
+        time.sleep(0.1)
+
+
+def apply_crds(server: ApiServer, paths: Sequence[Path] | None = None, *, timeout: float = 30.0) -> None:
+    """Create (or replace) the CRDs in `paths` (default: the project's) and wait until each is Established."""
+    files = tuple(paths) if paths is not None else crd_files()
+    if not files:
+        raise ApiServerError(f"no CRD files found in {CRD_DIR}")
+    if server.config.netns:
+        cmd = ["ip", "netns", "exec", server.config.netns, sys.executable, "-m", "lab.kube_apiserver",
+               "apply-crds", "--url", server.url, "--token", server.token, "--timeout", str(timeout),
+               *map(str, files)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ApiServerError(f"applying CRDs in netns {server.config.netns} failed: {done.stderr.strip()}")
+        return
+    _apply_crds_direct(server.url, server.token, files, timeout)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """Helpers run inside a network namespace: `probe` and `apply-crds`."""
+    parser = argparse.ArgumentParser(prog="python -m lab.kube_apiserver")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("probe", "apply-crds"):
+        p = sub.add_parser(name)
+        p.add_argument("--url", required=True)
+        p.add_argument("--token", required=True)
+        p.add_argument("--timeout", type=float, default=60.0)
+        if name == "apply-crds":
+            p.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "probe":
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            if probe_ready(args.url, args.token):
+                return 0
+            time.sleep(0.2)
+        return 1
+    try:
+        _apply_crds_direct(args.url, args.token, args.files, args.timeout)
+    except ApiServerError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
