@@ -1,0 +1,288 @@
+"""BgpSpeaker: the thin I/O shell that runs ExaBGP and drives it with the `bgp.speaking.Announcer` state machine.
+
+Threading model: a thread-safe object with its own background thread (the gateway service is a thread-based
+reconcile loop). Public methods only take a lock and poke the thread; all I/O happens in the thread:
+
+    ExaBGP (child, current netns or `command_prefix`)  --runs-->  python -m bgp.api_bridge SOCKET
+        bridge <-- unix socket (workdir/api.sock) --> BgpSpeaker thread <-> Announcer (pure)
+
+ExaBGP is respawned with exponential back-off (0.5 s .. 10 s, reset after 30 s of uptime) when it exits; every new
+bridge connection resends the whole desired set. `stop()` terminates ExaBGP: it closes its sessions with a
+NOTIFICATION, so the routers withdraw our routes at once (that is not a drain; see `bgp.draining`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bgp.announcing import Announcement
+from bgp.exabgp_config import exabgp_environment, render_exabgp_config
+from bgp.settings import BgpSettings
+from bgp.speaking import AckTimeout, Announcer, CommandFailed, Event, ExabgpShutdown, PeerChanged
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 0.1
+
+
+class BgpSpeaker:
+    def __init__(
+        self,
+        settings: BgpSettings,
+        workdir: Path | str,
+        *,
+        command_prefix: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        ack_timeout_s: float = 5.0,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.workdir = Path(workdir)
+        self.command_prefix = tuple(command_prefix)
+        self._clock = clock
+        self._on_event = on_event
+        self._lock = threading.Condition()
+        self._announcer = Announcer(peers=settings.peers, local_asn=settings.local_asn, ack_timeout_s=ack_timeout_s)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self.restarts = 0
+        self.ack_timeouts = 0
+
+    # ----- public API (thread-safe) -----
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / "api.sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "exabgp.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "exabgp.log"
+
+    def start(self) -> None:
+        """Write the config, listen on the socket, start ExaBGP and the background thread."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        bridge = [sys.executable, "-m", "bgp.api_bridge", str(self.socket_path)]
+        self.config_path.write_text(render_exabgp_config(self.settings, bridge_command=bridge))
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.socket_path))
+        self._listener.listen(4)
+        self._thread = threading.Thread(target=self._run, name="bgp-speaker", daemon=True)
+        self._thread.start()
+
+    def set_announcements(self, announcements: frozenset[Announcement]) -> None:
+        """Declarative: the full desired set; the speaker diffs and converges in the background."""
+        with self._lock:
+            self._announcer.set_desired(announcements)
+        self._wake()
+
+    def acknowledged(self) -> frozenset[Announcement]:
+        with self._lock:
+            return self._announcer.acknowledged()
+
+    def peer_states(self) -> dict[str, str]:
+        with self._lock:
+            return self._announcer.peer_states()
+
+    def converged(self) -> bool:
+        with self._lock:
+            return self._announcer.converged()
+
+    def wait_converged(self, timeout_s: float) -> bool:
+        """Block until ExaBGP acknowledged exactly the desired set on every peer (or the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while not self._announcer.converged():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, _TICK_S))
+            return True
+
+    def wait_peers(self, state: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while not all(s == state for s in self._announcer.peer_states().values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, _TICK_S))
+            return True
+
+    @property
+    def exabgp_pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate ExaBGP (sessions close: the routers drop our routes) and the thread; idempotent."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout_s + 2.0)
+        self._kill_exabgp(timeout_s)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # ----- background thread -----
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        env.update(exabgp_environment())
+        env["exabgp_api_pipename"] = f"egressgw-{os.getpid()}-{id(self):x}"
+        argv = [*self.command_prefix, str(self.settings.exabgp_binary), "server", str(self.config_path)]
+        logf = self.log_path.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            logf.close()
+        log.info("bgp.exabgp_started pid=%s config=%s", self._proc.pid, self.config_path)
+
+    def _kill_exabgp(self, timeout_s: float) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, "listen")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        buf = b""
+        backoff = 0.5
+        next_spawn = 0.0
+        started_at = 0.0
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                if self._proc is None or self._proc.poll() is not None:
+                    if self._proc is not None:
+                        rc = self._proc.returncode
+                        log.warning("bgp.exabgp_exited rc=%s respawn_in=%.1fs", rc, backoff)
+                        if now - started_at > 30.0:
+                            backoff = 0.5
+                        next_spawn = now + backoff
+                        backoff = min(backoff * 2, 10.0)
+                        self._proc = None
+                        self.restarts += 1
+                        buf = self._drop_conn(sel, buf)
+                    if now >= next_spawn:
+                        self._spawn()
+                        started_at = now
+                for key, _ in sel.select(_TICK_S):
+                    if key.data == "wake":
+                        os.read(self._wake_r, 4096)
+                    elif key.data == "listen":
+                        conn, _ = self._listener.accept()
+                        buf = self._drop_conn(sel, buf)
+                        self._conn = conn
+                        sel.register(conn, selectors.EVENT_READ, "conn")
+                        with self._lock:
+                            self._announcer.channel_up()
+                        log.info("bgp.api_connected")
+                    elif key.data == "conn":
+                        data = self._conn.recv(65536) if self._conn is not None else b""
+                        if not data:
+                            buf = self._drop_conn(sel, buf)
+                            continue
+                        buf += data
+                        *lines, buf = buf.split(b"\n")
+                        for raw in lines:
+                            self._handle_line(raw.decode("utf-8", "replace"))
+                self._flush(sel)
+        except Exception:
+            log.exception("bgp.speaker_crashed")
+            raise
+        finally:
+            self._drop_conn(sel, b"")
+            sel.close()
+            self._listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+
+    def _handle_line(self, line: str) -> None:
+        with self._lock:
+            events = self._announcer.receive(line, now=self._clock())
+            self._lock.notify_all()
+        for ev in events:
+            self._report(ev)
+
+    def _flush(self, sel: selectors.BaseSelector) -> None:
+        with self._lock:
+            commands, events = self._announcer.poll(now=self._clock())
+            self._lock.notify_all()
+        for ev in events:
+            self._report(ev)
+        if any(isinstance(e, AckTimeout) for e in events):
+            self.ack_timeouts += 1
+            self._drop_conn(sel, b"")
+            self._kill_exabgp(2.0)  # respawned by the loop; the new channel resends everything
+            return
+        if commands and self._conn is not None:
+            payload = "".join(c + "\n" for c in commands).encode()
+            try:
+                self._conn.sendall(payload)
+            except OSError:
+                self._drop_conn(sel, b"")
+                return
+            for c in commands:
+                log.info("bgp.command_sent command=%r", c)
+
+    def _drop_conn(self, sel: selectors.BaseSelector, buf: bytes) -> bytes:
+        if self._conn is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                sel.unregister(self._conn)
+            self._conn.close()
+            self._conn = None
+            with self._lock:
+                self._announcer.channel_down()
+                self._lock.notify_all()
+            log.warning("bgp.api_disconnected")
+        return b""
+
+    def _report(self, ev: Event) -> None:
+        if isinstance(ev, PeerChanged):
+            log.info("bgp.peer_changed peer=%s state=%s reason=%r", ev.peer, ev.state, ev.reason)
+        elif isinstance(ev, CommandFailed):
+            log.warning("bgp.command_failed command=%r", ev.command)
+        elif isinstance(ev, AckTimeout):
+            log.error("bgp.ack_timeout command=%r waited=%.1fs: restarting ExaBGP", ev.command, ev.waited_s)
+        elif isinstance(ev, ExabgpShutdown):
+            log.warning("bgp.exabgp_shutdown line=%r", ev.line)
+        if self._on_event is not None:
+            self._on_event(ev)
