@@ -1,0 +1,433 @@
+"""Typed YAML configuration of the two node roles: `egressgw agent` (worker) and `egressgw gateway` (member).
+
+Why typed and strict: a config file is read once, at start, by a long-running service; a typo that silently falls
+back to a default (`resync_periode: 5`) is found weeks later. So every key is known, every value is checked, and
+every error raises `ConfigError(field_path, message)` naming the exact field (`health.upstream_probe.port`); the
+commands turn it into `config error: <file>: <field>: <message>` and exit 2.
+
+Loading is pure apart from reading the file and the environment defaults (node name from `$NODE_NAME`, else the
+host name): auto-detection of the underlay from the default route happens at run time (`appliance.underlay`), so a
+config can be validated on any machine. YAML keys are snake_case; see docs/operations.md for the reference.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.configerror import ConfigError
+from appliance.model import IPAddress
+from bgp.settings import BgpSettings, parse_bgp_settings
+
+
+class LogFormat(enum.StrEnum):
+    #: one JSON object per line (log shippers)
+    JSON = "json"
+    #: `ts=... level=info event=reconcile.pass key=value` (humans, journald)
+    KV = "kv"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogSettings:
+    level: LogLevel = LogLevel.INFO
+    format: LogFormat = LogFormat.KV
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubeSettings:
+    #: kubeconfig file; None = in-cluster service account (the DaemonSet case)
+    kubeconfig: Path | None = None
+    #: context inside the kubeconfig; None = its current-context
+    context: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InterfaceSettings:
+    """An interface and its addresses; both empty = detect from the default route at start."""
+
+    interface: str | None = None
+    addresses: tuple[IPAddress, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TunnelOverrides:
+    #: inner MTU for every tunnel of this node; None = the gateway spec's MTU, else derived from the underlay MTU
+    mtu: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSettings:
+    #: listen host ("" = every address); None for the whole settings = metrics disabled
+    host: str = ""
+    port: int = 9710
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconcileSettings:
+    #: full pass even without events, to repair drift (someone flushed our table): 30 s bounds the repair time
+    #: without measurable cost (an idempotent pass that changes nothing costs a few milliseconds)
+    resync_period_s: float = 30.0
+    #: events arriving within this window share one pass (a deployment rollout is hundreds of pod events)
+    debounce_ms: int = 50
+    #: a steady event stream still gets a pass at least this often
+    max_delay_ms: int = 500
+    #: first retry after a failed pass; doubles per consecutive failure up to backoff_max_s
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamProbe:
+    """An optional reachability check through the uplink: TCP connect to address:port, or ICMP echo when no port."""
+
+    address: IPAddress
+    port: int | None = None
+    timeout_ms: int = 500
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthSettings:
+    #: seconds between health observations
+    interval_s: float = 1.0
+    #: consecutive failures before withdrawing (hysteresis: one slow check must not move traffic twice)
+    fall: int = 3
+    #: consecutive successes before announcing again
+    rise: int = 2
+    #: the reconcile loop counts as stalled when its heartbeat is older than this
+    heartbeat_max_age_s: float = 10.0
+    upstream_probe: UpstreamProbe | None = None
+    #: when this file exists the member is in maintenance and withdraws; None = `<state_dir>/maintenance`
+    disable_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommonConfig:
+    """Fields shared by both roles."""
+
+    source: Path
+    node_name: str
+    kube: KubeSettings = KubeSettings()
+    tunnel: TunnelOverrides = TunnelOverrides()
+    metrics: MetricsSettings | None = MetricsSettings()
+    lease_namespace: str = "egressgw-system"
+    reconcile: ReconcileSettings = ReconcileSettings()
+    state_dir: Path = Path("/var/lib/egressgw")
+    log: LogSettings = LogSettings()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig(CommonConfig):
+    underlay: InterfaceSettings = InterfaceSettings()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig(CommonConfig):
+    uplink: InterfaceSettings = InterfaceSettings()
+    #: None = no BGP speaker (a member that only forwards; EIP routes come from elsewhere)
+    bgp: BgpSettings | None = None
+    health: HealthSettings = HealthSettings()
+    #: set for an appliance outside the cluster: the EgressGateway it joins (registers with a member Lease)
+    gateway: str | None = None
+    #: drain: upper bound for the whole drain, and the time forwarding continues after the withdrawal was acked;
+    #: taken from `bgp.drain` when a `bgp:` section exists (that is where they belong), else from here
+    drain_timeout_s: float = 10.0
+    drain_settle_s: float = 1.0
+
+    @property
+    def disable_file(self) -> Path:
+        return self.health.disable_file or self.state_dir / "maintenance"
+
+
+# ----- field parsers: each names its path in the error -----
+
+_COMMON_KEYS = {
+    "node_name", "kubeconfig", "kube_context", "tunnel", "metrics", "lease_namespace", "reconcile", "state_dir",
+    "log",
+}  # fmt: skip
+_AGENT_KEYS = _COMMON_KEYS | {"underlay"}
+_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain"}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+
+
+def _mapping(raw: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, "must be a mapping")
+    for key in raw:
+        if key not in allowed:
+            prefix = f"{path}." if path else ""
+            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    return raw
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _str(raw: Any, path: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(path, f"must be a non-empty string, got {raw!r}")
+    return raw
+
+
+def _int(raw: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ConfigError(path, f"must be an integer, got {raw!r}")
+    if not lo <= raw <= hi:
+        raise ConfigError(path, f"must be between {lo} and {hi}, got {raw}")
+    return int(raw)
+
+
+def _float(raw: Any, path: str, lo: float, hi: float) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ConfigError(path, f"must be a number, got {raw!r}")
+    if not lo <= float(raw) <= hi:
+        raise ConfigError(path, f"must be between {lo} and {hi}, got {raw}")
+    return float(raw)
+
+
+def _ip(raw: Any, path: str) -> IPAddress:
+    try:
+        if isinstance(raw, str):
+            return ipaddress.ip_address(raw)
+    except ValueError:
+        pass
+    raise ConfigError(path, f"must be an IP address, got {raw!r}")
+
+
+def _abs_path(raw: Any, path: str, base: Path) -> Path:
+    """Relative paths are relative to the config file's directory (so a lab directory is self-contained)."""
+    p = Path(_str(raw, path)).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _interface(raw: Any, path: str) -> InterfaceSettings:
+    m = _mapping(raw, path, {"interface", "addresses"})
+    name = None
+    if m.get("interface") is not None:
+        name = _str(m["interface"], f"{path}.interface")
+        if not _IFNAME.match(name):
+            raise ConfigError(f"{path}.interface", f"not a valid interface name: {name!r}")
+    addrs = m.get("addresses", [])
+    if not isinstance(addrs, list):
+        raise ConfigError(f"{path}.addresses", "must be a list of IP addresses (at most one per family)")
+    parsed = tuple(_ip(a, f"{path}.addresses[{i}]") for i, a in enumerate(addrs))
+    for i, a in enumerate(parsed):
+        if any(b.version == a.version for b in parsed[:i]):
+            raise ConfigError(f"{path}.addresses[{i}]", f"more than one IPv{a.version} address")
+    return InterfaceSettings(interface=name, addresses=tuple(sorted(parsed, key=lambda a: a.version)))
+
+
+def _metrics(raw: Any, path: str, default_port: int) -> MetricsSettings | None:
+    """`metrics: {address: "host:port"}`; `address: ""` or `enabled: false` disables the HTTP server."""
+    m = _mapping(raw, path, {"address", "enabled"})
+    if m.get("enabled", True) is False:
+        return None
+    if "enabled" in m and not isinstance(m["enabled"], bool):
+        raise ConfigError(f"{path}.enabled", f"must be true or false, got {m['enabled']!r}")
+    addr = m.get("address", f":{default_port}")
+    if not isinstance(addr, str):
+        raise ConfigError(f"{path}.address", f"must be a string host:port, got {addr!r}")
+    if addr == "":
+        return None
+    match = re.fullmatch(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d+)", addr)
+    if match is None:
+        raise ConfigError(f"{path}.address", f"must be host:port, [v6]:port or :port, got {addr!r}")
+    host = match.group("v6") or match.group("host") or ""
+    if match.group("v6"):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{path}.address", f"not an IPv6 address: {host!r}") from None
+    port = _int(int(match.group("port")), f"{path}.address", 1, 65535)
+    return MetricsSettings(host=host, port=port)
+
+
+def _reconcile(raw: Any, path: str) -> ReconcileSettings:
+    keys = {"resync_period_s", "debounce_ms", "max_delay_ms", "backoff_initial_s", "backoff_max_s"}
+    m = _mapping(raw, path, keys)
+    d = ReconcileSettings()
+    s = ReconcileSettings(
+        resync_period_s=_float(m.get("resync_period_s", d.resync_period_s), f"{path}.resync_period_s", 1.0, 86400.0),
+        debounce_ms=_int(m.get("debounce_ms", d.debounce_ms), f"{path}.debounce_ms", 0, 10000),
+        max_delay_ms=_int(m.get("max_delay_ms", d.max_delay_ms), f"{path}.max_delay_ms", 0, 60000),
+        backoff_initial_s=_float(
+            m.get("backoff_initial_s", d.backoff_initial_s), f"{path}.backoff_initial_s", 0.01, 600.0
+        ),
+        backoff_max_s=_float(m.get("backoff_max_s", d.backoff_max_s), f"{path}.backoff_max_s", 0.01, 3600.0),
+    )
+    if s.max_delay_ms < s.debounce_ms:
+        raise ConfigError(f"{path}.max_delay_ms", "must be at least debounce_ms")
+    if s.backoff_max_s < s.backoff_initial_s:
+        raise ConfigError(f"{path}.backoff_max_s", "must be at least backoff_initial_s")
+    return s
+
+
+def _log(raw: Any, path: str) -> LogSettings:
+    m = _mapping(raw, path, {"level", "format"})
+    try:
+        level = LogLevel(str(m.get("level", "info")).lower())
+    except ValueError:
+        raise ConfigError(f"{path}.level", "must be one of debug, info, warning, error") from None
+    try:
+        fmt = LogFormat(m.get("format", "kv"))
+    except ValueError:
+        raise ConfigError(f"{path}.format", "must be json or kv") from None
+    return LogSettings(level=level, format=fmt)
+
+
+def _health(raw: Any, path: str, base: Path) -> HealthSettings:
+    keys = {"interval_s", "fall", "rise", "heartbeat_max_age_s", "upstream_probe", "disable_file"}
+    m = _mapping(raw, path, keys)
+    d = HealthSettings()
+    probe = None
+    if m.get("upstream_probe") is not None:
+        pp = f"{path}.upstream_probe"
+        pm = _mapping(m["upstream_probe"], pp, {"address", "port", "timeout_ms"})
+        if "address" not in pm:
+            raise ConfigError(f"{pp}.address", "is required")
+        probe = UpstreamProbe(
+            address=_ip(pm["address"], f"{pp}.address"),
+            port=None if pm.get("port") is None else _int(pm["port"], f"{pp}.port", 1, 65535),
+            timeout_ms=_int(pm.get("timeout_ms", 500), f"{pp}.timeout_ms", 1, 60000),
+        )
+    interval = _float(m.get("interval_s", d.interval_s), f"{path}.interval_s", 0.05, 60.0)
+    max_age = _float(m.get("heartbeat_max_age_s", d.heartbeat_max_age_s), f"{path}.heartbeat_max_age_s", 1.0, 3600.0)
+    return HealthSettings(
+        interval_s=interval,
+        fall=_int(m.get("fall", d.fall), f"{path}.fall", 1, 100),
+        rise=_int(m.get("rise", d.rise), f"{path}.rise", 1, 100),
+        heartbeat_max_age_s=max_age,
+        upstream_probe=probe,
+        disable_file=_abs_path(m["disable_file"], f"{path}.disable_file", base) if "disable_file" in m else None,
+    )
+
+
+def _common(m: Mapping[str, Any], source: Path, default_metrics_port: int, env: Mapping[str, str]) -> dict[str, Any]:
+    base = source.parent
+    node = m.get("node_name")
+    if node is None:
+        node = env.get("NODE_NAME") or socket.gethostname().split(".")[0].lower()
+        field = "node_name ($NODE_NAME or the host name)"
+    else:
+        field = "node_name"
+    node = _str(node, field)
+    if not _DNS_SUBDOMAIN.match(node) or len(node) > 253:
+        raise ConfigError(field, f"must be a Kubernetes node name (DNS subdomain), got {node!r}")
+    tunnel_m = _mapping(m.get("tunnel"), "tunnel", {"mtu"})
+    lease_ns = _str(m.get("lease_namespace", "egressgw-system"), "lease_namespace")
+    if not _DNS_LABEL.match(lease_ns) or len(lease_ns) > 63:
+        raise ConfigError("lease_namespace", f"must be a namespace name (DNS label), got {lease_ns!r}")
+    context = m.get("kube_context")
+    return {
+        "source": source,
+        "node_name": node,
+        "kube": KubeSettings(
+            kubeconfig=_abs_path(m["kubeconfig"], "kubeconfig", base) if m.get("kubeconfig") is not None else None,
+            context=None if context is None else _str(context, "kube_context"),
+        ),
+        "tunnel": TunnelOverrides(
+            mtu=None if tunnel_m.get("mtu") is None else _int(tunnel_m["mtu"], "tunnel.mtu", 1280, 9000)
+        ),
+        "metrics": _metrics(m.get("metrics"), "metrics", default_metrics_port),
+        "lease_namespace": lease_ns,
+        "reconcile": _reconcile(m.get("reconcile"), "reconcile"),
+        "state_dir": _abs_path(m.get("state_dir", "/var/lib/egressgw"), "state_dir", base),
+        "log": _log(m.get("log"), "log"),
+    }
+
+
+def _read(path: Path) -> Mapping[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError("(file)", f"cannot read: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError("(file)", f"not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("(top level)", "must be a mapping")
+    return raw
+
+
+def parse_agent_config(raw: Any, *, source: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    m = _mapping(raw, "", _AGENT_KEYS)
+    common = _common(m, source, 9710, os.environ if env is None else env)
+    return AgentConfig(**common, underlay=_interface(m.get("underlay"), "underlay"))
+
+
+def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    m = _mapping(raw, "", _GATEWAY_KEYS)
+    common = _common(m, source, 9711, os.environ if env is None else env)
+    bgp = None
+    if m.get("bgp") is not None:
+        if not isinstance(m["bgp"], Mapping):
+            raise ConfigError("bgp", "must be a mapping")
+        bgp = parse_bgp_settings(m["bgp"], "bgp")
+    gateway = None
+    if m.get("gateway") is not None:
+        gateway = _str(m["gateway"], "gateway")
+        if not _DNS_SUBDOMAIN.match(gateway):
+            raise ConfigError("gateway", f"must be an EgressGateway name, got {gateway!r}")
+    drain = _mapping(m.get("drain"), "drain", {"timeout_s", "settle_s"})
+    if drain and bgp is not None:
+        raise ConfigError("drain", "set the drain timings in bgp.drain when a bgp section exists")
+    timeout = _float(drain.get("timeout_s", 10.0), "drain.timeout_s", 0.1, 3600.0)
+    settle = _float(drain.get("settle_s", 1.0), "drain.settle_s", 0.0, 600.0)
+    if bgp is not None:
+        timeout, settle = bgp.drain.timeout_s, bgp.drain.settle_s
+    elif settle > timeout:
+        raise ConfigError("drain.settle_s", "must not exceed drain.timeout_s")
+    return GatewayConfig(
+        **common,
+        uplink=_interface(m.get("uplink"), "uplink"),
+        bgp=bgp,
+        health=_health(m.get("health"), "health", source.parent),
+        gateway=gateway,
+        drain_timeout_s=timeout,
+        drain_settle_s=settle,
+    )
+
+
+def load_agent_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and validate an agent config file; raise `ConfigError` naming the field."""
+    p = Path(path)
+    return parse_agent_config(_read(p), source=p.absolute(), env=env)
+
+
+def load_gateway_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate a gateway config file; raise `ConfigError` naming the field."""
+    p = Path(path)
+    return parse_gateway_config(_read(p), source=p.absolute(), env=env)
+
+
+def config_error_line(path: str | Path, error: ConfigError) -> str:
+    """The one-line message both commands print before exiting 2."""
+    return f"config error: {path}: {error.field}: {error.message}"
