@@ -36,6 +36,15 @@ CLIENT_V4 = ip_address("203.0.113.2")
 
 RouterKind = Literal["bird", "frr"]
 
+_SYSCTLS = (
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+)
+
 
 def sh(*args: str, check: bool = True, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=timeout)
@@ -73,20 +82,16 @@ def bird_router_config(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, m
     return "\n".join(lines) + "\n"
 
 
-def frr_router_config(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3) -> str:
-    lines = [
-        "frr defaults datacenter",
-        "hostname egt-bg-router",
-        f"log file {log}",
+def frr_router_configs(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3) -> dict[str, str]:
+    """One config file per FRR daemon (a shared file makes each daemon stumble over the others' sections)."""
+    head = ["frr defaults datacenter", "hostname egt-bg-router", f"log file {log}"]
+    bfdd = [*head, "bfd", " profile egressgw", f"  transmit-interval {interval_ms}",
+            f"  receive-interval {interval_ms}", f"  detect-multiplier {multiplier}", " exit", "exit"]  # fmt: skip
+    bgpd = [
+        *head,
         f"ip prefix-list EIP4 seq 5 permit {POOL_V4} ge 32",
         f"ipv6 prefix-list EIP6 seq 5 permit {POOL_V6} ge 128",
         "route-map NONE deny 10",
-        "bfd",
-        " profile egressgw",
-        f"  transmit-interval {interval_ms}",
-        f"  receive-interval {interval_ms}",
-        f"  detect-multiplier {multiplier}",
-        " exit",
         "exit",
         f"router bgp {ROUTER_ASN}",
         f" bgp router-id {ROUTER_V4}",
@@ -96,12 +101,12 @@ def frr_router_config(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, mu
         " neighbor GW6 peer-group",
     ]
     for grp in ("GW4", "GW6"):
-        lines += [f" neighbor {grp} remote-as {GATEWAY_ASN}", f" neighbor {grp} passive", f" neighbor {grp} timers 1 3"]
+        bgpd += [f" neighbor {grp} remote-as {GATEWAY_ASN}", f" neighbor {grp} passive", f" neighbor {grp} timers 1 3"]
         if bfd:
-            lines += [f" neighbor {grp} bfd", f" neighbor {grp} bfd profile egressgw"]
+            bgpd += [f" neighbor {grp} bfd", f" neighbor {grp} bfd profile egressgw"]
     for i in range(1, n + 1):
-        lines += [f" neighbor {gw_v4(i)} peer-group GW4", f" neighbor {gw_v6(i)} peer-group GW6"]
-    lines += [
+        bgpd += [f" neighbor {gw_v4(i)} peer-group GW4", f" neighbor {gw_v6(i)} peer-group GW6"]
+    bgpd += [
         " address-family ipv4 unicast",
         "  neighbor GW4 activate",
         "  neighbor GW4 prefix-list EIP4 in",
@@ -114,7 +119,7 @@ def frr_router_config(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, mu
         " exit-address-family",
         "exit",
     ]
-    return "\n".join(lines) + "\n"
+    return {"zebra": "\n".join(head) + "\n", "bfdd": "\n".join(bfdd) + "\n", "bgpd": "\n".join(bgpd) + "\n"}
 
 
 @dataclass
@@ -151,9 +156,7 @@ class Testbed:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for ns in self.namespaces():
             sh("ip", "netns", "add", ns)
-            for key, val in (("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1"),
-                             ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"),
-                             ("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0")):  # fmt: skip
+            for key, val in _SYSCTLS:
                 sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={val}")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         r = self.router_ns
@@ -208,23 +211,20 @@ class Testbed:
         for d in (etc, run):
             d.mkdir(parents=True, exist_ok=True)
             shutil.chown(d, "frr", "frr")
-        conf = etc / "frr.conf"
-        conf.write_text(frr_router_config(self.n_gateways, self.workdir / "router-frr.log", bfd=self.bfd))
-        shutil.chown(conf, "frr", "frr")
+        configs = frr_router_configs(self.n_gateways, self.workdir / "router-frr.log", bfd=self.bfd)
         (self.workdir / "router-frr.log").touch()
         shutil.chown(self.workdir / "router-frr.log", "frr", "frr")
         os.chmod(self.workdir, 0o755)
         for daemon in ("zebra", "bfdd", "bgpd"):
+            conf = etc / f"{daemon}.conf"
+            conf.write_text(configs[daemon])
+            shutil.chown(conf, "frr", "frr")
             pid = run / f"{daemon}.pid"
             args = [*self.exec_prefix(self.router_ns), f"/usr/lib/frr/{daemon}", "-d", "-N", ps, "-f", str(conf),
                     "-i", str(pid)]  # fmt: skip
-            if daemon == "zebra":
-                args += ["-z", str(run / "zserv.api")]
-            else:
-                args += ["-z", str(run / "zserv.api")]
             sh(*args)
             self._pidfiles.append(pid)
-            _wait_for(lambda p=pid: p.exists(), 5.0, f"FRR {daemon} pid file")  # type: ignore[misc]
+            _wait_for(pid.exists, 5.0, f"FRR {daemon} pid file")
 
     def down(self) -> None:
         for proc in self._procs:
