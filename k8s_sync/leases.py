@@ -1,0 +1,235 @@
+"""coordination.k8s.io Leases: member liveness (`egressgw-member-<name>`) and the status-writer leader election.
+
+- **Member leases**: every gateway member (cluster node or appliance outside the cluster) renews its own Lease every
+  `renew_every` seconds with `leaseDurationSeconds`; a member is *alive* while `renewTime + leaseDurationSeconds` is
+  in the future. Appliances add the label `egressgw.io/gateway=<gateway>` and the annotations with their underlay
+  address and WireGuard key, which is how they become members at all. Liveness feeds EIP ranking and status only:
+  failover itself never waits for the API server (BGP/BFD do that).
+- **Leader election** (`egressgw-status-writer`): a Lease held by one member; others take it over only after it
+  expired. Every write carries the resourceVersion read, so two candidates cannot both win (409 = lost the race).
+  Only the leader writes status, so members never fight over it.
+
+The pure helpers (`lease_alive`, `member_name_of_lease`, `micro_time`) are what the store uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from appliance.model import APPLIANCE_ADDRESS_ANNOTATION, APPLIANCE_LEASE_LABEL, WIREGUARD_KEY_ANNOTATION
+from k8s_sync.kubeapi import JSON, ApiError, KubeApi, Resource
+
+log = logging.getLogger(__name__)
+
+LEASES = Resource(kind="Lease", group="coordination.k8s.io", version="v1", plural="leases", namespaced=True)
+MEMBER_PREFIX = "egressgw-member-"
+LEADER_LEASE = "egressgw-status-writer"
+DEFAULT_NAMESPACE = "egressgw-system"
+
+
+def micro_time(t: float) -> str:
+    """A Kubernetes MicroTime (RFC 3339 with microseconds, UTC)."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def lease_alive(obj: JSON) -> float | None:
+    """When the lease expires (renewTime + leaseDurationSeconds, epoch seconds); None when it was never renewed."""
+    spec = obj.get("spec") or {}
+    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+    duration = spec.get("leaseDurationSeconds")
+    if renewed is None or not isinstance(duration, int):
+        return None
+    return renewed + duration
+
+
+def member_name_of_lease(obj: JSON) -> str | None:
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    return name[len(MEMBER_PREFIX):] if name.startswith(MEMBER_PREFIX) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberIdentity:
+    """Who renews a member lease. `gateway`/`address` set = an appliance outside the cluster."""
+
+    name: str
+    gateway: str | None = None
+    address: str | None = None
+    wireguard_public_key: str | None = None
+
+
+def member_lease_body(me: MemberIdentity, *, namespace: str, duration: int, now: float) -> JSON:
+    labels = {APPLIANCE_LEASE_LABEL: me.gateway} if me.gateway else {}
+    annotations = {}
+    if me.address:
+        annotations[APPLIANCE_ADDRESS_ANNOTATION] = me.address
+    if me.wireguard_public_key:
+        annotations[WIREGUARD_KEY_ANNOTATION] = me.wireguard_public_key
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": MEMBER_PREFIX + me.name, "namespace": namespace, "labels": labels,
+                     "annotations": annotations},
+        "spec": {"holderIdentity": me.name, "leaseDurationSeconds": duration, "renewTime": micro_time(now)},
+    }
+
+
+class _Loop:
+    """A daemon thread calling `step()` every `period` seconds until stopped."""
+
+    def __init__(self, name: str, period: float) -> None:
+        self._name, self._period = name, period
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as e:  # API away: try again next period
+                log.warning("lease.renew_failed loop=%s error=%r", self._name, e)
+            self._stop.wait(self._period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+
+class MemberLease(_Loop):
+    """Create/renew `egressgw-member-<name>`; skip renewing while `healthy()` is False (the lease then expires)."""
+
+    def __init__(self, api: KubeApi, me: MemberIdentity, *, namespace: str = DEFAULT_NAMESPACE, duration: int = 10,
+                 renew_every: float = 3.0, healthy: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(f"member-lease-{me.name}", renew_every)
+        self.api, self.me, self.namespace, self.duration = api, me, namespace, duration
+        self._healthy = healthy
+        self._clock = clock
+
+    @property
+    def path(self) -> str:
+        return LEASES.path(self.namespace, MEMBER_PREFIX + self.me.name)
+
+    def step(self) -> None:
+        if self._healthy is not None and not self._healthy():
+            log.info("lease.not_renewed member=%s cause=unhealthy", self.me.name)
+            return
+        self.renew_once()
+
+    def renew_once(self) -> None:
+        body = member_lease_body(self.me, namespace=self.namespace, duration=self.duration, now=self._clock())
+        try:
+            self.api.merge_patch(self.path, {"metadata": {k: body["metadata"][k] for k in ("labels", "annotations")},
+                                             "spec": body["spec"]})
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            self.api.create(LEASES.path(self.namespace), body)
+            log.info("lease.created member=%s namespace=%s", self.me.name, self.namespace)
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease (planned drain: the member is gone at once, not after expiry)."""
+        self.stop()
+        with contextlib.suppress(ApiError):
+            self.api.delete(self.path)
+
+
+class LeaderElection(_Loop):
+    """Hold the `egressgw-status-writer` Lease. `is_leader()` is True while our last renewal is fresh."""
+
+    def __init__(self, api: KubeApi, identity: str, *, namespace: str = DEFAULT_NAMESPACE, name: str = LEADER_LEASE,
+                 duration: int = 10, retry_every: float = 2.0, clock: Callable[[], float] = time.time,
+                 on_change: Callable[[bool], None] | None = None) -> None:
+        super().__init__(f"leader-{identity}", retry_every)
+        self.api, self.identity, self.namespace, self.name, self.duration = api, identity, namespace, name, duration
+        self._clock = clock
+        self._on_change = on_change
+        self._held_until = 0.0
+        self._was_leader = False
+
+    def is_leader(self) -> bool:
+        return self._clock() < self._held_until
+
+    def step(self) -> None:
+        self.try_acquire_or_renew()
+
+    def try_acquire_or_renew(self) -> bool:
+        now = self._clock()
+        path = LEASES.path(self.namespace, self.name)
+        spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration, "renewTime": micro_time(now)}
+        try:
+            current = self.api.get(path)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            current = None
+        try:
+            if current is None:
+                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": self.name, "namespace": self.namespace},
+                        "spec": {**spec, "acquireTime": micro_time(now), "leaseTransitions": 0}}
+                self.api.create(LEASES.path(self.namespace), body)
+            else:
+                cur = current.get("spec") or {}
+                holder = cur.get("holderIdentity")
+                expiry = lease_alive(current)
+                if holder != self.identity and holder and expiry is not None and expiry > now:
+                    self._set(False, 0.0)
+                    return False
+                if holder != self.identity:
+                    spec["acquireTime"] = micro_time(now)
+                    spec["leaseTransitions"] = int(cur.get("leaseTransitions") or 0) + 1
+                current["spec"] = {**cur, **spec}
+                self.api.replace(path, current)  # carries metadata.resourceVersion: 409 if someone else wrote
+        except ApiError as e:
+            if e.status in (409, 422) or (e.status == 409 and current is None):
+                self._set(False, 0.0)
+                return False
+            raise
+        self._set(True, now + self.duration * 0.8)
+        return True
+
+    def _set(self, leader: bool, until: float) -> None:
+        self._held_until = until
+        if leader != self._was_leader:
+            self._was_leader = leader
+            log.info("leader.%s identity=%s lease=%s/%s", "acquired" if leader else "lost", self.identity,
+                     self.namespace, self.name)
+            if self._on_change is not None:
+                self._on_change(leader)
+
+    def release(self) -> None:
+        """Give up leadership at once (shutdown): let another member take over without waiting for expiry."""
+        self.stop()
+        if not self.is_leader():
+            return
+        with contextlib.suppress(ApiError):
+            path = LEASES.path(self.namespace, self.name)
+            current = self.api.get(path)
+            if (current.get("spec") or {}).get("holderIdentity") == self.identity:
+                current["spec"]["holderIdentity"] = ""
+                self.api.replace(path, current)
+        self._set(False, 0.0)

@@ -1,0 +1,56 @@
+"""Raw cluster objects -> typed model, for the store: thin adapters over `appliance.manifests` (the one parser).
+
+Kept separate so the store does not care which module owns the parsing, and so Calico's IPPool (not ours, and
+optional) is read here: only `spec.cidr` matters, disabled pools included (their pods still exist).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from datetime import UTC, datetime
+
+from appliance import manifests
+from appliance.model import Appliance, IPNetwork, Namespace, Node, Pod
+from k8s_sync.kubeapi import JSON
+from k8s_sync.leases import member_name_of_lease
+
+log = logging.getLogger(__name__)
+
+
+def parse_pod_obj(obj: JSON) -> Pod:
+    return manifests.parse_pod(obj)
+
+
+def parse_node_obj(obj: JSON) -> Node:
+    return manifests.parse_node(obj)
+
+
+def parse_namespace_obj(obj: JSON) -> Namespace:
+    return manifests.parse_namespace(obj)
+
+
+def parse_appliance(obj: JSON, now: float) -> Appliance | None:
+    """The appliance a member Lease registers (None for leases that are not appliances, or malformed ones)."""
+    try:
+        appliance: Appliance | None = manifests.parse_appliance_lease(obj, datetime.fromtimestamp(now, UTC))
+    except (ValueError, KeyError, TypeError) as e:
+        meta = obj.get("metadata") or {}
+        log.warning("store.parse_failed kind=Lease object=%s/%s error=%s", meta.get("namespace"), meta.get("name"), e)
+        return None
+    if appliance is None:
+        return None
+    # a member lease is named egressgw-member-<name>: the member is <name>
+    return dataclasses.replace(appliance, name=member_name_of_lease(obj) or appliance.name)
+
+
+def parse_calico_pool(obj: JSON) -> tuple[IPNetwork, ...]:
+    cidr = (obj.get("spec") or {}).get("cidr")
+    if not isinstance(cidr, str):
+        return ()
+    try:
+        return (ipaddress.ip_network(cidr, strict=False),)
+    except ValueError:
+        log.warning("store.parse_failed kind=IPPool object=%s cidr=%r", (obj.get("metadata") or {}).get("name"), cidr)
+        return ()

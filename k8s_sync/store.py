@@ -1,0 +1,250 @@
+"""The store: raw objects per kind from the reflectors, and one frozen, typed `Snapshot` built from them on demand.
+
+- **Synced gate**: `synced()` is True only when every expected kind has delivered its first list. Nothing may be
+  planned before that (an empty store must never mean "withdraw every EIP").
+- **Typed once, at the edge**: nodes, pods and namespaces are parsed (`appliance.manifests`) when their reflector
+  delivers them, so a snapshot of 10k pods only assembles already-parsed objects; per-kind sorted tuples are cached
+  until that kind changes. The egressgw objects are validated together (`appliance.validation.validate_all`), with
+  `accepted=` the policies accepted before, so an edit of an immutable field is refused and the old version kept.
+- **Snapshots** are cached by revision (a counter bumped on every change) and rebuilt only when something changed
+  or a member lease expired since (liveness is a function of time, not only of events).
+- **Notifications**: every change calls the subscribers with a reason (`"Pod/MODIFIED"`); callers coalesce.
+
+Implements `appliance.snapshot.SnapshotSource` and `k8s_sync.reflector.ReflectorSink`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from appliance.model import Appliance, EgressClusterInfo, EgressPolicy, IPNetwork
+from appliance.snapshot import ObjectRef, Snapshot
+from k8s_sync.kubeapi import JSON
+from k8s_sync.leases import lease_alive, member_name_of_lease
+from k8s_sync.parsing import parse_appliance, parse_calico_pool, parse_namespace_obj, parse_node_obj, parse_pod_obj
+
+log = logging.getLogger(__name__)
+
+EGRESS_KINDS = ("EgressGateway", "EgressPolicy", "EgressClusterPolicy", "EgressClusterInfo")
+TYPED_KINDS = ("Node", "Pod", "Namespace")
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _key(obj: JSON) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _rv(obj: JSON) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+class Store:
+    """Thread-safe: reflector threads write, reconcile loops read snapshots."""
+
+    def __init__(self, expected: Iterable[str], *, clock: Callable[[], float] = time.time,
+                 service_cidrs: tuple[IPNetwork, ...] = ()) -> None:
+        self._expected = frozenset(expected)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._raw: dict[str, dict[Key, JSON]] = {k: {} for k in self._expected}
+        self._typed: dict[str, dict[Key, Any]] = {k: {} for k in TYPED_KINDS}
+        self._sorted: dict[str, tuple[Any, ...]] = {}
+        self._listed: set[str] = set()
+        self._revision = 0
+        self._kind_revision: dict[str, int] = {}
+        self._subscribers: list[Callable[[str], None]] = []
+        self._service_cidrs = service_cidrs
+        self._accepted: dict[ObjectRef, EgressPolicy] = {}
+        self._validated: tuple[int, Any] | None = None
+        self._cached: Snapshot | None = None
+
+    # ----- ReflectorSink -----
+
+    def replace(self, key: str, objects: list[JSON], resource_version: str) -> None:
+        with self._lock:
+            fresh = {_key(o): o for o in objects}
+            old = self._raw.setdefault(key, {})
+            changed = fresh.keys() != old.keys() or any(_rv(o) != _rv(old[k]) for k, o in fresh.items())
+            self._raw[key] = fresh
+            if key in TYPED_KINDS:
+                typed = self._typed[key]
+                kept = {k: v for k, v in typed.items() if k in fresh and _rv(fresh[k]) == v[0]}
+                for k, o in fresh.items():
+                    if k not in kept:
+                        kept[k] = (_rv(o), self._parse(key, o))
+                self._typed[key] = kept
+            first = key not in self._listed
+            self._listed.add(key)
+            if changed or first:
+                self._bump(key)
+        if changed or first:
+            self._notify(f"{key}/LISTED")
+
+    def apply(self, key: str, event_type: str, obj: JSON) -> None:
+        k = _key(obj)
+        with self._lock:
+            raw = self._raw.setdefault(key, {})
+            if event_type == "DELETED":
+                if raw.pop(k, None) is None:
+                    return
+                if key in TYPED_KINDS:
+                    self._typed[key].pop(k, None)
+            else:
+                old = raw.get(k)
+                if old is not None and _rv(old) == _rv(obj):
+                    return
+                raw[k] = obj
+                if key in TYPED_KINDS:
+                    self._typed[key][k] = (_rv(obj), self._parse(key, obj))
+            self._bump(key)
+        self._notify(f"{key}/{event_type}")
+
+    # ----- SnapshotSource -----
+
+    def synced(self) -> bool:
+        with self._lock:
+            return self._expected <= self._listed
+
+    def missing(self) -> frozenset[str]:
+        """The kinds whose first list has not arrived yet (for logs and readiness)."""
+        with self._lock:
+            return self._expected - self._listed
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def snapshot(self) -> Snapshot:
+        """The current typed view. Callers must check `synced()` first; building one earlier is allowed (tools)."""
+        with self._lock:
+            now = self._clock()
+            alive = self._alive_members(now)
+            cached = self._cached
+            if cached is not None and cached.revision == self._revision:
+                if cached.alive_members == alive:
+                    return cached
+                self._cached = dataclasses.replace(cached, alive_members=alive, appliances=self._appliances(now))
+                return self._cached
+            snap = self._build(now, alive)
+            self._cached = snap
+            return snap
+
+    # ----- other inputs -----
+
+    def set_service_cidrs(self, cidrs: tuple[IPNetwork, ...]) -> None:
+        with self._lock:
+            if cidrs == self._service_cidrs:
+                return
+            self._service_cidrs = cidrs
+            self._bump("ServiceCIDR")
+        self._notify("ServiceCIDR/DETECTED")
+
+    def next_lease_expiry(self) -> float | None:
+        """The earliest future time at which a member lease that is alive now expires (None: none alive)."""
+        with self._lock:
+            now = self._clock()
+            times = [t for o in self._raw.get("Lease", {}).values()
+                     if (t := lease_alive(o)) is not None and t > now]
+            return min(times) if times else None
+
+    def raw_objects(self, key: str) -> list[JSON]:
+        with self._lock:
+            return list(self._raw.get(key, {}).values())
+
+    def get_raw(self, key: str, namespace: str, name: str) -> JSON | None:
+        with self._lock:
+            return self._raw.get(key, {}).get((namespace, name))
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    # ----- internals -----
+
+    def _bump(self, key: str) -> None:
+        self._revision += 1
+        self._kind_revision[key] = self._revision
+        self._sorted.pop(key, None)
+
+    def _notify(self, reason: str) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb(reason)
+            except Exception:
+                log.exception("store.subscriber_failed reason=%s", reason)
+
+    @staticmethod
+    def _parse(key: str, obj: JSON) -> Any:
+        try:
+            if key == "Pod":
+                return parse_pod_obj(obj)
+            if key == "Node":
+                return parse_node_obj(obj)
+            return parse_namespace_obj(obj)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("store.parse_failed kind=%s object=%s/%s error=%s", key, *_key(obj), e)
+            return None
+
+    def _typed_sorted(self, key: str) -> tuple[Any, ...]:
+        cached = self._sorted.get(key)
+        if cached is None:
+            items = self._typed.get(key, {})
+            cached = tuple(v[1] for k, v in sorted(items.items()) if v[1] is not None)
+            self._sorted[key] = cached
+        return cached
+
+    def _alive_members(self, now: float) -> frozenset[str] | None:
+        if "Lease" not in self._expected:
+            return None
+        alive = set()
+        for obj in self._raw.get("Lease", {}).values():
+            name = member_name_of_lease(obj)
+            expiry = lease_alive(obj)
+            if name and expiry is not None and expiry > now:
+                alive.add(name)
+        return frozenset(alive)
+
+    def _appliances(self, now: float) -> tuple[Appliance, ...]:
+        out = [a for o in self._raw.get("Lease", {}).values() if (a := parse_appliance(o, now)) is not None]
+        return tuple(sorted(out, key=lambda a: (a.gateway, a.name)))
+
+    def _validate(self) -> Any:
+        from appliance.validation import policy_object_ref, validate_all
+
+        egress_rev = max((self._kind_revision.get(k, 0) for k in EGRESS_KINDS), default=0)
+        if self._validated is not None and self._validated[0] == egress_rev:
+            return self._validated[1]
+        objects: list[JSON] = []
+        for kind in EGRESS_KINDS:
+            objects.extend(o for _, o in sorted(self._raw.get(kind, {}).items()))
+        result = validate_all(objects, accepted=self._accepted)
+        self._accepted = {policy_object_ref(p): p for p in result.policies}
+        self._validated = (egress_rev, result)
+        return result
+
+    def _build(self, now: float, alive: frozenset[str] | None) -> Snapshot:
+        result = self._validate()
+        pools: list[IPNetwork] = []
+        for obj in self._raw.get("IPPool", {}).values():
+            pools.extend(parse_calico_pool(obj))
+        return Snapshot(
+            gateways=tuple(result.gateways),
+            policies=tuple(result.policies),
+            problems=tuple(result.problems),
+            cluster_info=result.cluster_info or EgressClusterInfo(),
+            namespaces=self._typed_sorted("Namespace"),
+            nodes=self._typed_sorted("Node"),
+            pods=self._typed_sorted("Pod"),
+            appliances=self._appliances(now),
+            service_cidrs=self._service_cidrs,
+            calico_pools=tuple(sorted(set(pools), key=lambda n: (n.version, n))),
+            alive_members=alive,
+            revision=self._revision,
+        )
+
