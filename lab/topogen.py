@@ -1,0 +1,194 @@
+"""Generate the lab's topology files (`lab/topologies/*.clab.yml`) from one description of the address plan.
+
+The four files share almost everything; generating them keeps the address plan in one place. The output is plain
+containerlab YAML (committed; the runner reads the files, not this module). Regenerate with
+`python -m lab.topogen` after changing the plan here.
+
+The address plan (see docs/lab.md): cluster LAN 100.127.0.0/24 + 2001:db8:127::/64, gateway uplink LAN
+198.51.100.0/24 + 2001:db8:198::/64, external LAN 203.0.113.0/28 + 2001:db8:203::/64, pods 100.64.<w>.0/24 +
+2001:db8:64:<w>::/64 behind bridge `cni0` on worker <w>.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent / "topologies"
+IMAGE = "egressgw/lab-node:latest"  # what real containerlab would need: Debian + iproute2, nftables, python3, ...
+CLUSTER_V4 = "100.127.0.0/24"
+UPLINK_V4 = "198.51.100.0/24"
+NOT_MASQUERADED_V4 = "{ 100.64.0.0/16, 100.100.0.0/16, 100.127.0.0/24, 198.51.100.0/24 }"
+NOT_MASQUERADED_V6 = "{ 2001:db8:64::/48, 2001:db8:127::/64, 2001:db8:198::/64 }"
+
+
+def _worker(w: int, pods: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    ex = [
+        f"ip addr add 100.127.0.1{w}/24 dev eth1",
+        f"ip addr add 2001:db8:127::1{w}/64 dev eth1",
+        "ip route add default via 100.127.0.1",
+        "ip -6 route add default via 2001:db8:127::1",
+        "ip link add cni0 type bridge",
+        f"ip addr add 100.64.{w}.1/24 dev cni0",
+        f"ip addr add 2001:db8:64:{w}::1/64 dev cni0",
+        "ip link set cni0 up",
+    ]
+    ex += [f"ip link set vp{p} master cni0" for p in range(1, pods + 1)]
+    ex += [
+        # the lab's stand-in for the CNI's own masquerade: unselected pods reach the outside as the node IP
+        "nft add table inet lab_cni",
+        "nft add chain inet lab_cni postrouting { type nat hook postrouting priority srcnat ; policy accept ; }",
+        f"nft add rule inet lab_cni postrouting oifname eth1 ip saddr 100.64.{w}.0/24 ip daddr != "
+        f"{NOT_MASQUERADED_V4} masquerade comment '\"lab CNI stand-in\"'",
+        f"nft add rule inet lab_cni postrouting oifname eth1 ip6 saddr 2001:db8:64:{w}::/64 ip6 daddr != "
+        f"{NOT_MASQUERADED_V6} masquerade comment '\"lab CNI stand-in\"'",
+    ]
+    worker = {"kind": "linux", "image": IMAGE, "labels": {"egressgw.role": "worker"}, "exec": ex}
+    pod_nodes: dict[str, dict[str, Any]] = {}
+    for p in range(1, pods + 1):
+        host = 9 + p  # .10, .11
+        pod_nodes[f"w{w}p{p}"] = {
+            "kind": "linux", "image": IMAGE, "labels": {"egressgw.role": "pod", "egressgw.worker": f"worker{w}"},
+            "exec": [
+                f"ip addr add 100.64.{w}.{host}/24 dev eth0",
+                f"ip addr add 2001:db8:64:{w}::{host}/64 dev eth0",
+                f"ip route add default via 100.64.{w}.1",
+                f"ip -6 route add default via 2001:db8:64:{w}::1",
+            ],
+        }
+    return worker, pod_nodes
+
+
+def _router(flavour: str, workers: int, v6_underlay_only: bool) -> dict[str, Any]:
+    ex = [
+        "ip addr add 100.127.0.1/24 dev eth1",
+        "ip addr add 2001:db8:127::1/64 dev eth1",
+        "ip addr add 198.51.100.1/24 dev eth2",
+        "ip addr add 2001:db8:198::1/64 dev eth2",
+        "ip addr add 203.0.113.1/28 dev eth3",
+        "ip addr add 2001:db8:203::1/64 dev eth3",
+    ]
+    for w in range(1, workers + 1):
+        ex += [f"ip route add 100.64.{w}.0/24 via 100.127.0.1{w}",
+               f"ip -6 route add 2001:db8:64:{w}::/64 via 2001:db8:127::1{w}"]
+    if v6_underlay_only:
+        ex += [
+            "nft add table inet lab_underlay",
+            "nft add chain inet lab_underlay forward { type filter hook forward priority filter ; policy accept ; }",
+            f"nft add rule inet lab_underlay forward ip saddr {CLUSTER_V4} ip daddr {UPLINK_V4} drop "
+            "comment '\"IPv6 underlay lab: no IPv4 between workers and gateways\"'",
+            f"nft add rule inet lab_underlay forward ip saddr {UPLINK_V4} ip daddr {CLUSTER_V4} drop "
+            "comment '\"IPv6 underlay lab: no IPv4 between workers and gateways\"'",
+        ]
+    node: dict[str, Any] = {"kind": "linux", "labels": {"egressgw.role": "router"}, "exec": ex}
+    if flavour == "bird":
+        node["image"] = "egressgw/lab-router-bird:latest"
+        node["binds"] = ["../routers/bird.conf:/etc/bird/bird.conf:ro"]
+        node["labels"].update({
+            "egressgw.daemon.bird": "bird -f -c {bind:/etc/bird/bird.conf} -s {nodedir}/bird.ctl -P {nodedir}/bird.pid",
+            "egressgw.ready.bird": "birdc -s {nodedir}/bird.ctl show status",
+            "egressgw.status": "birdc -s {nodedir}/bird.ctl show protocols",
+        })
+    else:
+        node["image"] = "quay.io/frrouting/frr:8.4.4"
+        node["binds"] = ["../routers/frr.conf:/etc/frr/frr.conf:ro"]
+        common = "-N {netns} -u frr -g frr -f {bind:/etc/frr/frr.conf}"
+        node["labels"].update({
+            "egressgw.daemon.zebra": f"/usr/lib/frr/zebra {common} -i {{nodedir}}/zebra.pid",
+            "egressgw.ready.zebra": "test -S /run/frr/{netns}/zserv.api",
+            "egressgw.daemon.bfdd": f"/usr/lib/frr/bfdd {common} -i {{nodedir}}/bfdd.pid",
+            "egressgw.daemon.bgpd": f"/usr/lib/frr/bgpd {common} -i {{nodedir}}/bgpd.pid",
+            "egressgw.ready.bgpd": "vtysh -N {netns} -c 'show bgp summary'",
+            "egressgw.status": "vtysh -N {netns} -c 'show bgp summary' -c 'show bfd peers brief'",
+        })
+    return node
+
+
+def build(*, name: str, gateways: int, flavour: str = "bird", v6_underlay_only: bool = False) -> dict[str, Any]:
+    workers, pods = 2, 2
+    nodes: dict[str, Any] = {
+        "lan": {"kind": "bridge", "labels": {"egressgw.role": "switch"}},
+        "uplink": {"kind": "bridge", "labels": {"egressgw.role": "switch"}},
+        "router": _router(flavour, workers, v6_underlay_only),
+        "api": {
+            "kind": "linux", "image": IMAGE,
+            "labels": {"egressgw.role": "kube-api", "egressgw.daemon.kube-apiserver": "@kube-apiserver --address "
+                       "100.127.0.10 --crds"},
+            "exec": ["ip addr add 100.127.0.10/24 dev eth1", "ip addr add 2001:db8:127::10/64 dev eth1",
+                     "ip route add default via 100.127.0.1", "ip -6 route add default via 2001:db8:127::1"],
+        },
+    }
+    links: list[dict[str, Any]] = [
+        {"endpoints": ["router:eth1", "lan:lan-rtr"]},
+        {"endpoints": ["router:eth2", "uplink:up-rtr"]},
+        {"endpoints": ["router:eth3", "ext:eth1"]},
+        {"endpoints": ["api:eth1", "lan:lan-api"]},
+    ]
+    for w in range(1, workers + 1):
+        worker, pod_nodes = _worker(w, pods)
+        nodes[f"worker{w}"] = worker
+        links.append({"endpoints": [f"worker{w}:eth1", f"lan:lan-w{w}"]})
+        for p, (pname, pod) in enumerate(pod_nodes.items(), start=1):
+            nodes[pname] = pod
+            links.append({"endpoints": [f"worker{w}:vp{p}", f"{pname}:eth0"]})
+    for g in range(1, gateways + 1):
+        nodes[f"gw{g}"] = {
+            "kind": "linux", "image": IMAGE, "labels": {"egressgw.role": "gateway"},
+            "exec": [f"ip addr add 198.51.100.1{g}/24 dev eth1", f"ip addr add 2001:db8:198::1{g}/64 dev eth1",
+                     "ip route add default via 198.51.100.1", "ip -6 route add default via 2001:db8:198::1"],
+        }
+        links.append({"endpoints": [f"gw{g}:eth1", f"uplink:up-gw{g}"]})
+    nodes["ext"] = {
+        "kind": "linux", "image": IMAGE,
+        "labels": {
+            "egressgw.role": "external",
+            "egressgw.daemon.extserver": "{python} -m lab.extserver --port 7000 --control 127.0.0.1:7080",
+            "egressgw.ready.extserver": "{python} -m lab.extclient peers",
+        },
+        "exec": ["ip addr add 203.0.113.2/28 dev eth1", "ip addr add 2001:db8:203::2/64 dev eth1",
+                 "ip route add default via 203.0.113.1", "ip -6 route add default via 2001:db8:203::1"],
+    }
+    return {"name": name, "topology": {"nodes": nodes, "links": links}}
+
+
+FILES: dict[str, tuple[str, dict[str, Any]]] = {
+    "default.clab.yml": (
+        "The default lab: dual stack everywhere, 2 workers x 2 pods, 2 gateways, BIRD 2 router, API node, "
+        "external server.",
+        {"name": "egw", "gateways": 2}),
+    "three-gateways.clab.yml": (
+        "The default lab with a third gateway (gw3, 198.51.100.13 / 2001:db8:198::13).",
+        {"name": "egw3", "gateways": 3}),
+    "dual-stack.clab.yml": (
+        "IPv6-underlay lab: same addresses as the default lab, but the router drops IPv4 between the cluster LAN and "
+        "the gateway uplink LAN, so tunnels between workers and gateways must use IPv6; pods still send IPv4 and IPv6.",
+        {"name": "egw6", "gateways": 2, "v6_underlay_only": True}),
+    "default-frr.clab.yml": (
+        "The default lab with FRR (zebra, bgpd, bfdd) instead of BIRD 2 as the upstream router.",
+        {"name": "egwfrr", "gateways": 2, "flavour": "frr"}),
+}
+
+
+def render(purpose: str, data: dict[str, Any]) -> str:
+    header = (
+        "# Generated by `python -m lab.topogen` (edit lab/topogen.py, then regenerate).\n"
+        f"# {purpose}\n"
+        "# Runs with `egressgw lab up FILE` (network namespaces, see docs/lab.md); the `egressgw.*` labels are the\n"
+        "# runner's extension (daemons, readiness checks) and are plain labels to real containerlab.\n"
+    )
+    return header + yaml.safe_dump(data, sort_keys=False, width=200, default_flow_style=False)
+
+
+def main() -> int:
+    HERE.mkdir(exist_ok=True)
+    for fname, (purpose, kwargs) in FILES.items():
+        (HERE / fname).write_text(render(purpose, build(**kwargs)))
+        print(HERE / fname)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
