@@ -73,12 +73,24 @@ def render_exabgp_config(settings: BgpSettings, *, bridge_command: Sequence[str]
     return "\n".join(lines) + "\n"
 
 
-def exabgp_environment(*, api_ack: bool = True, log_destination: str = "stderr") -> dict[str, str]:
+def listen_addresses(settings: BgpSettings) -> str:
+    """ExaBGP's `tcp.bind`: listen only when a peer is passive on our side (then on its local address)."""
+    passive = [p for p in settings.peers if p.passive]
+    if not passive:
+        return ""
+    if any(p.local_address is None for p in passive):
+        return "0.0.0.0 ::"
+    return " ".join(sorted({str(p.local_address) for p in passive}))
+
+
+def exabgp_environment(
+    settings: BgpSettings, *, api_ack: bool = True, log_destination: str = "stdout"
+) -> dict[str, str]:
     """Environment variables for ExaBGP (its settings that are not part of the config file).
 
     Root without privilege drop (we run inside the gateway's network namespace as root and need TCP-MD5 sockets),
     no CLI pipe (several instances may share a host; our bridge is the only control channel), acks on (the
-    announcer's state machine is driven by them), no listening socket (we connect to the routers).
+    announcer's state machine is driven by them), a listening socket only for passive peers.
     """
     return {
         "exabgp_daemon_user": "root",
@@ -87,7 +99,7 @@ def exabgp_environment(*, api_ack: bool = True, log_destination: str = "stderr")
         "exabgp_api_ack": "true" if api_ack else "false",
         "exabgp_api_cli": "false",
         "exabgp_api_encoder": "text",
-        "exabgp_tcp_bind": "",
+        "exabgp_tcp_bind": listen_addresses(settings),
         "exabgp_log_destination": log_destination,
         "exabgp_log_level": "INFO",
     }

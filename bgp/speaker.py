@@ -154,7 +154,7 @@ class BgpSpeaker:
 
     def _spawn(self) -> None:
         env = dict(os.environ)
-        env.update(exabgp_environment())
+        env.update(exabgp_environment(self.settings))
         env["exabgp_api_pipename"] = f"egressgw-{os.getpid()}-{id(self):x}"
         argv = [*self.command_prefix, str(self.settings.exabgp_binary), "server", str(self.config_path)]
         logf = self.log_path.open("ab")
