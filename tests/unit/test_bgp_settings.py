@@ -76,7 +76,7 @@ def test_global_local_address_applies_only_to_its_family() -> None:
 def test_cross_family_session_with_next_hop() -> None:
     s = parse_bgp_settings(
         base(peers=[{"address": "198.51.100.1", "asn": 64512, "families": ["ipv4-unicast", "ipv6-unicast"],
-                     "next_hop_ipv6": "2001:db8:198::11"}])  # fmt: skip
+                     "next_hop_ipv6": "2001:db8:198::11"}])
     )
     assert s.peers[0].next_hop_for(Family.IPV6_UNICAST) == "2001:db8:198::11"
     assert s.peers[0].next_hop_for(Family.IPV4_UNICAST) == "self"
