@@ -97,10 +97,10 @@ def _router(flavour: str, workers: int, v6_underlay_only: bool) -> dict[str, Any
         node["binds"] = ["../routers/frr.conf:/etc/frr/frr.conf:ro"]
         common = "-N {netns} -u frr -g frr -f {bind:/etc/frr/frr.conf}"
         node["labels"].update({
-            "egressgw.daemon.zebra": f"/usr/lib/frr/zebra {common} -i {{nodedir}}/zebra.pid",
+            "egressgw.daemon.zebra": f"/usr/lib/frr/zebra {common} -i /run/frr/{{netns}}/zebra.pid",
             "egressgw.ready.zebra": "test -S /run/frr/{netns}/zserv.api",
-            "egressgw.daemon.bfdd": f"/usr/lib/frr/bfdd {common} -i {{nodedir}}/bfdd.pid",
-            "egressgw.daemon.bgpd": f"/usr/lib/frr/bgpd {common} -i {{nodedir}}/bgpd.pid",
+            "egressgw.daemon.bfdd": f"/usr/lib/frr/bfdd {common} -i /run/frr/{{netns}}/bfdd.pid",
+            "egressgw.daemon.bgpd": f"/usr/lib/frr/bgpd {common} -i /run/frr/{{netns}}/bgpd.pid",
             "egressgw.ready.bgpd": "vtysh -N {netns} -c 'show bgp summary'",
             "egressgw.status": "vtysh -N {netns} -c 'show bgp summary' -c 'show bfd peers brief'",
         })
