@@ -1,0 +1,158 @@
+"""Policy resolution (pure): Snapshot -> Intent.
+
+One function, `resolve`, turns the whole cluster view into the whole egress intent: for every policy its gateway
+and EIPs (`eip_allocation`), for every gateway its members and EIP rankings (`placement`), for every selected pod IP
+the disjoint destinations each policy wins (`selection`, `precedence`), and the cluster-internal CIDRs
+(`cluster_cidrs`). The rules are documented in docs/policy-resolution.md.
+
+Determinism: the result depends only on the snapshot's content (and `previous`, which only makes `rr` allocation
+sticky), never on the order of its tuples; everything in the Intent is sorted.
+
+Speed: pods are indexed once (`PodIndex`), and the disjoint-destination computation is memoised per (family, set of
+matching policies), since most pods share their set of policies with many others.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from appliance.cluster_cidrs import cluster_cidrs
+from appliance.eip_allocation import Assignment, assign
+from appliance.intent import GatewayInstance, Intent, PolicyOutcome, PolicyState, Steering
+from appliance.model import EgressGateway, EgressPolicy, IPAddress, PolicyKind, PolicyRef
+from appliance.placement import build_instance, endpoints_of, node_ip_member
+from appliance.precedence import DisjointCache, policy_key
+from appliance.selection import PodIndex
+from appliance.snapshot import Problem, Reason, Snapshot
+
+POLICY_KINDS = frozenset(k.value for k in PolicyKind)
+
+
+def _instances(snapshot: Snapshot, assignments: Mapping[PolicyRef, Assignment]) -> dict[str, GatewayInstance]:
+    used: dict[str, list[IPAddress]] = {}
+    for a in assignments.values():
+        if a.state is PolicyState.READY:
+            used.setdefault(a.gateway, []).extend(a.eips.values())
+    return {
+        gw.name: build_instance(
+            gw,
+            nodes=snapshot.nodes,
+            appliances=snapshot.appliances,
+            alive_members=snapshot.alive_members,
+            used_eips=used.get(gw.name, ()),
+        )
+        for gw in sorted(snapshot.gateways, key=lambda g: g.name)
+    }
+
+
+def _route(
+    a: Assignment, version: int, instances: Mapping[str, GatewayInstance], gateways: Mapping[str, EgressGateway]
+) -> tuple[IPAddress | None, tuple[IPAddress, ...]]:
+    """(EIP, tunnel endpoints) of policy assignment `a` for pod IPs of `version`."""
+    inst = instances[a.gateway]
+    if a.use_node_ip:
+        member = node_ip_member(inst, str(a.policy.ref))
+        return None, (member.address,) if member is not None else ()
+    eip = a.eips[version]
+    return eip, endpoints_of(gateways[a.gateway], eip)
+
+
+def _invalid_outcomes(problems: Sequence[Problem], valid: set[PolicyRef]) -> list[PolicyOutcome]:
+    grouped: dict[PolicyRef, list[Problem]] = {}
+    for problem in problems:
+        if problem.ref.kind not in POLICY_KINDS:
+            continue
+        ref = PolicyRef(kind=PolicyKind(problem.ref.kind), namespace=problem.ref.namespace, name=problem.ref.name)
+        if ref not in valid:
+            grouped.setdefault(ref, []).append(problem)
+    return [
+        PolicyOutcome(
+            policy=ref,
+            state=PolicyState.INVALID,
+            reason=sorted(found)[0].reason,
+            message="; ".join(f"{p.field}: {p.message}" for p in sorted(found)),
+        )
+        for ref, found in grouped.items()
+    ]
+
+
+def _outcome(a: Assignment, instances: Mapping[str, GatewayInstance], selected: int) -> PolicyOutcome:
+    if a.state is not PolicyState.READY:
+        return PolicyOutcome(policy=a.policy.ref, state=a.state, gateway=a.gateway, reason=a.reason, message=a.message)
+    reason: Reason | None = None
+    notes = list(a.notes)
+    inst = instances[a.gateway]
+    if not inst.alive:
+        reason = Reason.NO_MEMBERS
+        notes.insert(0, f"EgressGateway {a.gateway!r} has no alive member (failover.noGatewayAction applies)")
+    return PolicyOutcome(
+        policy=a.policy.ref,
+        state=PolicyState.READY,
+        gateway=a.gateway,
+        eip_v4=a.eips.get(4),
+        eip_v6=a.eips.get(6),
+        use_node_ip=a.use_node_ip,
+        reason=reason,
+        message="; ".join(notes),
+        selected_ips=selected,
+    )
+
+
+def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
+    """The whole egress intent of `snapshot`. `previous` keeps `rr` EIPs where they were."""
+    gateways = {g.name: g for g in sorted(snapshot.gateways, key=lambda g: g.name)}
+    index = PodIndex(snapshot.pods, snapshot.namespaces)
+    policies = sorted(snapshot.policies, key=lambda p: p.ref)
+    assignments = assign(policies, gateways, index.labels_of_namespace, previous=previous)
+    instances = _instances(snapshot, assignments)
+
+    ready: list[EgressPolicy] = [p for p in policies if assignments[p.ref].state is PolicyState.READY]
+    matches: dict[tuple[int, IPAddress], list[int]] = {}
+    for pos, policy in enumerate(ready):
+        families = assignments[policy.ref].families
+        for key in index.select(policy):
+            if key[1].version in families:
+                matches.setdefault(key, []).append(pos)
+
+    ranks: dict[int, dict[int, int]] = {}
+    for v in (4, 6):
+        order = sorted(range(len(ready)), key=lambda i, v=v: (policy_key(ready[i], v), i))  # type: ignore[misc]
+        ranks[v] = {pos: r for r, pos in enumerate(order)}
+    routes: dict[tuple[int, int], tuple[IPAddress | None, tuple[IPAddress, ...]]] = {}
+    cache = DisjointCache.over(ready)
+    counts: Counter[PolicyRef] = Counter()
+    steerings: list[Steering] = []
+    for (i, ip), positions in matches.items():
+        pod = index.pods[i].pod
+        for pos, nets in cache.get(ip.version, tuple(positions)):
+            policy = ready[pos]
+            a = assignments[policy.ref]
+            route = routes.get((pos, ip.version))
+            if route is None:
+                route = routes[(pos, ip.version)] = _route(a, ip.version, instances, gateways)
+            counts[policy.ref] += 1
+            steerings.append(
+                Steering(
+                    pod_ip=ip,
+                    namespace=pod.namespace,
+                    pod=pod.name,
+                    node=pod.node_name,
+                    policy=policy.ref,
+                    gateway=a.gateway,
+                    eip=route[0],
+                    destinations=nets,
+                    endpoints=route[1],
+                    rank=ranks[ip.version][pos],
+                )
+            )
+    steerings.sort(key=lambda s: (s.pod_ip.version, int(s.pod_ip), s.rank, s.namespace, s.pod))
+    outcomes = [_outcome(assignments[p.ref], instances, counts[p.ref]) for p in policies]
+    outcomes.extend(_invalid_outcomes(snapshot.problems, {p.ref for p in policies}))
+    outcomes.sort(key=lambda o: o.policy)
+    return Intent(
+        steerings=tuple(steerings),
+        outcomes=tuple(outcomes),
+        instances=tuple(instances.values()),
+        cluster_cidrs=cluster_cidrs(snapshot),
+    )
