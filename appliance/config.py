@@ -51,10 +51,8 @@ class LogSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KubeSettings:
-    #: kubeconfig file; None = in-cluster service account (the DaemonSet case)
+    #: kubeconfig file (its current-context is used); None = $KUBECONFIG, else the in-cluster service account
     kubeconfig: Path | None = None
-    #: context inside the kubeconfig; None = its current-context
-    context: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,7 +158,7 @@ class GatewayConfig(CommonConfig):
 # ----- field parsers: each names its path in the error -----
 
 _COMMON_KEYS = {
-    "node_name", "kubeconfig", "kube_context", "tunnel", "metrics", "lease_namespace", "reconcile", "state_dir",
+    "node_name", "kubeconfig", "tunnel", "metrics", "lease_namespace", "reconcile", "state_dir",
     "log",
 }  # fmt: skip
 _AGENT_KEYS = _COMMON_KEYS | {"underlay"}
@@ -340,13 +338,11 @@ def _common(m: Mapping[str, Any], source: Path, default_metrics_port: int, env: 
     lease_ns = _str(m.get("lease_namespace", "egressgw-system"), "lease_namespace")
     if not _DNS_LABEL.match(lease_ns) or len(lease_ns) > 63:
         raise ConfigError("lease_namespace", f"must be a namespace name (DNS label), got {lease_ns!r}")
-    context = m.get("kube_context")
     return {
         "source": source,
         "node_name": node,
         "kube": KubeSettings(
             kubeconfig=_abs_path(m["kubeconfig"], "kubeconfig", base) if m.get("kubeconfig") is not None else None,
-            context=None if context is None else _str(context, "kube_context"),
         ),
         "tunnel": TunnelOverrides(
             mtu=None if tunnel_m.get("mtu") is None else _int(tunnel_m["mtu"], "tunnel.mtu", 1280, 9000)

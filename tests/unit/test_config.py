@@ -40,7 +40,7 @@ def gateway(raw: Any) -> Any:
 def test_agent_defaults() -> None:
     c = agent({})
     assert c.node_name == "worker1"
-    assert c.kube.kubeconfig is None and c.kube.context is None  # in-cluster
+    assert c.kube.kubeconfig is None  # $KUBECONFIG, else in-cluster
     assert c.underlay.interface is None and c.underlay.addresses == ()
     assert c.tunnel.mtu is None
     assert c.metrics == MetricsSettings(host="", port=9710)
@@ -60,7 +60,6 @@ def test_agent_every_field() -> None:
         {
             "node_name": "worker2",
             "kubeconfig": "kube/config",
-            "kube_context": "lab",
             "underlay": {"interface": "eth0", "addresses": ["2001:db8:127::12", "100.127.0.12"]},
             "tunnel": {"mtu": 1400},
             "metrics": {"address": "[2001:db8:127::12]:9100"},
@@ -78,7 +77,6 @@ def test_agent_every_field() -> None:
     )
     assert c.node_name == "worker2"
     assert c.kube.kubeconfig == Path("/etc/egressgw/kube/config")  # relative to the config file
-    assert c.kube.context == "lab"
     assert c.underlay.interface == "eth0"
     assert c.underlay.addresses == (ipaddress.ip_address("100.127.0.12"), ipaddress.ip_address("2001:db8:127::12"))
     assert c.tunnel.mtu == 1400
@@ -157,7 +155,7 @@ def test_gateway_drain_from_bgp_section() -> None:
         ({"node_name": "Worker_1"}, "node_name"),
         ({"node_name": 7}, "node_name"),
         ({"kubeconfig": ""}, "kubeconfig"),
-        ({"kube_context": 3}, "kube_context"),
+        ({"kube_context": "lab"}, "kube_context"),
         ({"underlay": []}, "underlay"),
         ({"underlay": {"iface": "eth0"}}, "underlay.iface"),
         ({"underlay": {"interface": "a/b"}}, "underlay.interface"),

@@ -1,0 +1,149 @@
+"""`egressgw agent --config FILE`: the worker agent; `egressgw agent cleanup`: remove everything it created.
+
+The agent watches the cluster (k8s_sync, agent role: this node's pods plus what resolution needs), and runs the
+reconcile loop `resolve -> plan_worker -> apply` so that selected local pods' traffic is steered into the tunnel
+toward their EIP. Everything runs in the current network namespace and logs to stderr, so the lab starts it with
+`ip netns exec <worker> egressgw agent --config worker1.yaml`.
+
+On SIGTERM/SIGINT the agent exits WITHOUT removing its kernel state: the data path keeps forwarding while the agent
+restarts (upgrade, crash loop), and the next start adopts the state (the appliers observe, diff and converge; they
+never flush). `egressgw agent cleanup` is the explicit uninstall: it removes our nft table, rules, routes and
+tunnel devices, and nothing else.
+
+Exit codes: 0 clean stop, 1 runtime failure (no interface, data path unavailable), 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from appliance.config import AgentConfig, config_error_line, load_agent_config
+from appliance.configerror import ConfigError
+from appliance.intent import Intent
+from appliance.logging_setup import EventLogger, setup_logging
+from appliance.reconciling import PassOutcome, Reconciler
+from appliance.snapshot import Snapshot
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="agent config file (YAML; see docs/operations.md)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="remove every kernel object the agent created (our nft table, rules, routes, tunnel devices)",
+        description="Remove every kernel object the agent created. Run it after stopping the agent for good.",
+    )
+    cleanup.add_argument("--config", dest="cleanup_config", metavar="FILE", default=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def _load(path: str) -> AgentConfig | int:
+    try:
+        return load_agent_config(path)
+    except ConfigError as e:
+        print(config_error_line(path, e), file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) == "cleanup":
+        return cleanup(getattr(args, "cleanup_config", None) or args.config)
+    if not args.config:
+        print("egressgw agent: --config FILE is required (or use `egressgw agent cleanup`)", file=sys.stderr)
+        return 2
+    cfg = _load(args.config)
+    if isinstance(cfg, int):
+        return cfg
+    return run_agent(cfg)
+
+
+def cleanup(config_path: str | None) -> int:
+    cfg: AgentConfig | None = None
+    if config_path:
+        loaded = _load(config_path)
+        if isinstance(loaded, int):
+            return loaded
+        cfg = loaded
+    setup_logging(cfg.log if cfg is not None else None)
+    from appliance.datapath_wiring import DataPathUnavailable, remove_worker_state
+
+    log = EventLogger("egressgw.agent")
+    try:
+        removed = remove_worker_state(cfg)
+    except DataPathUnavailable as e:
+        log.error("agent.cleanup_failed", error=str(e))
+        return 1
+    log.info("agent.cleanup_done", removed=len(removed), changes=list(removed[:50]))
+    return 0
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    setup_logging(cfg.log)
+    log = EventLogger("egressgw.agent", node=cfg.node_name)
+    from appliance.datapath_wiring import DataPathUnavailable, make_worker_datapath
+    from appliance.service_metrics import LoopMetrics, serve_metrics
+    from appliance.underlay import UnderlayError, detect_underlay
+    from k8s_sync.cluster import ClusterSync
+    from k8s_sync.kubeapi import KubeApi, make_api_client
+    from k8s_sync.resources import Role
+
+    try:
+        underlay = detect_underlay(cfg.underlay, what="underlay")
+        datapath = make_worker_datapath(cfg, underlay)
+    except (UnderlayError, DataPathUnavailable) as e:
+        log.error("agent.start_failed", error=str(e))
+        return 1
+    log.info(
+        "agent.starting",
+        underlay=underlay.interface,
+        addresses=underlay.addresses,
+        mtu=underlay.mtu,
+        kubeconfig=cfg.kube.kubeconfig or "in-cluster",
+    )
+    metrics = LoopMetrics("agent")
+    try:
+        listen = serve_metrics(cfg.metrics)
+    except OSError as e:
+        log.error("agent.start_failed", error=f"metrics server on {cfg.metrics}: {e}")
+        return 1
+    if listen:
+        log.info("metrics.listening", address=listen)
+
+    api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
+    sync = ClusterSync(api, role=Role.AGENT, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
+    previous: list[Intent] = []
+
+    def run_pass(snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
+        from appliance.resolution import resolve
+
+        intent = resolve(snapshot, previous=previous[-1] if previous else None)
+        previous[:] = [intent]
+        return datapath.converge(snapshot, intent)
+
+    reconciler = Reconciler(
+        source=sync.store,
+        run_pass=run_pass,
+        settings=cfg.reconcile,
+        log=log.bind(loop="agent"),
+        on_pass=metrics.observe,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("agent.stopping", signal=signal.Signals(signum).name, kernel_state="kept")
+        stop.set()
+        reconciler.wake()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sync.start()
+    try:
+        reconciler.run(stop)
+    finally:
+        sync.stop()
+    log.info("agent.stopped", passes=reconciler.passes, failed_passes=reconciler.failed_passes)
+    return 0
