@@ -12,8 +12,10 @@ EIPs, per family and independently:
   unset (shared by every such policy);
 - `allocatorPolicy: rr`: one pool index per policy, never shared, the same index for IPv4 and IPv6 (a dual-stack
   pair). Allocation is sticky: a policy keeps the index it had in the previous intent when it is still free; new
-  policies get the lowest free index, in (creation time, ref) order. Indices used by explicit or `default` policies
-  of the same gateway and the configured default EIPs are never given to `rr` policies. When no index is left the
+  policies get the lowest free index, in (creation time, ref) order. Indices used (in either family) by explicit or
+  `default` policies of the same gateway, and the configured default EIPs' indices, are never given to `rr`
+  policies; an rr policy with an explicit address in one family gets that address's index in the other family
+  when nobody else uses it. When no index is left the
   policy is Pending (PoolExhausted). A dual-stack rr policy can use indices below the smaller pool's size.
 A family without an EIP is not steered for that policy; with no family at all the policy is Pending
 (NoPoolForFamily).
@@ -129,13 +131,21 @@ def _previous_index(previous: Intent | None) -> Callable[[PolicyRef, str, Egress
     return lookup
 
 
+#: owner of an index reserved by a gateway's configured default EIP
+DEFAULT_OWNER = "default-eip"
+
+
 def _allocate_rr(
     gw: EgressGateway,
     requests: list[tuple[Assignment, tuple[int, ...]]],
-    reserved: dict[int, set[int]],
+    reserved: dict[int, set[str]],
     previous: Intent | None,
 ) -> list[Assignment]:
-    """Give every rr request an index free in all of its families (sticky first, then lowest free)."""
+    """Give every rr request a pool index nobody else uses (sticky first, then its own explicit index, then lowest).
+
+    `reserved`: pool index -> owners (policy refs as strings, DEFAULT_OWNER); an index is a dual-stack pair, so a
+    reservation in one family blocks the index in both.
+    """
     requests = sorted(requests, key=lambda r: (r[0].policy.created, r[0].policy.ref))
     prev = _previous_index(previous)
     chosen: dict[PolicyRef, int] = {}
@@ -143,19 +153,24 @@ def _allocate_rr(
     def capacity(fams: tuple[int, ...]) -> int:
         return min(gw.pool(v).size for v in fams)
 
-    def free(i: int, fams: tuple[int, ...]) -> bool:
-        return i < capacity(fams) and all(i not in reserved[v] for v in fams)
+    def free(i: int, fams: tuple[int, ...], owner: str = "") -> bool:
+        return i < capacity(fams) and reserved.get(i, set()) <= {owner}
+
+    def take(ref: PolicyRef, i: int) -> None:
+        chosen[ref] = i
+        reserved.setdefault(i, set()).add(str(ref))
 
     for a, fams in requests:
         idx = prev(a.policy.ref, gw.name, gw, fams)
-        if idx is not None and free(idx, fams):
-            chosen[a.policy.ref] = idx
-            for v in fams:
-                reserved[v].add(idx)
+        if idx is not None and free(idx, fams, str(a.policy.ref)):
+            take(a.policy.ref, idx)
     cursor: dict[tuple[int, ...], int] = {}
     out: list[Assignment] = []
     for a, fams in requests:
         ref = a.policy.ref
+        own = [gw.pool(v).index_of(e) for v, e in sorted(a.eips.items())]
+        if ref not in chosen and own and free(own[0], fams, str(ref)):
+            take(ref, own[0])  # pair the rr family with this policy's explicit address
         if ref not in chosen:
             i = cursor.get(fams, 0)
             cap = capacity(fams)
@@ -167,9 +182,7 @@ def _allocate_rr(
                     f"every address of EgressGateway {gw.name!r} usable by allocatorPolicy rr is taken"
                 )))
                 continue
-            chosen[ref] = i
-            for v in fams:
-                reserved[v].add(i)
+            take(ref, i)
         eips = dict(a.eips)
         for v in fams:
             eips[v] = gw.pool(v).nth(chosen[ref])
@@ -200,16 +213,16 @@ def assign(
             result[policy.ref] = assignment
     for name, requests in sorted(rr_requests.items()):
         gw = gateways[name]
-        reserved: dict[int, set[int]] = {v: set() for v in FAMILIES}
+        reserved: dict[int, set[str]] = {}
         for v in FAMILIES:
             d = gw.default_eip(v)
             if d is not None and d in gw.pool(v):
-                reserved[v].add(gw.pool(v).index_of(d))
+                reserved.setdefault(gw.pool(v).index_of(d), set()).add(DEFAULT_OWNER)
         for a in list(result.values()) + [r[0] for r in requests]:
             if a.gateway == name:
                 for v, eip in a.eips.items():
                     if eip in gw.pool(v):
-                        reserved[v].add(gw.pool(v).index_of(eip))
+                        reserved.setdefault(gw.pool(v).index_of(eip), set()).add(str(a.policy.ref))
         for a in _allocate_rr(gw, requests, reserved, previous):
             result[a.policy.ref] = a
     return result
