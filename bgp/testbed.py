@@ -26,6 +26,10 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, Literal
 
+from bgp.bfd_sidecar import BfdSidecar
+from bgp.settings import BgpSettings, parse_bgp_settings
+from bgp.speaker import BgpSpeaker
+
 ROUTER_ASN = 64512
 GATEWAY_ASN = 64513
 ROUTER_V4 = ip_address("198.51.100.1")
@@ -291,3 +295,53 @@ def wait_until(pred: Any, timeout: float, interval: float = 0.02) -> float | Non
             return time.monotonic() - start
         time.sleep(interval)
     return None
+
+
+# ----- gateways on the testbed -----
+
+
+def gateway_settings(i: int, *, bfd: bool = True) -> BgpSettings:
+    return parse_bgp_settings({
+        "local_asn": GATEWAY_ASN, "router_id": str(gw_v4(i)),
+        "peers": [{"address": str(ROUTER_V4), "asn": ROUTER_ASN, "local_address": str(gw_v4(i))},
+                  {"address": str(ROUTER_V6), "asn": ROUTER_ASN, "local_address": str(gw_v6(i))}],
+        "bfd": {"enabled": bfd},
+    })  # fmt: skip
+
+
+@dataclass
+class Gateway:
+    index: int
+    speaker: BgpSpeaker
+    bfd: BfdSidecar
+
+    def stop(self) -> None:
+        self.speaker.stop()
+        self.bfd.stop()
+
+
+@dataclass
+class Bed:
+    """A testbed plus the gateways (speaker + BFD sidecar) started on it; `close()` stops them all."""
+
+    tb: Testbed
+    gateways: list[Gateway] = field(default_factory=list)
+
+    def gateway(self, i: int, *, bfd: bool = True) -> Gateway:
+        s = gateway_settings(i, bfd=bfd)
+        prefix = self.tb.exec_prefix(self.tb.gw_ns(i))
+        work = self.tb.workdir / f"gw{i}"
+        gw = Gateway(index=i, speaker=BgpSpeaker(s, work, command_prefix=prefix),
+                     bfd=BfdSidecar(s, work, command_prefix=prefix))  # fmt: skip
+        self.gateways.append(gw)
+        gw.bfd.start()
+        gw.speaker.start()
+        return gw
+
+    def close(self) -> None:
+        for gw in self.gateways:
+            try:
+                gw.stop()
+            except Exception as exc:  # teardown must go on
+                print(f"gateway {gw.index} stop failed: {exc}")
+        self.tb.down()

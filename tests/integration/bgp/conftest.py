@@ -1,0 +1,40 @@
+"""Fixtures for the BGP namespace tests: a `bgp.testbed.Bed` (router + gateways, prefix `egt-bg-`), per router kind.
+
+Binaries that are missing make the tests FAIL (not skip): a green run must mean BIRD/FRR/ExaBGP were exercised.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bgp.testbed import Bed, Testbed
+
+REQUIRED = {
+    "bird": ["bird", "birdc"],
+    "frr": ["/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/frr/bfdd", "vtysh", "bird"],
+}
+
+
+def require(router: str) -> None:
+    exabgp = Path(sys.executable).parent / "exabgp"
+    missing = [b for b in REQUIRED[router] if shutil.which(b) is None] + ([] if exabgp.exists() else [str(exabgp)])
+    if missing:
+        pytest.fail(f"missing binaries for the BGP netns tests: {missing} (apt-get install bird2 frr; pip install "
+                    "'exabgp>=5.0,<5.1')", pytrace=False)  # fmt: skip
+
+
+@pytest.fixture(params=["bird", "frr"])
+def bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bed]:
+    require(request.param)
+    b = Bed(Testbed(workdir=tmp_path / "bed", router=request.param))
+    try:
+        b.tb.up()
+        b.tb.start_router()
+        yield b
+    finally:
+        b.close()

@@ -1,0 +1,108 @@
+"""BGP against real routers (BIRD 2 and FRR) in namespaces: sessions, pool filter, preference, failover, BFD, drain.
+
+Each test builds its own tiny testbed (router + 2 gateways + client, prefix `egt-bg-`). Timing figures (failover,
+BFD detection) are printed for the report, and asserted only loosely (behaviour: "the route moved", and faster
+than the 3 s hold time where BFD is what must have noticed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from ipaddress import ip_network
+
+import pytest
+
+from bgp.announcing import Announcement
+from bgp.draining import drain_announcements
+from bgp.settings import DrainSettings
+from bgp.testbed import Bed, gw_v4, gw_v6, sh, wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
+
+EIP4 = "203.0.113.130/32"
+EIP6 = "2001:db8:e1::130/128"
+OUTSIDE = "203.0.113.5/32"
+
+
+def anns(med: int, *prefixes: str) -> frozenset[Announcement]:
+    return frozenset(Announcement(prefix=ip_network(p), med=med) for p in prefixes)
+
+
+def test_session_announce_filter_withdraw(bed: Bed) -> None:
+    gw = bed.gateway(1)
+    gw.speaker.set_announcements(anns(100, EIP4, EIP6, OUTSIDE))
+    assert gw.speaker.wait_peers("up", 20), gw.speaker.peer_states()
+    assert gw.speaker.wait_converged(5)
+    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
+    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], 5) is not None
+    # the router's import filter rejects what is outside the EIP pools
+    assert bed.tb.router_route(OUTSIDE) == []
+    # the gateway imports nothing: the router exports nothing and ExaBGP installs nothing
+    gw_routes = sh("ip", "-n", bed.tb.gw_ns(1), "route", "show", "table", "all").stdout
+    assert "203.0.113" not in gw_routes and "2001:db8:e1" not in gw_routes
+    if bed.tb.router == "bird":
+        assert "203.0.113" not in bed.tb.router_cli("show route export gw1_v4")
+    else:
+        assert "203.0.113" not in bed.tb.router_cli(f"show bgp ipv4 unicast neighbors {gw_v4(1)} advertised-routes")
+    # BFD is up on both sides
+    assert wait_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, 10), gw.bfd.peer_states()
+    router_bfd = bed.tb.router_cli("show bfd sessions" if bed.tb.router == "bird" else "show bfd peers brief")
+    assert any(str(gw_v4(1)) in line and ("Up" in line or " up" in line) for line in router_bfd.splitlines())
+    # withdrawal removes the routes
+    gw.speaker.set_announcements(frozenset())
+    assert gw.speaker.wait_converged(5)
+    assert wait_until(lambda: not bed.tb.router_route(EIP4) and not bed.tb.router_route(EIP6), 5) is not None
+
+
+def _two_gateways(bed: Bed, *, bfd: bool = True) -> None:
+    g1, g2 = bed.gateway(1, bfd=bfd), bed.gateway(2, bfd=bfd)
+    g1.speaker.set_announcements(anns(100, EIP4, EIP6))
+    g2.speaker.set_announcements(anns(110, EIP4, EIP6))
+    for g in (g1, g2):
+        assert g.speaker.wait_peers("up", 20), g.speaker.peer_states()
+        assert g.speaker.wait_converged(5)
+    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
+    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], 5) is not None
+    # both paths are held by the router: the backup is there before anything fails
+    cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
+    assert wait_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), 5) is not None
+
+
+def test_better_preference_wins_and_exabgp_kill_fails_over_and_back(bed: Bed) -> None:
+    _two_gateways(bed)
+    g1 = bed.gateways[0]
+    pid = g1.speaker.exabgp_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    moved = wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], 5, interval=0.005)
+    assert moved is not None
+    print(f"\n[{bed.tb.router}] ExaBGP SIGKILL -> router moved {EIP4} to gw2 in {moved * 1000:.0f} ms")
+    # the speaker respawns ExaBGP and resends everything: gw1 takes the primary back
+    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 20) is not None
+    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], 5) is not None
+    assert g1.speaker.restarts >= 1
+
+
+def test_bfd_detects_a_cut_link(bed: Bed) -> None:
+    _two_gateways(bed)
+    g1 = bed.gateways[0]
+    assert wait_until(lambda: set(g1.bfd.peer_states().values()) == {"Up"}, 10), g1.bfd.peer_states()
+    bed.tb.cut(1)
+    moved = wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], 5, interval=0.005)
+    assert moved is not None
+    print(f"\n[{bed.tb.router}] link cut -> router moved {EIP4} to gw2 in {moved * 1000:.0f} ms (BFD 50 ms x 3)")
+    assert moved < 2.5, "slower than the BGP hold time: BFD did not detect the failure"
+    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(2))], 2) is not None
+
+
+def test_drain_moves_traffic_before_the_session_closes(bed: Bed) -> None:
+    _two_gateways(bed)
+    g1 = bed.gateways[0]
+    result = drain_announcements(g1.speaker, DrainSettings(timeout_s=5.0, settle_s=0.3))
+    assert result.acknowledged
+    # after ack + settle the router already uses gw2, while gw1's sessions are still up
+    assert bed.tb.router_route(EIP4) == [str(gw_v4(2))]
+    assert bed.tb.router_route(EIP6) == [str(gw_v6(2))]
+    assert set(g1.speaker.peer_states().values()) == {"up"}
+    print(f"\n[{bed.tb.router}] drain: acks after {result.ack_wait_s * 1000:.0f} ms, then settle {result.settle_s} s")
