@@ -129,8 +129,8 @@ class KubeApi:
     def merge_patch(self, path: str, patch: JSON) -> JSON:
         return self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
-    def delete(self, path: str) -> JSON:
-        return self.request("DELETE", path)
+    def delete(self, path: str, query: Mapping[str, Any] | None = None) -> JSON:
+        return self.request("DELETE", path, query=query)
 
     def open_stream(self, path: str, query: Mapping[str, Any], read_timeout: float) -> Any:
         """Open a watch: returns the urllib3 response (close it, or `shutdown()` it from another thread)."""

@@ -96,7 +96,9 @@ class Reflector:
     """Keeps `sink` in step with one kind. `start()` runs it in a daemon thread; `stop()` ends it promptly."""
 
     def __init__(self, api: KubeApi, spec: WatchSpec, sink: ReflectorSink, *,
-                 settings: ReflectorSettings | None = None, rng: random.Random | None = None) -> None:
+                 settings: ReflectorSettings | None = None, rng: random.Random | None = None,
+                 resource_version: str = "") -> None:
+        """`resource_version`: resume watching from there instead of listing first (state kept across a restart)."""
         self.api = api
         self.spec = spec
         self.sink = sink
@@ -108,7 +110,7 @@ class Reflector:
         self._thread: threading.Thread | None = None
         self._stream: Any = None
         self._lock = threading.Lock()
-        self.resource_version = ""
+        self.resource_version = resource_version
         self.stats: dict[str, int] = {"lists": 0, "watches": 0, "events": 0, "relists": 0, "errors": 0}
 
     @property
@@ -136,7 +138,7 @@ class Reflector:
     # ----- the loop -----
 
     def run(self) -> None:
-        rv = ""
+        rv = self.resource_version
         while not self._stop.is_set():
             try:
                 if not rv:

@@ -165,6 +165,18 @@ class Store:
     def revision(self) -> int:
         return self._revision
 
+    def clock(self) -> float:
+        return self._clock()
+
+    def alive_now(self) -> frozenset[str] | None:
+        """The member names whose lease is fresh now (cheap: no snapshot is built)."""
+        with self._lock:
+            return self._alive_members(self._clock())
+
+    def notify(self, reason: str) -> None:
+        """Tell subscribers the snapshot may have changed for a reason no watch event carries (lease expiry)."""
+        self._notify(reason)
+
     # ----- internals -----
 
     def _bump(self, key: str) -> None:

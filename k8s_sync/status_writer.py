@@ -1,0 +1,230 @@
+"""The one status writer: writes planned status (`status_planning`) through `/status` and records Events.
+
+- `submit(snapshot, intent)` never blocks: it replaces the pending work (latest wins) and wakes the worker thread,
+  so a slow or absent API server never stalls a reconcile loop.
+- Only the leader writes (`is_leader`, from `leases.LeaderElection`); followers drop work silently.
+- Each write is a JSON merge patch of `status` carrying `metadata.resourceVersion`: if someone changed the object
+  since we read it (409 Conflict), the object is fetched again, its status re-planned against it, and the write
+  retried (a few times). 404 = deleted meanwhile: nothing to do.
+- What we wrote is remembered with the resourceVersion the server returned, and overlays the store's (possibly
+  lagging) copy, so the next pass does not rewrite the same status while our own watch event is still in flight.
+- Events (core v1) are created only for writes that succeeded, for cluster-scoped objects in `default`.
+Log events: `status.written`, `status.conflict`, `status.write_failed`, `event.recorded`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.intent import Intent
+from appliance.model import API_VERSION
+from appliance.snapshot import ObjectRef, Snapshot
+from k8s_sync.kubeapi import JSON, ApiError, KubeApi
+from k8s_sync.resources import RESOURCES
+from k8s_sync.status_planning import STATUS_KINDS, EventSpec, StatusPlan, StatusWrite, plan_status
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 3
+
+
+def rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _rv_int(rv: str) -> int:
+    return int(rv) if rv.isdigit() else -1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteReport:
+    written: int = 0
+    conflicts: int = 0
+    failed: int = 0
+    events: int = 0
+
+
+class StatusWriter:
+    def __init__(self, api: KubeApi, objects: Callable[[str], Sequence[JSON]], *,
+                 is_leader: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.time,
+                 identity: str = "egressgw", retry_delay: float = 2.0) -> None:
+        """`objects(kind)` returns the current raw objects of a kind (the store's `raw_objects`)."""
+        self.api = api
+        self._objects = objects
+        self._is_leader = is_leader
+        self._clock = clock
+        self.identity = identity
+        self._retry_delay = retry_delay
+        self._cond = threading.Condition()
+        self._pending: tuple[Snapshot, Intent] | None = None
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._written: dict[ObjectRef, tuple[str, JSON]] = {}
+        self.last_report = WriteReport()
+
+    # ----- the non-blocking face -----
+
+    def submit(self, snapshot: Snapshot, intent: Intent) -> None:
+        with self._cond:
+            self._pending = (snapshot, intent)
+            self._cond.notify_all()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far has been handled (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        retry: tuple[Snapshot, Intent] | None = None
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop and retry is None:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                if self._pending is None and retry is not None:
+                    self._cond.wait(self._retry_delay)  # a newer submission supersedes the retry
+                    if self._stop:
+                        return
+                work = self._pending or retry
+                self._pending, retry = None, None
+                self._busy = True
+            try:
+                if work is not None and self._is_leader():
+                    report = self.write_once(*work)
+                    if report.failed:
+                        retry = work
+            except Exception:
+                log.exception("status.write_failed cause=unexpected")
+                retry = work
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    # ----- one pass (synchronous) -----
+
+    def plan(self, snapshot: Snapshot, intent: Intent) -> StatusPlan:
+        objects = {kind: self._overlay(kind, self._objects(kind)) for kind in STATUS_KINDS}
+        return plan_status(snapshot, intent, objects, now=rfc3339(self._clock()))
+
+    def write_once(self, snapshot: Snapshot, intent: Intent) -> WriteReport:
+        plan = self.plan(snapshot, intent)
+        written = conflicts = failed = events = 0
+        ok_refs: set[ObjectRef] = set()
+        for write in plan.writes:
+            result = self._write(write, snapshot, intent)
+            if result is None:
+                failed += 1
+                continue
+            written += result[0] > 0
+            conflicts += result[1]
+            if result[0]:
+                ok_refs.add(write.ref)
+        for event in plan.events:
+            if event.ref in ok_refs and self._record(event):
+                events += 1
+        report = WriteReport(written=written, conflicts=conflicts, failed=failed, events=events)
+        if plan.writes:
+            log.info("status.pass writes=%d written=%d conflicts=%d failed=%d events=%d revision=%d",
+                     len(plan.writes), written, conflicts, failed, events, snapshot.revision)
+        self.last_report = report
+        return report
+
+    def _overlay(self, kind: str, objects: Sequence[JSON]) -> list[JSON]:
+        out = []
+        for obj in objects:
+            meta = obj.get("metadata") or {}
+            ref = ObjectRef(kind=kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name")))
+            mine = self._written.get(ref)
+            if mine is not None and _rv_int(mine[0]) > _rv_int(str(meta.get("resourceVersion") or "")):
+                obj = {**obj, "metadata": {**meta, "resourceVersion": mine[0]}, "status": mine[1]}
+            out.append(obj)
+        return out
+
+    def _path(self, ref: ObjectRef) -> str:
+        return RESOURCES[ref.kind].path(ref.namespace or None, ref.name, "status")
+
+    def _write(self, write: StatusWrite, snapshot: Snapshot, intent: Intent) -> tuple[int, int] | None:
+        """(1 if written else 0, conflicts) or None when it failed."""
+        conflicts = 0
+        for _ in range(MAX_CONFLICT_RETRIES + 1):
+            body = {"metadata": {"resourceVersion": write.resource_version}, "status": write.patch}
+            try:
+                answer = self.api.merge_patch(self._path(write.ref), body)
+            except ApiError as e:
+                if e.status == 404:
+                    return (0, conflicts)
+                if e.status != 409:
+                    log.warning("status.write_failed object=%s status=%d error=%s", write.ref, e.status, e.message)
+                    return None
+                conflicts += 1
+                log.info("status.conflict object=%s", write.ref)
+                fresh = self._refetch(write.ref)
+                if fresh is None:
+                    return (0, conflicts)
+                again = plan_status(snapshot, intent, {write.ref.kind: [fresh]}, now=rfc3339(self._clock()))
+                if not again.writes:
+                    return (0, conflicts)
+                write = again.writes[0]
+                continue
+            except Exception as e:  # API away: the worker retries later
+                log.warning("status.write_failed object=%s error=%r", write.ref, e)
+                return None
+            rv = str((answer.get("metadata") or {}).get("resourceVersion") or "")
+            self._written[write.ref] = (rv, answer.get("status") or write.status)
+            log.debug("status.written object=%s resource_version=%s", write.ref, rv)
+            return (1, conflicts)
+        return None
+
+    def _refetch(self, ref: ObjectRef) -> JSON | None:
+        try:
+            return self.api.get(RESOURCES[ref.kind].path(ref.namespace or None, ref.name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def _record(self, event: EventSpec) -> bool:
+        now = rfc3339(self._clock())
+        namespace = event.ref.namespace or "default"
+        involved: Mapping[str, Any] = {"apiVersion": API_VERSION, "kind": event.ref.kind, "name": event.ref.name,
+                                       "uid": event.uid, **({"namespace": event.ref.namespace}
+                                                            if event.ref.namespace else {})}
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{event.ref.name}.", "namespace": namespace},
+            "involvedObject": involved, "reason": str(event.reason), "message": event.message,
+            "type": str(event.type), "source": {"component": "egressgw"}, "reportingComponent": "egressgw",
+            "reportingInstance": self.identity, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.api.create(f"/api/v1/namespaces/{namespace}/events", body)
+        except Exception as e:  # events are best effort
+            log.warning("event.record_failed object=%s reason=%s error=%r", event.ref, event.reason, e)
+            return False
+        log.info("event.recorded object=%s reason=%s message=%s", event.ref, event.reason, event.message)
+        return True

@@ -1,0 +1,159 @@
+"""Reflectors and the store against the real kube-apiserver: order, relist on 410, API server restart, synced gate,
+and a pod's life (created, IP set by a status merge-patch, deleted) followed by the snapshot."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from typing import Any
+
+import pytest
+
+from k8s_sync.kubeapi import JSON, KubeApi
+from k8s_sync.reflector import Gone, Reflector, WatchSpec
+from k8s_sync.resources import RESOURCES, Role
+from k8s_sync.store import Store
+from lab.kube_apiserver import ApiServer
+
+from .conftest import FAST, Kube, wait_for
+
+pytestmark = pytest.mark.apiserver
+
+
+class Recorder:
+    """A ReflectorSink that records what it is told."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, Any, Any]] = []
+
+    def replace(self, key: str, objects: list[JSON], resource_version: str) -> None:
+        with self.lock:
+            self.calls.append(("LIST", sorted(o["metadata"]["name"] for o in objects), resource_version))
+
+    def apply(self, key: str, event_type: str, obj: JSON) -> None:
+        with self.lock:
+            self.calls.append((event_type, obj["metadata"]["name"], obj["metadata"]["resourceVersion"]))
+
+    def events(self) -> list[tuple[str, Any, Any]]:
+        with self.lock:
+            return [c for c in self.calls if c[0] != "LIST"]
+
+
+def pod_spec(namespace: str) -> WatchSpec:
+    return WatchSpec(key="Pod", resource=RESOURCES["Pod"], namespace=namespace)
+
+
+def test_events_arrive_in_order_from_the_lists_resource_version(sync_api: KubeApi, kube: Kube,
+                                                                kube_namespace: str) -> None:
+    kube.pod(kube_namespace, "before")
+    rec = Recorder()
+    r = Reflector(sync_api, pod_spec(kube_namespace), rec, settings=FAST)
+    r.start()
+    try:
+        assert r.wait_synced(10)
+        listed = rec.calls[0]
+        assert listed[0] == "LIST" and listed[1] == ["before"]
+        for i in range(5):
+            kube.pod(kube_namespace, f"p{i}")
+        kube.patch("Pod", "p1", {"metadata": {"labels": {"x": "y"}}}, kube_namespace)
+        kube.delete("Pod", "p0", kube_namespace)
+        wait_for(lambda: any(e[0] == "DELETED" for e in rec.events()), what="the DELETED event")
+        events = rec.events()
+        seen = [(e[0], e[1]) for e in events]
+        # a deletion may first show as MODIFIED (deletionTimestamp set), then DELETED
+        assert [e for e in seen if e != ("MODIFIED", "p0")] == [("ADDED", f"p{i}") for i in range(5)] + [
+            ("MODIFIED", "p1"), ("DELETED", "p0")]
+        rvs = [int(e[2]) for e in events]
+        assert rvs == sorted(rvs) and rvs[0] > int(listed[2])
+    finally:
+        r.stop()
+
+
+def test_stale_resource_version_relists(sync_api: KubeApi, kube: Kube, kube_namespace: str,
+                                        apiserver: ApiServer) -> None:
+    kube.pod(kube_namespace, "gone-soon")
+    rec = Recorder()
+    r = Reflector(sync_api, pod_spec(kube_namespace), rec, settings=FAST)
+    stale = r._list()  # what a reflector held before a long outage
+    kube.delete("Pod", "gone-soon", kube_namespace)
+    kube.pod(kube_namespace, "new")
+    apiserver.restart_apiserver()  # the watch cache restarts at etcd's current revision: `stale` is now too old
+    with pytest.raises(Gone):
+        r._watch(stale)
+    # the running loop turns that into a relist: the deleted pod disappears, the new one appears
+    r2 = Reflector(sync_api, pod_spec(kube_namespace), rec, settings=FAST, resource_version=stale)
+    r2.start()
+    try:
+        wait_for(lambda: any(c[0] == "LIST" and c[1] == ["new"] for c in rec.calls), what="relist")
+        assert r2.stats["relists"] >= 1
+    finally:
+        r2.stop()
+
+
+def test_apiserver_restart_keeps_state_and_resumes(sync_api: KubeApi, kube: Kube, kube_namespace: str,
+                                                   apiserver: ApiServer) -> None:
+    kube.pod(kube_namespace, "a")
+    store = Store(["Pod"])
+    r = Reflector(sync_api, pod_spec(kube_namespace), store, settings=FAST)
+    r.start()
+    try:
+        assert r.wait_synced(10)
+        apiserver.stop_apiserver()
+        wait_for(lambda: r.stats["errors"] >= 1, what="a connection error")
+        assert [p["metadata"]["name"] for p in store.raw_objects("Pod")] == ["a"]  # last good state kept
+        apiserver.restart_apiserver()
+        kube.pod(kube_namespace, "b")
+        wait_for(lambda: len(store.raw_objects("Pod")) == 2, timeout=20, what="pod b after the restart")
+    finally:
+        r.stop()
+
+
+def test_nothing_is_synced_before_every_kind_is_listed(sync_api: KubeApi, kube_namespace: str) -> None:
+    store = Store(["Pod", "Namespace"])
+    pods = Reflector(sync_api, pod_spec(kube_namespace), store, settings=FAST)
+    namespaces = Reflector(sync_api, WatchSpec(key="Namespace", resource=RESOURCES["Namespace"]), store,
+                           settings=FAST)
+    notified: list[str] = []
+    store.subscribe(notified.append)
+    pods.start()
+    try:
+        assert pods.wait_synced(10)
+        assert not store.synced() and store.missing() == {"Namespace"}
+        namespaces.start()
+        assert namespaces.wait_synced(10)
+        assert store.synced() and not store.missing()
+        assert "Pod/LISTED" in notified and "Namespace/LISTED" in notified
+    finally:
+        pods.stop()
+        namespaces.stop()
+
+
+def test_pod_lifecycle_is_followed_by_the_snapshot(start_sync: Any, kube: Kube, kube_namespace: str) -> None:
+    sync = start_sync(Role.GATEWAY)
+
+    def pod() -> Any:
+        return next((p for p in sync.store.snapshot().pods if p.namespace == kube_namespace), None)
+
+    kube.pod(kube_namespace, "web", labels={"app": "web"}, node="worker-x")
+    created = wait_for(pod, what="pod in the snapshot")
+    assert created.ips == () and created.node_name == "worker-x"
+    kube.set_pod_ips(kube_namespace, "web", ("100.64.1.10", "2001:db8:64:1::10"))
+    running = wait_for(lambda: (p := pod()) is not None and p.ips and p, what="pod IPs")
+    assert running.ips == (ipaddress.ip_address("100.64.1.10"), ipaddress.ip_address("2001:db8:64:1::10"))
+    assert running.phase == "Running" and running.label_map == {"app": "web"}
+    kube.set_pod_ips(kube_namespace, "web", ("100.64.1.10",), phase="Succeeded")  # finished: filtered by the server
+    wait_for(lambda: pod() is None, what="finished pod gone")
+    kube.pod(kube_namespace, "db", node="worker-x", ips=("100.64.1.11",))
+    wait_for(pod, what="second pod")
+    kube.delete("Pod", "db", kube_namespace)
+    wait_for(lambda: pod() is None, what="deleted pod gone")
+
+
+def test_agent_sees_only_its_nodes_pods(start_sync: Any, kube: Kube, kube_namespace: str) -> None:
+    node = kube.unique("worker")
+    sync = start_sync(Role.AGENT, node_name=node)
+    kube.pod(kube_namespace, "mine", node=node, ips=("100.64.1.20",))
+    kube.pod(kube_namespace, "other", node="somewhere-else", ips=("100.64.2.20",))
+    wait_for(lambda: any(p.name == "mine" for p in sync.store.snapshot().pods), what="own pod")
+    assert [p.name for p in sync.store.snapshot().pods if p.namespace == kube_namespace] == ["mine"]
