@@ -364,6 +364,10 @@ class GatewayService:
             self.drain_state = {"state": "settling", "reason": self._drain_reason, "acknowledged": acked}
         self.write_status()
         self.log.info("drain.withdrawn", acknowledged=acked, waited_ms=round(waited * 1000, 1))
+        if not acked and self.deps.speaker is not None:
+            # no ack in time (a peer down, ExaBGP stuck): closing the sessions is a withdrawal the routers act on
+            self.log.warning("drain.closing_sessions", reason="withdrawal not acknowledged within the drain timeout")
+            self.deps.speaker.stop()
         if not self._abort.is_set():
             self._interruptible_sleep(self.cfg.drain_settle_s)
         with self._lock:
