@@ -92,8 +92,18 @@ class Lab:
 
     def netns(self, node: str) -> str:
         """Namespace of a node (a bridge node's namespace is the shared switch namespace)."""
+        if node == SWITCH_NODE and self.meta.switch:
+            return self.meta.switch
         n = self.topology.node(node)
         return self.prefix + (SWITCH_NODE if n.kind is Kind.BRIDGE else n.name)
+
+    def kubeconfig(self) -> Path:
+        """Kubeconfig of the lab's API node (written by the `@kube-apiserver` provider; server reachable only from
+        inside the lab, or through `lab.netns_forward`)."""
+        for n in self.topology.linux_nodes:
+            if any(d.command.startswith("@kube-apiserver") for d in n.daemons):
+                return self.state_dir / "nodes" / n.name / "kube" / "kubeconfig"
+        raise LabError("this lab has no node with an @kube-apiserver daemon")
 
     def node_dir(self, node: str) -> Path:
         d = self.state_dir / "nodes" / node

@@ -1,0 +1,82 @@
+"""Helpers for the lab tests: paths, the stub BGP speaker (ExaBGP 5) on a gateway, waiting, leftovers.
+
+Every namespace is named `egt-lb-...` (the lab tests' prefix); the tests never touch labs they did not create.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lab import netns
+from lab.runner import Lab
+
+ROOT = Path(__file__).resolve().parents[3]
+TOPOLOGIES = ROOT / "lab" / "topologies"
+EXABGP = ROOT / ".venv" / "bin" / "exabgp"
+PREFIX = "egt-lb-"
+
+
+def require(*binaries: str) -> None:
+    """Fail (never skip) when a binary the test needs is missing."""
+    missing = [b for b in binaries if shutil.which(b) is None and not Path(b).exists()]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run scripts/setup.sh", pytrace=False)
+
+
+def lab_leftovers(prefix: str) -> list[str]:
+    return [ns for ns in netns.list_namespaces() if ns.startswith(prefix)]
+
+
+EXABGP_CONF = """\
+neighbor 198.51.100.1 {{
+    router-id {v4};
+    local-address {v4};
+    local-as 64513;
+    peer-as 64512;
+    hold-time 3;
+    family {{ ipv4 unicast; }}
+    static {{
+{routes4}
+    }}
+}}
+neighbor 2001:db8:198::1 {{
+    router-id {v4};
+    local-address {v6};
+    local-as 64513;
+    peer-as 64512;
+    hold-time 3;
+    family {{ ipv6 unicast; }}
+    static {{
+{routes6}
+    }}
+}}
+"""
+
+
+def start_exabgp(lab: Lab, gateway: str, routes4: list[str], routes6: list[str]) -> None:
+    """ExaBGP 5 on `gateway` (gw1 -> .11) announcing the given prefixes with itself as next hop."""
+    idx = int(gateway[2:])
+    v4, v6 = f"198.51.100.1{idx}", f"2001:db8:198::1{idx}"
+    conf = lab.node_dir(gateway) / "exabgp.conf"
+    conf.write_text(EXABGP_CONF.format(
+        v4=v4, v6=v6,
+        routes4="\n".join(f"        route {p} next-hop {v4};" for p in routes4),
+        routes6="\n".join(f"        route {p} next-hop {v6};" for p in routes6),
+    ))
+    env = {"exabgp_daemon_user": "root", "exabgp_daemon_drop": "false",
+           "exabgp_api_pipename": f"egtlb{os.getpid()}{gateway}", "exabgp_log_destination": "stdout"}
+    lab.start_daemon(gateway, "exabgp", [str(EXABGP), "server", str(conf)], env=env)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)

@@ -1,0 +1,61 @@
+"""The upstream router (BIRD 2 and FRR variants) peers with a stub gateway speaker and installs only EIP routes.
+
+ExaBGP 5 on gw1 announces host routes inside the EIP pools and some outside them; the router must install the
+pool /32 and /128 in its kernel (next hop = the gateway) and reject everything else, and must remove the route
+again when the speaker goes away.
+"""
+
+from __future__ import annotations
+
+import pytest
+from labtest_support import start_exabgp, wait_for
+
+from lab.runner import Lab
+
+IN_POOL_4, OUT_4, WIDE_4 = "203.0.113.200/32", "203.0.113.5/32", "203.0.113.128/25"
+IN_POOL_6, OUT_6 = "2001:db8:e1::5/128", "2001:db8:e2::5/128"
+
+
+def routes(lab: Lab, family: str) -> str:
+    return lab.exec("router", ["ip", family, "route", "show"]).stdout
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("router_lab", ["bird_lab", "frr_lab"])
+def test_router_installs_only_pool_host_routes(router_lab: str, request: pytest.FixtureRequest) -> None:
+    lab: Lab = request.getfixturevalue(router_lab)
+    start_exabgp(lab, "gw1", [IN_POOL_4, OUT_4, WIDE_4], [IN_POOL_6, OUT_6])
+    try:
+        wait_for(lambda: "203.0.113.200 " in routes(lab, "-4"), 20, f"{IN_POOL_4} in the router's kernel")
+        wait_for(lambda: "2001:db8:e1::5 " in routes(lab, "-6"), 20, f"{IN_POOL_6} in the router's kernel")
+        v4, v6 = routes(lab, "-4"), routes(lab, "-6")
+        line4 = next(line for line in v4.splitlines() if line.startswith("203.0.113.200 "))
+        assert "via 198.51.100.11" in line4
+        assert ("proto bird" in line4) or ("proto bgp" in line4)
+        line6 = next(line for line in v6.splitlines() if line.startswith("2001:db8:e1::5 "))
+        assert "via 2001:db8:198::11" in line6
+        # outside the pools, or not a host route: rejected by the import filter
+        assert "203.0.113.5 " not in v4
+        assert "203.0.113.128/25" not in v4
+        assert "2001:db8:e2::5" not in v6
+        # the pod networks are static routes, not learned
+        assert "100.64.1.0/24 via 100.127.0.11" in v4
+    finally:
+        lab.stop_daemon("gw1", "exabgp")
+    wait_for(lambda: "203.0.113.200 " not in routes(lab, "-4"), 10, "the route to be removed after the speaker stopped")
+    wait_for(lambda: "2001:db8:e1::5 " not in routes(lab, "-6"), 10, "the IPv6 route to be removed")
+
+
+@pytest.mark.lab
+def test_external_server_reaches_an_eip_via_the_announcing_gateway(bird_lab: Lab) -> None:
+    """Traffic to an announced EIP leaves the router toward the gateway that announced it."""
+    lab = bird_lab
+    lab.exec("gw1", ["ip", "addr", "add", "203.0.113.201/32", "dev", "lo"])
+    start_exabgp(lab, "gw1", ["203.0.113.201/32"], [])
+    try:
+        wait_for(lambda: "203.0.113.201 " in routes(lab, "-4"), 20, "the EIP route")
+        out = lab.exec("ext", ["ping", "-c", "1", "-W", "2", "203.0.113.201"], check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        lab.stop_daemon("gw1", "exabgp")
+        lab.exec("gw1", ["ip", "addr", "del", "203.0.113.201/32", "dev", "lo"], check=False)
