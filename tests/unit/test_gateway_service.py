@@ -172,7 +172,7 @@ def test_nothing_announced_while_starting_then_hold_down_then_ranked(tmp_path: P
     (a,) = sp.current
     assert a.eip == EIP and a.med is not None and a.med >= 10000  # worst preference during failback hold-down
     tick(svc, clock, 5)  # failback_hold_s = 5
-    assert svc.mode == MemberMode.RANKED
+    assert str(svc.mode) == MemberMode.RANKED
     (a,) = sp.current
     assert a.eip == EIP and a.med is not None and a.med < 10000
 
