@@ -74,8 +74,13 @@ def analyse(*, mode: str, server: str, interval: float, started: float, ended: f
     """sent: seq -> send time; answers: seq -> (arrival time, source seen). Times are wall-clock seconds."""
     seqs = sorted(sent)
     answered = [s for s in seqs if s in answers]
-    key = (lambda s: sent[s]) if mode == "udp" else (lambda s: answers[s][0])
-    gap, max_lost, o_start, o_end = 0.0, 0, None, None
+
+    def key(seq: int) -> float:
+        return sent[seq] if mode == "udp" else answers[seq][0]
+
+    gap, max_lost = 0.0, 0
+    o_start: float | None = None
+    o_end: float | None = None
     if not answered:
         gap = (ended - started) * 1000.0
         max_lost = len(seqs)
