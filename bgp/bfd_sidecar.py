@@ -8,7 +8,7 @@ bfd` in FRR); when our gateway dies, the router's BFD session times out and it d
 (interface tracking) and `protocol bfd`.
 
 `render_bird_bfd_config` is pure; `BfdSidecar` starts/stops `bird` (foreground, own control socket and pid file in
-the workdir) and reads the session states with `birdc show bfd sessions`.
+the workdir, respawned by a supervisor thread if it dies) and reads the session states with `birdc show bfd sessions`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,22 +94,33 @@ class BfdSidecar:
         self.workdir = Path(workdir)
         self.command_prefix = tuple(command_prefix)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.restarts = 0
 
     @property
     def control_socket(self) -> Path:
         return self.workdir / "bird-bfd.ctl"
 
     def start(self, timeout_s: float = 5.0) -> None:
+        """Start BIRD and a supervisor thread that respawns it (a dead sidecar makes the router drop our session)."""
         if not self.settings.bfd.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "bird-bfd.conf"
-        conf.write_text(render_bird_bfd_config(self.settings))
+        (self.workdir / "bird-bfd.conf").write_text(render_bird_bfd_config(self.settings))
+        self._stop.clear()
+        self._spawn(timeout_s)
+        self._watcher = threading.Thread(target=self._supervise, name="bfd-sidecar", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self, timeout_s: float) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.control_socket.unlink()
         logf = (self.workdir / "bird-bfd.log").open("ab")
         try:
             self._proc = subprocess.Popen(
-                [*self.command_prefix, BIRD, "-f", "-c", str(conf), "-s", str(self.control_socket),
-                 "-P", str(self.workdir / "bird-bfd.pid")],
+                [*self.command_prefix, BIRD, "-f", "-c", str(self.workdir / "bird-bfd.conf"),
+                 "-s", str(self.control_socket), "-P", str(self.workdir / "bird-bfd.pid")],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         finally:
@@ -119,6 +131,23 @@ class BfdSidecar:
                 raise RuntimeError(f"bird (BFD sidecar) did not start; see {self.workdir / 'bird-bfd.log'}")
             time.sleep(0.05)
         log.info("bfd.sidecar_started pid=%s", self._proc.pid)
+
+    def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._stop.wait(0.2):
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                continue
+            log.warning("bfd.sidecar_exited rc=%s respawn_in=%.1fs", proc.returncode, backoff)
+            if self._stop.wait(backoff):
+                return
+            try:
+                self._spawn(5.0)
+                self.restarts += 1
+                backoff = 0.5
+            except (RuntimeError, OSError):
+                log.exception("bfd.sidecar_respawn_failed")
+                backoff = min(backoff * 2, 10.0)
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -143,6 +172,10 @@ class BfdSidecar:
                 for p in self.settings.peers}  # fmt: skip
 
     def stop(self, timeout_s: float = 3.0) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout_s + 6.0)
+            self._watcher = None
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return

@@ -34,6 +34,8 @@ from bgp.speaking import AckTimeout, Announcer, CommandFailed, Event, ExabgpShut
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.1
+#: ExaBGP logs every API command; keep one previous file of this size
+_LOG_ROTATE_BYTES = 16 * 1024 * 1024
 
 
 class BgpSpeaker:
@@ -157,6 +159,9 @@ class BgpSpeaker:
         env.update(exabgp_environment(self.settings))
         env["exabgp_api_pipename"] = f"egressgw-{os.getpid()}-{id(self):x}"
         argv = [*self.command_prefix, str(self.settings.exabgp_binary), "server", str(self.config_path)]
+        with contextlib.suppress(OSError):
+            if self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_suffix(".log.1"))
         logf = self.log_path.open("ab")
         try:
             self._proc = subprocess.Popen(

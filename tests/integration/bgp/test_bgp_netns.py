@@ -106,3 +106,17 @@ def test_drain_moves_traffic_before_the_session_closes(bed: Bed) -> None:
     assert bed.tb.router_route(EIP6) == [str(gw_v6(2))]
     assert set(g1.speaker.peer_states().values()) == {"up"}
     print(f"\n[{bed.tb.router}] drain: acks after {result.ack_wait_s * 1000:.0f} ms, then settle {result.settle_s} s")
+
+
+def test_bfd_sidecar_is_respawned_and_the_route_comes_back(bed: Bed) -> None:
+    gw = bed.gateway(1)
+    gw.speaker.set_announcements(anns(100, EIP4))
+    assert gw.speaker.wait_peers("up", 20)
+    assert wait_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, 10), gw.bfd.peer_states()
+    proc = gw.bfd._proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    # the router notices the BFD loss (and may drop the session); the supervisor respawns BIRD and all recovers
+    assert wait_until(lambda: gw.bfd.restarts >= 1, 5) is not None
+    assert wait_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, 15), gw.bfd.peer_states()
+    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 15) is not None
