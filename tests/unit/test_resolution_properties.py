@@ -103,7 +103,7 @@ def test_resolution_is_deterministic_and_independent_of_input_order(s: Snapshot,
 
 
 def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)
 
 
 @PROPS
@@ -129,7 +129,7 @@ def _oracle(s: Snapshot, ready: dict[str, EgressPolicy], p: Pod, ip: IPAddress, 
         for net in destinations(pol, ip.version):
             if dest in net:
                 key = (entry_key(pol, net.prefixlen), ref)
-                if best is None or key < best:  # type: ignore[operator]
+                if best is None or key < best:
                     best = key
     return best[1] if best else None
 
