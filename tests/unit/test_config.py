@@ -257,3 +257,13 @@ def test_commands_exit_2_naming_the_field(tmp_path: Path, command: str, body: di
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"config error: {path}: {field}: ")
+
+
+def test_daemonset_embedded_agent_config_loads(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    docs = list(yaml.safe_load_all((root / "deploy/agent/daemonset.yaml").read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    path = tmp_path / "agent.yaml"
+    path.write_text(config_map["data"]["agent.yaml"])
+    c = load_agent_config(path, env={"NODE_NAME": "worker1"})
+    assert c.node_name == "worker1" and c.kube.kubeconfig is None and c.log.format is LogFormat.JSON
