@@ -1,0 +1,68 @@
+"""Structured log lines: stable event names, bound context, JSON and key=value renderings, plain records."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from appliance.config import LogFormat, LogLevel, LogSettings
+from appliance.logging_setup import EventLogger, setup_logging
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def test_json_lines_carry_event_context_and_fields(restore_root: None) -> None:
+    out = io.StringIO()
+    setup_logging(LogSettings(format=LogFormat.JSON), stream=out)
+    log = EventLogger("egressgw.gateway", node="gw1").bind(peer="198.51.100.1")
+    log.info("eip.announced", eip=ipaddress.ip_address("203.0.113.130"), med=100, reasons=frozenset({"b", "a"}))
+    doc = json.loads(out.getvalue())
+    assert doc["event"] == "eip.announced" and doc["level"] == "info" and doc["logger"] == "egressgw.gateway"
+    assert (doc["node"], doc["peer"], doc["eip"], doc["med"]) == ("gw1", "198.51.100.1", "203.0.113.130", 100)
+    assert doc["reasons"] == ["a", "b"]
+    assert doc["ts"].endswith("Z")
+
+
+def test_kv_lines_quote_what_needs_quoting(restore_root: None) -> None:
+    out = io.StringIO()
+    setup_logging(LogSettings(format=LogFormat.KV), stream=out)
+    EventLogger("egressgw.agent").warning("reconcile.pass", result="failed", failures=["route add: EPERM"], n=2)
+    line = out.getvalue().strip()
+    assert " event=reconcile.pass " in line and " level=warning " in line
+    assert " result=failed " in line and " n=2" in line
+    assert 'failures="[\\"route add: EPERM\\"]"' in line
+
+
+def test_level_filter_and_plain_records(restore_root: None) -> None:
+    out = io.StringIO()
+    setup_logging(LogSettings(level=LogLevel.WARNING, format=LogFormat.JSON), stream=out)
+    EventLogger("x").info("not.shown")
+    logging.getLogger("bgp.speaker").warning("exabgp exited rc=%d", 1)
+    (doc,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert doc["event"] == "log" and doc["msg"] == "exabgp exited rc=1" and doc["logger"] == "bgp.speaker"
+
+
+def test_exception_becomes_error_field(restore_root: None) -> None:
+    out = io.StringIO()
+    setup_logging(LogSettings(format=LogFormat.JSON), stream=out)
+    try:
+        raise RuntimeError("netlink gone")
+    except RuntimeError:
+        EventLogger("x").exception("reconcile.pass_crashed")
+    doc = json.loads(out.getvalue())
+    assert doc["error"] == "RuntimeError: netlink gone"
