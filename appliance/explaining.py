@@ -50,6 +50,8 @@ class Route:
 
     policy: PolicyRef
     destinations: tuple[IPNetwork, ...]
+    #: the policy's own destinations of this family (destSubnet, or everything); `destinations` is what it won
+    requested: tuple[IPNetwork, ...]
     gateway: str
     eip: IPAddress | None
     endpoints: tuple[IPAddress, ...]
@@ -85,18 +87,19 @@ class Explanation:
     ips: tuple[IPExplanation, ...] = ()
 
 
-def _route(intent: Intent, s: Steering) -> Route:
+def _route(intent: Intent, s: Steering, policy: EgressPolicy | None) -> Route:
+    requested = destinations(policy, s.pod_ip.version) if policy is not None else s.destinations
     inst = intent.instance(s.gateway)
     if inst is None:
-        return Route(policy=s.policy, destinations=s.destinations, gateway=s.gateway, eip=s.eip,
-                     endpoints=s.endpoints, primary=None, ranking=())
+        return Route(policy=s.policy, destinations=s.destinations, requested=requested, gateway=s.gateway,
+                     eip=s.eip, endpoints=s.endpoints, primary=None, ranking=())
     if s.eip is not None:
         ranking = inst.rank_of(s.eip)
         first = primary(inst, s.eip)
     else:  # useNodeIP: the endpoint is the chosen member's underlay address
         first = next((m.name for m in inst.members if s.endpoints and m.address == s.endpoints[0]), None)
         ranking = (first,) if first else ()
-    return Route(policy=s.policy, destinations=s.destinations, gateway=s.gateway, eip=s.eip,
+    return Route(policy=s.policy, destinations=s.destinations, requested=requested, gateway=s.gateway, eip=s.eip,
                  endpoints=s.endpoints, primary=first, ranking=ranking)
 
 
@@ -176,8 +179,8 @@ def explain(snapshot: Snapshot, intent: Intent, namespace: str, pod: str, dest: 
             _verdict(policies.get(o.policy), o, ip, labels, namespace, mine, wanted, winner, internal)
             for o in intent.outcomes
         )
-        routes = tuple(_route(intent, s) for s in sorted(mine.values(), key=lambda s: s.rank))
-        chosen = _route(intent, winner) if winner is not None and not internal else None
+        routes = tuple(_route(intent, s, policies.get(s.policy)) for s in sorted(mine.values(), key=lambda s: s.rank))
+        chosen = _route(intent, winner, policies.get(winner.policy)) if winner is not None and not internal else None
         ips.append(IPExplanation(pod_ip=ip, routes=routes, chosen=chosen, verdicts=verdicts))
     return Explanation(namespace=namespace, pod=pod, found=True, node=found.node_name, dest=dest,
                        dest_cluster_internal=internal, ips=tuple(ips))
@@ -189,6 +192,7 @@ def _route_dict(r: Route | None) -> dict[str, Any] | None:
     return {
         "policy": str(r.policy),
         "destinations": [str(n) for n in r.destinations],
+        "requested": [str(n) for n in r.requested],
         "gateway": r.gateway,
         "eip": str(r.eip) if r.eip is not None else None,
         "useNodeIP": r.eip is None,
@@ -243,7 +247,10 @@ def render_text(e: Explanation) -> str:
         if e.dest is not None and e.dest.version == x.pod_ip.version:
             lines.append(f"  to {e.dest}: " + (_describe(x.chosen) if x.chosen else "not steered (normal path)"))
         for r in x.routes:
-            lines.append(f"  {_nets(r.destinations)} -> {_describe(r)}")
+            won = _nets(r.destinations)
+            if r.destinations != r.requested and len(r.destinations) > 3:
+                won = f"{_nets(r.requested)} except higher-precedence destinations ({len(r.destinations)} CIDRs)"
+            lines.append(f"  {won} -> {_describe(r)}")
         width = max([len(str(v.policy)) for v in x.verdicts] + [6])
         lines.append(f"  {'POLICY':<{width}}  {'VERDICT':<26}  DETAIL")
         for v in x.verdicts:
