@@ -402,14 +402,18 @@ class GatewayService:
         started: list[Lifecycle] = []
         threads: list[threading.Thread] = []
         try:
-            for helper in self.deps.helpers:
-                helper.start()
-                started.append(helper)
-            if self.deps.bfd is not None:
-                self.deps.bfd.start()
-            if self.deps.speaker is not None:
-                self.deps.speaker.start()
-                self.deps.speaker.set_announcements(frozenset())
+            try:
+                for helper in self.deps.helpers:
+                    helper.start()
+                    started.append(helper)
+                if self.deps.bfd is not None:
+                    self.deps.bfd.start()
+                if self.deps.speaker is not None:
+                    self.deps.speaker.start()
+                    self.deps.speaker.set_announcements(frozenset())
+            except Exception as e:
+                self.log.exception("gateway.start_failed", error=f"{type(e).__name__}: {e}")
+                return 1
             threads.append(threading.Thread(target=self.reconciler.run, args=(loop_stop,), name="reconcile"))
             threads.append(threading.Thread(target=self._health_loop, args=(health_stop,), name="health"))
             for t in threads:
