@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
@@ -53,7 +53,7 @@ def test_tunnel_snat_to_eip_dual_stack_and_idempotent_apply(testbed: WireguardTe
 
 def _external_sees(tb: WireguardTestbed, src: str) -> bool:
     try:
-        tb.source_seen_by_external(src=__import__("ipaddress").ip_address(src))
+        tb.source_seen_by_external(src=ip_address(src))
     except (subprocess.TimeoutExpired, ValueError):
         return False
     return True
@@ -98,7 +98,7 @@ def test_failover_fast_rehandshake(testbed: WireguardTestbed) -> None:
     probe = testbed.probe_udp(duration=4.0)
     time.sleep(1.5)
     testbed.route_eip_to(2)
-    out, err = probe.communicate(timeout=30)
+    out, _ = probe.communicate(timeout=30)
     result = parse_probe(out)
     print(f"failover outage: {result}")
     _, _, gw2 = testbed.plans()
