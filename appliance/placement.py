@@ -11,6 +11,10 @@ astronomically unlikely tie). The key of an EIP is its pool index, so the IPv4 a
 share a ranking and a primary. Properties (tested): deterministic and independent of input order; primaries spread
 evenly; removing a member only moves the EIPs it was primary for (everyone else's relative order is unchanged).
 The primary of an EIP is the first *alive* member of its ranking; the BGP layer turns positions into preference.
+
+WireGuard instances rank every EIP (and useNodeIP) with one key, `INSTANCE_KEY`: a worker has one WireGuard peer
+per instance with one endpoint, so every EIP of the instance must have the same primary or replies would come back
+from a member the worker is not talking to. Spread load over WireGuard gateways with several instances.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 from appliance.intent import GatewayInstance
-from appliance.model import Appliance, EgressGateway, IPAddress, Member, Node
+from appliance.model import Appliance, EgressGateway, IPAddress, Member, Node, TunnelType
+
+#: the ranking key of every EIP of a WireGuard instance
+INSTANCE_KEY = "instance"
 
 
 def weight(gateway: str, key: str, member: str) -> int:
@@ -33,7 +40,12 @@ def rank(gateway: str, key: str, members: Iterable[str]) -> tuple[str, ...]:
 
 
 def eip_key(gw: EgressGateway, eip: IPAddress) -> str:
-    """The ranking key of an EIP: its pool index (shared by the dual-stack pair); the address when outside the pool."""
+    """The ranking key of an EIP: its pool index (shared by the dual-stack pair); the address when outside the pool.
+
+    WireGuard instances use `INSTANCE_KEY` for every EIP (one primary per instance).
+    """
+    if gw.tunnel.type is TunnelType.WIREGUARD:
+        return INSTANCE_KEY
     pool = gw.pool(eip.version)
     return str(pool.index_of(eip)) if eip in pool else str(eip)
 
@@ -122,6 +134,9 @@ def primary(instance: GatewayInstance, eip: IPAddress) -> str | None:
 
 
 def node_ip_member(instance: GatewayInstance, key: str) -> Member | None:
-    """For useNodeIP policies (no EIP): the first-ranked alive member for `key` (the policy ref)."""
+    """For useNodeIP policies (no EIP): the first-ranked alive member for `key` (the policy ref; for a WireGuard
+    instance `INSTANCE_KEY`, so it is the instance's primary)."""
+    if instance.tunnel.type is TunnelType.WIREGUARD:
+        key = INSTANCE_KEY
     name = first_alive(rank(instance.name, key, (m.name for m in instance.members)), instance.alive)
     return next((m for m in instance.members if m.name == name), None)

@@ -111,3 +111,17 @@ def test_node_ip_member_skips_dead_members() -> None:
     assert m is not None and m.name == order[1]
     none_alive = build_instance(g, nodes=nodes, appliances=(), alive_members=frozenset(), used_eips=())
     assert node_ip_member(none_alive, "EgressPolicy/default/p") is None
+
+
+def test_wireguard_instance_ranks_every_eip_and_use_node_ip_alike() -> None:
+    from dataclasses import replace
+
+    from appliance.model import TunnelSpec, TunnelType
+
+    g = replace(gateway("gw", v4=("203.0.113.128/28",)), tunnel=TunnelSpec(type=TunnelType.WIREGUARD))
+    nodes = [node(f"gw{i}", f"198.51.100.{i}", lbl={"role": "gateway"}) for i in range(1, 6)]
+    used = [g.ipv4_pool.nth(i) for i in range(16)]
+    inst = build_instance(g, nodes=nodes, appliances=(), alive_members=None, used_eips=used)
+    assert len({order for _, order in inst.ranking}) == 1
+    m = node_ip_member(inst, "EgressPolicy/default/p")
+    assert m is not None and m.name == primary(inst, used[0])
