@@ -80,3 +80,27 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+GATEWAY_BIRD_CONF = """\
+log stderr all;
+router id {v4};
+protocol device {{}}
+protocol static s4 {{ ipv4; route {route} unreachable; }}
+protocol bfd {{ interface "*" {{ min rx interval 50 ms; min tx interval 50 ms; multiplier 3; }}; }}
+protocol bgp up4 {{
+  local {v4} as 64513;
+  neighbor 198.51.100.1 as 64512;
+  hold time 3; keepalive time 1; connect retry time 1; bfd on;
+  ipv4 {{ import none; export all; next hop self; }};
+}}
+"""
+
+
+def start_gateway_bird(lab: Lab, gateway: str, route: str) -> None:
+    """A BFD-capable stub gateway (BIRD 2 with BGP + BFD) announcing `route` to the router."""
+    v4 = f"198.51.100.1{int(gateway[2:])}"
+    conf = lab.node_dir(gateway) / "gateway-bird.conf"
+    conf.write_text(GATEWAY_BIRD_CONF.format(v4=v4, route=route))
+    lab.start_daemon(gateway, "gateway-bird", ["bird", "-f", "-c", str(conf), "-s",
+                                               str(lab.node_dir(gateway) / "gateway-bird.ctl")])

@@ -7,8 +7,10 @@ again when the speaker goes away.
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from labtest_support import start_exabgp, wait_for
+from labtest_support import start_exabgp, start_gateway_bird, wait_for
 
 from lab.runner import Lab
 
@@ -59,3 +61,31 @@ def test_external_server_reaches_an_eip_via_the_announcing_gateway(bird_lab: Lab
     finally:
         lab.stop_daemon("gw1", "exabgp")
         lab.exec("gw1", ["ip", "addr", "del", "203.0.113.201/32", "dev", "lo"], check=False)
+
+
+def bfd_up(lab: Lab, router_lab: str) -> bool:
+    if router_lab == "bird_lab":
+        out = lab.exec("router", ["birdc", "-s", str(lab.node_dir("router") / "bird.ctl"), "show", "bfd",
+                                  "sessions"], check=False).stdout
+        return any("198.51.100.12" in line and " Up " in line and "0.050" in line for line in out.splitlines())
+    out = lab.exec("router", ["vtysh", "-N", lab.netns("router"), "-c", "show bfd peers"], check=False).stdout
+    return "peer 198.51.100.12" in out and "Status: up" in out and "Transmission interval: 50ms" in out
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("router_lab", ["bird_lab", "frr_lab"])
+def test_bfd_detects_a_silent_gateway_before_the_hold_timer(router_lab: str, request: pytest.FixtureRequest) -> None:
+    """With BFD (50 ms x 3) the router drops a gateway whose switch port died well before the 3 s hold time."""
+    lab: Lab = request.getfixturevalue(router_lab)
+    start_gateway_bird(lab, "gw2", "203.0.113.202/32")
+    try:
+        wait_for(lambda: "203.0.113.202 " in routes(lab, "-4"), 20, "the route from the BIRD stub gateway")
+        wait_for(lambda: bfd_up(lab, router_lab), 10, "the BFD session to gw2 (50 ms)")
+        lab.cut_link("gw2", "eth1")
+        started = time.monotonic()
+        wait_for(lambda: "203.0.113.202 " not in routes(lab, "-4"), 5, "the route to be withdrawn")
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.5, f"route removed after {elapsed:.2f}s: BFD did not act before the hold timer"
+    finally:
+        lab.restore_link("gw2", "eth1")
+        lab.stop_daemon("gw2", "gateway-bird")
