@@ -87,6 +87,16 @@ def condition(ctype: str, status: bool, reason: str, message: str, *, generation
             "lastTransitionTime": since or now, "observedGeneration": generation}
 
 
+def prune(value: Any) -> Any:
+    """Drop empty strings (recursively in dicts and lists of dicts): the API server stores "" in CRD status as null
+    (and then refuses it as not a string), so an empty field is written as an absent one."""
+    if isinstance(value, dict):
+        return {k: prune(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [prune(v) for v in value]
+    return value
+
+
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> JSON:
     """The RFC 7386 merge patch turning `old` into `new` (lists are replaced whole)."""
     patch: JSON = {}
@@ -279,6 +289,7 @@ def plan_status(snapshot: Snapshot, intent: Intent, objects: Mapping[str, Sequen
             else:
                 new = cluster_info_full_status(snapshot, found, **kw)
                 planned = []
+            new = prune(new)
             patch = merge_patch(old, new)
             if patch:
                 writes.append(StatusWrite(ref=ref, patch=patch, status=new,

@@ -1,0 +1,73 @@
+"""Keep egressgw status written: store changes -> (coalesced) resolve -> `StatusWriter.submit`.
+
+A gateway member whose reconcile loop already resolves the intent can call `StatusWriter.submit(snapshot, intent)`
+itself; this small driver is for processes that only write status (and the tests). It never runs before the store
+is synced, coalesces bursts of events (`debounce`), re-runs every `resync` seconds (status drift, lease expiry), and
+passes the previous intent to `resolve` so `rr` EIPs stay where they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from appliance.intent import Intent
+from appliance.resolution import resolve
+from appliance.snapshot import Snapshot, SnapshotSource
+from k8s_sync.status_writer import StatusWriter
+
+log = logging.getLogger(__name__)
+
+
+class StatusService:
+    def __init__(self, source: SnapshotSource, writer: StatusWriter, *, debounce: float = 0.05,
+                 resync: float = 30.0,
+                 resolver: Callable[[Snapshot, Intent | None], Intent] | None = None) -> None:
+        self.source = source
+        self.writer = writer
+        self.debounce = debounce
+        self.resync = resync
+        self._resolver = resolver or (lambda snap, prev: resolve(snap, previous=prev))
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.intent: Intent | None = None
+        self.passes = 0
+
+    def start(self) -> None:
+        self.source.subscribe(lambda reason: self._dirty.set())
+        self.writer.start()
+        self._dirty.set()
+        self._thread = threading.Thread(target=self._run, name="status-service", daemon=True)
+        self._thread.start()
+
+    def kick(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self.writer.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait(self.resync)
+            if self._stop.is_set():
+                return
+            self._stop.wait(self.debounce)
+            self._dirty.clear()
+            if not self.source.synced():
+                continue
+            try:
+                started = time.monotonic()
+                snapshot = self.source.snapshot()
+                self.intent = self._resolver(snapshot, self.intent)
+                self.writer.submit(snapshot, self.intent)
+                self.passes += 1
+                log.debug("status.resolved revision=%d seconds=%.3f", snapshot.revision, time.monotonic() - started)
+            except Exception:
+                log.exception("status.resolve_failed")

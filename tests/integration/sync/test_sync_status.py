@@ -1,0 +1,212 @@
+"""Status written by the one writer, end to end against the real API server: policies (Ready / Invalid with the field
+path / Pending), gateways (members, health from member leases, EIP -> primary, ipUsage), Events, and the seed-anchor
+scenarios that need no data path: P02 cluster default, P03 namespace default, P08 default EIP, P09/R08 rr allocation
+and pool exhaustion, P21 namespace isolation, P22 explicit EIP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+import pytest
+
+from k8s_sync.cluster import ClusterSync
+from k8s_sync.kubeapi import JSON, KubeApi
+from k8s_sync.leases import MemberIdentity, MemberLease
+from k8s_sync.resources import Role
+from k8s_sync.status_service import StatusService
+from k8s_sync.status_writer import StatusWriter
+
+from .conftest import Kube, wait_for
+
+pytestmark = pytest.mark.apiserver
+
+
+@pytest.fixture
+def status_sync(start_sync: Callable[..., ClusterSync], sync_api: KubeApi) -> Iterator[ClusterSync]:
+    sync = start_sync(Role.GATEWAY)
+    writer = StatusWriter(sync_api, sync.store.raw_objects, identity="test")
+    service = StatusService(sync.store, writer, resync=2.0)
+    service.start()
+    try:
+        yield sync
+    finally:
+        service.stop()
+
+
+def cond(obj: JSON, ctype: str) -> JSON:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == ctype), {})
+
+
+def wait_status(kube: Kube, kind: str, name: str, ns: str | None, check: Callable[[JSON], bool],
+                timeout: float = 15.0) -> JSON:
+    last: list[JSON] = []
+
+    def probe() -> JSON | None:
+        obj = kube.get(kind, name, ns)
+        last[:] = [obj]
+        return obj if check(obj) else None
+
+    try:
+        result: JSON = wait_for(probe, timeout, f"status of {kind} {name}")
+    except AssertionError:
+        raise AssertionError(f"{kind} {name}: status never matched; last: {last[0].get('status')}") from None
+    return result
+
+
+def ready(obj: JSON) -> bool:
+    return cond(obj, "Ready").get("status") == "True"
+
+
+def gateway_env(kube: Kube, *, pool: list[str], default_eip: str | None = None, cluster_default: bool = False,
+                members: int = 2) -> tuple[str, list[str]]:
+    """A gateway whose members are `members` fresh nodes (labelled for it alone)."""
+    gw = kube.unique("gw")
+    label = f"egressgw.io/member-{gw}"[:63]
+    nodes = []
+    for i in range(members):
+        node = kube.unique("gwnode")
+        kube.node(node, labels={label: "true"}, ips=(f"198.51.100.{11 + i}",))
+        nodes.append(node)
+    pools: JSON = {"ipv4": pool}
+    if default_eip:
+        pools["ipv4DefaultEIP"] = default_eip
+    kube.gateway(gw, {"ippools": pools, "clusterDefault": cluster_default,
+                      "nodeSelector": {"selector": {"matchLabels": {label: "true"}}}})
+    return gw, nodes
+
+
+def web_pods(kube: Kube, ns: str, count: int, *, base: int = 10, app: str = "web", net: str = "100.64.1") -> None:
+    for i in range(count):
+        kube.pod(ns, f"{app}-{i}", labels={"app": app}, node="worker1", ips=(f"{net}.{base + i}",))
+
+
+def test_policy_and_gateway_status(status_sync: ClusterSync, kube: Kube, kube_namespace: str,
+                                   sync_api: KubeApi) -> None:
+    ns = kube_namespace
+    gw, nodes = gateway_env(kube, pool=["203.0.113.128/29"], default_eip="203.0.113.129")
+    lease = MemberLease(sync_api, MemberIdentity(name=nodes[0]), duration=30)
+    lease.renew_once()  # only the first member is alive
+    web_pods(kube, ns, 3)
+    web_pods(kube, ns, 1, app="api", base=20)
+    # P08: no egressIP -> the gateway's default EIP
+    kube.policy(ns, "default-eip", {"egressGatewayName": gw, "appliedTo": {"podSelector": {"matchLabels":
+                                                                                          {"app": "web"}}}})
+    # P22: an explicit EIP is honoured
+    kube.policy(ns, "explicit", {"egressGatewayName": gw, "egressIP": {"ipv4": "203.0.113.131"},
+                                 "appliedTo": {"podSelector": {"matchLabels": {"app": "api"}}}})
+    # invalid: useNodeIP together with an explicit EIP
+    kube.policy(ns, "bad", {"egressGatewayName": gw, "egressIP": {"ipv4": "203.0.113.130", "useNodeIP": True},
+                            "appliedTo": {"podSelector": {}}})
+
+    p = wait_status(kube, "EgressPolicy", "default-eip", ns, ready)
+    assert p["status"]["eip"] == {"ipv4": "203.0.113.129"}
+    assert p["status"]["gateway"] == gw and p["status"]["primary"] == nodes[0]
+    assert p["status"]["selectedIPs"] == 3
+    assert cond(p, "Invalid")["status"] == "False" and cond(p, "Pending")["status"] == "False"
+    assert cond(p, "Ready")["observedGeneration"] == p["metadata"]["generation"]
+
+    e = wait_status(kube, "EgressPolicy", "explicit", ns, ready)
+    assert e["status"]["eip"] == {"ipv4": "203.0.113.131"} and e["status"]["selectedIPs"] == 1
+
+    b = wait_status(kube, "EgressPolicy", "bad", ns, lambda o: cond(o, "Invalid").get("status") == "True")
+    assert cond(b, "Ready")["status"] == "False"
+    assert "spec.egressIP.useNodeIP" in cond(b, "Invalid")["message"]
+    assert cond(b, "Invalid")["reason"] == "Invalid"
+
+    g = wait_status(kube, "EgressGateway", gw, None, lambda o: len((o.get("status") or {}).get("eips") or ()) >= 2)
+    members = {m["name"]: m for m in g["status"]["members"]}
+    assert set(members) == set(nodes)
+    assert members[nodes[0]]["healthy"] is True and members[nodes[1]]["healthy"] is False
+    eips = {x["ip"]: x for x in g["status"]["eips"]}
+    assert {"203.0.113.129", "203.0.113.131"} <= set(eips)
+    assert all(x["primary"] == nodes[0] and x["backups"] == [nodes[1]] for x in eips.values())
+    assert g["status"]["ipUsage"]["ipv4Total"] == 8 and g["status"]["ipUsage"]["ipv4Free"] == 6
+    assert ready(g)
+
+    events = sync_api.get(f"/api/v1/namespaces/{ns}/events")["items"]
+    reasons = {(ev["involvedObject"]["name"], ev["reason"]) for ev in events}
+    assert {("default-eip", "EIPAssigned"), ("default-eip", "PolicyReady"), ("bad", "PolicyInvalid")} <= reasons
+
+    # the writer is idempotent: with nothing changing, the status is not rewritten
+    rv = kube.get("EgressPolicy", "default-eip", ns)["metadata"]["resourceVersion"]
+    time.sleep(2.5)  # more than one resync
+    assert kube.get("EgressPolicy", "default-eip", ns)["metadata"]["resourceVersion"] == rv
+
+    # the second member comes alive: EIPs spread, the gateway status follows
+    MemberLease(sync_api, MemberIdentity(name=nodes[1]), duration=30).renew_once()
+    wait_status(kube, "EgressGateway", gw, None,
+                lambda o: all(m["healthy"] for m in o["status"]["members"]))
+
+
+def test_rr_allocation_and_pool_exhaustion(status_sync: ClusterSync, kube: Kube, kube_namespace: str) -> None:
+    """P09/R08: N free pool addresses, N+2 rr policies: one-to-one mapping, the surplus is Pending (PoolExhausted).
+    The gateway's default EIP is reserved for default-allocation policies, so 4 addresses leave 3 for rr."""
+    ns = kube_namespace
+    gw, _ = gateway_env(kube, pool=["203.0.113.140-203.0.113.143"], default_eip="203.0.113.140")
+    names = [f"rr-{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        kube.policy(ns, name, {"egressGatewayName": gw, "egressIP": {"allocatorPolicy": "rr"},
+                               "appliedTo": {"podSelector": {"matchLabels": {"app": f"a{i}"}}}})
+        time.sleep(0.01)
+    settled: dict[str, JSON] = {}
+
+    def all_settled() -> bool:
+        for name in names:
+            obj = kube.get("EgressPolicy", name, ns)
+            if cond(obj, "Ready").get("status") != "True" and cond(obj, "Pending").get("status") != "True":
+                return False
+            settled[name] = obj
+        return True
+
+    wait_for(all_settled, 15, "every rr policy Ready or Pending")
+    ready_eips = [o["status"]["eip"]["ipv4"] for o in settled.values() if ready(o)]
+    pending = [o for o in settled.values() if cond(o, "Pending").get("status") == "True"]
+    assert sorted(ready_eips) == ["203.0.113.141", "203.0.113.142", "203.0.113.143"]  # one-to-one
+    assert len(pending) == 2
+    assert all(cond(o, "Pending")["reason"] == "PoolExhausted" for o in pending)
+
+
+def test_cluster_and_namespace_default_gateways(status_sync: ClusterSync, kube: Kube, kube_namespace: str) -> None:
+    """P02: no gateway named -> the cluster default; P03: the namespace label wins over the cluster default."""
+    default_gw, _ = gateway_env(kube, pool=["203.0.113.150/31"], cluster_default=True, members=1)
+    tenant_gw, _ = gateway_env(kube, pool=["203.0.113.152/31"], members=1)
+    tenant_ns = kube.unique("tenant")
+    kube.namespace(tenant_ns, labels={"egressgw.io/default-gateway": tenant_gw})
+    kube.policy(kube_namespace, "p", {"appliedTo": {"podSelector": {"matchLabels": {"app": "x"}}}})
+    kube.policy(tenant_ns, "p", {"appliedTo": {"podSelector": {"matchLabels": {"app": "x"}}}})
+    a = wait_status(kube, "EgressPolicy", "p", kube_namespace, ready)
+    assert a["status"]["gateway"] == default_gw and a["status"]["eip"] == {"ipv4": "203.0.113.150"}
+    b = wait_status(kube, "EgressPolicy", "p", tenant_ns, ready)
+    assert b["status"]["gateway"] == tenant_gw and b["status"]["eip"] == {"ipv4": "203.0.113.152"}
+
+
+def test_namespace_isolation(status_sync: ClusterSync, kube: Kube, kube_namespace: str) -> None:
+    """P21: an EgressPolicy selects only pods of its own namespace, even when other namespaces' labels match."""
+    gw, _ = gateway_env(kube, pool=["203.0.113.160/30"], members=1)
+    other = kube.unique("other")
+    kube.namespace(other)
+    web_pods(kube, kube_namespace, 2)
+    web_pods(kube, other, 3, net="100.64.2")
+    kube.policy(kube_namespace, "web", {"egressGatewayName": gw,
+                                        "appliedTo": {"podSelector": {"matchLabels": {"app": "web"}}}})
+    p = wait_status(kube, "EgressPolicy", "web", kube_namespace, lambda o: ready(o) and o["status"]["selectedIPs"])
+    assert p["status"]["selectedIPs"] == 2
+    # a pod added later in the same namespace is counted; one in the other namespace is not
+    kube.pod(kube_namespace, "web-late", labels={"app": "web"}, node="worker1", ips=("100.64.1.99",))
+    kube.pod(other, "web-late", labels={"app": "web"}, node="worker1", ips=("100.64.2.99",))
+    wait_status(kube, "EgressPolicy", "web", kube_namespace, lambda o: o["status"]["selectedIPs"] == 3)
+
+
+def test_pending_until_the_gateway_exists(status_sync: ClusterSync, kube: Kube, kube_namespace: str) -> None:
+    name = kube.unique("later")
+    kube.policy(kube_namespace, "wait", {"egressGatewayName": name,
+                                         "appliedTo": {"podSelector": {"matchLabels": {"app": "x"}}}})
+    p = wait_status(kube, "EgressPolicy", "wait", kube_namespace,
+                    lambda o: cond(o, "Pending").get("status") == "True")
+    assert cond(p, "Pending")["reason"] == "GatewayNotFound"
+    label = f"egressgw.io/member-{name}"[:63]
+    kube.gateway(name, {"ippools": {"ipv4": ["203.0.113.170/32"]},
+                        "nodeSelector": {"selector": {"matchLabels": {label: "true"}}}})
+    p = wait_status(kube, "EgressPolicy", "wait", kube_namespace, ready)
+    assert p["status"]["eip"] == {"ipv4": "203.0.113.170"}
+    assert cond(p, "Pending")["status"] == "False"
