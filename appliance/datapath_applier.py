@@ -1,0 +1,83 @@
+"""The data path of one node, applied: netlink state + our nftables table, converged together in a safe order.
+
+Order of a pass (make before break): links, addresses, neighbours, routes and rules are added or replaced first,
+then the nft table is converged (marks now point at routes that exist; SNAT maps name EIPs that are held), then
+stale rules, routes, neighbours, addresses and links are removed. Re-running a pass that has nothing to do changes
+nothing (observe -> diff -> empty). A restarted process adopts what it finds: nothing is flushed at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.kernel_model import Change, KernelState, diff_phases
+from appliance.netlink_applier import ApplyResult, NetlinkApplier, Shell
+from appliance.nft_applier import NftApplier, ObservedTable
+from appliance.nft_rendering import NftTable, gateway_table, worker_table
+from appliance.planning_gateway import GatewayPlan
+from appliance.planning_worker import WorkerPlan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pending:
+    """What a pass would change (from `diff`): kernel changes in two phases and the nft transaction."""
+
+    make: tuple[Change, ...]
+    brk: tuple[Change, ...]
+    nft_text: str
+    nft_changes: int
+    nft_full: bool
+
+    @property
+    def empty(self) -> bool:
+        return not self.make and not self.brk and not self.nft_text
+
+
+def _parts(plan: WorkerPlan | GatewayPlan) -> tuple[KernelState, NftTable]:
+    if isinstance(plan, WorkerPlan):
+        return plan.kernel, worker_table(plan)
+    return plan.kernel, gateway_table(plan)
+
+
+class DataPathApplier:
+    """observe() / diff(plan) / apply(plan) / remove_all() for a worker or gateway plan, in one namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.shell = Shell(netns)
+        self.netlink = NetlinkApplier(self.shell)
+        self.nft = NftApplier(self.shell)
+
+    def observe(self, sysctl_keys: tuple[str, ...] = ()) -> tuple[KernelState, ObservedTable | None]:
+        return self.netlink.observe(sysctl_keys), self.nft.observe()
+
+    def diff(self, plan: WorkerPlan | GatewayPlan) -> Pending:
+        kernel, table = _parts(plan)
+        observed_kernel, observed_table = self.observe(tuple(s.key for s in kernel.sysctls))
+        make, brk = diff_phases(observed_kernel, kernel)
+        text, n, full = self.nft.plan(table, observed_table)
+        return Pending(make=make, brk=brk, nft_text=text, nft_changes=n if text else 0, nft_full=full and bool(text))
+
+    def apply(self, plan: WorkerPlan | GatewayPlan) -> ApplyResult:
+        """Converge to `plan`; returns the changes made (empty when the kernel already matched) and failures."""
+        kernel, table = _parts(plan)
+        observed_kernel = self.netlink.observe(tuple(s.key for s in kernel.sysctls))
+        make, brk = diff_phases(observed_kernel, kernel)
+        result = self.netlink.execute(make)
+        result += self.nft.apply(table)
+        result += self.netlink.execute(brk)
+        return result
+
+    def remove_all(self) -> ApplyResult:
+        """Remove our nft table first (stop steering/SNAT), then our routes, rules, neighbours, EIPs and links."""
+        return self.nft.remove_all() + self.netlink.remove_all()
+
+    def checks(self) -> dict[str, bool]:
+        """Health inputs: our tunnel devices exist and are up; our nft table exists."""
+        links = self.netlink.observe().links
+        return {
+            "tunnel_device": bool(links) and all(link.mtu > 0 for link in links),
+            "nft_table": self.nft.exists(),
+        }
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        return self.nft.counters()

@@ -1,0 +1,199 @@
+"""The gateway planner (pure): Intent + this member -> the complete desired data path of one gateway member.
+
+What a member does for every instance it belongs to: holds the instance's EIPs on `lo` (they are the tunnel
+endpoints the workers send to, and the SNAT sources), decapsulates VXLAN from known workers only, forwards only
+traffic of (worker, pod IP) pairs the cluster says exist and are selected for that destination, SNATs it by
+(pod IP . destination) -> EIP (useNodeIP: masquerade to the uplink address), and routes the replies back through
+the tunnel to the worker hosting the pod.
+
+How a packet is bound to the worker it came from: the outer VXLAN packet is marked in the input hook with the
+worker's slot (map: outer source address -> mark); the mark survives decapsulation (same netns), and the forward
+chain checks (mark . inner source) against the set of (worker slot . pod IP). A worker can therefore only speak for
+its own pods. The conntrack mark keeps the slot; replies restore it as the packet mark, and one `ip rule fwmark`
+sends them to our reply table, which holds one route per pod IP, encapsulated toward the pod's worker.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import ip_network
+
+from appliance.intent import Intent
+from appliance.kernel_model import Encap, KernelState, LocalAddress, Neighbour, Route, Rule, Sysctl
+from appliance.model import IPAddress, IPNetwork, TunnelType
+from appliance.planning_tunnel import (
+    GATEWAY_MAC,
+    GATEWAY_NH4,
+    WORKER_MAC,
+    WORKER_NH4,
+    WORKER_NH6,
+    MarkSettings,
+    addr_token,
+    assign_slots,
+    link_name,
+    pick_family,
+    tunnel_link,
+    tunnel_mtu,
+    tunnel_sysctls,
+)
+from appliance.planning_worker import net_key, sorted_nets, steering_key
+
+#: worker slots live in the low 16 bits of the mark; 0xffff is the drop slot
+MAX_WORKERS = 0xFFFE
+
+#: sysctls every member needs: forwarding; mid-stream pickup and liberal TCP window tracking so connections survive
+#: a failover between members (notes/lab-feasibility.md: without be_liberal a drain stalled ~470 ms)
+GATEWAY_SYSCTLS = (
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("net.netfilter.nf_conntrack_tcp_loose", "1"),
+    ("net.netfilter.nf_conntrack_tcp_be_liberal", "1"),
+)
+
+
+class GatewaySkipReason(enum.StrEnum):
+    NOT_VXLAN = "NotVxlan"
+    UNKNOWN_WORKER = "UnknownWorker"
+    POD_ON_TWO_WORKERS = "PodIPOnTwoWorkers"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySettings:
+    #: MTU of the uplink interface (the tunnel MTU is derived from it)
+    uplink_mtu: int = 1500
+    #: the member's override of the inner MTU (wins over TunnelSpec.mtu)
+    tunnel_mtu: int | None = None
+    marks: MarkSettings = field(default_factory=MarkSettings)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class Vtep:
+    """A known worker: its underlay address and its slot mark."""
+
+    address: IPAddress
+    mark: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnatEntry:
+    """(pod_ip . destination) -> eip; eip None = masquerade to the uplink address (useNodeIP)."""
+
+    pod_ip: IPAddress
+    destination: IPNetwork
+    eip: IPAddress | None
+    counter: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySkip:
+    pod_ip: IPAddress
+    node: str
+    reason: GatewaySkipReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayPlan:
+    member: str
+    kernel: KernelState
+    eips: tuple[IPAddress, ...]
+    vteps: tuple[Vtep, ...]
+    #: (worker mark, pod IP) pairs allowed to send through the tunnel
+    pods: tuple[tuple[int, IPAddress], ...]
+    snat: tuple[SnatEntry, ...]
+    cluster_cidrs: tuple[IPNetwork, ...]
+    tunnel_links: tuple[str, ...]
+    tunnel_ports: tuple[int, ...]
+    #: per-EIP counter tokens (`203_0_113_130`, `nodeip` for useNodeIP): counters eip_<token> and conn_<token>
+    counters: tuple[str, ...]
+    marks: MarkSettings
+    reply_table: int
+    skipped: tuple[GatewaySkip, ...] = ()
+
+
+def ip_key(ip: IPAddress) -> tuple[int, int]:
+    return (ip.version, int(ip))
+
+
+def plan_gateway(
+    intent: Intent, *, member: str, workers: Mapping[str, Sequence[IPAddress]], settings: GatewaySettings
+) -> GatewayPlan:
+    """The whole desired data path of gateway member `member`.
+
+    `workers`: node name -> underlay (InternalIP) addresses, for every node (from the snapshot); only the nodes that
+    host steered pods of this member's instances become known VTEPs.
+    """
+    marks = settings.marks
+    instances = [i for i in intent.instances if any(m.name == member for m in i.members)]
+    own = next((m.address for i in instances for m in i.members if m.name == member), None)
+    version = own.version if own is not None else 4
+    vxlan = {i.name: i for i in instances if i.tunnel.type is TunnelType.VXLAN}
+    skipped: list[GatewaySkip] = []
+    steerings = [s for s in sorted(intent.steerings, key=steering_key) if s.gateway in vxlan]
+    nodes = sorted({s.node for s in steerings if workers.get(s.node)})
+    slots = assign_slots(nodes, capacity=MAX_WORKERS)
+
+    vteps = sorted(
+        (Vtep(address=a, mark=marks.mark(slots[n]), node=n) for n in nodes for a in set(workers[n])),
+        key=lambda v: ip_key(v.address),
+    )
+    pods: set[tuple[int, IPAddress]] = set()
+    pod_worker: dict[IPAddress, tuple[str, int]] = {}
+    snat: dict[tuple[IPAddress, IPNetwork], SnatEntry] = {}
+    routes: dict[IPAddress, Route] = {}
+    for s in steerings:
+        instance = vxlan[s.gateway]
+        if s.node not in slots:
+            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.UNKNOWN_WORKER))
+            continue
+        if s.pod_ip in pod_worker and pod_worker[s.pod_ip][0] != s.node:
+            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.POD_ON_TWO_WORKERS))
+            continue
+        pod_worker[s.pod_ip] = (s.node, instance.tunnel.udp_port)
+        pods.add((marks.mark(slots[s.node]), s.pod_ip))
+        worker_addr = pick_family(workers[s.node], version) or workers[s.node][0]
+        if s.pod_ip not in routes:
+            v4 = s.pod_ip.version == 4
+            routes[s.pod_ip] = Route(
+                table=marks.table_base, dst=ip_network(s.pod_ip), dev=link_name(instance.tunnel.udp_port),
+                via=WORKER_NH4 if v4 else WORKER_NH6, encap=Encap(vni=instance.tunnel.vni, dst=worker_addr),
+            )
+        for dest in s.destinations:
+            if dest.version == s.pod_ip.version:
+                name = "nodeip" if s.eip is None else addr_token(s.eip)
+                snat.setdefault((s.pod_ip, dest), SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name))
+
+    eips = sorted({e for i in instances for e in i.eips}, key=ip_key)
+    ports = sorted({i.tunnel.udp_port for i in vxlan.values()})
+    specified = [i.tunnel.mtu for i in vxlan.values() if i.tunnel.mtu is not None]
+    override = settings.tunnel_mtu if settings.tunnel_mtu is not None else (min(specified) if specified else None)
+    mtu = tunnel_mtu(underlay_mtu=settings.uplink_mtu, underlay_version=version, override=override)
+    links = frozenset(tunnel_link(port=p, mac=GATEWAY_MAC, mtu=mtu, address=GATEWAY_NH4) for p in ports)
+    neighbours = frozenset(
+        Neighbour(dev=link.name, ip=nh, mac=WORKER_MAC) for link in links for nh in (WORKER_NH4, WORKER_NH6)
+    )
+    rules = frozenset(
+        Rule(family=f, priority=marks.rule_priority_base, fwmark=marks.mark_base, mask=marks.mark_mask,
+             table=marks.table_base)
+        for f in (4, 6)
+        if links
+    )
+    sysctls = {Sysctl(key=k, value=v) for k, v in GATEWAY_SYSCTLS} if links else set()
+    sysctls |= {Sysctl(key=k, value=v) for link in links for k, v in tunnel_sysctls(link.name)}
+    kernel = KernelState(
+        links=links, addresses=frozenset(LocalAddress(ip=e) for e in eips), neighbours=neighbours,
+        routes=frozenset(routes.values()), rules=rules, sysctls=frozenset(sysctls),
+    )
+    entries = tuple(
+        sorted(snat.values(), key=lambda e: (e.pod_ip.version, int(e.pod_ip), net_key(e.destination)))
+    )
+    counters = sorted({e.counter for e in entries} | {addr_token(e) for e in eips})
+    return GatewayPlan(
+        member=member, kernel=kernel, eips=tuple(eips), vteps=tuple(vteps),
+        pods=tuple(sorted(pods, key=lambda p: (p[1].version, p[0], int(p[1])))), snat=entries,
+        cluster_cidrs=sorted_nets(intent.cluster_cidrs), tunnel_links=tuple(link_name(p) for p in ports),
+        tunnel_ports=tuple(ports), counters=tuple(counters), marks=marks, reply_table=marks.table_base,
+        skipped=tuple(skipped),
+    )
