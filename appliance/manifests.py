@@ -3,7 +3,8 @@
 `parse_gateway`, `parse_policy` and `parse_cluster_info` turn one *schema-checked* object (see
 `appliance.schema_check`) into its model, collecting every per-object semantic problem (malformed addresses, ranges,
 selectors, contradictory fields) as `(field path, message)`; they return None when there was any. Cross-object
-rules live in `appliance.validation`, which is what callers use. `to_manifest` is the inverse (model -> dict).
+rules live in `appliance.validation`, which is what callers use. `to_manifest` (model -> dict) is the inverse, in
+`appliance.manifest_rendering`.
 Cluster objects (Node, Pod, Namespace, appliance Lease) are parsed in `appliance.cluster_objects`, re-exported here.
 Pure: no Kubernetes client.
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from appliance.cluster_objects import parse_appliance_lease, parse_namespace, parse_node, parse_pod
+from appliance.manifest_rendering import label_selector_to_dict, to_manifest
 from appliance.model import (
-    API_VERSION,
     AllocatorPolicy,
     AppliedTo,
     BgpSpec,
@@ -100,18 +102,6 @@ def parse_label_selector(raw: Mapping[str, Any], path: str, issues: Issues) -> L
         reqs.append(Requirement(key=expr["key"], operator=op, values=tuple(sorted(set(values)))))
     return LabelSelector(match_labels=tuple(sorted(labels)),
                          match_expressions=tuple(sorted(reqs, key=lambda r: (r.key, r.operator, r.values))))
-
-
-def label_selector_to_dict(sel: LabelSelector) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if sel.match_labels:
-        out["matchLabels"] = dict(sel.match_labels)
-    if sel.match_expressions:
-        out["matchExpressions"] = [
-            {"key": r.key, "operator": str(r.operator), **({"values": list(r.values)} if r.values else {})}
-            for r in sel.match_expressions
-        ]
-    return out
 
 
 # ----- addresses -----
@@ -249,8 +239,8 @@ def parse_gateway(obj: Mapping[str, Any], issues: Issues) -> EgressGateway | Non
         name=meta["name"],
         ipv4_pool=v4,
         ipv6_pool=v6,
-        ipv4_default_eip=defaults[0],  # type: ignore[arg-type]
-        ipv6_default_eip=defaults[1],  # type: ignore[arg-type]
+        ipv4_default_eip=defaults[0] if isinstance(defaults[0], IPv4Address) else None,
+        ipv6_default_eip=defaults[1] if isinstance(defaults[1], IPv6Address) else None,
         node_selector=selector,
         cluster_default=bool(spec.get("clusterDefault")),
         tunnel=TunnelSpec(type=TunnelType(tunnel.get("type") or "vxlan"), vni=tunnel.get("vni") or 7700,
@@ -305,7 +295,8 @@ def parse_policy(obj: Mapping[str, Any], issues: Issues) -> EgressPolicy | None:
     return EgressPolicy(
         ref=PolicyRef(kind=kind, namespace=namespace, name=meta["name"]),
         egress_gateway_name=gw,
-        egress_ip=EgressIPSpec(ipv4=ipv4, ipv6=ipv6, use_node_ip=use_node_ip,  # type: ignore[arg-type]
+        egress_ip=EgressIPSpec(ipv4=ipv4 if isinstance(ipv4, IPv4Address) else None,
+                               ipv6=ipv6 if isinstance(ipv6, IPv6Address) else None, use_node_ip=use_node_ip,
                                allocator_policy=AllocatorPolicy(eip.get("allocatorPolicy") or "default")),
         applied_to=AppliedTo(pod_selector=pod_sel, pod_subnet=subnets, namespace_selector=ns_sel),
         dest_subnet=dest,
@@ -333,82 +324,3 @@ def parse_cluster_info(obj: Mapping[str, Any], issues: Issues) -> EgressClusterI
         detect_node_ip=auto.get("nodeIP", True) is not False,
         extra_cidr=extra,
     )
-
-
-# ----- model -> manifest -----
-
-def _meta(name: str, namespace: str = "", generation: int = 0, created: str = "") -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name}
-    if namespace:
-        meta["namespace"] = namespace
-    if generation:
-        meta["generation"] = generation
-    if created:
-        meta["creationTimestamp"] = created
-    return meta
-
-
-def _gateway_manifest(gw: EgressGateway) -> dict[str, Any]:
-    pools: dict[str, Any] = {}
-    for version, pool in ((4, gw.ipv4_pool), (6, gw.ipv6_pool)):
-        if pool.ranges:
-            pools[f"ipv{version}"] = [str(r) for r in pool.ranges]
-        if (eip := gw.default_eip(version)) is not None:
-            pools[f"ipv{version}DefaultEIP"] = str(eip)
-    spec: dict[str, Any] = {"ippools": pools}
-    if gw.node_selector is not None:
-        spec["nodeSelector"] = {"selector": label_selector_to_dict(gw.node_selector)}
-    else:
-        spec["appliancesOnly"] = True
-    if gw.cluster_default:
-        spec["clusterDefault"] = True
-    t = gw.tunnel
-    spec["tunnel"] = {"type": str(t.type), "vni": t.vni, **({"port": t.port} if t.port is not None else {}),
-                      **({"mtu": t.mtu} if t.mtu is not None else {})}
-    if gw.bgp.communities or gw.bgp.large_communities:
-        spec["bgp"] = {"communities": list(gw.bgp.communities), "largeCommunities": list(gw.bgp.large_communities)}
-    spec["failover"] = {"noGatewayAction": str(gw.failover.no_gateway_action),
-                        "failbackHoldSeconds": gw.failover.failback_hold_seconds}
-    return {"apiVersion": API_VERSION, "kind": "EgressGateway", "metadata": _meta(gw.name, generation=gw.generation),
-            "spec": spec}
-
-
-def _policy_manifest(p: EgressPolicy) -> dict[str, Any]:
-    eip: dict[str, Any] = {"useNodeIP": p.egress_ip.use_node_ip, "allocatorPolicy": str(p.egress_ip.allocator_policy)}
-    if p.egress_ip.ipv4 is not None:
-        eip["ipv4"] = str(p.egress_ip.ipv4)
-    if p.egress_ip.ipv6 is not None:
-        eip["ipv6"] = str(p.egress_ip.ipv6)
-    applied: dict[str, Any] = {}
-    if p.applied_to.pod_selector is not None:
-        applied["podSelector"] = label_selector_to_dict(p.applied_to.pod_selector)
-    if p.applied_to.pod_subnet:
-        applied["podSubnet"] = [str(n) for n in p.applied_to.pod_subnet]
-    if p.applied_to.namespace_selector is not None:
-        applied["namespaceSelector"] = label_selector_to_dict(p.applied_to.namespace_selector)
-    spec: dict[str, Any] = {"egressIP": eip, "appliedTo": applied}
-    if p.egress_gateway_name:
-        spec["egressGatewayName"] = p.egress_gateway_name
-    if p.dest_subnet:
-        spec["destSubnet"] = [str(n) for n in p.dest_subnet]
-    if p.priority:
-        spec["priority"] = p.priority
-    return {"apiVersion": API_VERSION, "kind": str(p.ref.kind),
-            "metadata": _meta(p.ref.name, p.ref.namespace, p.generation, p.created), "spec": spec}
-
-
-def _cluster_info_manifest(ci: EgressClusterInfo) -> dict[str, Any]:
-    spec: dict[str, Any] = {"autoDetect": {"podCidrMode": str(ci.pod_cidr_mode), "clusterIP": ci.detect_cluster_ip,
-                                           "nodeIP": ci.detect_node_ip}}
-    if ci.extra_cidr:
-        spec["extraCidr"] = [str(n) for n in ci.extra_cidr]
-    return {"apiVersion": API_VERSION, "kind": "EgressClusterInfo", "metadata": {"name": "default"}, "spec": spec}
-
-
-def to_manifest(model: EgressGateway | EgressPolicy | EgressClusterInfo) -> dict[str, Any]:
-    """The Kubernetes object (API JSON form) for a model object; parsing it gives the model back."""
-    if isinstance(model, EgressGateway):
-        return _gateway_manifest(model)
-    if isinstance(model, EgressPolicy):
-        return _policy_manifest(model)
-    return _cluster_info_manifest(model)
