@@ -18,7 +18,7 @@ import time
 from types import FrameType
 
 from lab import cleanup, netns, state
-from lab.runner import Lab, LabError
+from lab.runner import Lab, LabError, LabUsageError
 from lab.topology import TopologyError
 
 
@@ -60,12 +60,15 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         lab = Lab.up(args.file, prefix=args.name_prefix, name=args.name, without=tuple(args.without),
                      ready_timeout=args.ready_timeout)
-    except TopologyError as exc:
+    except (TopologyError, LabUsageError) as exc:
+        print(f"egressgw lab up: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
         print(f"egressgw lab up: {exc}", file=sys.stderr)
         return 2
     except (LabError, OSError) as exc:
         print(f"egressgw lab up: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, LabError) and "already" not in str(exc) and "not ready" not in str(exc) else 1
+        return 1
     except KeyboardInterrupt:
         print("egressgw lab up: interrupted; everything created was removed", file=sys.stderr)
         return 130

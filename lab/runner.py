@@ -56,6 +56,10 @@ class LabError(RuntimeError):
     """The lab could not be brought up or driven; the message says which node/daemon and why."""
 
 
+class LabUsageError(LabError):
+    """Bad arguments for a valid topology (name prefix, --without): nothing was created."""
+
+
 def expand(text: str, values: Mapping[str, str], binds: Mapping[str, str]) -> str:
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
@@ -143,7 +147,7 @@ class Lab:
         if unknown:
             problems.append(f"--without: unknown node(s) {', '.join(unknown)}")
         if problems:
-            raise LabError("; ".join(problems))
+            raise LabUsageError("; ".join(problems))
         if state.read_meta(lab_name) is not None:
             raise LabError(f"lab {lab_name!r} is already up (state in {state.lab_dir(lab_name)}); "
                            f"run `egressgw lab down {lab_name}` first")
@@ -373,4 +377,4 @@ def lab_up(path: str | Path, **kwargs: Any) -> Iterator[Lab]:
         lab.down()
 
 
-__all__ = ["Lab", "LabCommandError", "LabError", "lab_up"]
+__all__ = ["Lab", "LabCommandError", "LabError", "LabUsageError", "lab_up"]
