@@ -103,7 +103,7 @@ class IPRange:
             yield cls(i)
 
     def networks(self) -> Iterator[IPNetwork]:
-        yield from ipaddress.summarize_address_range(self.first, self.last)  # type: ignore[misc]
+        yield from ipaddress.summarize_address_range(self.first, self.last)
 
     def __str__(self) -> str:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"

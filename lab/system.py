@@ -1,0 +1,343 @@
+"""The whole egressgw system in a lab: the API server, gateway members, worker agents, pods and traffic.
+
+`System.up(topology)` brings up a lab topology (see lab/topologies), reaches its kube-apiserver through a loopback
+forwarder (the host gets no route into the lab), registers the lab's workers and gateways as Kubernetes Nodes,
+starts `egressgw gateway` in every gateway namespace and `egressgw agent` in every worker namespace, and offers
+what scenarios need: create pods (Pod objects whose IPs are the lab pod namespaces' addresses), apply manifests,
+ask the external server which source address it saw, run the 10 ms probe, cut links and kill members.
+
+Used by the demo (`egressgw lab demo`), the end-to-end tests (tests/e2e) and the failover/convergence benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.model import IPAddress
+from lab.netns_forward import ForwardSpec, NetnsForwarder
+from lab.runner import Lab
+
+TOPOLOGIES = Path(__file__).parent / "topologies"
+DEFAULT_TOPOLOGY = TOPOLOGIES / "default.clab.yml"
+EXTERNAL_V4 = "203.0.113.2"
+EXTERNAL_V6 = "2001:db8:203::2"
+ROUTER_ASN = 64512
+GATEWAY_ASN = 64513
+GATEWAY_LABEL = ("egressgw.io/gateway", "true")
+_ADDR_RE = re.compile(r"ip (?:-6 )?addr(?:ess)? add (\S+) dev (\S+)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabNode:
+    name: str
+    role: str
+    #: addresses configured by the topology: interface -> interfaces (with prefix length)
+    addresses: tuple[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface], ...]
+    worker: str = ""  # for pods: the worker they sit behind
+
+    def address(self, version: int, interface: str | None = None) -> IPAddress:
+        for ifname, ifc in self.addresses:
+            if ifc.version == version and (interface is None or ifname == interface):
+                return ifc.ip
+        raise LookupError(f"{self.name} has no IPv{version} address" + (f" on {interface}" if interface else ""))
+
+    def has(self, version: int) -> bool:
+        return any(ifc.version == version for _, ifc in self.addresses)
+
+
+def lab_nodes(lab: Lab) -> dict[str, LabNode]:
+    """Roles and addresses of the lab's nodes, read from the topology (labels `egressgw.role`, exec lines)."""
+    out: dict[str, LabNode] = {}
+    for n in lab.topology.linux_nodes:
+        labels = dict(n.labels)
+        addrs = []
+        for line in n.exec:
+            m = _ADDR_RE.search(line)
+            if m:
+                addrs.append((m.group(2), ipaddress.ip_interface(m.group(1))))
+        out[n.name] = LabNode(name=n.name, role=labels.get("egressgw.role", ""), addresses=tuple(addrs),
+                              worker=labels.get("egressgw.worker", ""))
+    return out
+
+
+@dataclass
+class System:
+    lab: Lab
+    forwarder: NetnsForwarder
+    kubeconfig: Path
+    nodes: dict[str, LabNode]
+    api: Any  # kubernetes.client.ApiClient
+    gateway_config: dict[str, Any] = field(default_factory=dict)
+    _custom: Any = None
+    _core: Any = None
+
+    # ---- bring-up ------------------------------------------------------------------------------------------
+    @classmethod
+    def up(cls, topology: str | Path = DEFAULT_TOPOLOGY, *, prefix: str | None = None,
+           start_services: bool = True, progress: Callable[[str], None] = lambda _m: None,
+           gateway_overrides: Mapping[str, Any] | None = None) -> System:
+        progress("bringing up the lab topology (namespaces, links, routers, API server)")
+        lab = Lab.up(topology, prefix=prefix)
+        try:
+            return cls._attach(lab, start_services=start_services, progress=progress,
+                               gateway_overrides=gateway_overrides)
+        except BaseException:
+            lab.down()
+            raise
+
+    @classmethod
+    def _attach(cls, lab: Lab, *, start_services: bool, progress: Callable[[str], None],
+                gateway_overrides: Mapping[str, Any] | None) -> System:
+        from kubernetes import client, config
+
+        nodes = lab_nodes(lab)
+        api_node = next(n for n in nodes.values() if n.role == "kube-api")
+        inner = yaml.safe_load(lab.kubeconfig().read_text())
+        server = inner["clusters"][0]["cluster"]["server"]
+        port = int(server.rsplit(":", 1)[1])
+        fwd = NetnsForwarder(ForwardSpec(netns=lab.netns(api_node.name), upstream=(str(api_node.address(4)), port)))
+        outer = json.loads(json.dumps(inner))
+        outer["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{fwd.port}"
+        host_kubeconfig = lab.state_dir / "kubeconfig.host"
+        host_kubeconfig.write_text(yaml.safe_dump(outer))
+        api = config.new_client_from_config(config_file=str(host_kubeconfig))
+        sys_ = cls(lab=lab, forwarder=fwd, kubeconfig=host_kubeconfig, nodes=nodes, api=api)
+        sys_._custom = client.CustomObjectsApi(api)
+        sys_._core = client.CoreV1Api(api)
+        sys_.gateway_config = dict(gateway_overrides or {})
+        progress("registering the lab's workers and gateways as Kubernetes nodes")
+        sys_._register_nodes()
+        sys_.ensure_namespace("egressgw-system")
+        if start_services:
+            progress("starting egressgw gateway on " + ", ".join(sys_.gateways))
+            for gw in sys_.gateways:
+                sys_.start_gateway(gw)
+            progress("starting egressgw agent on " + ", ".join(sys_.workers))
+            for w in sys_.workers:
+                sys_.start_agent(w)
+        return sys_
+
+    @property
+    def workers(self) -> list[str]:
+        return sorted(n for n, v in self.nodes.items() if v.role == "worker")
+
+    @property
+    def gateways(self) -> list[str]:
+        return sorted(n for n, v in self.nodes.items() if v.role == "gateway")
+
+    @property
+    def pods(self) -> list[str]:
+        return sorted(n for n, v in self.nodes.items() if v.role == "pod")
+
+    def _register_nodes(self) -> None:
+        for name in self.workers + self.gateways:
+            node = self.nodes[name]
+            labels = {"kubernetes.io/hostname": name}
+            if node.role == "gateway":
+                labels[GATEWAY_LABEL[0]] = GATEWAY_LABEL[1]
+            pod_cidrs = self._pod_cidrs(name)
+            body: dict[str, Any] = {"apiVersion": "v1", "kind": "Node",
+                                    "metadata": {"name": name, "labels": labels},
+                                    "spec": {"podCIDR": pod_cidrs[0], "podCIDRs": pod_cidrs} if pod_cidrs else {}}
+            with contextlib.suppress(Exception):
+                self._core.create_node(body)
+            addrs = [{"type": "InternalIP", "address": str(ifc.ip)} for _, ifc in node.addresses
+                     if _.startswith("eth")]
+            addrs.append({"type": "Hostname", "address": name})
+            self._core.patch_node_status(name, {"status": {"addresses": addrs, "conditions": [
+                {"type": "Ready", "status": "True", "reason": "LabNode", "message": "lab namespace"}]}})
+
+    def _pod_cidrs(self, worker: str) -> list[str]:
+        return [str(ifc.network) for ifname, ifc in self.nodes[worker].addresses if ifname == "cni0"]
+
+    # ---- services ------------------------------------------------------------------------------------------
+    def _config_common(self, node: str) -> dict[str, Any]:
+        return {
+            "node_name": node,
+            "kubeconfig": str(self.lab.kubeconfig()),
+            "state_dir": str(self.lab.node_dir(node) / "egressgw"),
+            "metrics": {"address": ""},
+            "reconcile": {"resync_period_s": 10},
+            "log": {"level": "info", "format": "kv"},
+        }
+
+    def gateway_config_for(self, gw: str) -> dict[str, Any]:
+        node = self.nodes[gw]
+        v4 = node.address(4)
+        cfg = self._config_common(gw)
+        peers: list[dict[str, Any]] = [{"address": self._router_address(4), "asn": ROUTER_ASN}]
+        if node.has(6):
+            peers.append({"address": self._router_address(6), "asn": ROUTER_ASN})
+        cfg.update({
+            "uplink": {"interface": "eth1"},
+            "bgp": {"local_asn": GATEWAY_ASN, "router_id": str(v4), "peers": peers,
+                    "bfd": {"enabled": True, "min_tx_ms": 50, "min_rx_ms": 50, "multiplier": 3},
+                    "drain": {"timeout_s": 10, "settle_s": 1.0}},
+            "health": {"interval_s": 0.2, "fall": 2, "rise": 2},
+        })
+        for k, v in self.gateway_config.items():
+            cfg[k] = v
+        return cfg
+
+    def _router_address(self, version: int) -> str:
+        router = next(n for n in self.nodes.values() if n.role == "router")
+        gw = self.nodes[self.gateways[0]]
+        net = next(ifc.network for _, ifc in gw.addresses if ifc.version == version)
+        return str(next(ifc.ip for _, ifc in router.addresses if ifc.version == version and ifc.ip in net))
+
+    def agent_config_for(self, worker: str) -> dict[str, Any]:
+        cfg = self._config_common(worker)
+        cfg["underlay"] = {"interface": "eth1"}
+        return cfg
+
+    def _egressgw_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "appliance.cli", *args]
+
+    def start_gateway(self, gw: str) -> None:
+        path = self.lab.node_dir(gw) / "gateway.yaml"
+        path.write_text(yaml.safe_dump(self.gateway_config_for(gw)))
+        self.lab.start_daemon(gw, "egressgw-gateway", self._egressgw_argv("gateway", "--config", str(path)))
+
+    def start_agent(self, worker: str) -> None:
+        path = self.lab.node_dir(worker) / "agent.yaml"
+        path.write_text(yaml.safe_dump(self.agent_config_for(worker)))
+        self.lab.start_daemon(worker, "egressgw-agent", self._egressgw_argv("agent", "--config", str(path)))
+
+    def stop_service(self, node: str, *, sig: int = 15, grace: float = 15.0) -> None:
+        name = "egressgw-gateway" if self.nodes[node].role == "gateway" else "egressgw-agent"
+        self.lab.stop_daemon(node, name, sig=sig, grace=grace)
+
+    def drain(self, gw: str) -> str:
+        path = self.lab.node_dir(gw) / "gateway.yaml"
+        res = self.lab.exec(gw, self._egressgw_argv("gateway", "drain", "--config", str(path)), timeout=60)
+        return str(res.stdout)
+
+    # ---- cluster objects ------------------------------------------------------------------------------------
+    def ensure_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
+        try:
+            self._core.create_namespace(body)
+        except Exception as exc:
+            if getattr(exc, "status", None) != 409:
+                raise
+            self._core.patch_namespace(name, {"metadata": {"labels": dict(labels or {})}})
+
+    def create_pod(self, namespace: str, name: str, lab_pod: str, labels: Mapping[str, str] | None = None) -> None:
+        """A Pod object standing for the lab pod namespace `lab_pod` (its IPs, its worker)."""
+        node = self.nodes[lab_pod]
+        self._core.create_namespaced_pod(namespace, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": dict(labels or {})},
+            "spec": {"nodeName": node.worker, "containers": [{"name": "app", "image": "lab"}]},
+        })
+        ips = [str(ifc.ip) for _, ifc in node.addresses]
+        self._core.api_client.call_api(
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status", "PATCH",
+            header_params={"Content-Type": "application/merge-patch+json"},
+            body={"status": {"phase": "Running", "podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}},
+            auth_settings=["BearerToken"], _preload_content=False)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+    def apply(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        """Create or replace egressgw.io objects (and Namespaces)."""
+        for obj in objects:
+            kind = obj["kind"]
+            if kind == "Namespace":
+                self.ensure_namespace(obj["metadata"]["name"], obj["metadata"].get("labels"))
+                continue
+            plural = kind.lower() + ("es" if kind.endswith("s") else "s")
+            if kind == "EgressClusterPolicy":
+                plural = "egressclusterpolicies"
+            if kind == "EgressPolicy":
+                plural = "egresspolicies"
+            ns = obj["metadata"].get("namespace")
+            group, version = obj["apiVersion"].split("/")
+            args: tuple[Any, ...] = (group, version, ns, plural) if ns else (group, version, plural)
+            try:
+                if ns:
+                    self._custom.create_namespaced_custom_object(*args, obj)
+                else:
+                    self._custom.create_cluster_custom_object(*args, obj)
+            except Exception as exc:
+                if getattr(exc, "status", None) != 409:
+                    raise
+                name = obj["metadata"]["name"]
+                current = (self._custom.get_namespaced_custom_object(*args, name) if ns
+                           else self._custom.get_cluster_custom_object(*args, name))
+                body = dict(obj)
+                body["metadata"] = dict(obj["metadata"], resourceVersion=current["metadata"]["resourceVersion"])
+                if ns:
+                    self._custom.replace_namespaced_custom_object(*args, name, body)
+                else:
+                    self._custom.replace_cluster_custom_object(*args, name, body)
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        plural = {"EgressPolicy": "egresspolicies", "EgressClusterPolicy": "egressclusterpolicies",
+                  "EgressGateway": "egressgateways", "EgressClusterInfo": "egressclusterinfos"}[kind]
+        if namespace:
+            self._custom.delete_namespaced_custom_object("egressgw.io", "v1alpha1", namespace, plural, name)
+        else:
+            self._custom.delete_cluster_custom_object("egressgw.io", "v1alpha1", plural, name)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        plural = {"EgressPolicy": "egresspolicies", "EgressClusterPolicy": "egressclusterpolicies",
+                  "EgressGateway": "egressgateways", "EgressClusterInfo": "egressclusterinfos"}[kind]
+        if namespace:
+            got = self._custom.get_namespaced_custom_object("egressgw.io", "v1alpha1", namespace, plural, name)
+        else:
+            got = self._custom.get_cluster_custom_object("egressgw.io", "v1alpha1", plural, name)
+        return dict(got)
+
+    # ---- traffic --------------------------------------------------------------------------------------------
+    def seen_source(self, lab_pod: str, *, version: int = 4, proto: str = "udp", timeout: float = 2.0) -> str:
+        """The source address the external server saw for one request from `lab_pod` ("" when none came back)."""
+        server = EXTERNAL_V4 if version == 4 else EXTERNAL_V6
+        res = self.lab.exec(lab_pod, [sys.executable, "-m", "lab.extclient", "source", "--server", server,
+                                      "--proto", proto, "--timeout", str(timeout)], check=False, timeout=timeout + 10)
+        return str(res.stdout).strip() if res.returncode == 0 else ""
+
+    def wait_source(self, lab_pod: str, expected: str, *, version: int = 4, proto: str = "udp",
+                    timeout: float = 30.0) -> str:
+        """Poll until the external server sees `expected` from `lab_pod`; returns the last source seen."""
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            seen = self.seen_source(lab_pod, version=version, proto=proto, timeout=1.0)
+            if seen == expected:
+                return seen
+            time.sleep(0.3)
+        return seen
+
+    def router_routes(self, version: int = 4) -> str:
+        router = next(n for n, v in self.nodes.items() if v.role == "router")
+        res = self.lab.exec(router, ["ip", f"-{version}", "route", "show", "proto", "bird"], check=False)
+        if not str(res.stdout).strip():
+            res = self.lab.exec(router, ["ip", f"-{version}", "route", "show"], check=False)
+        return str(res.stdout)
+
+    def down(self) -> None:
+        with contextlib.suppress(Exception):
+            self.forwarder.close()
+        self.lab.down()
+
+
+@contextlib.contextmanager
+def system_up(topology: str | Path = DEFAULT_TOPOLOGY, **kwargs: Any) -> Iterator[System]:
+    s = System.up(topology, **kwargs)
+    try:
+        yield s
+    finally:
+        s.down()
