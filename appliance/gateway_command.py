@@ -21,13 +21,18 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import GatewayConfig, config_error_line, load_gateway_config
 from appliance.configerror import ConfigError
 from appliance.member_state import AlreadyRunning, StateDir, render_status
+
+if TYPE_CHECKING:
+    from appliance.gateway_service import GatewayDataPath, GatewayService
+    from appliance.underlay import Underlay
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -135,8 +140,9 @@ def drain_command(state: StateDir, *, timeout_s: float, wait: bool) -> int:
 # ----- the service (wiring the real pieces) -----
 
 
-class _LeaseHelper:
-    """The member lease as a start/stop helper: stop deletes it (a drained member is gone at once)."""
+class _Releasing:
+    """A lease loop as a start/stop helper whose stop *releases* it: a stopped member's lease is deleted, a stopped
+    leader gives up leadership at once (nobody waits for an expiry)."""
 
     def __init__(self, lease: Any) -> None:
         self._lease = lease
@@ -148,24 +154,15 @@ class _LeaseHelper:
         self._lease.release()
 
 
+class StartError(Exception):
+    """A reason the service cannot start (logged as `gateway.start_failed`, exit 1)."""
+
+
 def run_gateway(cfg: GatewayConfig) -> int:
     from appliance.logging_setup import EventLogger, setup_logging
 
     setup_logging(cfg.log)
     log = EventLogger("egressgw.gateway", node=cfg.node_name)
-    from appliance import health_checks
-    from appliance.datapath_wiring import DataPathUnavailable, make_gateway_datapath
-    from appliance.gateway_service import GatewayDeps, GatewayService, Lifecycle
-    from appliance.service_metrics import LoopMetrics, serve_metrics
-    from appliance.underlay import UnderlayError, detect_underlay
-    from bgp.health import Check
-    from bgp.metrics import BgpMetrics
-    from k8s_sync.cluster import ClusterSync
-    from k8s_sync.kubeapi import KubeApi, make_api_client
-    from k8s_sync.leases import LeaderElection, MemberIdentity, MemberLease
-    from k8s_sync.resources import Role
-    from k8s_sync.status_writer import StatusWriter
-
     state = StateDir(cfg.state_dir)
     try:
         state.acquire()
@@ -174,93 +171,10 @@ def run_gateway(cfg: GatewayConfig) -> int:
         return 1
     try:
         try:
-            uplink = detect_underlay(cfg.uplink, what="uplink")
-            datapath = make_gateway_datapath(cfg, uplink)
-        except (UnderlayError, DataPathUnavailable) as e:
+            service = build_gateway_service(cfg, state=state, log=log)
+        except StartError as e:
             log.error("gateway.start_failed", error=str(e))
             return 1
-        log.info(
-            "gateway.starting",
-            uplink=uplink.interface,
-            addresses=uplink.addresses,
-            appliance_of=cfg.gateway,
-            kubeconfig=cfg.kube.kubeconfig or "in-cluster",
-        )
-        loop_metrics = LoopMetrics("gateway")
-        bgp_metrics = BgpMetrics()
-        try:
-            listen = serve_metrics(cfg.metrics)
-        except OSError as e:
-            log.error("gateway.start_failed", error=f"metrics server on {cfg.metrics}: {e}")
-            return 1
-        if listen:
-            log.info("metrics.listening", address=listen)
-
-        api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
-        sync = ClusterSync(api, role=Role.GATEWAY, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
-        address = uplink.address(4) or uplink.addresses[0]
-        me = MemberIdentity(name=cfg.node_name, gateway=cfg.gateway, address=str(address) if cfg.gateway else None)
-        service_ref: list[GatewayService] = []
-        lease = MemberLease(
-            api,
-            me,
-            namespace=cfg.lease_namespace,
-            healthy=lambda: not (service_ref and service_ref[0].phase == "draining"),
-        )
-        leader = LeaderElection(api, cfg.node_name, namespace=cfg.lease_namespace)
-        writer = StatusWriter(api, sync.store.raw_objects, is_leader=leader.is_leader, identity=cfg.node_name)
-
-        speaker = bfd = None
-        if cfg.bgp is not None:
-            from bgp.speaker import BgpSpeaker
-
-            speaker = BgpSpeaker(cfg.bgp, cfg.state_dir / "bgp")
-            if cfg.bgp.bfd.enabled:
-                from bgp.bfd_sidecar import BfdSidecar
-
-                bfd = BfdSidecar(cfg.bgp, cfg.state_dir / "bfd")
-        probe = cfg.health.upstream_probe
-
-        def host_checks() -> dict[Check, bool]:
-            out = {Check.UPLINK: health_checks.link_up(uplink.interface)}
-            if probe is not None:
-                out[Check.UPSTREAM_PROBE] = health_checks.upstream_probe(
-                    probe.address, probe.port, probe.timeout_ms / 1000.0
-                )
-            return out
-
-        def on_tick(svc: GatewayService) -> None:
-            sp = svc.deps.speaker
-            bfd_states = None
-            if svc.deps.bfd is not None:
-                try:
-                    bfd_states = svc.deps.bfd.peer_states()
-                except Exception:
-                    bfd_states = None
-            bgp_metrics.observe(
-                peer_states=sp.peer_states() if sp is not None else {},
-                bfd_states=bfd_states,
-                desired=len(svc.desired),
-                acknowledged=len(sp.acknowledged()) if sp is not None else 0,
-                health=svc.health,
-                now=svc.deps.clock(),
-                restarts=getattr(sp, "restarts", None),
-            )
-
-        helpers: list[Lifecycle] = [sync, _LeaseHelper(lease), leader, writer]
-        deps = GatewayDeps(
-            source=sync.store,
-            datapath=datapath,
-            speaker=speaker,
-            bfd=bfd,
-            helpers=helpers,
-            host_checks=host_checks,
-            publish=writer.submit,
-            on_pass=loop_metrics.observe,
-            on_tick=on_tick,
-        )
-        service = GatewayService(cfg, deps, state=state, log=log)
-        service_ref.append(service)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
@@ -271,3 +185,123 @@ def run_gateway(cfg: GatewayConfig) -> int:
         return service.run()
     finally:
         state.release()
+
+
+def build_gateway_service(
+    cfg: GatewayConfig,
+    *,
+    state: StateDir | None,
+    log: Any = None,
+    datapath_factory: Callable[[GatewayConfig, Underlay], GatewayDataPath] | None = None,
+    registry: Any = None,
+) -> GatewayService:
+    """Wire the real pieces (cluster sync, leases, status writer, ExaBGP, BFD, data path, metrics) into a service.
+
+    `datapath_factory` and `registry` exist for integration tests (a recording data path, a private metrics
+    registry); the command uses the real data path and the default registry.
+    """
+    from prometheus_client import REGISTRY
+
+    from appliance import health_checks
+    from appliance.datapath_wiring import DataPathUnavailable, make_gateway_datapath
+    from appliance.gateway_service import GatewayDeps, GatewayService, Lifecycle
+    from appliance.logging_setup import EventLogger
+    from appliance.service_metrics import LoopMetrics, serve_metrics
+    from appliance.underlay import UnderlayError, detect_underlay
+    from bgp.health import Check
+    from bgp.metrics import BgpMetrics
+    from k8s_sync.cluster import ClusterSync
+    from k8s_sync.kubeapi import KubeApi, make_api_client
+    from k8s_sync.leases import LeaderElection, MemberIdentity, MemberLease
+    from k8s_sync.resources import Role
+    from k8s_sync.status_writer import StatusWriter
+
+    log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
+    registry = registry if registry is not None else REGISTRY
+    try:
+        uplink = detect_underlay(cfg.uplink, what="uplink")
+        datapath = (datapath_factory or make_gateway_datapath)(cfg, uplink)
+    except (UnderlayError, DataPathUnavailable) as e:
+        raise StartError(str(e)) from None
+    log.info(
+        "gateway.starting",
+        uplink=uplink.interface,
+        addresses=uplink.addresses,
+        appliance_of=cfg.gateway,
+        kubeconfig=cfg.kube.kubeconfig or "in-cluster",
+    )
+    loop_metrics = LoopMetrics("gateway", registry)
+    bgp_metrics = BgpMetrics(registry)
+    try:
+        listen = serve_metrics(cfg.metrics, registry)
+    except OSError as e:
+        raise StartError(f"metrics server on {cfg.metrics}: {e}") from None
+    if listen:
+        log.info("metrics.listening", address=listen)
+
+    api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
+    sync = ClusterSync(api, role=Role.GATEWAY, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
+    address = uplink.address(4) or uplink.addresses[0]
+    me = MemberIdentity(name=cfg.node_name, gateway=cfg.gateway, address=str(address) if cfg.gateway else None)
+    service_ref: list[GatewayService] = []
+    lease = MemberLease(
+        api,
+        me,
+        namespace=cfg.lease_namespace,
+        healthy=lambda: not (service_ref and service_ref[0].phase == "draining"),
+    )
+    leader = LeaderElection(api, cfg.node_name, namespace=cfg.lease_namespace)
+    writer = StatusWriter(api, sync.store.raw_objects, is_leader=leader.is_leader, identity=cfg.node_name)
+
+    speaker = bfd = None
+    if cfg.bgp is not None:
+        from bgp.speaker import BgpSpeaker
+
+        speaker = BgpSpeaker(cfg.bgp, cfg.state_dir / "bgp")
+        if cfg.bgp.bfd.enabled:
+            from bgp.bfd_sidecar import BfdSidecar
+
+            bfd = BfdSidecar(cfg.bgp, cfg.state_dir / "bfd")
+    probe = cfg.health.upstream_probe
+
+    def host_checks() -> dict[Check, bool]:
+        out = {Check.UPLINK: health_checks.link_up(uplink.interface)}
+        if probe is not None:
+            out[Check.UPSTREAM_PROBE] = health_checks.upstream_probe(
+                probe.address, probe.port, probe.timeout_ms / 1000.0
+            )
+        return out
+
+    def on_tick(svc: GatewayService) -> None:
+        sp = svc.deps.speaker
+        bfd_states = None
+        if svc.deps.bfd is not None:
+            try:
+                bfd_states = svc.deps.bfd.peer_states()
+            except Exception:
+                bfd_states = None
+        bgp_metrics.observe(
+            peer_states=sp.peer_states() if sp is not None else {},
+            bfd_states=bfd_states,
+            desired=len(svc.desired),
+            acknowledged=len(sp.acknowledged()) if sp is not None else 0,
+            health=svc.health,
+            now=svc.deps.clock(),
+            restarts=getattr(sp, "restarts", None),
+        )
+
+    helpers: list[Lifecycle] = [sync, _Releasing(lease), _Releasing(leader), writer]
+    deps = GatewayDeps(
+        source=sync.store,
+        datapath=datapath,
+        speaker=speaker,
+        bfd=bfd,
+        helpers=helpers,
+        host_checks=host_checks,
+        publish=writer.submit,
+        on_pass=loop_metrics.observe,
+        on_tick=on_tick,
+    )
+    service = GatewayService(cfg, deps, state=state, log=log)
+    service_ref.append(service)
+    return service
