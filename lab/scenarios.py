@@ -1,0 +1,141 @@
+"""Building blocks shared by the demo, the end-to-end tests and the lab benchmarks: manifests and measured steps.
+
+Every step returns data (what the external server saw, a probe report, the primary member); callers render it
+(the demo as tables) or assert on it (tests) or aggregate it (benchmarks).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lab.probe import BackgroundProbe, ProbeReport
+from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
+
+GATEWAY = "egw-default"
+POOL_V4 = "203.0.113.128/25"
+POOL_V6 = "2001:db8:e1::/64"
+DEFAULT_EIP_V4 = "203.0.113.200"
+DEFAULT_EIP_V6 = "2001:db8:e1::200"
+
+
+def gateway_manifest(name: str = GATEWAY, *, pools_v4: tuple[str, ...] = ("203.0.113.200-203.0.113.209",),
+                     pools_v6: tuple[str, ...] = ("2001:db8:e1::200-2001:db8:e1::209",),
+                     default_v4: str | None = DEFAULT_EIP_V4, default_v6: str | None = DEFAULT_EIP_V6,
+                     cluster_default: bool = True, failback_hold_s: float = 3.0,
+                     node_selector: dict[str, str] | None = None, tunnel: str = "vxlan",
+                     no_gateway_action: str = "FailClosed") -> dict[str, Any]:
+    ippools: dict[str, Any] = {}
+    if pools_v4:
+        ippools["ipv4"] = list(pools_v4)
+        if default_v4:
+            ippools["ipv4DefaultEIP"] = default_v4
+    if pools_v6:
+        ippools["ipv6"] = list(pools_v6)
+        if default_v6:
+            ippools["ipv6DefaultEIP"] = default_v6
+    return {
+        "apiVersion": "egressgw.io/v1alpha1", "kind": "EgressGateway", "metadata": {"name": name},
+        "spec": {
+            "ippools": ippools,
+            "nodeSelector": {"selector": {"matchLabels": node_selector or {"egressgw.io/gateway": "true"}}},
+            "clusterDefault": cluster_default,
+            "tunnel": {"type": tunnel},
+            "failover": {"noGatewayAction": no_gateway_action, "failbackHoldSeconds": failback_hold_s},
+        },
+    }
+
+
+def policy_manifest(namespace: str, name: str, *, match_labels: dict[str, str] | None = None,
+                    gateway: str = "", dest: tuple[str, ...] = (), egress_ip: dict[str, Any] | None = None,
+                    priority: int | None = None, pod_subnet: tuple[str, ...] = ()) -> dict[str, Any]:
+    applied: dict[str, Any] = {}
+    if pod_subnet:
+        applied["podSubnet"] = list(pod_subnet)
+    else:
+        applied["podSelector"] = {"matchLabels": match_labels or {}}
+    spec: dict[str, Any] = {"appliedTo": applied}
+    if gateway:
+        spec["egressGatewayName"] = gateway
+    if dest:
+        spec["destSubnet"] = list(dest)
+    if egress_ip:
+        spec["egressIP"] = egress_ip
+    if priority is not None:
+        spec["priority"] = priority
+    return {"apiVersion": "egressgw.io/v1alpha1", "kind": "EgressPolicy",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodPlacement:
+    namespace: str
+    name: str
+    lab_pod: str
+    labels: tuple[tuple[str, str], ...]
+    selected: bool
+
+
+def demo_pods(system: System) -> list[PodPlacement]:
+    """Two namespaces: `shop` (app=web pods selected by the policy) and `blog` (not selected)."""
+    out = []
+    for i, lab_pod in enumerate(system.pods):
+        selected = i % 2 == 0
+        ns, app = ("shop", "web") if selected else ("blog", "api")
+        out.append(PodPlacement(namespace=ns, name=f"{app}-{i // 2}", lab_pod=lab_pod,
+                                labels=(("app", app),), selected=selected))
+    return out
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+
+
+def policy_eips(system: System, namespace: str, name: str) -> tuple[str, str]:
+    status = system.get("EgressPolicy", name, namespace).get("status") or {}
+    eip = status.get("eip") or {}
+    return (eip.get("ipv4") or "", eip.get("ipv6") or "")
+
+
+def primary_member(system: System, eip: str) -> str:
+    """The member the gateway status names primary for `eip` ("" when unknown)."""
+    status = system.get("EgressGateway", GATEWAY).get("status") or {}
+    for entry in status.get("eips") or []:
+        if entry.get("ip") == eip:
+            return str(entry.get("primary") or "")
+    return ""
+
+
+def router_next_hop(system: System, eip: str) -> str:
+    """The gateway member the router forwards `eip` to right now, from the router's kernel table."""
+    version = 6 if ":" in eip else 4
+    router = next(n for n, v in system.nodes.items() if v.role == "router")
+    res = system.lab.exec(router, ["ip", f"-{version}", "route", "get", eip], check=False)
+    text = str(res.stdout)
+    for gw in system.gateways:
+        addrs = {str(ifc.ip) for _, ifc in system.nodes[gw].addresses}
+        if any(f"via {a} " in text for a in addrs):
+            return gw
+    return ""
+
+
+def measure_failure(system: System, lab_pod: str, act: Callable[[], None], *, after: float = 3.0,
+                    version: int = 4, tcp: bool = False) -> ProbeReport:
+    """Run the 10 ms probe from `lab_pod`, perform `act` (a failure or a drain), keep probing `after` seconds."""
+    probe = BackgroundProbe(system.lab, lab_pod, server=EXTERNAL_V4 if version == 4 else EXTERNAL_V6, tcp=tcp)
+    probe.start(settle=1.0)
+    try:
+        act()
+        time.sleep(after)
+    finally:
+        report = probe.stop()
+    return report
