@@ -157,14 +157,14 @@ def policy_spec(cluster: bool) -> Schema:
             "ipv6": _s("An explicit IPv6 EIP from the gateway's pool.", format="ipv6"),
             "useNodeIP": _b("Leave with the gateway member's own address instead of an EIP; not together with ipv4 "
                             "or ipv6."),
-            "allocatorPolicy": _s("default: share the gateway's default EIP; rr: a pool EIP of its own, assigned in "
-                                  "creation order.", enum=["default", "rr"]),
+            "allocatorPolicy": _s("default: share the gateway's default EIP; rr: a pool EIP (dual-stack pair) of its "
+                                  "own, the lowest free one, in policy creation order.", enum=["default", "rr"]),
         }),
         "appliedTo": _obj("The selected pods: podSelector or podSubnet (one of them is required).", applied),
         "destSubnet": _list("Destination CIDRs this policy applies to; empty means every destination outside the "
                             "cluster.", _s("A destination CIDR.")),
         "priority": _i("Higher wins when several policies select the same pod and destination (ties: the more "
-                       "specific destination, then namespaced before cluster policies, then the older policy).",
+                       "specific destSubnet entry, then EgressPolicy before EgressClusterPolicy, then the name).",
                        0, MAX_PRIORITY),
     }, ("appliedTo",))
 
