@@ -81,14 +81,14 @@ def build_intent(gateways: Iterable[Gw], selections: Iterable[Sel], *,
     steerings: list[Steering] = []
     for rank, s in enumerate(selections):
         pod_ip = ip_address(s.pod_ip)
-        inst = by_name.get(s.gateway)
+        found = by_name.get(s.gateway)
         eip = ip_address(s.eip) if s.eip else None
         endpoints: tuple[IPAddress, ...]
         if eip is not None:
             pair = [eip] + ([ip_address(s.partner)] if s.partner else [])
             endpoints = tuple(sorted(pair, key=lambda a: a.version))
         else:
-            alive = [m for m in (inst.members if inst else ()) if m.name in (inst.alive if inst else ())]
+            alive = [m for m in (found.members if found else ()) if m.name in (found.alive if found else ())]
             endpoints = (alive[0].address,) if alive else ()
         dests = tuple(ip_network(d) for d in s.destinations) or (_everything(pod_ip.version),)
         steerings.append(

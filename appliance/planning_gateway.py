@@ -30,6 +30,7 @@ from appliance.planning_tunnel import (
     WORKER_NH4,
     WORKER_NH6,
     MarkSettings,
+    add_disjoint,
     addr_token,
     assign_slots,
     link_name,
@@ -57,6 +58,7 @@ class GatewaySkipReason(enum.StrEnum):
     NOT_VXLAN = "NotVxlan"
     UNKNOWN_WORKER = "UnknownWorker"
     POD_ON_TWO_WORKERS = "PodIPOnTwoWorkers"
+    OVERLAPPING_DESTINATION = "OverlappingDestination"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +145,7 @@ def plan_gateway(
     pod_worker: dict[IPAddress, tuple[str, int]] = {}
     snat: dict[tuple[IPAddress, IPNetwork], SnatEntry] = {}
     routes: dict[IPAddress, Route] = {}
+    accepted: dict[IPAddress, list[IPNetwork]] = {}
     for s in steerings:
         instance = vxlan[s.gateway]
         if s.node not in slots:
@@ -161,9 +164,15 @@ def plan_gateway(
                 via=WORKER_NH4 if v4 else WORKER_NH6, encap=Encap(vni=instance.tunnel.vni, dst=worker_addr),
             )
         for dest in s.destinations:
-            if dest.version == s.pod_ip.version:
-                name = "nodeip" if s.eip is None else addr_token(s.eip)
-                snat.setdefault((s.pod_ip, dest), SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name))
+            if dest.version != s.pod_ip.version:
+                continue
+            if not add_disjoint(accepted, s.pod_ip, dest):
+                skipped.append(
+                    GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.OVERLAPPING_DESTINATION)
+                )
+                continue
+            name = "nodeip" if s.eip is None else addr_token(s.eip)
+            snat[(s.pod_ip, dest)] = SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name)
 
     eips = sorted({e for i in instances for e in i.eips}, key=ip_key)
     ports = sorted({i.tunnel.udp_port for i in vxlan.values()})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 
 from appliance.kernel_model import LINK_PREFIX, TunnelLink
-from appliance.model import IPAddress
+from appliance.model import IPAddress, IPNetwork
 
 #: inner MAC of every gateway member's tunnel device / of every worker's tunnel device
 GATEWAY_MAC = "02:e6:6e:00:00:01"
@@ -104,3 +104,13 @@ def addr_token(ip: IPAddress) -> str:
 def pick_family(addresses: Iterable[IPAddress], version: int) -> IPAddress | None:
     """The first address of the given family, else None."""
     return next((a for a in addresses if a.version == version), None)
+
+
+def add_disjoint(accepted: dict[IPAddress, list[IPNetwork]], pod_ip: IPAddress, dest: IPNetwork) -> bool:
+    """Record `dest` for `pod_ip` unless it overlaps one already recorded (nft interval maps need disjoint keys;
+    the resolution guarantees it, this keeps a violation from failing the whole table). True = recorded."""
+    have = accepted.setdefault(pod_ip, [])
+    if any(dest.overlaps(n) for n in have if n.version == dest.version):
+        return False
+    have.append(dest)
+    return True

@@ -32,6 +32,7 @@ from appliance.planning_tunnel import (
     WORKER_MAC,
     WORKER_NH4,
     MarkSettings,
+    add_disjoint,
     addr_token,
     assign_slots,
     link_name,
@@ -49,6 +50,7 @@ class SkipReason(enum.StrEnum):
     NOT_VXLAN = "NotVxlan"
     NO_ENDPOINT_FOR_UNDERLAY = "NoEndpointForUnderlayFamily"
     NO_GATEWAY_FAIL_OPEN = "NoGatewayFailOpen"
+    OVERLAPPING_DESTINATION = "OverlappingDestination"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,12 +171,16 @@ def plan_worker(intent: Intent, *, node: str, underlay: IPAddress, settings: Wor
     by_key = {(e.address, e.vni, e.port): e for e in endpoints}
 
     steer: dict[tuple[IPAddress, IPNetwork], int] = {}
+    accepted: dict[IPAddress, list[IPNetwork]] = {}
     for s, ep in chosen:
         mark = marks.drop_mark if ep is None else by_key[ep].mark
         for dest in s.destinations:
             if dest.version != s.pod_ip.version:
                 continue
-            steer.setdefault((s.pod_ip, dest), mark)
+            if add_disjoint(accepted, s.pod_ip, dest):
+                steer[(s.pod_ip, dest)] = mark
+            else:
+                skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.OVERLAPPING_DESTINATION))
     entries = tuple(
         sorted(
             (SteerEntry(pod_ip=p, destination=d, mark=m) for (p, d), m in steer.items()),
