@@ -66,7 +66,8 @@ def test_down_after_sigkill_of_the_runner() -> None:
         assert_nothing_left(prefix, name, pids, links_before)  # ... until `lab down`
     finally:
         runner.kill()
-        Lab.attach(name).down() if state.read_meta(name) else None
+        if state.read_meta(name):
+            Lab.attach(name).down()
 
 
 @pytest.mark.lab
@@ -87,3 +88,23 @@ def test_down_after_sigkill_during_bring_up() -> None:
         assert_nothing_left(prefix, name, [], links_before)
     finally:
         runner.kill()
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_bring_up_removes_what_it_created(sig: signal.Signals) -> None:
+    require("bird", "nft")
+    prefix, name = f"{PREFIX}i-", "egt-lb-i"
+    links_before = host_links()
+    runner = subprocess.Popen([EGRESSGW, "lab", "up", str(TOPOLOGIES / "default.clab.yml"), "--name-prefix", prefix,
+                               "--without", "api"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(lab_leftovers(prefix)) >= 3, 10, "bring-up to be under way")
+        runner.send_signal(sig)
+        _, err = runner.communicate(timeout=30)
+        assert runner.returncode == 130, err
+        assert_nothing_left(prefix, name, [], links_before)
+    finally:
+        runner.kill()
+        if state.read_meta(name):
+            Lab.attach(name).down()
