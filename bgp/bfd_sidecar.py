@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgp.processes import kill_stale
 from bgp.settings import BgpSettings
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ class BfdSidecar:
         if not self.settings.bfd.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "bird-bfd.conf").write_text(render_bird_bfd_config(self.settings))
+        conf = self.workdir / "bird-bfd.conf"
+        kill_stale(self.workdir / "bird-bfd.pid", str(conf))  # a previous run that died without stopping BIRD
+        conf.write_text(render_bird_bfd_config(self.settings))
         self._stop.clear()
         self._spawn(timeout_s)
         self._watcher = threading.Thread(target=self._supervise, name="bfd-sidecar", daemon=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bgp.announcing import Announcement
 from bgp.exabgp_config import exabgp_environment, render_exabgp_config
+from bgp.processes import kill_stale, parent_death_signal
 from bgp.settings import BgpSettings
 from bgp.speaking import AckTimeout, Announcer, CommandFailed, Event, ExabgpShutdown, PeerChanged
 
@@ -78,11 +79,16 @@ class BgpSpeaker:
     def log_path(self) -> Path:
         return self.workdir / "exabgp.log"
 
+    @property
+    def pid_path(self) -> Path:
+        return self.workdir / "exabgp.pid"
+
     def start(self) -> None:
         """Write the config, listen on the socket, start ExaBGP and the background thread."""
         if self._thread is not None:
             raise RuntimeError("already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        kill_stale(self.pid_path, str(self.config_path))  # a previous run that died without stopping ExaBGP
         bridge = [sys.executable, "-m", "bgp.api_bridge", str(self.socket_path)]
         self.config_path.write_text(render_exabgp_config(self.settings, bridge_command=bridge))
         with contextlib.suppress(FileNotFoundError):
@@ -165,10 +171,12 @@ class BgpSpeaker:
         logf = self.log_path.open("ab")
         try:
             self._proc = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-            )
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=parent_death_signal(),
+            )  # fmt: skip
         finally:
             logf.close()
+        self.pid_path.write_text(f"{self._proc.pid}\n")
         log.info("bgp.exabgp_started pid=%s config=%s", self._proc.pid, self.config_path)
 
     def _kill_exabgp(self, timeout_s: float) -> None:
