@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+
 import pytest
 
 from k8s_sync.cluster import ClusterSync
