@@ -13,6 +13,7 @@ in effect). Pure.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from appliance.schema_check import check
 from appliance.snapshot import ObjectRef, Problem, Reason
 
 SPIDERNET_GROUP = "egressgateway.spidernet.io"
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 _HINTS = {
     ("EgressPolicy", "spec.appliedTo.namespaceSelector"):
@@ -92,6 +94,8 @@ def _check_one(obj: Any, index: int, problems: list[Problem]) -> tuple[ObjectRef
         issues.append(("kind", f"unknown kind {obj.get('kind')!r} (one of {', '.join(KINDS)})"))
     elif not ref.name:
         issues.append(("metadata.name", "required"))
+    elif len(ref.name) > 253 or not _NAME.match(ref.name):
+        issues.append(("metadata.name", f"{ref.name!r} is not a valid object name (lowercase DNS subdomain)"))
     else:
         issues.extend(check(obj, object_schema(ref.kind)))
     for field, message in issues:

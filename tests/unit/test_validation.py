@@ -160,6 +160,7 @@ CASES: list[tuple[str, list[dict[str, Any]], list[tuple[str, str, Reason]]]] = [
     ("wrong-type-spec", [{**gw(), "spec": []}], [("gw", "spec", Reason.INVALID)]),
     ("missing-name", [{"apiVersion": V, "kind": "EgressGateway", "metadata": {}, "spec": {}}],
      [("", "metadata.name", Reason.INVALID)]),
+    ("bad-object-name", [gw("Gw_1")], [("Gw_1", "metadata.name", Reason.INVALID)]),
     ("unknown-kind", [{"apiVersion": V, "kind": "EgressTunnel", "metadata": {"name": "x"}}],
      [("x", "kind", Reason.INVALID)]),
     ("unknown-version", [{**gw(), "apiVersion": "egressgw.io/v1"}], [("gw", "apiVersion", Reason.INVALID)]),
