@@ -99,8 +99,11 @@ class System:
     @classmethod
     def _attach(cls, lab: Lab, *, start_services: bool, progress: Callable[[str], None],
                 gateway_overrides: Mapping[str, Any] | None) -> System:
+        import urllib3
         from kubernetes import client, config
 
+        # the lab's API server has a self-signed certificate; the kubeconfig says insecure-skip-tls-verify
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         nodes = lab_nodes(lab)
         api_node = next(n for n in nodes.values() if n.role == "kube-api")
         inner = yaml.safe_load(lab.kubeconfig().read_text())
