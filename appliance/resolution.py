@@ -108,11 +108,12 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
     instances = _instances(snapshot, assignments)
 
     ready: list[EgressPolicy] = [p for p in policies if assignments[p.ref].state is PolicyState.READY]
-    matches: dict[tuple[int, IPAddress], list[int]] = {}
+    matches: dict[tuple[int, int], list[int]] = {}
+    pods = index.pods
     for pos, policy in enumerate(ready):
         families = assignments[policy.ref].families
         for key in index.select(policy):
-            if key[1].version in families:
+            if pods[key[0]].ip_keys[key[1]][0] in families:
                 matches.setdefault(key, []).append(pos)
 
     ranks: dict[int, dict[int, int]] = {}
@@ -122,17 +123,22 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
     routes: dict[tuple[int, int], tuple[IPAddress | None, tuple[IPAddress, ...]]] = {}
     cache = DisjointCache.over(ready)
     counts: Counter[PolicyRef] = Counter()
-    steerings: list[Steering] = []
-    for (i, ip), positions in matches.items():
-        pod = index.pods[i].pod
-        for pos, nets in cache.get(ip.version, tuple(positions)):
+    keyed: list[tuple[tuple[int, int, int, str, str], Steering]] = []
+    for (i, j), positions in matches.items():
+        indexed = pods[i]
+        pod = indexed.pod
+        ip = pod.ips[j]
+        version, value = indexed.ip_keys[j]
+        for pos, nets in cache.get(version, tuple(positions)):
             policy = ready[pos]
             a = assignments[policy.ref]
-            route = routes.get((pos, ip.version))
+            route = routes.get((pos, version))
             if route is None:
-                route = routes[(pos, ip.version)] = _route(a, ip.version, instances, gateways)
+                route = routes[(pos, version)] = _route(a, version, instances, gateways)
             counts[policy.ref] += 1
-            steerings.append(
+            rank = ranks[version][pos]
+            keyed.append((
+                (version, value, rank, pod.namespace, pod.name),
                 Steering(
                     pod_ip=ip,
                     namespace=pod.namespace,
@@ -143,10 +149,11 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
                     eip=route[0],
                     destinations=nets,
                     endpoints=route[1],
-                    rank=ranks[ip.version][pos],
-                )
-            )
-    steerings.sort(key=lambda s: (s.pod_ip.version, int(s.pod_ip), s.rank, s.namespace, s.pod))
+                    rank=rank,
+                ),
+            ))
+    keyed.sort(key=lambda e: e[0])
+    steerings = [e[1] for e in keyed]
     outcomes = [_outcome(assignments[p.ref], instances, counts[p.ref]) for p in policies]
     outcomes.extend(_invalid_outcomes(snapshot.problems, {p.ref for p in policies}))
     outcomes.sort(key=lambda o: o.policy)

@@ -84,6 +84,8 @@ def ip_mismatch(
 class IndexedPod:
     pod: Pod
     labels: Mapping[str, str]
+    #: per pod IP (same positions as pod.ips): (family, integer value) - the sort key of steerings
+    ip_keys: tuple[tuple[int, int], ...]
 
 
 class PodIndex:
@@ -91,7 +93,9 @@ class PodIndex:
 
     def __init__(self, pods: Iterable[Pod], namespaces: Iterable[Namespace]) -> None:
         eligible = sorted((p for p in pods if ineligibility(p) is None), key=lambda p: p.key)
-        self.pods: tuple[IndexedPod, ...] = tuple(IndexedPod(p, dict(p.labels)) for p in eligible)
+        self.pods: tuple[IndexedPod, ...] = tuple(
+            IndexedPod(p, dict(p.labels), tuple((a.version, int(a)) for a in p.ips)) for p in eligible
+        )
         self.ns_labels: dict[str, dict[str, str]] = {ns.name: dict(ns.labels) for ns in namespaces}
         self._by_ns: dict[str, list[int]] = {}
         self._by_label: dict[tuple[str, str, str], list[int]] = {}
@@ -101,8 +105,8 @@ class PodIndex:
             self._by_ns.setdefault(ns, []).append(i)
             for k, v in ip_pod.labels.items():
                 self._by_label.setdefault((ns, k, v), []).append(i)
-            for ip in ip_pod.pod.ips:
-                by_ip[ip.version].append((int(ip), i))
+            for family, value in ip_pod.ip_keys:
+                by_ip[family].append((value, i))
         for entries in by_ip.values():
             entries.sort()
         self._ip_keys = {v: [e[0] for e in entries] for v, entries in by_ip.items()}
@@ -135,33 +139,36 @@ class PodIndex:
             return candidates  # the intersection of the label lists is exact
         return [i for i in candidates if selector.matches(self.pods[i].labels)]
 
-    def _by_subnets(self, subnets: Sequence[IPNetwork]) -> set[tuple[int, IPAddress]]:
-        found: set[tuple[int, IPAddress]] = set()
+    def _by_subnets(self, subnets: Sequence[IPNetwork]) -> set[tuple[int, int]]:
+        found: set[tuple[int, int]] = set()
         for net in subnets:
             keys = self._ip_keys[net.version]
             lo = bisect.bisect_left(keys, int(net.network_address))
             hi = bisect.bisect_right(keys, int(net.broadcast_address))
-            for j in range(lo, hi):
-                i = self._ip_pods[net.version][j]
-                ip = next(a for a in self.pods[i].pod.ips if int(a) == keys[j] and a.version == net.version)
-                found.add((i, ip))
+            for k in range(lo, hi):
+                i = self._ip_pods[net.version][k]
+                found.add((i, self.pods[i].ip_keys.index((net.version, keys[k]))))
         return found
 
-    def select(self, policy: EgressPolicy) -> list[tuple[int, IPAddress]]:
-        """The (pod position, pod IP) pairs `policy` selects (in no particular order; callers sort their results)."""
+    def select(self, policy: EgressPolicy) -> list[tuple[int, int]]:
+        """The (pod position, IP position in pod.ips) pairs `policy` selects, in no particular order.
+
+        Integer pairs rather than addresses: resolution groups millions of these, and hashing ints is cheap.
+        """
         applied = policy.applied_to
         if applied.pod_selector is None and not applied.pod_subnet:
             return []
         namespaces = self.namespaces_for(policy)
-        out: list[tuple[int, IPAddress]] = []
+        out: list[tuple[int, int]] = []
         if applied.pod_selector is not None:
             subnets = applied.pod_subnet
             for ns in namespaces:
                 for i in self._by_selector(ns, applied.pod_selector):
-                    for ip in self.pods[i].pod.ips:
+                    ips = self.pods[i].pod.ips
+                    for j, ip in enumerate(ips):
                         if not subnets or any(ip in n for n in subnets if n.version == ip.version):
-                            out.append((i, ip))
+                            out.append((i, j))
         else:
             wanted = set(namespaces)
-            out = [(i, ip) for i, ip in self._by_subnets(applied.pod_subnet) if self.pods[i].pod.namespace in wanted]
+            out = [(i, j) for i, j in self._by_subnets(applied.pod_subnet) if self.pods[i].pod.namespace in wanted]
         return out
