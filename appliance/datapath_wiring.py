@@ -1,24 +1,34 @@
 """Adapters between the service shell and the data path (planners + kernel appliers) of each role.
 
 Why a separate module: the commands and the reconcile loop speak small Protocols (`WorkerDataPath`,
-`appliance.gateway_service.GatewayDataPath`); the data path speaks plans and kernel steps. This is the one place
+`appliance.gateway_service.GatewayDataPath`); the data path speaks plans and kernel steps
+(`appliance.planning_worker`, `appliance.planning_gateway`, `appliance.datapath_applier`). This is the one place
 that knows both, so either side can change its internals without touching the other.
+
+Which EIPs are "in place" on a gateway (the only ones it may announce): after a pass without failures, every EIP of
+the plan; after a pass with failures, only EIPs that were in place before and are still held on the host (a new
+EIP is announced only after a pass that installed everything, its SNAT entries included).
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from appliance import health_checks
 from appliance.config import AgentConfig, GatewayConfig
-from appliance.gateway_service import GatewayDataPath
+from appliance.gateway_service import DataPathResult, GatewayDataPath
 from appliance.intent import Intent
+from appliance.model import IPAddress
 from appliance.reconciling import PassOutcome
 from appliance.snapshot import Snapshot
 from appliance.underlay import Underlay
+from bgp.health import Check
 
 
 class DataPathUnavailable(Exception):
-    """The data path modules are missing or cannot run here (no nft binary, no netlink)."""
+    """The data path cannot run here (no `ip` or `nft` binary)."""
 
 
 class WorkerDataPath(Protocol):
@@ -27,17 +37,106 @@ class WorkerDataPath(Protocol):
     def remove_all(self) -> tuple[str, ...]: ...
 
 
+def _require_binaries() -> None:
+    missing = [b for b in ("ip", "nft") if shutil.which(b) is None]
+    if missing:
+        raise DataPathUnavailable(f"missing {' and '.join(missing)} (install iproute2 and nftables)")
+
+
+def tunnel_source(underlay: Underlay) -> IPAddress:
+    """The worker's tunnel source: its IPv4 underlay address when it has one, else IPv6 (set underlay.addresses to
+    a single IPv6 address for an IPv6 underlay)."""
+    return underlay.address(4) or underlay.addresses[0]
+
+
+class RealWorkerDataPath:
+    def __init__(self, cfg: AgentConfig, underlay: Underlay) -> None:
+        from appliance.datapath_applier import DataPathApplier
+        from appliance.planning_worker import WorkerSettings
+
+        self.node = cfg.node_name
+        self.source = tunnel_source(underlay)
+        self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu)
+        self.applier = DataPathApplier()
+
+    def converge(self, snapshot: Snapshot, intent: Intent) -> PassOutcome:
+        from appliance.planning_worker import plan_worker
+
+        plan = plan_worker(intent, node=self.node, underlay=self.source, settings=self.settings)
+        result = self.applier.apply(plan)
+        return PassOutcome(changes=result.changes, failures=result.failures)
+
+    def remove_all(self) -> tuple[str, ...]:
+        result = self.applier.remove_all()
+        return result.changes + tuple(f"FAILED {f}" for f in result.failures)
+
+
+def workers_of(snapshot: Snapshot) -> Mapping[str, Sequence[IPAddress]]:
+    """Node name -> underlay (InternalIP) addresses: the known VTEPs the gateway accepts tunnels from."""
+    return {n.name: n.addresses for n in snapshot.nodes if n.addresses}
+
+
+class RealGatewayDataPath:
+    def __init__(self, cfg: GatewayConfig, uplink: Underlay) -> None:
+        from appliance.datapath_applier import DataPathApplier
+        from appliance.planning_gateway import GatewaySettings
+
+        self.member = cfg.node_name
+        self.settings = GatewaySettings(uplink_mtu=uplink.mtu, tunnel_mtu=cfg.tunnel.mtu)
+        self.applier = DataPathApplier()
+        self.in_place: frozenset[IPAddress] = frozenset()
+        self.tunnel_links: tuple[str, ...] = ()
+        self.planned = False
+
+    def converge(self, snapshot: Snapshot, intent: Intent) -> DataPathResult:
+        from appliance.planning_gateway import plan_gateway
+
+        plan = plan_gateway(intent, member=self.member, workers=workers_of(snapshot), settings=self.settings)
+        result = self.applier.apply(plan)
+        planned = frozenset(plan.eips)
+        if result.failures:
+            held = {a.ip for a in self.applier.netlink.observe().addresses}
+            self.in_place = frozenset(e for e in self.in_place & planned if e in held)
+        else:
+            self.in_place = planned
+        self.tunnel_links = plan.tunnel_links
+        self.planned = True
+        return DataPathResult(
+            outcome=PassOutcome(changes=result.changes, failures=result.failures), eips_in_place=self.in_place
+        )
+
+    def checks(self) -> Mapping[Check, bool]:
+        if not self.planned:
+            return {}  # nothing planned yet: the reconcile-loop check already keeps the member unhealthy
+        return {
+            Check.TUNNEL_DEVICE: health_checks.links_present(self.tunnel_links),
+            Check.NFT_TABLE: self.applier.nft.exists(),
+        }
+
+    def remove_all(self) -> tuple[str, ...]:
+        result = self.applier.remove_all()
+        self.in_place = frozenset()
+        return result.changes + tuple(f"FAILED {f}" for f in result.failures)
+
+
 def make_worker_datapath(cfg: AgentConfig, underlay: Underlay) -> WorkerDataPath:
-    raise DataPathUnavailable("the worker data path (appliance.planning_worker, appliers) is not available yet")
+    _require_binaries()
+    return RealWorkerDataPath(cfg, underlay)
 
 
 def make_gateway_datapath(cfg: GatewayConfig, uplink: Underlay) -> GatewayDataPath:
-    raise DataPathUnavailable("the gateway data path (appliance.planning_gateway, appliers) is not available yet")
+    _require_binaries()
+    return RealGatewayDataPath(cfg, uplink)
 
 
 def remove_worker_state(cfg: AgentConfig | None) -> tuple[str, ...]:
-    raise DataPathUnavailable("the worker data path is not available yet")
+    """Everything ours in the current namespace (our nft table, rules, routes, neighbours, EIPs, tunnel links)."""
+    _require_binaries()
+    from appliance.datapath_applier import DataPathApplier
+
+    result = DataPathApplier().remove_all()
+    return result.changes + tuple(f"FAILED {f}" for f in result.failures)
 
 
 def remove_gateway_state(cfg: GatewayConfig | None) -> tuple[str, ...]:
-    raise DataPathUnavailable("the gateway data path is not available yet")
+    return remove_worker_state(None)

@@ -161,9 +161,20 @@ class GatewayService:
     def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
         previous = self.intent
         intent = resolve(snapshot, previous=previous)
+        me = self.cfg.node_name
+        kept = frozenset(e for i in intent.instances if any(m.name == me for m in i.members) for e in i.eips)
+        with self._lock:
+            leaving = self.eips_in_place - kept
+            # break after withdraw: EIPs this pass will remove from the kernel are withdrawn first
+            self.snapshot, self.intent = snapshot, intent
+            self.eips_in_place = self.eips_in_place & kept
+        if leaving:
+            self.update_announcements()
+            if self.deps.speaker is not None:
+                acked = self.deps.speaker.wait_converged(min(1.0, self.cfg.drain_timeout_s))
+                self.log.info("eip.released", eips=sorted(str(e) for e in leaving), withdrawal_acknowledged=acked)
         result = self.deps.datapath.converge(snapshot, intent)
         with self._lock:
-            self.snapshot, self.intent = snapshot, intent
             self.eips_in_place = result.eips_in_place
         self.update_announcements()
         if result.outcome.ok and self.deps.publish is not None:

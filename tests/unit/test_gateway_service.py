@@ -320,3 +320,26 @@ def test_whole_life_in_threads_drain_request_from_another_thread(tmp_path: Path)
     assert result == [0]
     assert sp.current == frozenset() and sp.stopped and dp.removed == 1
     assert started == ["start", "stop"]
+
+
+def test_eip_leaving_the_intent_is_withdrawn_before_the_kernel_pass(tmp_path: Path) -> None:
+    svc, dp, sp, clock = make(tmp_path)
+    run_pass(svc, clock)
+    tick(svc, clock, 8)
+    assert {a.eip for a in sp.current} == {EIP}
+    seen_at_converge: list[frozenset[Announcement]] = []
+    original = dp.converge
+
+    def converge(snapshot: Snapshot, intent: Intent) -> DataPathResult:
+        seen_at_converge.append(sp.current)
+        return original(snapshot, intent)
+
+    dp.converge = converge  # type: ignore[method-assign]
+    source = svc.deps.source
+    assert isinstance(source, Source)
+    source.snap = Snapshot(gateways=source.snap.gateways, nodes=source.snap.nodes, revision=2)  # policy deleted
+    svc.reconciler.notify("EgressPolicy/DELETED")
+    clock.t += 1.0
+    svc.reconciler.poll(clock.t)
+    assert seen_at_converge == [frozenset()]  # withdrawn before the data path removed the EIP
+    assert sp.current == frozenset()
