@@ -204,8 +204,13 @@ class System:
         cfg["underlay"] = {"interface": "eth1"}
         return cfg
 
+    @staticmethod
+    def python_module(module: str, *args: str) -> list[str]:
+        """argv running `python -m module args` with this interpreter (the lab's namespaces share the filesystem)."""
+        return [sys.executable, "-m", module, *args]
+
     def _egressgw_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "appliance.cli", *args]
+        return self.python_module("appliance.cli", *args)
 
     def start_gateway(self, gw: str) -> None:
         path = self.lab.node_dir(gw) / "gateway.yaml"
@@ -250,6 +255,13 @@ class System:
             header_params={"Content-Type": "application/merge-patch+json"},
             body={"status": {"phase": "Running", "podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]}},
             auth_settings=["BearerToken"], _preload_content=False)
+
+    def label_pod(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
+        """Replace the pod's labels."""
+        current = self._core.read_namespaced_pod(name, namespace).metadata.labels or {}
+        patch: dict[str, str | None] = {k: None for k in current if k not in labels}
+        patch.update(labels)
+        self._core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": patch}})
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
@@ -305,9 +317,10 @@ class System:
         return dict(got)
 
     # ---- traffic --------------------------------------------------------------------------------------------
-    def seen_source(self, lab_pod: str, *, version: int = 4, proto: str = "udp", timeout: float = 2.0) -> str:
+    def seen_source(self, lab_pod: str, *, version: int = 4, proto: str = "udp", timeout: float = 2.0,
+                    server: str | None = None) -> str:
         """The source address the external server saw for one request from `lab_pod` ("" when none came back)."""
-        server = EXTERNAL_V4 if version == 4 else EXTERNAL_V6
+        server = server or (EXTERNAL_V4 if version == 4 else EXTERNAL_V6)
         res = self.lab.exec(lab_pod, [sys.executable, "-m", "lab.extclient", "source", "--server", server,
                                       "--proto", proto, "--timeout", str(timeout)], check=False, timeout=timeout + 10)
         return str(res.stdout).strip() if res.returncode == 0 else ""

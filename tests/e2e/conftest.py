@@ -1,0 +1,72 @@
+"""End-to-end fixtures: one whole-system lab shared by the module's scenarios, and per-test cluster objects.
+
+The lab (real kube-apiserver + etcd, BIRD 2 or FRR router, gateways running `egressgw gateway` with ExaBGP and BFD,
+workers running `egressgw agent`, pods, the external server) is expensive to bring up (~30-60 s), so scenarios share
+it; each test creates its own namespace, pods and policies through the API and removes them afterwards, so tests
+do not depend on each other's leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lab.scenarios import gateway_manifest
+from lab.system import DEFAULT_TOPOLOGY, System
+
+_counter = itertools.count()
+
+
+class Scenario:
+    """Objects one test created; removed at teardown (pods first, so their IPs are free for the next test)."""
+
+    def __init__(self, system: System, name: str) -> None:
+        self.system = system
+        self.namespace = f"{name[:40].replace('_', '-').lower()}-{next(_counter)}"
+        self.pods: list[tuple[str, str]] = []
+        self.objects: list[tuple[str, str, str | None]] = []
+        self.namespaces = [self.namespace]
+        system.ensure_namespace(self.namespace)
+
+    def pod(self, name: str, lab_pod: str, labels: dict[str, str] | None = None, namespace: str | None = None) -> None:
+        ns = namespace or self.namespace
+        self.system.create_pod(ns, name, lab_pod, labels)
+        self.pods.append((ns, name))
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        self.system.apply(objects)
+        for o in objects:
+            key = (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace"))
+            if o["kind"] != "Namespace" and key not in self.objects:
+                self.objects.append(key)
+
+    def cleanup(self) -> None:
+        for ns, name in self.pods:
+            with contextlib.suppress(Exception):
+                self.system.delete_pod(ns, name)
+        for kind, name, ns in reversed(self.objects):
+            with contextlib.suppress(Exception):
+                self.system.delete(kind, name, ns)
+
+
+@pytest.fixture(scope="package")
+def system() -> Iterator[System]:
+    s = System.up(DEFAULT_TOPOLOGY, prefix="egt-e2-")
+    try:
+        s.apply([gateway_manifest()])
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture
+def scenario(system: System, request: pytest.FixtureRequest) -> Iterator[Scenario]:
+    sc = Scenario(system, request.node.name)
+    try:
+        yield sc
+    finally:
+        sc.cleanup()
