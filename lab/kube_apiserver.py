@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -47,6 +48,10 @@ CRD_DIR = Path(__file__).resolve().parent.parent / "k8s_sync" / "crds"
 
 class ApiServerError(RuntimeError):
     """The API server (or etcd) is missing, did not start, or did not become ready."""
+
+
+class BinaryMissing(ApiServerError):
+    """kube-apiserver or etcd is not installed (run scripts/ensure-kube-apiserver.sh)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +85,9 @@ class ApiServerConfig:
     extra_apiserver_args: tuple[str, ...] = ()
     #: seconds to wait for /readyz
     ready_timeout: float = 60.0
+    #: kill both processes when the starting thread dies (tests: no orphans after a hard kill; the lab: False,
+    #: its daemons outlive `egressgw lab up`)
+    die_with_parent: bool = False
 
 
 def default_apiserver_binary() -> Path:
@@ -124,9 +132,9 @@ class ApiServer:
     def start(self) -> None:
         binary = self.config.apiserver_binary or default_apiserver_binary()
         if not os.access(binary, os.X_OK):
-            raise ApiServerError(f"kube-apiserver not found at {binary}: {ENSURE_HINT}")
+            raise BinaryMissing(f"kube-apiserver not found at {binary}: {ENSURE_HINT}")
         if not os.access(self.config.etcd_binary, os.X_OK):
-            raise ApiServerError(f"etcd not found at {self.config.etcd_binary}: {ENSURE_HINT}")
+            raise BinaryMissing(f"etcd not found at {self.config.etcd_binary}: {ENSURE_HINT}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.config.netns:
             subprocess.run(["ip", "-n", self.config.netns, "link", "set", "lo", "up"], check=True)
@@ -180,7 +188,7 @@ class ApiServer:
         with open(self.workdir / log_name, "ab") as log:
             return subprocess.Popen(
                 self._prefix() + command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent if self.config.die_with_parent else None,
             )
 
     def _start_apiserver(self, binary: Path) -> None:
@@ -278,16 +286,36 @@ def kubeconfig(url: str, token: str) -> dict[str, Any]:
 
 
 def start_apiserver(config: ApiServerConfig) -> ApiServer:
-    """Start etcd + kube-apiserver and wait for /readyz. Raises ApiServerError (with log tails) on failure."""
-    if config.netns:
-        port, client, peer = config.port or 6443, config.etcd_client_port or 2379, config.etcd_peer_port or 2380
-    else:
-        port = config.port or free_port(config.address)
-        client = config.etcd_client_port or free_port()
-        peer = config.etcd_peer_port or free_port()
-    server = ApiServer(config, port=port, etcd_client_port=client, etcd_peer_port=peer)
-    server.start()
-    return server
+    """Start etcd + kube-apiserver and wait for /readyz. Raises ApiServerError (with log tails) on failure.
+    Chosen free ports are retried (twice) with new ones, in case another process took one meanwhile."""
+    chosen = not config.netns and None in (config.port, config.etcd_client_port, config.etcd_peer_port)
+    for attempt in range(3 if chosen else 1):
+        if config.netns:
+            port, client, peer = config.port or 6443, config.etcd_client_port or 2379, config.etcd_peer_port or 2380
+        else:
+            port = config.port or free_port(config.address)
+            client = config.etcd_client_port or free_port()
+            peer = config.etcd_peer_port or free_port()
+        if attempt:
+            shutil.rmtree(config.workdir / "etcd", ignore_errors=True)  # bootstrapped with the old peer port
+        server = ApiServer(config, port=port, etcd_client_port=client, etcd_peer_port=peer)
+        try:
+            server.start()
+        except BinaryMissing:
+            raise
+        except ApiServerError:
+            if attempt == 2 or not chosen:
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent thread exits (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _terminate(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:

@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     workdir = tmp_path_factory.mktemp("kube-apiserver")
     try:
-        server = start_apiserver(ApiServerConfig(workdir=workdir))
+        server = start_apiserver(ApiServerConfig(workdir=workdir, die_with_parent=True))
     except ApiServerError as e:
         pytest.fail(f"cannot start the test kube-apiserver: {e}", pytrace=False)
     try:
