@@ -357,3 +357,31 @@ def system_up(topology: str | Path = DEFAULT_TOPOLOGY, **kwargs: Any) -> Iterato
         yield s
     finally:
         s.down()
+
+
+def restart_apiserver(system: System, *, down_for: float = 5.0) -> None:
+    """Stop the lab's kube-apiserver process for `down_for` seconds, then start it again with the same command
+    line (etcd keeps running, so the cluster state survives; watchers get connection errors, then 410s)."""
+    import os
+    import signal
+
+    api = next(n for n, v in system.nodes.items() if v.role == "kube-api")
+    rec = system.lab.daemon(api, "kube-apiserver")
+    if rec is None:
+        raise RuntimeError("the lab has no kube-apiserver daemon")
+    argv = Path(f"/proc/{rec.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    os.kill(rec.pid, signal.SIGTERM)
+    for _ in range(100):
+        if not Path(f"/proc/{rec.pid}").exists():
+            break
+        time.sleep(0.1)
+    time.sleep(down_for)
+    system.lab.start_daemon(api, "kube-apiserver", [a.decode() for a in argv])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            system._core.list_namespace(limit=1, _request_timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError("kube-apiserver did not come back")

@@ -1,0 +1,144 @@
+"""End-to-end scenarios that move gateways, the cluster info and the API server (run last on the shared lab).
+
+G14 nodeSelector retargeting, I01/I05 cluster info and extraCidr, R08 pool exhaustion, R07 API server restart,
+R05 primary gateway power-off, R06 all gateways down then back. Outages are measured and printed; the assertions
+are on behaviour (EIP unchanged, traffic resumes, nothing lost where nothing may be lost), timing figures belong
+to `egressgw bench failover`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from lab.scenarios import DEFAULT_EIP_V4, gateway_manifest, measure_failure, policy_manifest, router_next_hop, wait_for
+from lab.system import System, restart_apiserver
+from tests.e2e.conftest import Scenario
+from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
+
+pytestmark = [pytest.mark.e2e, pytest.mark.lab]
+
+
+def test_g14_gateway_node_selector_retargeting(system: System, scenario: Scenario) -> None:
+    scenario.pod("web", "w1p1", {"app": "web"})
+    scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
+    expect_source(system, "w1p1", DEFAULT_EIP_V4)
+    only = system.gateways[-1]
+    try:
+        system.apply([gateway_manifest(node_selector={"kubernetes.io/hostname": only})])
+        wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == only, timeout=CONVERGE_S,
+                 what=f"the router to send the EIP to {only}")
+        expect_source(system, "w1p1", DEFAULT_EIP_V4)
+    finally:
+        system.apply([gateway_manifest()])
+
+
+def test_i01_i05_cluster_info_status_and_extra_cidr(system: System, scenario: Scenario) -> None:
+    info = {"apiVersion": "egressgw.io/v1alpha1", "kind": "EgressClusterInfo", "metadata": {"name": "default"},
+            "spec": {"autoDetect": {"podCidrMode": "k8s", "clusterIP": True, "nodeIP": True}}}
+    system.apply([info])
+
+    def status_ok() -> bool:
+        st = system.get("EgressClusterInfo", "default").get("status") or {}
+        node_ips = {ip for v in (st.get("nodeIP") or {}).values() for ip in v.get("ipv4", [])}
+        pod_cidrs = {c for v in (st.get("podCIDR") or {}).values() for c in v.get("ipv4", [])}
+        return (node_ip(system, "w1p1") in node_ips and "100.64.1.0/24" in pod_cidrs
+                and "100.100.0.0/16" in (st.get("clusterIP") or {}).get("ipv4", []))
+
+    wait_for(status_ok, timeout=CONVERGE_S, what="EgressClusterInfo status (I01)")
+    scenario.pod("web", "w2p2", {"app": "web"})
+    scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
+    expect_source(system, "w2p2", DEFAULT_EIP_V4)
+    try:
+        info["spec"]["extraCidr"] = ["203.0.113.0/28"]  # the external server becomes "cluster-internal"
+        system.apply([info])
+        expect_source(system, "w2p2", node_ip(system, "w2p2"))
+    finally:
+        info["spec"].pop("extraCidr")
+        system.apply([info])
+    expect_source(system, "w2p2", DEFAULT_EIP_V4)
+
+
+def test_r08_pool_exhaustion_surplus_policies_pending(system: System, scenario: Scenario) -> None:
+    scenario.apply(gateway_manifest("egw-small", pools_v4=("203.0.113.240-203.0.113.241",), pools_v6=(),
+                                    default_v4=None, default_v6=None, cluster_default=False))
+    names = [f"rr{i}" for i in range(4)]
+    scenario.apply(*(policy_manifest(scenario.namespace, n, match_labels={"app": n}, gateway="egw-small",
+                                     egress_ip={"allocatorPolicy": "rr"}) for n in names))
+
+    def states() -> dict[str, str] | None:
+        out = {}
+        for n in names:
+            st = system.get("EgressPolicy", n, scenario.namespace).get("status") or {}
+            ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
+            if ready is None:
+                return None
+            out[n] = (st.get("eip") or {}).get("ipv4") or ready.get("reason", "")
+        return out
+
+    got = wait_for(states, timeout=CONVERGE_S, what="status on every rr policy")
+    eips = [v for v in got.values() if v.startswith("203.")]
+    assert sorted(eips) == ["203.0.113.240", "203.0.113.241"], got
+    assert sorted(v for v in got.values() if not v.startswith("203.")) == ["PoolExhausted", "PoolExhausted"]
+
+
+def test_r07_api_server_restart_does_not_interrupt_egress(system: System, scenario: Scenario) -> None:
+    scenario.pod("web", "w1p2", {"app": "web"})
+    scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
+    expect_source(system, "w1p2", DEFAULT_EIP_V4)
+    report = measure_failure(system, "w1p2", lambda: restart_apiserver(system, down_for=5.0), after=3.0)
+    print(f"\nR07 API server restart: sent={report.sent} lost={report.lost}")
+    assert report.lost == 0, report
+    assert {s.source for s in report.sources} == {DEFAULT_EIP_V4}
+    # and the control plane still works afterwards: a policy change takes effect
+    system.delete("EgressPolicy", "p", scenario.namespace)
+    expect_source(system, "w1p2", node_ip(system, "w1p2"))
+
+
+def test_r05_primary_gateway_power_off(system: System, scenario: Scenario) -> None:
+    scenario.pod("web", "w2p1", {"app": "web"})
+    scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
+    expect_source(system, "w2p1", DEFAULT_EIP_V4)
+    primary = wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, what="EIP route")
+
+    def power_off() -> None:
+        system.lab.cut_link(primary, "eth1")
+        system.lab.kill_node(primary)
+
+    try:
+        report = measure_failure(system, "w2p1", power_off, after=3.0)
+        print(f"\nR05 power-off of {primary}: lost={report.lost} outage={report.longest_gap_ms:.0f} ms")
+        assert router_next_hop(system, DEFAULT_EIP_V4) not in ("", primary)
+        assert report.sources and report.sources[-1].source == DEFAULT_EIP_V4
+        assert {s.source for s in report.sources} == {DEFAULT_EIP_V4}, "the EIP changed during the failover"
+    finally:
+        system.lab.restore_link(primary, "eth1")
+        system.start_gateway(primary)
+    wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=60,
+             what=f"{primary} back as primary after its hold-down")
+
+
+def test_r06_all_gateways_down_then_back_fail_closed_no_flapping(system: System, scenario: Scenario) -> None:
+    scenario.pod("web", "w1p1", {"app": "web"})
+    scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
+    expect_source(system, "w1p1", DEFAULT_EIP_V4)
+    for gw in system.gateways:
+        system.stop_service(gw)
+    # fail-closed (the default): selected traffic must not leave with the node IP while no member is healthy
+    time.sleep(3)
+    seen = {system.seen_source("w1p1", timeout=1.0) for _ in range(3)}
+    assert seen == {""}, f"traffic left while every gateway was down: {seen}"
+    first, *rest = system.gateways
+    system.start_gateway(first)
+    expect_source(system, "w1p1", DEFAULT_EIP_V4)
+    # the others come back: the EIP's route must not flap away from the member now carrying it during hold-down
+    carrying = router_next_hop(system, DEFAULT_EIP_V4)
+
+    def bring_back() -> None:
+        for gw in rest:
+            system.start_gateway(gw)
+
+    report = measure_failure(system, "w1p1", bring_back, after=2.0)
+    assert report.lost == 0, report
+    assert router_next_hop(system, DEFAULT_EIP_V4) == carrying
