@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 class StatusService:
     def __init__(self, source: SnapshotSource, writer: StatusWriter, *, debounce: float = 0.05,
                  resync: float = 30.0,
-                 resolver: Callable[[Snapshot, Intent | None], Intent] | None = None) -> None:
+                 resolver: Callable[[Snapshot, Intent | None], Intent] | None = None,
+                 initial_previous: Callable[[], Intent | None] | None = None) -> None:
+        """`initial_previous`: the intent to start from (e.g. `oneshot.intent_from_status` over the policies' written
+        status), so a restart keeps `rr` EIPs where they were."""
         self.source = source
         self.writer = writer
         self.debounce = debounce
@@ -34,6 +37,7 @@ class StatusService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.intent: Intent | None = None
+        self._initial_previous = initial_previous
         self.passes = 0
 
     def start(self) -> None:
@@ -65,6 +69,8 @@ class StatusService:
             try:
                 started = time.monotonic()
                 snapshot = self.source.snapshot()
+                if self.intent is None and self._initial_previous is not None:
+                    self.intent = self._initial_previous()
                 self.intent = self._resolver(snapshot, self.intent)
                 self.writer.submit(snapshot, self.intent)
                 self.passes += 1
