@@ -290,7 +290,8 @@ def plan_gateway_wireguard(
                 if n == 0:
                     device = interface_name(settings, member, instance.name, slot)
                     routes.extend(WgRoute(destination=_host(ip), device=device) for ip in pod_ips[worker])
-        v6 = any(e.version == 6 for s in steerings for e in s.endpoints[:1])
+        # the gateway cannot know each worker's underlay family: size for IPv6 whenever a worker may use it
+        v6 = any(e.version == 6 for s in steerings for e in s.endpoints)
         for slot in SLOTS:
             interfaces.append(WgInterface(
                 name=interface_name(settings, member, instance.name, slot), instance=instance.name, slot=slot,

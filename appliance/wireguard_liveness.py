@@ -107,6 +107,7 @@ class _Target:
     peer: str
     watch: SessionWatch
     last_seq: int = 0
+    answered_once: bool = False
     answered: set[int] = field(default_factory=set)
 
 
@@ -138,7 +139,9 @@ class LivenessProber:
         with self.lock:
             targets = list(self.targets.items())
         for dev, t in targets:
-            if t.last_seq and t.watch.record(t.last_seq in t.answered):
+            ok = t.last_seq in t.answered
+            t.answered_once |= ok
+            if t.last_seq and t.watch.record(ok):
                 self.resets += 1
                 log.warning("wireguard.session_lost interface=%s peer=%s resets=%d", dev, t.peer, t.watch.resets)
                 try:
@@ -161,6 +164,12 @@ class LivenessProber:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self.tick()
+
+    def answering(self, device: str) -> bool:
+        """True when the last judged probe through `device` was answered (the tunnel works end to end)."""
+        with self.lock:
+            t = self.targets.get(device)
+            return t is not None and t.answered_once and t.watch.misses == 0
 
     def close(self) -> None:
         self.set_targets(())

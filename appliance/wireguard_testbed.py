@@ -95,6 +95,8 @@ class WireguardTestbed:
     namespaces: list[str] = field(default_factory=list)
     instance_key: PrivateKey = field(default_factory=PrivateKey.generate)
     routed_to: int = 1
+    #: the worker's underlay family: False = IPv4 (tunnel to the IPv4 EIP), True = IPv6 only (to the IPv6 EIP)
+    v6_underlay: bool = False
 
     # ----- names -----
 
@@ -213,7 +215,8 @@ class WireguardTestbed:
                             eip=eip, destinations=(ip_network(dst),), endpoints=(EIP, EIP6))
 
         keys = worker_published if worker_published is not None else tuple(k.public_key for k in self.worker_keys())
-        node = Node(name=self.worker, addresses=(IPv4Address("100.127.0.11"),), wireguard_public_key=",".join(keys))
+        underlay: IPAddress = IPv6Address("2001:db8:127::11") if self.v6_underlay else IPv4Address("100.127.0.11")
+        node = Node(name=self.worker, addresses=(underlay,), wireguard_public_key=",".join(keys))
         intent = Intent(steerings=(steer(POD, EIP, "0.0.0.0/0"), steer(POD6, EIP6, "::/0")), outcomes=(),
                         instances=(inst,), cluster_cidrs=())
         return intent, (node,)

@@ -136,6 +136,7 @@ def test_gateway_peers_allowed_ips_are_exactly_each_workers_pods() -> None:
         member="m1", nodes=nodes, settings=SETTINGS)
     assert [i.slot for i in plan.interfaces] == sorted([0, 1], key=lambda s: pw.interface_name(SETTINGS, "m1", "gw", s))
     for itf in plan.interfaces:
+        assert itf.mtu == 1420  # some worker may reach the instance over IPv6 (the steering has a v6 endpoint)
         assert itf.listen_port == 51820 + itf.slot
         assert itf.private_key_file == Path("/keys/gw.key")
         assert itf.address == IPv6Interface("fe80::1/64")
@@ -272,3 +273,9 @@ def test_publish_public_key() -> None:
     assert fake.calls == [("w1", {"egressgw.io/wireguard-public-key": f"{W1},{W2}"})]
     with pytest.raises(ValueError):
         wk.publish_public_key(fake, "w1", (wk.PublicKey("nope"),))
+
+
+def test_gateway_mtu_for_ipv4_only_endpoints() -> None:
+    plan = pw.plan_gateway_wireguard(intent(steer("100.64.1.10", "w1", endpoints=(EIP,))), member="m1",
+                                     nodes=(WORKER1,), settings=SETTINGS)
+    assert {i.mtu for i in plan.interfaces} == {1440}

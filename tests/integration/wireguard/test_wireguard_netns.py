@@ -51,6 +51,18 @@ def test_tunnel_snat_to_eip_dual_stack_and_idempotent_apply(testbed: WireguardTe
     assert gw1.routes and testbed.applier("gw1").observe_routes()
 
 
+def test_ipv6_underlay(testbed: WireguardTestbed) -> None:
+    testbed.v6_underlay = True
+    testbed.apply_all()
+    worker, _, gw2 = testbed.plans()
+    (itf,) = worker.interfaces
+    assert itf.mtu == 1420 and itf.peers[0].endpoint == (EIP6, 51820 + itf.slot)
+    assert all(i.mtu == 1420 for i in gw2.interfaces)  # gateways size for an IPv6 underlay when one is possible
+    assert testbed.source_seen_by_external() == EIP
+    assert testbed.source_seen_by_external(v6=True) == EIP6
+    assert _peer_endpoint(testbed, "wk", itf.name) == f"[{EIP6}]:{51820 + itf.slot}"
+
+
 def _external_sees(tb: WireguardTestbed, src: str) -> bool:
     try:
         tb.source_seen_by_external(src=ip_address(src))
