@@ -137,10 +137,17 @@ class DisjointCache:
     _memo: dict[tuple[int, tuple[int, ...]], list[tuple[int, tuple[IPNetwork, ...]]]]
     _shapes: dict[tuple[int, Signature], list[tuple[int, tuple[IPNetwork, ...]]]]
     _entries: dict[tuple[int, int], list[tuple[PolicyKey, int, int]]]
+    _keys: dict[tuple[int, int], PolicyKey]
 
     @classmethod
     def over(cls, policies: Sequence[EgressPolicy]) -> DisjointCache:
-        return cls(policies, {}, {}, {})
+        return cls(policies, {}, {}, {}, {})
+
+    def policy_key(self, pos: int, version: int) -> PolicyKey:
+        found = self._keys.get((pos, version))
+        if found is None:
+            found = self._keys[(pos, version)] = policy_key(self.policies[pos], version)
+        return found
 
     def _entries_of(self, pos: int, version: int) -> list[tuple[PolicyKey, int, int]]:
         found = self._entries.get((pos, version))
@@ -166,7 +173,7 @@ class DisjointCache:
             shape = self._shapes[(version, sig)] = _solve(version, sig)
         by_local = {v: k for k, v in local.items()}
         result = [(by_local[i], nets) for i, nets in shape]
-        result.sort(key=lambda r: (policy_key(self.policies[r[0]], version), r[0]))
+        result.sort(key=lambda r: (self.policy_key(r[0], version), r[0]))
         self._memo[key] = result
         return result
 

@@ -14,7 +14,6 @@ matching policies), since most pods share their set of policies with many others
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from appliance.cluster_cidrs import cluster_cidrs
@@ -22,7 +21,7 @@ from appliance.eip_allocation import Assignment, assign
 from appliance.intent import GatewayInstance, Intent, PolicyOutcome, PolicyState, Steering
 from appliance.model import EgressGateway, EgressPolicy, IPAddress, PolicyKind, PolicyRef
 from appliance.placement import build_instance, endpoints_of, node_ip_member
-from appliance.precedence import DisjointCache, policy_key
+from appliance.precedence import DisjointCache
 from appliance.selection import PodIndex
 from appliance.snapshot import Problem, Reason, Snapshot
 
@@ -116,13 +115,16 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
             if pods[key[0]].ip_keys[key[1]][0] in families:
                 matches.setdefault(key, []).append(pos)
 
-    ranks: dict[int, dict[int, int]] = {}
-    for v in (4, 6):
-        order = sorted(range(len(ready)), key=lambda i, v=v: (policy_key(ready[i], v), i))  # type: ignore[misc]
-        ranks[v] = {pos: r for r, pos in enumerate(order)}
-    routes: dict[tuple[int, int], tuple[IPAddress | None, tuple[IPAddress, ...]]] = {}
     cache = DisjointCache.over(ready)
-    counts: Counter[PolicyRef] = Counter()
+    ranks: dict[int, list[int]] = {}
+    for v in (4, 6):
+        order = sorted(range(len(ready)), key=lambda i, v=v: (cache.policy_key(i, v), i))  # type: ignore[misc]
+        ranks[v] = [0] * len(ready)
+        for r, pos in enumerate(order):
+            ranks[v][pos] = r
+    routes: dict[tuple[int, int], tuple[IPAddress | None, tuple[IPAddress, ...]]] = {}
+    chosen = [assignments[p.ref] for p in ready]
+    counts = [0] * len(ready)
     keyed: list[tuple[tuple[int, int, int, str, str], Steering]] = []
     for (i, j), positions in matches.items():
         indexed = pods[i]
@@ -130,12 +132,11 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
         ip = pod.ips[j]
         version, value = indexed.ip_keys[j]
         for pos, nets in cache.get(version, tuple(positions)):
-            policy = ready[pos]
-            a = assignments[policy.ref]
+            a = chosen[pos]
             route = routes.get((pos, version))
             if route is None:
                 route = routes[(pos, version)] = _route(a, version, instances, gateways)
-            counts[policy.ref] += 1
+            counts[pos] += 1
             rank = ranks[version][pos]
             keyed.append((
                 (version, value, rank, pod.namespace, pod.name),
@@ -144,7 +145,7 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
                     namespace=pod.namespace,
                     pod=pod.name,
                     node=pod.node_name,
-                    policy=policy.ref,
+                    policy=a.policy.ref,
                     gateway=a.gateway,
                     eip=route[0],
                     destinations=nets,
@@ -154,7 +155,8 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
             ))
     keyed.sort(key=lambda e: e[0])
     steerings = [e[1] for e in keyed]
-    outcomes = [_outcome(assignments[p.ref], instances, counts[p.ref]) for p in policies]
+    selected = {p.ref: counts[pos] for pos, p in enumerate(ready)}
+    outcomes = [_outcome(assignments[p.ref], instances, selected.get(p.ref, 0)) for p in policies]
     outcomes.extend(_invalid_outcomes(snapshot.problems, {p.ref for p in policies}))
     outcomes.sort(key=lambda o: o.policy)
     return Intent(
