@@ -247,9 +247,19 @@ class BackgroundProbe:
                      "--interval-ms", str(interval_ms), *(["--tcp"] if tcp else [])]
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, settle: float = 0.3) -> BackgroundProbe:
-        self.proc = self.lab.popen(self.node, self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(settle)
+    def start(self, timeout: float = 10.0) -> BackgroundProbe:
+        """Start the probe and return once it is sending (it says so on stderr)."""
+        proc = self.proc = self.lab.popen(self.node, self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True)
+        stderr = proc.stderr
+        assert stderr is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(stderr.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not ready or not ready[0].startswith("probe: sending"):
+            proc.kill()
+            raise RuntimeError(f"probe in {self.node} did not start: {ready[0] if ready else 'timeout'}")
         return self
 
     def stop(self, timeout: float = 10.0) -> ProbeReport:
@@ -273,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"probe: sending to {args.server}:{args.port}", file=sys.stderr, flush=True)
     report = run_probe(args.server, port=args.port, tcp=args.tcp, interval=args.interval_ms / 1000.0,
                        duration=args.duration, stop=stop)
     print(json.dumps(report.to_json()))

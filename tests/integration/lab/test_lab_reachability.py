@@ -90,7 +90,7 @@ def test_probe_sees_an_outage_when_the_node_is_cut_off(bird_lab: Lab) -> None:
     time.sleep(0.3)
     bird_lab.exec("worker2", ["nft", "add", "chain", "inet", "egt_lb_drop", "stop",
                               "{ type filter hook forward priority 0 ; policy drop ; }"])
-    time.sleep(0.3)
+    time.sleep(0.5)
     bird_lab.exec("worker2", ["nft", "delete", "table", "inet", "egt_lb_drop"])
     time.sleep(0.3)
     report = probe.stop()
