@@ -364,3 +364,31 @@ def test_appliance_members_and_liveness() -> None:
     assert inst is not None
     assert [m.name for m in inst.members] == ["app1", "app2", "gw1", "gw2"]
     assert inst.alive == frozenset({"gw1", "app1"})
+
+
+def test_sticky_rr_yields_to_a_new_explicit_policy() -> None:
+    g = gateway("gw", v4=("203.0.113.140-203.0.113.143",))
+    r1 = policy("r1", gateway="gw", rr=True, created="a")
+    first = resolve(snap(gateways=(g,), policies=(r1,)))
+    assert outcome(first, "r1").eip_v4 == ip("203.0.113.140")
+    fixed = policy("fixed", gateway="gw", eip4="203.0.113.140")
+    second = resolve(snap(gateways=(g,), policies=(r1, fixed)), previous=first)
+    assert outcome(second, "fixed").eip_v4 == ip("203.0.113.140")
+    assert outcome(second, "r1").eip_v4 == ip("203.0.113.141")
+
+
+def test_previous_eip_on_another_gateway_is_not_kept() -> None:
+    g1 = gateway("g1", v4=("203.0.113.140-203.0.113.143",))
+    g2 = gateway("g2", v4=("203.0.113.150-203.0.113.153",))
+    first = resolve(snap(gateways=(g1, g2), policies=(policy("r", gateway="g1", rr=True),)))
+    second = resolve(snap(gateways=(g1, g2), policies=(policy("r", gateway="g2", rr=True),)), previous=first)
+    assert outcome(second, "r").eip_v4 == ip("203.0.113.150")
+
+
+def test_bench_resolution_runs_on_a_small_cluster() -> None:
+    from appliance.resolution_bench import bench_resolution
+
+    figures = bench_resolution(n_pods=300, n_policies=40, n_eips=16, n_nodes=10)
+    assert figures["steerings"] > 0 and figures["incremental_steerings_added"] > 0
+    assert figures["ready_policies"] == 40  # 10 rr policies fit in 16 addresses
+    assert {"full_resolve_seconds", "incremental_pod_add_seconds", "resolve_peak_alloc_mib"} <= set(figures)
