@@ -95,3 +95,14 @@ def test_text_and_json_renderings() -> None:
     d = json.loads(json.dumps(to_dict(e)))
     assert d["ips"][0]["chosen"]["eip"] == "203.0.113.10"
     assert {p["policy"]: p["verdict"] for p in d["ips"][0]["policies"]}["EgressPolicy/team-a/web"] == "LowerPrecedence"
+
+
+def test_use_node_ip_route_names_the_member_and_no_eip() -> None:
+    s = replace(SNAP, policies=(policy("web", "team-a", node_ip=True),), problems=())
+    intent = resolve(s)
+    e = explain(s, intent, "team-a", "web-1", ip("8.8.8.8"))
+    chosen = e.ips[0].chosen
+    assert chosen is not None and chosen.eip is None and chosen.primary in ("gw1", "gw2")
+    assert chosen.endpoints == ({"gw1": ip("198.51.100.11"), "gw2": ip("198.51.100.12")}[chosen.primary],)
+    assert "useNodeIP" in render_text(e)
+    assert to_dict(e)["ips"][0]["chosen"]["useNodeIP"] is True
