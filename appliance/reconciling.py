@@ -41,6 +41,10 @@ class Trigger(enum.StrEnum):
     SYNCED = "synced"
 
 
+#: reasons that always run a pass, even over an unchanged snapshot
+_LOOP_TRIGGERS = frozenset(str(t) for t in Trigger)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PassOutcome:
     """What one pass did. `changes`/`failures` are short human/grep-able items (`route add 203.0.113.130/32`)."""
@@ -91,6 +95,7 @@ class Reconciler:
         log: EventLogger | None = None,
         tick_s: float = 1.0,
         on_pass: Callable[[PassReport], None] | None = None,
+        skip_unchanged: bool = True,
     ) -> None:
         self._source = source
         self._run_pass = run_pass
@@ -99,6 +104,11 @@ class Reconciler:
         self._log = log or EventLogger("egressgw.reconcile")
         self._tick_s = tick_s
         self._on_pass = on_pass
+        #: skip event-triggered passes whose snapshot equals the last successfully applied one (resync, retry and
+        #: start always run): lease renewals arrive every few seconds per member and change nothing we plan from
+        self._skip_unchanged = skip_unchanged
+        self._last_ok: Snapshot | None = None
+        self.skipped = 0
         self._cond = threading.Condition()
         now = clock()
         self._reasons: set[str] = {Trigger.START.value}
@@ -174,8 +184,18 @@ class Reconciler:
             self._retry_at = None
         return self._execute(reasons, now)
 
-    def _execute(self, reasons: frozenset[str], now: float) -> PassReport:
+    def _execute(self, reasons: frozenset[str], now: float) -> PassReport | None:
         snapshot = self._source.snapshot()
+        if (
+            self._skip_unchanged
+            and self._last_ok is not None
+            and not reasons & _LOOP_TRIGGERS
+            and (snapshot is self._last_ok or snapshot == self._last_ok)
+        ):
+            # events that changed nothing we plan from (a lease renewal, our own status write): no pass
+            self.skipped += 1
+            self._log.debug("reconcile.skipped", reasons=sorted(reasons), revision=snapshot.revision)
+            return None
         try:
             outcome = self._run_pass(snapshot, reasons)
         except Exception as e:  # a failed pass must never kill the loop
@@ -187,9 +207,11 @@ class Reconciler:
             if outcome.ok:
                 self._failures = 0
                 retry_at = None
+                self._last_ok = snapshot
             else:
                 self._failures += 1
                 self.failed_passes += 1
+                self._last_ok = None
                 retry_at = end + backoff_delay(self._failures, self._settings)
                 self._retry_at = retry_at
             self._next_resync = end + self._settings.resync_period_s

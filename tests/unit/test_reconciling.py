@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import threading
 import time
@@ -24,7 +25,9 @@ class FakeSource:
         return self.is_synced
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(revision=self.revision)
+        # the content follows the revision (Snapshot equality ignores `revision` itself)
+        cidr = ipaddress.ip_network(f"100.100.{self.revision % 256}.0/24")
+        return Snapshot(revision=self.revision, service_cidrs=(cidr,))
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         self.callbacks.append(callback)
@@ -60,6 +63,12 @@ SETTINGS = ReconcileSettings(
 )
 
 
+def change(r: Reconciler, src: FakeSource, reason: str) -> None:
+    """A watch event that changed the world."""
+    src.revision += 1
+    r.notify(reason)
+
+
 def make(synced: bool = True) -> tuple[Reconciler, FakeSource, Clock, Recorder]:
     src, clock, rec = FakeSource(synced=synced), Clock(), Recorder()
     return Reconciler(source=src, run_pass=rec, settings=SETTINGS, clock=clock), src, clock, rec
@@ -81,11 +90,11 @@ def test_first_pass_runs_after_debounce_with_start_reason() -> None:
 
 
 def test_burst_of_events_is_coalesced_into_one_pass() -> None:
-    r, _, clock, rec = make()
+    r, src, clock, rec = make()
     advance(r, clock, 0.1)
     rec.calls.clear()
     for i in range(100):
-        r.notify("pod" if i % 2 else "policy")
+        change(r, src, "pod" if i % 2 else "policy")
         advance(r, clock, 0.001, step=0.001)
     advance(r, clock, 0.1)
     assert len(rec.calls) == 1
@@ -93,13 +102,27 @@ def test_burst_of_events_is_coalesced_into_one_pass() -> None:
 
 
 def test_steady_event_stream_still_runs_at_max_delay() -> None:
-    r, _, clock, rec = make()
+    r, src, clock, rec = make()
     advance(r, clock, 0.1)
     rec.calls.clear()
     for _ in range(200):  # an event every 10 ms for 2 s: debounce never expires
-        r.notify("pod")
+        change(r, src, "pod")
         advance(r, clock, 0.01)
     assert 3 <= len(rec.calls) <= 5  # once per max_delay (500 ms)
+
+
+def test_event_that_changed_nothing_is_skipped_but_resync_is_not() -> None:
+    r, src, clock, rec = make()
+    advance(r, clock, 0.1)
+    rec.calls.clear()
+    r.notify("Lease/MODIFIED")  # a lease renewal: same snapshot content
+    advance(r, clock, 0.1)
+    assert rec.calls == [] and r.skipped == 1
+    change(r, src, "Pod/ADDED")
+    advance(r, clock, 0.1)
+    assert [reasons for _, reasons in rec.calls] == [frozenset({"Pod/ADDED"})]
+    advance(r, clock, 30.0, step=0.5)
+    assert [reasons for _, reasons in rec.calls][-1] == frozenset({"resync"})  # drift repair runs anyway
 
 
 def test_nothing_runs_before_the_source_is_synced() -> None:
@@ -161,12 +184,12 @@ def test_backoff_delay_table() -> None:
 
 
 def test_event_during_backoff_runs_new_work_without_waiting_for_the_retry() -> None:
-    r, _, clock, rec = make()
+    r, src, clock, rec = make()
     rec.fail = "boom"
     advance(r, clock, 0.06)
     assert len(rec.calls) == 1
     rec.fail = None
-    r.notify("pod")
+    change(r, src, "pod")
     advance(r, clock, 0.06)
     assert len(rec.calls) == 2 and "pod" in rec.calls[1][1]
 
@@ -183,7 +206,7 @@ def test_threaded_run_loop_reacts_to_notify_and_stops() -> None:
         while not rec.calls and time.monotonic() < deadline:
             time.sleep(0.01)
         assert rec.calls, "no first pass"
-        src.revision = 7
+        src.revision = 7  # new content
         src.callbacks[0]("policy")
         deadline = time.monotonic() + 2
         while len(rec.calls) < 2 and time.monotonic() < deadline:
