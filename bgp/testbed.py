@@ -62,7 +62,9 @@ def gw_v6(i: int) -> IPv6Address:
     return IPv6Address(f"2001:db8:198::{10 + i}")
 
 
-def bird_router_config(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3) -> str:
+def bird_router_config(
+    n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3, md5: str | None = None
+) -> str:
     lines = [
         f'log "{log}" all;',
         f"router id {ROUTER_V4};",
@@ -79,6 +81,7 @@ def bird_router_config(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, m
                 f"protocol bgp gw{i}_v{ver} {{",
                 f"    local as {ROUTER_ASN}; neighbor {addr} as {GATEWAY_ASN};",
                 "    passive on; hold time 3; keepalive time 1; error wait time 1, 5;",
+                *([f'    password "{md5}";'] if md5 else []),
                 f"    bfd {'on' if bfd else 'off'};",
                 f"    ipv{ver} {{ import filter {filt}; export none; }};",
                 "}",
@@ -86,7 +89,9 @@ def bird_router_config(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, m
     return "\n".join(lines) + "\n"
 
 
-def frr_router_configs(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3) -> dict[str, str]:
+def frr_router_configs(
+    n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3, md5: str | None = None
+) -> dict[str, str]:
     """One config file per FRR daemon (a shared file makes each daemon stumble over the others' sections)."""
     head = ["frr defaults datacenter", "hostname egt-bg-router", f"log file {log}"]
     bfdd = [*head, "bfd", " profile egressgw", f"  transmit-interval {interval_ms}",
@@ -106,6 +111,8 @@ def frr_router_configs(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, m
     ]
     for grp in ("GW4", "GW6"):
         bgpd += [f" neighbor {grp} remote-as {GATEWAY_ASN}", f" neighbor {grp} passive", f" neighbor {grp} timers 1 3"]
+        if md5:
+            bgpd.append(f" neighbor {grp} password {md5}")
         if bfd:
             bgpd += [f" neighbor {grp} bfd", f" neighbor {grp} bfd profile egressgw"]
     for i in range(1, n + 1):
@@ -128,10 +135,13 @@ def frr_router_configs(n: int, log: Path, *, bfd: bool, interval_ms: int = 50, m
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a pytest test class
     workdir: Path
     n_gateways: int = 2
     router: RouterKind = "bird"
     bfd: bool = True
+    #: TCP-MD5 password on the router's sessions (None = none)
+    md5: str | None = None
     prefix: str = "egt-bg-"
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -193,8 +203,11 @@ class Testbed:
 
     def _start_bird_router(self) -> None:
         conf = self.workdir / "router-bird.conf"
-        conf.write_text(bird_router_config(self.n_gateways, self.workdir / "router-bird.log", bfd=self.bfd))
+        log = self.workdir / "router-bird.log"
+        conf.write_text(bird_router_config(self.n_gateways, log, bfd=self.bfd, md5=self.md5))
         ctl = self.workdir / "router-bird.ctl"
+        with contextlib.suppress(FileNotFoundError):
+            ctl.unlink()
         logf = (self.workdir / "router-bird.out").open("ab")
         self._procs.append(subprocess.Popen(
             [*self.exec_prefix(self.router_ns), "bird", "-f", "-c", str(conf), "-s", str(ctl),
@@ -215,7 +228,7 @@ class Testbed:
         for d in (etc, run):
             d.mkdir(parents=True, exist_ok=True)
             shutil.chown(d, "frr", "frr")
-        configs = frr_router_configs(self.n_gateways, self.workdir / "router-frr.log", bfd=self.bfd)
+        configs = frr_router_configs(self.n_gateways, self.workdir / "router-frr.log", bfd=self.bfd, md5=self.md5)
         (self.workdir / "router-frr.log").touch()
         shutil.chown(self.workdir / "router-frr.log", "frr", "frr")
         os.chmod(self.workdir, 0o755)
@@ -229,6 +242,26 @@ class Testbed:
             sh(*args)
             self._pidfiles.append(pid)
             _wait_for(pid.exists, 5.0, f"FRR {daemon} pid file")
+
+    def stop_router(self) -> None:
+        """Kill the router's daemons (a router crash; its kernel routes from BGP go with them)."""
+        for proc in self._procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                proc.wait(5)
+        self._procs.clear()
+        for pidfile in self._pidfiles:
+            with contextlib.suppress(Exception):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            with contextlib.suppress(FileNotFoundError):
+                pidfile.unlink()
+        self._pidfiles.clear()
+        sh("ip", "-n", self.router_ns, "route", "flush", "proto", "bird", check=False)
+        sh("ip", "-n", self.router_ns, "-6", "route", "flush", "proto", "bird", check=False)
+        for proto in ("bgp", "zebra"):
+            sh("ip", "-n", self.router_ns, "route", "flush", "proto", proto, check=False)
+            sh("ip", "-n", self.router_ns, "-6", "route", "flush", "proto", proto, check=False)
 
     def down(self) -> None:
         for proc in self._procs:
@@ -300,11 +333,12 @@ def wait_until(pred: Any, timeout: float, interval: float = 0.02) -> float | Non
 # ----- gateways on the testbed -----
 
 
-def gateway_settings(i: int, *, bfd: bool = True) -> BgpSettings:
+def gateway_settings(i: int, *, bfd: bool = True, md5: str | None = None) -> BgpSettings:
+    auth = {"md5_password": md5} if md5 else {}
     return parse_bgp_settings({
         "local_asn": GATEWAY_ASN, "router_id": str(gw_v4(i)),
-        "peers": [{"address": str(ROUTER_V4), "asn": ROUTER_ASN, "local_address": str(gw_v4(i))},
-                  {"address": str(ROUTER_V6), "asn": ROUTER_ASN, "local_address": str(gw_v6(i))}],
+        "peers": [{"address": str(ROUTER_V4), "asn": ROUTER_ASN, "local_address": str(gw_v4(i)), **auth},
+                  {"address": str(ROUTER_V6), "asn": ROUTER_ASN, "local_address": str(gw_v6(i)), **auth}],
         "bfd": {"enabled": bfd},
     })  # fmt: skip
 
@@ -327,8 +361,8 @@ class Bed:
     tb: Testbed
     gateways: list[Gateway] = field(default_factory=list)
 
-    def gateway(self, i: int, *, bfd: bool = True) -> Gateway:
-        s = gateway_settings(i, bfd=bfd)
+    def gateway(self, i: int, *, bfd: bool = True, md5: str | None = None) -> Gateway:
+        s = gateway_settings(i, bfd=bfd, md5=md5)
         prefix = self.tb.exec_prefix(self.tb.gw_ns(i))
         work = self.tb.workdir / f"gw{i}"
         gw = Gateway(index=i, speaker=BgpSpeaker(s, work, command_prefix=prefix),

@@ -38,3 +38,16 @@ def bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bed]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture(params=["bird", "frr"])
+def md5_bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bed]:
+    """A testbed whose router requires TCP-MD5 (password `egt-s3cret`) on every session."""
+    require(request.param)
+    b = Bed(Testbed(workdir=tmp_path / "bed", router=request.param, md5="egt-s3cret"))
+    try:
+        b.tb.up()
+        b.tb.start_router()
+        yield b
+    finally:
+        b.close()

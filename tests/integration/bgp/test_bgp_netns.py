@@ -120,3 +120,30 @@ def test_bfd_sidecar_is_respawned_and_the_route_comes_back(bed: Bed) -> None:
     assert wait_until(lambda: gw.bfd.restarts >= 1, 5) is not None
     assert wait_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, 15), gw.bfd.peer_states()
     assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 15) is not None
+
+
+def test_router_restart_sessions_and_routes_recover(bed: Bed) -> None:
+    gw = bed.gateway(1)
+    gw.speaker.set_announcements(anns(100, EIP4, EIP6))
+    assert gw.speaker.wait_peers("up", 20)
+    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
+    bed.tb.stop_router()
+    assert wait_until(lambda: set(gw.speaker.peer_states().values()) == {"down"}, 10), gw.speaker.peer_states()
+    bed.tb.start_router()
+    # ExaBGP 5 resets its reconnect back-off after a good session, so it re-peers within seconds
+    back = wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))] and bed.tb.router_route(EIP6) == [
+        str(gw_v6(1))], 20)  # fmt: skip
+    assert back is not None
+    print(f"\n[{bed.tb.router}] router restart -> routes back after {back:.1f} s")
+
+
+def test_tcp_md5_session(md5_bed: Bed) -> None:
+    good = md5_bed.gateway(1, md5="egt-s3cret", bfd=False)
+    bad = md5_bed.gateway(2, md5="wrong", bfd=False)
+    good.speaker.set_announcements(anns(100, EIP4))
+    bad.speaker.set_announcements(anns(90, EIP4))
+    assert good.speaker.wait_peers("up", 20), good.speaker.peer_states()
+    assert wait_until(lambda: md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
+    # a wrong password never gets a session (the better MED of gw2 never wins)
+    assert not bad.speaker.wait_peers("up", 3)
+    assert md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))]
