@@ -11,7 +11,7 @@ There is no kubelet, scheduler or controller-manager: this is only the API (see 
 
 With ``netns="NS"`` both processes run under ``ip netns exec NS`` (the namespace must exist; its loopback is set
 up); the default ports are then the well-known ones (6443, 2379, 2380), since the namespace is fresh. Readiness
-probes and CRD application then also run inside that namespace (a child ``python -m lab.kube_apiserver``), because
+probes and CRD application then also run inside that namespace (a child ``python -m lab.kube_http``), because
 the host namespace has no route into a lab namespace.
 
 Why the flags: ``--token-auth-file`` with one ``system:masters`` token (no certificates to manage);
@@ -21,26 +21,23 @@ Why the flags: ``--token-auth-file`` with one ``system:masters`` token (no certi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lab.kube_http import CrdError, apply_crd_files, probe_ready
 
 ENSURE_HINT = "run scripts/ensure-kube-apiserver.sh (builds and caches it, about 5 minutes the first time)"
 CRD_DIR = Path(__file__).resolve().parent.parent / "k8s_sync" / "crds"
@@ -251,7 +248,7 @@ class ApiServer:
 
     def _wait_ready(self) -> None:
         if self.config.netns:
-            cmd = [*self._prefix(), sys.executable, "-m", "lab.kube_apiserver", "probe", "--url", self.url,
+            cmd = [*self._prefix(), sys.executable, "-m", "lab.kube_http", "probe", "--url", self.url,
                    "--token", self.token, "--timeout", str(self.config.ready_timeout)]
             ok = subprocess.run(cmd, capture_output=True).returncode == 0
             if ok and self._apiserver is not None and self._apiserver.poll() is None:
@@ -355,112 +352,20 @@ def _make_rsa_keypair(key: Path, pub: Path) -> None:
                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _insecure_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _request(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, context=_insecure_context(), timeout=10) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw.startswith(b"{") else raw.decode()
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw.startswith(b"{") else raw.decode(errors="replace")
-
-
-def probe_ready(url: str, token: str) -> bool:
-    try:
-        status, body = _request(f"{url}/readyz", token)
-    except (OSError, ValueError):
-        return False
-    return status == 200 and body == "ok"
-
-
-# ----- CRDs -----
-
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-
-
-def _apply_crds_direct(url: str, token: str, paths: Sequence[Path], timeout: float) -> None:
-    names = []
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc:
-                continue
-            name = doc["metadata"]["name"]
-            names.append(name)
-            status, body = _request(f"{url}{CRD_PATH}", token, "POST", doc)
-            if status == 409:
-                status, current = _request(f"{url}{CRD_PATH}/{name}", token)
-                doc = {**doc, "metadata": {**doc["metadata"],
-                                           "resourceVersion": current["metadata"]["resourceVersion"]}}
-                status, body = _request(f"{url}{CRD_PATH}/{name}", token, "PUT", doc)
-            if status not in (200, 201):
-                raise ApiServerError(f"applying CRD {name} from {path} failed ({status}): {body}")
-    deadline = time.monotonic() + timeout
-    pending = list(names)
-    while pending:
-        _, body = _request(f"{url}{CRD_PATH}/{pending[0]}", token)
-        conditions = body.get("status", {}).get("conditions") or [] if isinstance(body, dict) else []
-        if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
-            pending.pop(0)
-            continue
-        if time.monotonic() > deadline:
-            raise ApiServerError(f"CRD {pending[0]} not Established within {timeout} s: {conditions}")
-        time.sleep(0.1)
-
-
 def apply_crds(server: ApiServer, paths: Sequence[Path] | None = None, *, timeout: float = 30.0) -> None:
     """Create (or replace) the CRDs in `paths` (default: the project's) and wait until each is Established."""
     files = tuple(paths) if paths is not None else crd_files()
     if not files:
         raise ApiServerError(f"no CRD files found in {CRD_DIR}")
     if server.config.netns:
-        cmd = ["ip", "netns", "exec", server.config.netns, sys.executable, "-m", "lab.kube_apiserver",
-               "apply-crds", "--url", server.url, "--token", server.token, "--timeout", str(timeout),
+        cmd = ["ip", "netns", "exec", server.config.netns, sys.executable, "-m", "lab.kube_http", "apply-crds",
+               "--url", server.url, "--token", server.token, "--timeout", str(timeout),
                *map(str, files)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise ApiServerError(f"applying CRDs in netns {server.config.netns} failed: {done.stderr.strip()}")
         return
-    _apply_crds_direct(server.url, server.token, files, timeout)
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """Helpers run inside a network namespace: `probe` and `apply-crds`."""
-    parser = argparse.ArgumentParser(prog="python -m lab.kube_apiserver")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("probe", "apply-crds"):
-        p = sub.add_parser(name)
-        p.add_argument("--url", required=True)
-        p.add_argument("--token", required=True)
-        p.add_argument("--timeout", type=float, default=60.0)
-        if name == "apply-crds":
-            p.add_argument("files", nargs="+", type=Path)
-    args = parser.parse_args(argv)
-    if args.cmd == "probe":
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            if probe_ready(args.url, args.token):
-                return 0
-            time.sleep(0.2)
-        return 1
     try:
-        _apply_crds_direct(args.url, args.token, args.files, args.timeout)
-    except ApiServerError as e:
-        print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
+        apply_crd_files(server.url, server.token, files, timeout)
+    except CrdError as e:
+        raise ApiServerError(str(e)) from e

@@ -1,0 +1,118 @@
+"""Talk to the test kube-apiserver without the Kubernetes client: the readiness probe and applying CRD files.
+
+Kept free of the client (and of `lab.kube_apiserver`) so it starts fast and also runs *inside* a lab network
+namespace as ``python -m lab.kube_http probe|apply-crds ...``, which is how `lab.kube_apiserver` reaches an API
+server that the host namespace has no route to. TLS is not verified: the server's certificate is self-signed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class CrdError(RuntimeError):
+    """A CRD could not be applied or did not become Established."""
+
+
+def _insecure_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _request(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, context=_insecure_context(), timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw.startswith(b"{") else raw.decode()
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw.startswith(b"{") else raw.decode(errors="replace")
+
+
+def probe_ready(url: str, token: str) -> bool:
+    try:
+        status, body = _request(f"{url}/readyz", token)
+    except (OSError, ValueError):
+        return False
+    return status == 200 and body == "ok"
+
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def apply_crd_files(url: str, token: str, paths: Sequence[Path], timeout: float) -> None:
+    names = []
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            name = doc["metadata"]["name"]
+            names.append(name)
+            status, body = _request(f"{url}{CRD_PATH}", token, "POST", doc)
+            if status == 409:
+                status, current = _request(f"{url}{CRD_PATH}/{name}", token)
+                doc = {**doc, "metadata": {**doc["metadata"],
+                                           "resourceVersion": current["metadata"]["resourceVersion"]}}
+                status, body = _request(f"{url}{CRD_PATH}/{name}", token, "PUT", doc)
+            if status not in (200, 201):
+                raise CrdError(f"applying CRD {name} from {path} failed ({status}): {body}")
+    deadline = time.monotonic() + timeout
+    pending = list(names)
+    while pending:
+        _, body = _request(f"{url}{CRD_PATH}/{pending[0]}", token)
+        conditions = body.get("status", {}).get("conditions") or [] if isinstance(body, dict) else []
+        if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+            pending.pop(0)
+            continue
+        if time.monotonic() > deadline:
+            raise CrdError(f"CRD {pending[0]} not Established within {timeout} s: {conditions}")
+        time.sleep(0.1)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """Helpers run inside a network namespace: `probe` and `apply-crds`."""
+    parser = argparse.ArgumentParser(prog="python -m lab.kube_http")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("probe", "apply-crds"):
+        p = sub.add_parser(name)
+        p.add_argument("--url", required=True)
+        p.add_argument("--token", required=True)
+        p.add_argument("--timeout", type=float, default=60.0)
+        if name == "apply-crds":
+            p.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "probe":
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            if probe_ready(args.url, args.token):
+                return 0
+            time.sleep(0.2)
+        return 1
+    try:
+        apply_crd_files(args.url, args.token, args.files, args.timeout)
+    except CrdError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
