@@ -178,7 +178,10 @@ def run_gateway(cfg: GatewayConfig) -> int:
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
-            service.request_drain("drain command" if signum == signal.SIGUSR1 else name)
+            if signum == signal.SIGUSR1:
+                service.request_drain("drain command")
+            else:
+                service.request_drain(name, hurry_if_repeated=True)
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, on_signal)

@@ -348,11 +348,14 @@ class GatewayService:
 
     # ----- drain -----
 
-    def request_drain(self, reason: str) -> None:
-        """Thread-safe (signal handlers): ask the main loop to drain and exit; a second request aborts the waits."""
+    def request_drain(self, reason: str, *, hurry_if_repeated: bool = False) -> None:
+        """Thread-safe (signal handlers): ask the main loop to drain and exit. A repeated request with
+        `hurry_if_repeated` (a second SIGTERM/SIGINT) cuts the waits short; `egressgw gateway drain` both writes the
+        drain file and sends SIGUSR1, so those repeat without hurrying."""
         if self._drain_requested.is_set():
-            self._abort.set()
-            self.log.warning("drain.hurried", reason=reason)
+            if hurry_if_repeated:
+                self._abort.set()
+                self.log.warning("drain.hurried", reason=reason)
             return
         self._drain_reason = reason
         self._drain_requested.set()

@@ -229,12 +229,13 @@ def test_drain_withdraws_waits_for_ack_settles_then_removes(tmp_path: Path) -> N
     tick(svc, clock, 8)
     assert sp.current
     sp.ack_after_waits = 3
-    svc.request_drain("test")
+    svc.request_drain("drain file")
+    svc.request_drain("drain command")  # the file and SIGUSR1 both arrive: no hurry
     start = clock.t
     svc.drain()
     assert sp.current == frozenset()  # withdrawn
     assert sp.acked == frozenset()  # ...and acknowledged
-    assert svc.drain_state["acknowledged"] is True
+    assert svc.drain_state["acknowledged"] is True and not svc._abort.is_set()
     assert clock.t - start >= 0.5  # settle time spent while the kernel state still forwards
     assert dp.removed == 0
     svc._shutdown([])
