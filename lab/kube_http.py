@@ -32,7 +32,15 @@ def _insecure_context() -> ssl.SSLContext:
     return ctx
 
 
-def _request(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")  # plain text (readyz) or a stream of JSON lines (watch)
+
+
+def request(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    """(HTTP status, decoded JSON or text) for one API call with a bearer token; JSON body when given."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Authorization", f"Bearer {token}")
@@ -40,16 +48,14 @@ def _request(url: str, token: str, method: str = "GET", body: Any = None) -> tup
         req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, context=_insecure_context(), timeout=10) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw.startswith(b"{") else raw.decode()
+            return resp.status, _decode(resp.read())
     except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw.startswith(b"{") else raw.decode(errors="replace")
+        return e.code, _decode(e.read())
 
 
 def probe_ready(url: str, token: str) -> bool:
     try:
-        status, body = _request(f"{url}/readyz", token)
+        status, body = request(f"{url}/readyz", token)
     except (OSError, ValueError):
         return False
     return status == 200 and body == "ok"
@@ -66,18 +72,18 @@ def apply_crd_files(url: str, token: str, paths: Sequence[Path], timeout: float)
                 continue
             name = doc["metadata"]["name"]
             names.append(name)
-            status, body = _request(f"{url}{CRD_PATH}", token, "POST", doc)
+            status, body = request(f"{url}{CRD_PATH}", token, "POST", doc)
             if status == 409:
-                status, current = _request(f"{url}{CRD_PATH}/{name}", token)
+                status, current = request(f"{url}{CRD_PATH}/{name}", token)
                 doc = {**doc, "metadata": {**doc["metadata"],
                                            "resourceVersion": current["metadata"]["resourceVersion"]}}
-                status, body = _request(f"{url}{CRD_PATH}/{name}", token, "PUT", doc)
+                status, body = request(f"{url}{CRD_PATH}/{name}", token, "PUT", doc)
             if status not in (200, 201):
                 raise CrdError(f"applying CRD {name} from {path} failed ({status}): {body}")
     deadline = time.monotonic() + timeout
     pending = list(names)
     while pending:
-        _, body = _request(f"{url}{CRD_PATH}/{pending[0]}", token)
+        _, body = request(f"{url}{CRD_PATH}/{pending[0]}", token)
         conditions = body.get("status", {}).get("conditions") or [] if isinstance(body, dict) else []
         if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
             pending.pop(0)
