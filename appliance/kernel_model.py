@@ -16,7 +16,7 @@ Ownership markers (so cleanup and adoption never touch anyone else's state):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 
 from appliance.model import IPAddress, IPNetwork
@@ -158,7 +158,8 @@ def _route_key(r: Route) -> tuple[int, int, int, int]:
 
 
 def _link_needs_recreate(old: TunnelLink, new: TunnelLink) -> bool:
-    return old.port != new.port
+    # a MAC change flushes every neighbour of the device (permanent ones too): recreate and re-add instead
+    return old.port != new.port or old.mac != new.mac
 
 
 def diff(observed: KernelState, desired: KernelState) -> tuple[Change, ...]:
@@ -172,6 +173,7 @@ def diff_phases(observed: KernelState, desired: KernelState) -> tuple[tuple[Chan
     adds: list[Change] = []
     removes: list[Change] = []
     old_links = {link.name: link for link in observed.links}
+    recreated: set[str] = set()
     for link in sorted(desired.links):
         old = old_links.get(link.name)
         if old is None:
@@ -180,8 +182,15 @@ def diff_phases(observed: KernelState, desired: KernelState) -> tuple[tuple[Chan
             if _link_needs_recreate(old, link):
                 adds.append(Change(op=Op.DELETE, item=old))
                 adds.append(Change(op=Op.ADD, item=link))
+                recreated.add(link.name)
             else:
                 adds.append(Change(op=Op.REPLACE, item=link))
+    if recreated:  # whatever hung off a recreated device is gone with it
+        observed = replace(
+            observed,
+            neighbours=frozenset(n for n in observed.neighbours if n.dev not in recreated),
+            routes=frozenset(r for r in observed.routes if r.dev not in recreated),
+        )
     have_sysctl = {s.key: s.value for s in observed.sysctls}
     adds += [Change(op=Op.REPLACE, item=s) for s in sorted(desired.sysctls) if have_sysctl.get(s.key) != s.value]
     adds += [Change(op=Op.ADD, item=a) for a in sorted(desired.addresses - observed.addresses, key=_addr_key)]

@@ -222,15 +222,16 @@ def _commands(ch: Change) -> tuple[str, list[str]]:
     """(family flag for `ip`, batch lines) of one change."""
     item = ch.item
     if isinstance(item, TunnelLink):
-        setup = [
-            f"link set {item.name} address {item.mac} mtu {item.mtu} addrgenmode none",
-            f"link set {item.name} up",
-            f"addr replace {item.address} dev {item.name} scope link",
-        ]
+        setup = [f"link set {item.name} mtu {item.mtu} up", f"addr replace {item.address} dev {item.name} scope link"]
         if ch.op is Op.DELETE:
             return "", [f"link del {item.name}"]
         if ch.op is Op.ADD:
-            return "", [f"link add {item.name} type vxlan external dstport {item.port}", *setup]
+            # the MAC is set only here: setting it (even unchanged) flushes the device's neighbours
+            return "", [
+                f"link add {item.name} address {item.mac} type vxlan external dstport {item.port}",
+                f"link set {item.name} addrgenmode none",
+                *setup,
+            ]
         return "", setup
     if isinstance(item, LocalAddress):
         plen = 32 if item.ip.version == 4 else 128
