@@ -106,23 +106,35 @@ def _host_prefix(ip: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")
 
 
+def _spec_of(
+    inst: GatewayInstance, gateways: Mapping[str, EgressGateway] | None
+) -> EgressGateway | GatewayInstance | None:
+    if gateways is None:
+        return inst
+    return gateways.get(inst.name)
+
+
 def plan_announcements(
     *,
     instances: Iterable[GatewayInstance],
-    gateways: Mapping[str, EgressGateway],
+    gateways: Mapping[str, EgressGateway] | None = None,
     me: str,
     healthy: bool,
     draining: bool,
     in_hold_down: bool,
     settings: BgpSettings,
 ) -> AnnouncementPlan:
-    """Whole desired announcement set of member `me` over the instances it belongs to (deterministic)."""
+    """Whole desired announcement set of member `me` over the instances it belongs to (deterministic).
+
+    Pools and communities come from `gateways[instance.name]` when `gateways` is given, else from the instance
+    itself (`GatewayInstance.ipv4_pool/ipv6_pool/bgp`, filled by the resolution from the same EgressGateway).
+    """
     mode = member_mode(healthy=healthy, draining=draining, in_hold_down=in_hold_down, settings=settings)
     enabled = {f for p in settings.peers for f in p.families}
     out: dict[IPNetwork, Announcement] = {}
     skipped: list[tuple[str, IPAddress, SkipReason]] = []
     for inst in sorted(instances, key=lambda i: i.name):
-        gw = gateways.get(inst.name)
+        gw = _spec_of(inst, gateways)
         member_names = {m.name for m in inst.members}
         for eip in inst.eips:
             if gw is None:
@@ -131,7 +143,7 @@ def plan_announcements(
             if me not in member_names:
                 skipped.append((inst.name, eip, SkipReason.NOT_A_MEMBER))
                 continue
-            if eip not in gw.pool(eip.version):
+            if eip not in (gw.ipv4_pool if eip.version == 4 else gw.ipv6_pool):
                 skipped.append((inst.name, eip, SkipReason.NOT_IN_POOL))
                 continue
             if Family.of(eip) not in enabled:
@@ -159,7 +171,7 @@ def plan_announcements(
 def announcements_for(
     *,
     instances: Iterable[GatewayInstance],
-    gateways: Mapping[str, EgressGateway],
+    gateways: Mapping[str, EgressGateway] | None = None,
     me: str,
     healthy: bool,
     draining: bool,

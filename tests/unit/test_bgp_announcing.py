@@ -151,7 +151,7 @@ def scenarios(draw: st.DrawFn) -> tuple[GatewayInstance, dict[str, bool], dict[s
     return inst, healthy, hold, mode
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scenarios())
 def test_exactly_one_best_member_per_eip_while_any_is_healthy(
     sc: tuple[GatewayInstance, dict[str, bool], dict[str, bool], PreferenceMode],
@@ -178,7 +178,7 @@ def test_exactly_one_best_member_per_eip_while_any_is_healthy(
         assert winners[0] == (active[0] if active else order[0])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(scenarios(), st.randoms())
 def test_plan_is_independent_of_instance_order(
     sc: tuple[GatewayInstance, dict[str, bool], dict[str, bool], PreferenceMode], rnd: Any
@@ -194,3 +194,13 @@ def test_plan_is_independent_of_instance_order(
     b = plan_announcements(instances=insts, gateways=gws, me="m0", healthy=True, draining=False,
                            in_hold_down=False, settings=SETTINGS)  # fmt: skip
     assert a == b
+
+
+def test_pools_and_communities_from_the_instance_when_no_gateways_are_given() -> None:
+    from dataclasses import replace
+
+    inst = replace(instance({"203.0.113.130": ("gw1",), "203.0.113.5": ("gw1",)}), ipv4_pool=POOL4, bgp=GW.bgp)
+    p = plan_announcements(instances=[inst], me="gw1", healthy=True, draining=False, in_hold_down=False,
+                           settings=SETTINGS)  # fmt: skip
+    assert {str(a.eip): a.communities for a in p.announcements} == {"203.0.113.130": ("65000:1", "65000:2")}
+    assert [(str(ip), r) for _, ip, r in p.skipped] == [("203.0.113.5", SkipReason.NOT_IN_POOL)]
