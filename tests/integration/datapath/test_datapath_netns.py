@@ -6,9 +6,11 @@ from whatever the previous test left, which also exercises adoption) and checks 
 
 from __future__ import annotations
 
+import json
 import shutil
-import sys
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from ipaddress import ip_address
 
@@ -84,8 +86,6 @@ def counters(bed: Testbed, node: str) -> dict[str, int]:
 def icmp_seen(bed: Testbed, pod: str, server: str) -> set[str]:
     bed.run("ext", sys.executable, "-m", "lab.extclient", "reset", check=False)
     bed.run(pod, "ping", "-c1", "-W2", server, check=False)
-    import json
-
     peers = json.loads(bed.run("ext", sys.executable, "-m", "lab.extclient", "peers"))["peers"]
     return {p["source"] for p in peers if p["proto"].startswith("icmp")}
 
@@ -124,9 +124,8 @@ def test_dest_subnet_two_policies_two_eips_and_cluster_internal(bed: Testbed) ->
     assert bed.source("pod2", EXT_V4[0], "udp") == EIP4
     assert bed.source("pod2", EXT_V4[1], "tcp") == WORKER_ADDR["w1"][0]  # destSubnet does not match
     # cluster-internal: the router's cluster LAN address is never steered (and not masqueraded by the CNI)
-    bed.start("r", [sys.executable, "-m", "lab.extserver", "--port", "7001", "--control", "127.0.0.1:7081", "--no-icmp"])
-    import time
-
+    bed.start("r", [sys.executable, "-m", "lab.extserver", "--port", "7001", "--control", "127.0.0.1:7081",
+                    "--no-icmp"])
     time.sleep(0.5)
     out = bed.run("pod1", sys.executable, "-m", "lab.extclient", "source", "--server", "100.127.0.1", "--port", "7001")
     assert out.strip() == PODS["pod1"][1]
@@ -225,9 +224,6 @@ def test_failover_to_the_second_gateway_keeps_the_eip(bed: Testbed) -> None:
 def test_bulk_tcp_through_the_tunnel_completes(bed: Testbed) -> None:
     apply(bed, build_intent([GW], dual("pod1")))
     server = bed.start("ext", ["iperf3", "-s", "-p", "5201"])
-    import json
-    import time
-
     time.sleep(0.5)
     try:
         for args in ((), ("-R",)):
