@@ -205,7 +205,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "router": key[0], "scenario": key[1], "runs": len(rs),
             "outage_p50_ms": _pct(out, 0.5) if out else None, "outage_p95_ms": _pct(out, 0.95) if out else None,
             "outage_max_ms": max(out) if out else None, "lost_total": sum(int(r["lost"] or 0) for r in rs),
-            "convergence_p50_ms": statistics.median(conv) if conv else None,
+            "convergence_p50_ms": round(statistics.median(conv), 1) if conv else None,
         })  # fmt: skip
     return rows
 
@@ -222,6 +222,15 @@ def run_bench(routers: list[str], scenarios: list[str], reps: int, workdir: Path
         finally:
             bench.close()
     return {"interval_ms": INTERVAL_S * 1000, "bfd": "50 ms x 3", "runs": runs, "summary": summarise(runs)}
+
+
+def run_testbed_failover_bench(out: Path, *, quick: bool = False) -> dict[str, Any]:
+    """`egressgw bench`-style entry point: (out path, quick) -> figures; prints the table and writes the JSON."""
+    with tempfile.TemporaryDirectory(prefix="egt-bg-bench-") as tmp:
+        report = run_bench(["bird", "frr"], list(SCENARIOS), 2 if quick else 10, Path(tmp))
+    print_table(report["summary"])
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def print_table(summary: list[dict[str, Any]]) -> None:
