@@ -1,0 +1,146 @@
+"""The reflector loop against a scripted fake API: paginated list, ordered events, bookmarks, relist on 410 (HTTP and
+ERROR event), backoff on connection errors with the last good state kept, and Backoff's bounds."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from k8s_sync.kubeapi import ApiError
+from k8s_sync.reflector import Backoff, Reflector, ReflectorSettings, WatchSpec, trim_pod
+from k8s_sync.resources import RESOURCES
+from k8s_sync.store import Store
+
+FAST = ReflectorSettings(backoff_initial=0.001, backoff_max=0.002)
+
+
+def obj(name: str, rv: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "resourceVersion": rv}}
+
+
+class FakeStream:
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.lines = [json.dumps(e).encode() + b"\n" for e in events]
+
+    def stream(self, amt: Any = None, decode_content: bool = True) -> Iterator[bytes]:
+        # split lines across chunks to exercise the line reassembly
+        data = b"".join(self.lines)
+        for i in range(0, len(data), 7):
+            yield data[i:i + 7]
+
+    def release_conn(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+class FakeApi:
+    """Scripted answers: `lists` and `watches` are consumed in order; an Exception entry is raised."""
+
+    def __init__(self, lists: list[Any], watches: list[Any], done: threading.Event) -> None:
+        self.lists, self.watches, self.done = lists, watches, done
+        self.list_queries: list[dict[str, Any]] = []
+        self.watch_queries: list[dict[str, Any]] = []
+
+    def get(self, path: str, query: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        self.list_queries.append(dict(query or {}))
+        item = self.lists.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        result: dict[str, Any] = item
+        return result
+
+    def open_stream(self, path: str, query: dict[str, Any], read_timeout: float) -> FakeStream:
+        self.watch_queries.append(dict(query))
+        if not self.watches:
+            self.done.set()
+            raise ConnectionError("script finished")
+        item = self.watches.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return FakeStream(item)
+
+
+def run_script(lists: list[Any], watches: list[Any]) -> tuple[Store, Reflector, FakeApi]:
+    done = threading.Event()
+    api = FakeApi(lists, watches, done)
+    store = Store(["Namespace"])
+    r = Reflector(api, WatchSpec(key="Namespace", resource=RESOURCES["Namespace"]), store,  # type: ignore[arg-type]
+                  settings=FAST, rng=random.Random(1))
+    r.start()
+    assert done.wait(5)
+    r.stop()
+    return store, r, api
+
+
+def names(store: Store) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in store.raw_objects("Namespace"))
+
+
+def test_paginated_list_then_ordered_watch_with_bookmarks() -> None:
+    lists = [{"items": [obj("a", "1")], "metadata": {"continue": "tok"}},
+             {"items": [obj("b", "2")], "metadata": {"resourceVersion": "10"}}]
+    watches = [[{"type": "ADDED", "object": obj("c", "11")},
+                {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
+                {"type": "DELETED", "object": obj("a", "16")}],
+               [{"type": "MODIFIED", "object": obj("b", "17")}]]
+    store, r, api = run_script(lists, watches)
+    assert names(store) == ["b", "c"]
+    assert api.list_queries[1]["continue"] == "tok"
+    rvs = [q["resourceVersion"] for q in api.watch_queries]
+    assert rvs[:2] == ["10", "16"] and rvs[2] == "17"  # each watch resumes where the last one ended
+    assert all(q["allowWatchBookmarks"] == "true" and q["timeoutSeconds"] >= 300 for q in api.watch_queries)
+    assert r.stats["lists"] == 1 and r.stats["events"] == 3
+
+
+def test_relist_on_http_410_and_on_error_event_410() -> None:
+    lists = [{"items": [obj("a", "1")], "metadata": {"resourceVersion": "5"}},
+             {"items": [obj("b", "9")], "metadata": {"resourceVersion": "9"}},
+             {"items": [obj("c", "12")], "metadata": {"resourceVersion": "12"}}]
+    watches = [ApiError(410, "Gone"),
+               [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}]]
+    store, r, _ = run_script(lists, watches)
+    assert names(store) == ["c"]  # each relist replaced the set: a and b are gone
+    assert r.stats["relists"] == 2 and r.stats["lists"] == 3
+
+
+def test_connection_errors_keep_state_and_resume_from_the_last_version() -> None:
+    lists = [{"items": [obj("a", "1")], "metadata": {"resourceVersion": "5"}}]
+    watches = [ConnectionResetError("reset"), ApiError(503, "Service Unavailable"),
+               [{"type": "ADDED", "object": obj("b", "6")}]]
+    store, r, api = run_script(lists, watches)
+    assert names(store) == ["a", "b"]
+    assert [q["resourceVersion"] for q in api.watch_queries][:3] == ["5", "5", "5"]
+    assert r.stats["lists"] == 1 and r.stats["errors"] >= 2
+
+
+def test_list_failure_is_retried_before_the_first_sync() -> None:
+    lists = [ConnectionRefusedError("down"), {"items": [], "metadata": {"resourceVersion": "3"}}]
+    store, r, _ = run_script(lists, [[]])
+    assert store.synced() and r.has_synced and r.stats["errors"] >= 1
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    b = Backoff(0.2, 5.0, random.Random(7))
+    delays = [b.next() for _ in range(10)]
+    assert 0.1 <= delays[0] <= 0.2
+    assert all(d <= 5.0 for d in delays) and delays[-1] >= 2.5
+    b.reset()
+    assert b.next() <= 0.2
+
+
+def test_trim_pod_keeps_what_planners_read() -> None:
+    full = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "labels": {"a": "b"}, "resourceVersion": "3",
+                         "managedFields": [{"x": 1}], "annotations": {"big": "x" * 1000}},
+            "spec": {"nodeName": "w1", "containers": [{"name": "c"}], "hostNetwork": False},
+            "status": {"podIP": "100.64.1.1", "podIPs": [{"ip": "100.64.1.1"}], "phase": "Running",
+                       "conditions": [{"type": "Ready"}]}}
+    t = trim_pod(full)
+    assert t["metadata"] == {"name": "p", "namespace": "n", "labels": {"a": "b"}, "resourceVersion": "3"}
+    assert t["spec"] == {"nodeName": "w1", "hostNetwork": False}
+    assert set(t["status"]) == {"podIP", "podIPs", "phase"}
