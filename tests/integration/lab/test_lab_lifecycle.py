@@ -19,8 +19,14 @@ EGRESSGW = str(ROOT / ".venv" / "bin" / "egressgw")
 
 
 def host_links() -> set[str]:
+    """The host namespace's links and routes (IPv4 and IPv6): a lab must never change them."""
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    return {line.split(":")[1].strip() for line in out.splitlines()}
+    links = {"link " + line.split(":")[1].strip() for line in out.splitlines()}
+    for family in ("-4", "-6"):
+        routes = subprocess.run(["ip", family, "route", "show", "table", "all"], capture_output=True, text=True,
+                                check=True).stdout
+        links |= {f"route {line.strip()}" for line in routes.splitlines() if "expires" not in line}
+    return links
 
 
 def assert_nothing_left(prefix: str, name: str, pids: list[int], links_before: set[str]) -> None:
