@@ -98,15 +98,9 @@ def _outcome(a: Assignment, instances: Mapping[str, GatewayInstance], selected: 
     )
 
 
-def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
-    """The whole egress intent of `snapshot`. `previous` keeps `rr` EIPs where they were."""
-    gateways = {g.name: g for g in sorted(snapshot.gateways, key=lambda g: g.name)}
-    index = PodIndex(snapshot.pods, snapshot.namespaces)
-    policies = sorted(snapshot.policies, key=lambda p: p.ref)
-    assignments = assign(policies, gateways, index.labels_of_namespace, previous=previous)
-    instances = _instances(snapshot, assignments)
-
-    ready: list[EgressPolicy] = [p for p in policies if assignments[p.ref].state is PolicyState.READY]
+def _matches(index: PodIndex, ready: Sequence[EgressPolicy], assignments: Mapping[PolicyRef, Assignment]
+             ) -> dict[tuple[int, int], list[int]]:
+    """(pod position, IP position) -> positions in `ready` of the policies selecting that IP (ascending)."""
     matches: dict[tuple[int, int], list[int]] = {}
     pods = index.pods
     for pos, policy in enumerate(ready):
@@ -114,22 +108,36 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
         for key in index.select(policy):
             if pods[key[0]].ip_keys[key[1]][0] in families:
                 matches.setdefault(key, []).append(pos)
+    return matches
 
-    cache = DisjointCache.over(ready)
+
+def _ranks(cache: DisjointCache, n: int) -> dict[int, list[int]]:
+    """Per family, the Steering rank of each Ready policy position."""
     ranks: dict[int, list[int]] = {}
     for v in (4, 6):
-        order = sorted(range(len(ready)), key=lambda i, v=v: (cache.policy_key(i, v), i))  # type: ignore[misc]
-        ranks[v] = [0] * len(ready)
+        order = sorted(range(n), key=lambda i, v=v: (cache.policy_key(i, v), i))  # type: ignore[misc]
+        ranks[v] = [0] * n
         for r, pos in enumerate(order):
             ranks[v][pos] = r
+    return ranks
+
+
+def _steerings(
+    index: PodIndex,
+    chosen: Sequence[Assignment],
+    matches: Mapping[tuple[int, int], list[int]],
+    instances: Mapping[str, GatewayInstance],
+    gateways: Mapping[str, EgressGateway],
+) -> tuple[list[Steering], list[int]]:
+    """Every steering, sorted by (family, pod IP, rank, namespace, pod); and the count per Ready policy position."""
+    cache = DisjointCache.over([a.policy for a in chosen])
+    ranks = _ranks(cache, len(chosen))
     routes: dict[tuple[int, int], tuple[IPAddress | None, tuple[IPAddress, ...]]] = {}
-    chosen = [assignments[p.ref] for p in ready]
-    counts = [0] * len(ready)
+    counts = [0] * len(chosen)
     keyed: list[tuple[tuple[int, int, int, str, str], Steering]] = []
     for (i, j), positions in matches.items():
-        indexed = pods[i]
+        indexed = index.pods[i]
         pod = indexed.pod
-        ip = pod.ips[j]
         version, value = indexed.ip_keys[j]
         for pos, nets in cache.get(version, tuple(positions)):
             a = chosen[pos]
@@ -138,23 +146,37 @@ def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
                 route = routes[(pos, version)] = _route(a, version, instances, gateways)
             counts[pos] += 1
             rank = ranks[version][pos]
-            keyed.append((
-                (version, value, rank, pod.namespace, pod.name),
-                Steering(
-                    pod_ip=ip,
-                    namespace=pod.namespace,
-                    pod=pod.name,
-                    node=pod.node_name,
-                    policy=a.policy.ref,
-                    gateway=a.gateway,
-                    eip=route[0],
-                    destinations=nets,
-                    endpoints=route[1],
-                    rank=rank,
-                ),
-            ))
+            steering = Steering(
+                pod_ip=pod.ips[j],
+                namespace=pod.namespace,
+                pod=pod.name,
+                node=pod.node_name,
+                policy=a.policy.ref,
+                gateway=a.gateway,
+                eip=route[0],
+                destinations=nets,
+                endpoints=route[1],
+                rank=rank,
+            )
+            keyed.append(((version, value, rank, pod.namespace, pod.name), steering))
     keyed.sort(key=lambda e: e[0])
-    steerings = [e[1] for e in keyed]
+    return [e[1] for e in keyed], counts
+
+
+def resolve(snapshot: Snapshot, *, previous: Intent | None = None) -> Intent:
+    """The whole egress intent of `snapshot`. `previous` keeps `rr` EIPs where they were.
+
+    `previous` must come from state every resolver shares (the policies' status, see k8s_sync), not from one
+    process's memory, or two agents with different histories could allocate `rr` EIPs differently.
+    """
+    gateways = {g.name: g for g in sorted(snapshot.gateways, key=lambda g: g.name)}
+    index = PodIndex(snapshot.pods, snapshot.namespaces)
+    policies = sorted(snapshot.policies, key=lambda p: p.ref)
+    assignments = assign(policies, gateways, index.labels_of_namespace, previous=previous)
+    instances = _instances(snapshot, assignments)
+    ready = [p for p in policies if assignments[p.ref].state is PolicyState.READY]
+    chosen = [assignments[p.ref] for p in ready]
+    steerings, counts = _steerings(index, chosen, _matches(index, ready, assignments), instances, gateways)
     selected = {p.ref: counts[pos] for pos, p in enumerate(ready)}
     outcomes = [_outcome(assignments[p.ref], instances, selected.get(p.ref, 0)) for p in policies]
     outcomes.extend(_invalid_outcomes(snapshot.problems, {p.ref for p in policies}))
