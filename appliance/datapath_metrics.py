@@ -1,0 +1,100 @@
+"""Prometheus metrics of the data path, read from our nftables named counters at scrape time.
+
+Counters in the kernel: per EIP (gateway: `eip_<addr>` packets/bytes in both directions, `conn_<addr>` new SNAT
+connections), per tunnel endpoint (worker: `ep_<addr>_<vni>`), and drops by reason (`drop_<reason>`). A whole-table
+replacement (structure change, hand-flushed table) restarts the kernel counters at zero; `MonotonicCounters` turns
+the raw readings into counters that never go down (a reading below the previous one is a restart: its value is
+added on top), so Prometheus' rate() stays correct.
+
+Exported (all counters): egressgw_datapath_eip_packets_total{eip}, egressgw_datapath_eip_bytes_total{eip},
+egressgw_datapath_snat_connections_total{eip}, egressgw_datapath_endpoint_packets_total{endpoint,vni},
+egressgw_datapath_endpoint_bytes_total{endpoint,vni}, egressgw_datapath_dropped_packets_total{role,reason}.
+`eip="nodeip"` counts useNodeIP traffic (masqueraded to the member's uplink address).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily
+
+Readings = Mapping[str, tuple[int, int]]
+
+
+def token_to_address(token: str) -> str:
+    """Inverse of planning_tunnel.addr_token: `203_0_113_130` -> 203.0.113.130, `2001_db8_e1__2` -> 2001:db8:e1::2."""
+    parts = token.split("_")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        return ".".join(parts)
+    if token == "nodeip":
+        return token
+    return ":".join(parts)
+
+
+class MonotonicCounters:
+    """Raw kernel counter readings -> totals that never decrease across counter restarts (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}
+        self._total: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, readings: Readings) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            for name, (packets, octets) in readings.items():
+                lp, lb = self._last.get(name, (0, 0))
+                tp, tb = self._total.get(name, (0, 0))
+                dp = packets - lp if packets >= lp else packets
+                db = octets - lb if octets >= lb else octets
+                self._total[name] = (tp + dp, tb + db)
+                self._last[name] = (packets, octets)
+            return dict(self._total)
+
+
+class DatapathCollector:
+    """A prometheus_client collector; `read` returns the raw nft counters (DataPathApplier.counters)."""
+
+    def __init__(self, read: Callable[[], Readings], *, role: str) -> None:
+        self._read = read
+        self._role = role
+        self._totals = MonotonicCounters()
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: metric families depend on the counters present
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        totals = self._totals.update(self._read())
+        eip_p = CounterMetricFamily("egressgw_datapath_eip_packets", "Packets through the gateway per EIP "
+                                    "(both directions)", labels=["eip"])
+        eip_b = CounterMetricFamily("egressgw_datapath_eip_bytes", "Bytes through the gateway per EIP", labels=["eip"])
+        conns = CounterMetricFamily("egressgw_datapath_snat_connections", "New connections SNATed per EIP",
+                                    labels=["eip"])
+        ep_p = CounterMetricFamily("egressgw_datapath_endpoint_packets", "Packets a worker steered into the tunnel "
+                                   "per endpoint", labels=["endpoint", "vni"])
+        ep_b = CounterMetricFamily("egressgw_datapath_endpoint_bytes", "Bytes a worker steered into the tunnel per "
+                                   "endpoint", labels=["endpoint", "vni"])
+        drops = CounterMetricFamily("egressgw_datapath_dropped_packets", "Packets dropped by the data path, by reason",
+                                    labels=["role", "reason"])
+        for name, (packets, octets) in sorted(totals.items()):
+            kind, _, rest = name.partition("_")
+            if kind == "eip":
+                eip_p.add_metric([token_to_address(rest)], packets)
+                eip_b.add_metric([token_to_address(rest)], octets)
+            elif kind == "conn":
+                conns.add_metric([token_to_address(rest)], packets)
+            elif kind == "ep":
+                token, _, vni = rest.rpartition("_")
+                ep_p.add_metric([token_to_address(token), vni], packets)
+                ep_b.add_metric([token_to_address(token), vni], octets)
+            elif kind == "drop":
+                drops.add_metric([self._role, rest], packets)
+        yield from (eip_p, eip_b, conns, ep_p, ep_b, drops)
+
+
+def register(registry: Any, read: Callable[[], Readings], *, role: str) -> DatapathCollector:
+    """Register the data-path collector on a prometheus_client CollectorRegistry."""
+    collector = DatapathCollector(read, role=role)
+    registry.register(collector)
+    return collector
