@@ -100,6 +100,7 @@ def _pick(name: str | None) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `egressgw lab status | head` ends quietly
     names = [args.name] if args.name else state.list_labs()
     if not names:
         print("no lab is up")
