@@ -106,7 +106,8 @@ def _fixed(policy: EgressPolicy, gw: EgressGateway) -> tuple[Assignment, tuple[i
         elif policy.egress_ip.allocator_policy is AllocatorPolicy.RR:
             rr.append(v)
         else:
-            eips[v] = gw.default_eip(v) or pool.nth(0)
+            default = gw.default_eip(v)
+            eips[v] = default if default is not None else pool.nth(0)
     if not eips and not rr:
         return _pending(policy, gw.name, Reason.NO_POOL_FOR_FAMILY, (
             f"EgressGateway {gw.name!r} has no pool for any family this policy could use"
