@@ -10,6 +10,7 @@ Pure data: no I/O here except in `main`.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -238,8 +239,9 @@ KINDS: dict[str, tuple[str, str, bool, str, Schema, Schema, list[dict[str, Any]]
 }
 
 
+@functools.cache
 def object_schema(kind: str) -> Schema:
-    """The whole object's schema (apiVersion, kind, metadata, spec, status) for `kind`."""
+    """The whole object's schema (apiVersion, kind, metadata, spec, status) for `kind`. Cached: never modify it."""
     _, _, _, description, spec, status, _ = KINDS[kind]
     return {
         "type": "object",
