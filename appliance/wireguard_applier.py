@@ -58,6 +58,15 @@ class CommandError(RuntimeError):
     pass
 
 
+class WireguardApplyError(RuntimeError):
+    """Some interfaces could not be converged (`failed`: name -> error); `changes` were made nonetheless."""
+
+    def __init__(self, failed: dict[str, str], changes: list[str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in sorted(failed.items())))
+        self.failed = failed
+        self.changes = changes
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shell:
     """Runs ip/wg/wireguard-go in a named network namespace (None = the current one)."""
@@ -167,19 +176,36 @@ class WireguardApplier:
     # ----- convergence -----
 
     def apply(self, plan: WireguardPlan) -> list[str]:
-        """Converge; returns what changed (empty = nothing). Interfaces first, then routes, then removals."""
+        """Converge; returns what changed (empty = nothing). Interfaces first, then routes, then removals.
+
+        One broken interface (say, a missing instance key file) does not stop the others: its failure is logged,
+        its routes are left alone, everything else converges, and `WireguardApplyError` is raised at the end.
+        """
         changes: list[str] = []
+        failed: dict[str, str] = {}
         observed = self.observe()
         for itf in plan.interfaces:
-            changes += self._converge_interface(itf, observed.get(itf.name))
-        changes += self._converge_routes(plan.routes)
+            try:
+                changes += self._converge_interface(itf, observed.get(itf.name))
+            except (CommandError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                failed[itf.name] = str(exc)
+                log.error("wireguard.apply_failed interface=%s error=%s", itf.name, exc)
+        changes += self._converge_routes([r for r in plan.routes if r.device not in failed])
         wanted = {i.name for i in plan.interfaces}
         for name in sorted(set(observed) - wanted):
             self.delete_interface(name)
             changes.append(f"delete {name}")
         for c in changes:
             log.info("wireguard.changed %s", c)
+        if failed:
+            raise WireguardApplyError(failed, changes)
         return changes
+
+    def missing(self, plan: WireguardPlan) -> list[str]:
+        """Planned interfaces that are absent or down (a cheap health check: one `ip link` call)."""
+        links = self.our_links()
+        return [i.name for i in plan.interfaces
+                if i.name not in links or "UP" not in (links[i.name].get("flags") or [])]  # type: ignore[operator]
 
     def _converge_interface(self, itf: WgInterface, seen: ObservedInterface | None) -> list[str]:
         changes: list[str] = []

@@ -180,6 +180,10 @@ class WireguardTestbed:
         self.run("rt", "ip", "-6", "route", "replace", f"{EIP6}/128", "via", f"2001:db8:198::1{n}")
         self.routed_to = n
 
+    def cut_uplink(self, n: int) -> None:
+        """Hard failure of member n's uplink: its switch port (in the router namespace) goes down."""
+        self.run("rt", "ip", "link", "set", f"g{n}", "down")
+
     def run(self, role: str, *argv: str, stdin: str | None = None, check: bool = True) -> str:
         proc = subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], input=stdin, capture_output=True,
                               text=True, timeout=120)

@@ -279,3 +279,13 @@ def test_gateway_mtu_for_ipv4_only_endpoints() -> None:
     plan = pw.plan_gateway_wireguard(intent(steer("100.64.1.10", "w1", endpoints=(EIP,))), member="m1",
                                      nodes=(WORKER1,), settings=SETTINGS)
     assert {i.mtu for i in plan.interfaces} == {1440}
+
+
+def test_worker_two_instances_two_interfaces_and_devices() -> None:
+    other = instance("gw2")
+    plan = pw.plan_worker_wireguard(intent(steer("100.64.1.10", "w1"), steer("100.64.1.11", "w1", "gw2"),
+                                           instances=(instance(), other)),
+                                    node=WORKER1, local_keys=(local(W1),), settings=SETTINGS)
+    assert len(plan.interfaces) == 2 and len({i.name for i in plan.interfaces}) == 2
+    assert plan.route_device("gw") != plan.route_device("gw2")
+    assert {i.instance for i in plan.interfaces} == {"gw", "gw2"}

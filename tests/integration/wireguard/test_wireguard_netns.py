@@ -17,6 +17,7 @@ import pytest
 
 from appliance import wireguard_keys as wk
 from appliance.planning_wireguard import WgInterface, WgPeer, probe_address
+from appliance.wireguard_applier import WireguardApplyError
 from appliance.wireguard_testbed import EIP, EIP6, EXTERNAL, INSTANCE, WireguardTestbed, parse_probe
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -40,7 +41,7 @@ def test_tunnel_snat_to_eip_dual_stack_and_idempotent_apply(testbed: WireguardTe
     # a key file with wrong permissions is refused rather than used
     key_file = worker.interfaces[0].private_key_file
     key_file.chmod(0o644)
-    with pytest.raises(PermissionError):
+    with pytest.raises(WireguardApplyError, match="must not be accessible"):
         testbed.applier("wk").apply(worker)
     key_file.chmod(0o600)
     # drift: a peer removed by hand is restored
@@ -49,6 +50,28 @@ def test_tunnel_snat_to_eip_dual_stack_and_idempotent_apply(testbed: WireguardTe
     assert any("peer" in c for c in testbed.applier("wk").apply(worker))
     assert testbed.applier("wk").apply(worker) == []
     assert gw1.routes and testbed.applier("gw1").observe_routes()
+    # health: a planned interface deleted by hand is reported missing, then recreated
+    gw = testbed.applier("gw1")
+    assert gw.missing(gw1) == []
+    gw.delete_interface(gw1.interfaces[0].name)
+    assert gw.missing(gw1) == [gw1.interfaces[0].name]
+    assert f"create {gw1.interfaces[0].name}" in gw.apply(gw1)
+    assert gw.missing(gw1) == []
+
+
+def test_missing_instance_key_fails_loudly_and_recovers(testbed: WireguardTestbed) -> None:
+    testbed.write_instance_key()
+    key_file = testbed.settings.instance_key_dir / f"{INSTANCE}.key"
+    key_file.rename(key_file.with_suffix(".away"))
+    _, gw1, _ = testbed.plans()
+    with pytest.raises(WireguardApplyError) as err:
+        testbed.applier("gw1").apply(gw1)
+    assert set(err.value.failed) == {i.name for i in gw1.interfaces}
+    assert testbed.applier("gw1").observe_routes() == set(), "no routes into interfaces that failed"
+    assert "PRIVATE" not in str(err.value) and testbed.instance_key.to_base64() not in str(err.value)
+    key_file.with_suffix(".away").rename(key_file)
+    testbed.apply_all()
+    assert testbed.source_seen_by_external() == EIP
 
 
 def test_ipv6_underlay(testbed: WireguardTestbed) -> None:
@@ -102,17 +125,20 @@ def test_unknown_key_and_disallowed_source_are_dropped(testbed: WireguardTestbed
     assert dev
 
 
-def test_failover_fast_rehandshake(testbed: WireguardTestbed) -> None:
+@pytest.mark.parametrize("failure", ["route-moved", "uplink-cut"])
+def test_failover_fast_rehandshake(testbed: WireguardTestbed, failure: str) -> None:
     testbed.apply_all()
     testbed.start_echo_server()
     prober = testbed.start_prober(interval=0.1, misses=3)
     time.sleep(0.5)
     probe = testbed.probe_udp(duration=4.0)
     time.sleep(1.5)
+    if failure == "uplink-cut":
+        testbed.cut_uplink(1)  # gw1's switch port goes down; the routers then move the EIP (BGP's job in the lab)
     testbed.route_eip_to(2)
     out, _ = probe.communicate(timeout=30)
     result = parse_probe(out)
-    print(f"failover outage: {result}")
+    print(f"failover ({failure}) outage: {result}")
     _, _, gw2 = testbed.plans()
     peer_lines = [ln for i in gw2.interfaces for ln in testbed.wg_dump("gw2", i.name).splitlines()[1:]]
     assert any(ln.split("\t")[4] != "0" for ln in peer_lines), "the worker must have handshaken with gw2"
