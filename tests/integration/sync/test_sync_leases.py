@@ -1,0 +1,138 @@
+"""Leases and the writer's concurrency against the real API server: member lease create/renew/release, leader
+election (one leader, takeover after release and after expiry), the status writer's 409 handling, and that
+`submit` never blocks while the API server is away."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance.intent import Intent
+from appliance.snapshot import Snapshot
+from k8s_sync.kubeapi import KubeApi, make_api_client
+from k8s_sync.leases import (
+    APPLIANCE_ADDRESS_ANNOTATION,
+    APPLIANCE_LEASE_LABEL,
+    LEASES,
+    LeaderElection,
+    MemberIdentity,
+    MemberLease,
+    lease_alive,
+)
+from k8s_sync.oneshot import read_cluster
+from k8s_sync.status_writer import StatusWriter
+from lab.kube_apiserver import kubeconfig
+
+from .conftest import Kube, wait_for
+
+pytestmark = pytest.mark.apiserver
+NS = "egressgw-system"
+
+
+def test_member_lease_is_created_renewed_and_released(sync_api: KubeApi, kube: Kube) -> None:
+    name = kube.unique("appl")
+    clock = [1_800_000_000.0]
+    lease = MemberLease(sync_api, MemberIdentity(name=name, gateway="gw-x", address="198.51.100.60"),
+                        duration=10, clock=lambda: clock[0])
+    lease.renew_once()
+    obj = sync_api.get(lease.path)
+    assert obj["spec"]["holderIdentity"] == name and obj["spec"]["leaseDurationSeconds"] == 10
+    assert obj["metadata"]["labels"] == {APPLIANCE_LEASE_LABEL: "gw-x"}
+    assert obj["metadata"]["annotations"][APPLIANCE_ADDRESS_ANNOTATION] == "198.51.100.60"
+    assert lease_alive(obj) == pytest.approx(clock[0] + 10, abs=0.01)
+    clock[0] += 3
+    lease.renew_once()
+    assert lease_alive(sync_api.get(lease.path)) == pytest.approx(clock[0] + 10, abs=0.01)
+    lease.release()
+    assert not any(o["metadata"]["name"] == lease.path.rsplit("/", 1)[1]
+                   for o in sync_api.get(LEASES.path(NS))["items"])
+
+
+def test_member_lease_is_not_renewed_while_unhealthy(sync_api: KubeApi, kube: Kube) -> None:
+    healthy = [True]
+    lease = MemberLease(sync_api, MemberIdentity(name=kube.unique("m")), healthy=lambda: healthy[0])
+    lease.step()
+    first = sync_api.get(lease.path)["spec"]["renewTime"]
+    healthy[0] = False
+    time.sleep(0.01)
+    lease.step()
+    assert sync_api.get(lease.path)["spec"]["renewTime"] == first
+    lease.release()
+
+
+def test_one_leader_and_takeover(sync_api: KubeApi, kube: Kube) -> None:
+    name = kube.unique("writer")
+    clock = [1_800_000_000.0]
+    a = LeaderElection(sync_api, "a", name=name, duration=10, clock=lambda: clock[0])
+    b = LeaderElection(sync_api, "b", name=name, duration=10, clock=lambda: clock[0])
+    assert a.try_acquire_or_renew() and a.is_leader()
+    assert not b.try_acquire_or_renew() and not b.is_leader()
+    clock[0] += 5
+    assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    # the leader stops renewing: after the lease expired, b takes over and a no longer counts itself leader
+    clock[0] += 11
+    assert not a.is_leader()
+    assert b.try_acquire_or_renew() and b.is_leader()
+    lease = sync_api.get(LEASES.path(NS, name))
+    assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
+    assert not a.try_acquire_or_renew()
+    # a graceful release hands over at once
+    b.release()
+    assert a.try_acquire_or_renew() and a.is_leader()
+
+
+def test_concurrent_candidates_elect_exactly_one(sync_api: KubeApi, kube: Kube) -> None:
+    name = kube.unique("race")
+    candidates = [LeaderElection(sync_api, f"c{i}", name=name) for i in range(4)]
+    results: list[bool] = []
+    barrier = threading.Barrier(len(candidates))
+
+    def go(c: LeaderElection) -> None:
+        barrier.wait()
+        results.append(c.try_acquire_or_renew())
+
+    threads = [threading.Thread(target=go, args=(c,)) for c in candidates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    assert sum(c.is_leader() for c in candidates) == 1
+
+
+def test_status_writer_retries_a_conflict(sync_api: KubeApi, kube: Kube, kube_namespace: str) -> None:
+    kube.policy(kube_namespace, "p", {"egressGatewayName": "none-such",
+                                      "appliedTo": {"podSelector": {"matchLabels": {"a": "b"}}}})
+    stale = kube.get("EgressPolicy", "p", kube_namespace)
+    # someone else changes the object after our copy was taken: our write carries a stale resourceVersion
+    kube.patch("EgressPolicy", "p", {"metadata": {"labels": {"touched": "yes"}}}, kube_namespace)
+    view = read_cluster(sync_api, probe_service_cidr=False)
+    writer = StatusWriter(sync_api, lambda kind: [stale] if kind == "EgressPolicy" else [])
+    report = writer.write_once(view.snapshot, view.intent)
+    assert report.conflicts == 1 and report.written == 1 and report.failed == 0
+    obj = kube.get("EgressPolicy", "p", kube_namespace)
+    assert any(c["type"] == "Pending" and c["status"] == "True" for c in obj["status"]["conditions"])
+    assert obj["metadata"]["labels"] == {"touched": "yes"}
+
+
+def test_submit_never_blocks_while_the_api_is_away(tmp_path: Path) -> None:
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(yaml.safe_dump(kubeconfig("https://127.0.0.1:9", "x")))  # nothing listens there
+    dead = KubeApi(make_api_client(str(cfg)))
+    objects = [{"apiVersion": "egressgw.io/v1alpha1", "kind": "EgressGateway",
+                "metadata": {"name": "g", "resourceVersion": "1"}, "spec": {}}]
+    writer = StatusWriter(dead, lambda kind: objects if kind == "EgressGateway" else [], retry_delay=0.05)
+    writer.start()
+    try:
+        empty = Intent(steerings=(), outcomes=(), instances=(), cluster_cidrs=())
+        t0 = time.monotonic()
+        for _ in range(100):
+            writer.submit(Snapshot(), empty)
+        assert time.monotonic() - t0 < 0.1
+        wait_for(lambda: writer.last_report.failed >= 1, 10, "a failed write")
+    finally:
+        writer.stop()
