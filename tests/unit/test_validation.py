@@ -7,6 +7,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.model import AllocatorPolicy, PolicyKind
 from appliance.snapshot import ObjectRef, Reason
@@ -280,3 +282,17 @@ def test_mutable_fields_change_freely() -> None:
 def test_non_mapping_document_is_reported() -> None:
     result = validate_all(["just a string"])  # type: ignore[list-item]
     assert [(p.ref.name, p.reason) for p in result.problems] == [("#0", Reason.INVALID)]
+
+
+_MIXED = [gw("b", clusterDefault=True, **pools(ipv4=["203.0.113.129"])), gw("a", clusterDefault=True),
+          gw("c", **pools(ipv4=["203.0.113.160/28"], ipv6=["2001:db8:e1::/124"])),
+          gw("d", clusterDefault=True, **pools(ipv4=["203.0.113.176/28"])),
+          pol(), pol("x", destSubnet=["bad"]), pol("y", egressGatewayName="c", egressIP={"ipv4": "203.0.113.1"}),
+          pol("z", kind="EgressClusterPolicy", appliedTo={"namespaceSelector": {"matchLabels": {"a": "b"}}}),
+          {"apiVersion": V, "kind": "EgressClusterInfo", "metadata": {"name": "default"}}]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(_MIXED))
+def test_property_order_independent(objects: list[dict[str, Any]]) -> None:
+    assert validate_all(objects) == validate_all(_MIXED)
