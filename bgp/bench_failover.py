@@ -24,7 +24,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from ipaddress import ip_network
 from pathlib import Path
@@ -159,19 +158,22 @@ class Bench:
         tb = self.bed.tb
         result: dict[str, Any] = {}
 
-        def run_probe() -> None:
-            out = sh(*tb.exec_prefix(tb.client_ns), sys.executable, "-m", "bgp.bench_failover", "probe", EIP,
-                     str(PORT), str(probe_s), timeout=probe_s + 10).stdout  # fmt: skip
-            result.update(json.loads(out))
-
-        t = threading.Thread(target=run_probe)
-        t.start()
+        # the probe says "ready" once it runs (Python start-up under load can take a second), then the fault comes
+        proc = subprocess.Popen(
+            [*tb.exec_prefix(tb.client_ns), sys.executable, "-m", "bgp.bench_failover", "probe", EIP, str(PORT),
+             str(probe_s)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the probe did not start")
         time.sleep(fault_at_s)
         t0 = time.monotonic()
         self.fault(scenario)
         moved = wait_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(2))], probe_s, interval=0.002)
         fault_ms = (time.monotonic() - t0) * 1000 if scenario == "drain" else None
-        t.join()
+        out, _ = proc.communicate(timeout=probe_s + 10)
+        result.update(json.loads(out.strip().splitlines()[-1]))
         self.restore(scenario)
         return {
             "scenario": scenario,
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         echo(args[1], int(args[2]))
         return 0
     if args[:1] == ["probe"]:
+        print("ready", flush=True)
         print(json.dumps(probe(args[1], int(args[2]), float(args[3]))))
         return 0
     p = argparse.ArgumentParser(prog="python -m bgp.bench_failover", description=__doc__.split("\n")[0])
