@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bgp.announcing import Announcement
 from bgp.settings import parse_bgp_settings
@@ -187,3 +189,58 @@ def test_pipelined_acks_match_in_order(n: int) -> None:
     assert len(ann.acknowledged()) == n - 1
     cmds, _ = ann.poll(now=2)
     assert cmds == [f"neighbor {P4} announce route 203.0.113.128/32 next-hop self med 100"]
+
+
+# ----- property: whatever happened before, acking everything converges to exactly the desired set -----
+
+
+POOL = [A, A2, B, C, Announcement(prefix=ip_network("2001:db8:e1::131/128"), med=130)]
+Step = tuple[str, object]
+
+
+def steps() -> st.SearchStrategy[list[Step]]:
+    desired = st.sets(st.sampled_from(POOL)).map(lambda s: ("desire", s))
+    return st.lists(
+        st.one_of(
+            desired,
+            st.just(("poll", None)),
+            st.sampled_from(["done", "error"]).map(lambda a: ("ack", a)),
+            st.sampled_from([P4, P6]).map(lambda p: ("up", p)),
+            st.sampled_from([P4, P6]).map(lambda p: ("down", p)),
+            st.just(("reconnect", None)),
+        ),
+        max_size=30,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps(), st.sets(st.sampled_from(POOL)))
+def test_converges_to_the_desired_set_after_any_history(history: list[Step], final: set[Announcement]) -> None:
+    ann = fresh()
+    now = 0.0
+    for kind, arg in history:
+        now += 0.1
+        if kind == "desire":
+            ann.set_desired(arg)  # type: ignore[arg-type]
+        elif kind == "poll":
+            ann.poll(now=now)
+        elif kind == "ack":
+            ann.receive(str(arg), now=now)
+        elif kind in ("up", "down"):
+            ann.receive(f"neighbor {arg} {kind}", now=now)
+        else:
+            ann.channel_up()
+    # one prefix may be desired once per family table: keep the last attributes per prefix, as the planner does
+    by_prefix = {a.prefix: a for a in sorted(final, key=lambda a: a.med or 0)}
+    ann.set_desired(by_prefix.values())
+    for _ in range(10):
+        now += 2.0  # past any retry back-off, within the ack timeout of the newest command
+        cmds, events = ann.poll(now=now)
+        assert not events
+        for _ in range(ann.in_flight):
+            ann.receive("done", now=now)
+        if not cmds and not ann.in_flight:
+            break
+    assert ann.converged()
+    assert ann.acknowledged() == frozenset(by_prefix.values())
+    assert ann.poll(now=now + 1) == ([], [])  # idempotent: nothing left to do
