@@ -212,6 +212,8 @@ class WireguardApplier:
         if seen is None:
             self.create_interface(itf.name)
             self.shell.ip("link", "set", itf.name, "addrgenmode", "none")
+            # the probe addresses are IPv6 link-local: IPv6 must be on for our device even where it is off by default
+            self.shell.inside("sysctl", "-qw", f"net.ipv6.conf.{itf.name}.disable_ipv6=0", check=False)
             changes.append(f"create {itf.name}")
             seen = self.observe_one(itf.name)
         if seen.mtu != itf.mtu:

@@ -1,0 +1,144 @@
+"""The service commands in the lab (namespaces `egt-sv-*`, real kube-apiserver, BIRD 2 router, ExaBGP, BFD, the real
+data path): an agent restart keeps and adopts the data path, `gateway status`, the maintenance file, SIGTERM drains
+with make-before-break, and `agent cleanup` removes only our state."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lab.system import System
+from tests.integration.sync.conftest import wait_for
+
+pytestmark = [pytest.mark.lab, pytest.mark.netns]
+
+EIP = "203.0.113.130"
+
+
+@pytest.fixture(scope="module")
+def system() -> Iterator[System]:
+    s = System.up(prefix="egt-sv-")
+    try:
+        s.apply(
+            [
+                {
+                    "apiVersion": "egressgw.io/v1alpha1",
+                    "kind": "EgressGateway",
+                    "metadata": {"name": "egw"},
+                    "spec": {
+                        "ippools": {"ipv4": ["203.0.113.128/25"]},
+                        "nodeSelector": {"selector": {"matchLabels": {"egressgw.io/gateway": "true"}}},
+                        "failover": {"failbackHoldSeconds": 1},
+                    },
+                },
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "svc"}},
+                {
+                    "apiVersion": "egressgw.io/v1alpha1",
+                    "kind": "EgressPolicy",
+                    "metadata": {"name": "web", "namespace": "svc"},
+                    "spec": {
+                        "egressGatewayName": "egw",
+                        "egressIP": {"ipv4": EIP},
+                        "appliedTo": {"podSelector": {"matchLabels": {"app": "web"}}},
+                    },
+                },
+            ]
+        )
+        s.create_pod("svc", "web1", "w1p1", {"app": "web"})
+        s.create_pod("svc", "other", "w1p2", {"app": "other"})
+        assert s.wait_source("w1p1", EIP, timeout=90) == EIP
+        yield s
+    finally:
+        s.down()
+
+
+def egressgw(system: System, node: str, *args: str, check: bool = False) -> tuple[int, str]:
+    res = system.lab.exec(node, [sys.executable, "-m", "appliance.cli", *args], check=check, timeout=90)
+    return res.returncode, str(res.stdout) + str(res.stderr)
+
+
+def carrier(system: System) -> str:
+    """The gateway the router sends the EIP to (from its routing table)."""
+    for line in system.router_routes(4).splitlines():
+        if line.startswith(EIP + " ") and " via " in line:
+            via = line.split(" via ")[1].split()[0]
+            return next(g for g in system.gateways if str(system.nodes[g].address(4)) == via)
+    return ""
+
+
+def gw_config(system: System, gw: str) -> str:
+    return str(system.lab.node_dir(gw) / "gateway.yaml")
+
+
+def test_agent_restart_keeps_and_adopts_the_data_path(system: System) -> None:
+    assert system.seen_source("w1p2") == "100.127.0.11"  # unselected pod: node IP
+    log = system.lab.daemon("worker1", "egressgw-agent")
+    assert log is not None
+    system.stop_service("worker1", sig=signal.SIGTERM)
+    rc, out = egressgw(system, "worker1", "agent", "cleanup", "--help")
+    assert rc == 0
+    # the agent is gone, the data path is not: selected traffic still leaves with the EIP
+    assert system.lab.exec("worker1", ["nft", "list", "table", "inet", "egressgw"], check=False).returncode == 0
+    assert system.seen_source("w1p1") == EIP
+    offset = len(open(log.log).read())
+    system.start_agent("worker1")
+
+    def first_pass() -> str:
+        text = open(log.log).read()[offset:]
+        return next((line for line in text.splitlines() if "event=reconcile.pass" in line), "")
+
+    line = wait_for(first_pass, 60, "the restarted agent's first pass")
+    assert "result=ok" in line
+    assert "changed=0" in line, f"restart did not adopt the data path: {line}"
+    assert system.seen_source("w1p1") == EIP
+
+
+def test_gateway_status_and_maintenance_file(system: System) -> None:
+    primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
+    rc, out = egressgw(system, primary, "gateway", "status", "--config", gw_config(system, primary))
+    assert rc == 0, out
+    assert "Healthy" in out and "bgp up" in out and "bfd Up" in out and f"{EIP}/32" in out
+    other = next(g for g in system.gateways if g != primary)
+    maintenance = system.lab.node_dir(primary) / "egressgw" / "maintenance"
+    maintenance.touch()
+    try:
+        wait_for(lambda: carrier(system) == other, 15, "the EIP moved away from the member in maintenance")
+        assert system.seen_source("w1p1") == EIP
+        rc, out = egressgw(system, primary, "gateway", "status", "--config", gw_config(system, primary))
+        assert "Disabled" in out
+    finally:
+        maintenance.unlink()
+    # back after rise + hold-down (1 s): it takes its primary back
+    wait_for(lambda: carrier(system) == primary, 30, "the EIP back on its primary")
+    assert system.seen_source("w1p1") == EIP
+
+
+def test_sigterm_drains_then_cleanup(system: System) -> None:
+    primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
+    other = next(g for g in system.gateways if g != primary)
+    rec = system.lab.daemon(primary, "egressgw-gateway")
+    assert rec is not None
+    start = time.monotonic()
+    system.stop_service(primary, sig=signal.SIGTERM, grace=30)
+    assert time.monotonic() - start < 20
+    text = open(rec.log).read()
+    assert "event=drain.done" in text and "acknowledged=true" in text.split("event=drain.done")[-1].splitlines()[0]
+    assert carrier(system) == other
+    assert system.seen_source("w1p1") == EIP
+    # the drained member removed its state
+    assert system.lab.exec(primary, ["nft", "list", "table", "inet", "egressgw"], check=False).returncode != 0
+    rc, out = egressgw(system, primary, "gateway", "status", "--config", gw_config(system, primary))
+    assert rc == 1 and "stopped" in out
+    system.start_gateway(primary)
+
+    # agent cleanup on worker2 removes our table and nothing else (the lab CNI's table stays)
+    system.stop_service("worker2", sig=signal.SIGTERM)
+    rc, out = egressgw(system, "worker2", "agent", "cleanup")
+    assert rc == 0, out
+    assert system.lab.exec("worker2", ["nft", "list", "table", "inet", "egressgw"], check=False).returncode != 0
+    assert system.lab.exec("worker2", ["nft", "list", "table", "inet", "lab_cni"], check=False).returncode == 0
+    system.start_agent("worker2")
