@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -79,16 +80,16 @@ def test_agent_restart_keeps_and_adopts_the_data_path(system: System) -> None:
     log = system.lab.daemon("worker1", "egressgw-agent")
     assert log is not None
     system.stop_service("worker1", sig=signal.SIGTERM)
-    rc, out = egressgw(system, "worker1", "agent", "cleanup", "--help")
+    rc, _ = egressgw(system, "worker1", "agent", "cleanup", "--help")
     assert rc == 0
     # the agent is gone, the data path is not: selected traffic still leaves with the EIP
     assert system.lab.exec("worker1", ["nft", "list", "table", "inet", "egressgw"], check=False).returncode == 0
     assert system.seen_source("w1p1") == EIP
-    offset = len(open(log.log).read())
+    offset = len(Path(log.log).read_text())
     system.start_agent("worker1")
 
     def first_pass() -> str:
-        text = open(log.log).read()[offset:]
+        text = Path(log.log).read_text()[offset:]
         return next((line for line in text.splitlines() if "event=reconcile.pass" in line), "")
 
     line = wait_for(first_pass, 60, "the restarted agent's first pass")
@@ -125,7 +126,7 @@ def test_sigterm_drains_then_cleanup(system: System) -> None:
     start = time.monotonic()
     system.stop_service(primary, sig=signal.SIGTERM, grace=30)
     assert time.monotonic() - start < 20
-    text = open(rec.log).read()
+    text = Path(rec.log).read_text()
     assert "event=drain.done" in text and "acknowledged=true" in text.split("event=drain.done")[-1].splitlines()[0]
     assert carrier(system) == other
     assert system.seen_source("w1p1") == EIP
