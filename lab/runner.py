@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -202,13 +203,10 @@ class Lab:
                     netns.ip(ns, "link", "set", ep.interface, "master", ep.node, "up")
                 else:
                     netns.ip(ns, "link", "set", ep.interface, "up")
-        for node in topo.linux_nodes:
-            for line in node.exec:
-                argv = [self.expand(node.name, tok) for tok in shlex.split(line)]
-                proc = self.exec(node.name, argv, check=False, env=self._env(node.name))
-                if proc.returncode != 0:
-                    raise LabError(f"node {node.name!r}: exec {line!r} failed (exit {proc.returncode}): "
-                                   f"{(proc.stderr or proc.stdout).strip()}")
+        # exec lines: in order within a node, nodes in parallel (every link exists already)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for future in [pool.submit(self._run_exec_lines, node) for node in topo.linux_nodes]:
+                future.result()
         waits: list[tuple[Node, str, str]] = []
         for node in topo.linux_nodes:
             if node.name in self.meta.without:
@@ -218,6 +216,14 @@ class Lab:
                 if daemon.ready:
                     waits.append((node, daemon.name, daemon.ready))
         self._wait_ready(waits, timeout=ready_timeout)
+
+    def _run_exec_lines(self, node: Node) -> None:
+        for line in node.exec:
+            argv = [self.expand(node.name, tok) for tok in shlex.split(line)]
+            proc = self.exec(node.name, argv, check=False, env=self._env(node.name))
+            if proc.returncode != 0:
+                raise LabError(f"node {node.name!r}: exec {line!r} failed (exit {proc.returncode}): "
+                               f"{(proc.stderr or proc.stdout).strip()}")
 
     def _start_declared(self, node: Node, name: str, command: str) -> None:
         argv = [self.expand(node.name, tok) for tok in shlex.split(command)]
