@@ -8,9 +8,9 @@ does), from parallel threads. Figures:
 - `watch_catchup_s`: from the last object written to a complete snapshot in the watching store;
 - `cold_list_s`: a new ClusterSync listing the full cluster until synced, plus its first snapshot;
 - `snapshot_build_s`: building the typed Snapshot from a store that changed (one pod);
-- `full_resolution_s`: `resolve(snapshot)` (median of 3), on one core (resolution is single-threaded);
+- `full_resolution_s`: `resolve(snapshot)` (median of 3, CPU time of the calling thread: one core);
 - `incremental_pod_add_s`: one pod created and its IP set -> in the snapshot (`api_to_store_s`), then snapshot
-  build + `appliance.incremental.pod_added` (`incremental_resolution_s`); goal <= 50 ms for the local part;
+  build (`snapshot_build_s`) and `appliance.incremental.pod_added` (`incremental_resolution_s`), CPU time;
 - `rss_mb` (VmRSS after everything) and `peak_rss_mb` (VmHWM) of this process (client, store, snapshot, intent).
 Goals (issue 3): full resolution <= 1 s, incremental <= 50 ms, RSS <= 200 MB. Reported, never asserted.
 """
@@ -177,9 +177,9 @@ def run_sync_bench(out_path: Path, *, quick: bool = False, pods: int = 10000, po
             times = []
             intent = resolve(snap)
             for _ in range(3):
-                t0 = time.process_time()
+                t0 = time.thread_time()
                 intent = resolve(snap, previous=intent)
-                times.append(time.process_time() - t0)
+                times.append(time.thread_time() - t0)
             figures["full_resolution_s"] = round(statistics.median(times), 4)
             figures["steerings"] = len(intent.steerings)
 
@@ -199,7 +199,7 @@ def run_sync_bench(out_path: Path, *, quick: bool = False, pods: int = 10000, po
 def _incremental(api: KubeApi, sync: ClusterSync, intent: Any) -> dict[str, Any]:
     from appliance.incremental import pod_added
 
-    api_to_store, local = [], []
+    api_to_store, build, local = [], [], []
     for i in range(20):
         name, ns = f"late-{i}", "bench-000"
         arrived = threading.Event()
@@ -221,16 +221,20 @@ def _incremental(api: KubeApi, sync: ClusterSync, intent: Any) -> dict[str, Any]
                                     "podIPs": [{"ip": f"100.64.0.{200 + i}"}]}})
         arrived.wait(10)
         api_to_store.append(time.monotonic() - t0)
-        t1 = time.process_time()
+        t1 = time.thread_time()
         snap = sync.store.snapshot()
+        t2 = time.thread_time()
         raw = sync.store.get_raw("Pod", ns, name)
         assert raw is not None
         intent = pod_added(snap, intent, parse_pod_obj(raw))
-        local.append(time.process_time() - t1)
+        build.append(t2 - t1)
+        local.append(time.thread_time() - t2)
     return {
         "api_to_store_s": round(statistics.median(api_to_store), 4),
+        "snapshot_build_s": round(statistics.median(build), 4),
         "incremental_resolution_s": round(statistics.median(local), 4),
-        "incremental_pod_add_s": round(statistics.median(api_to_store) + statistics.median(local), 4),
+        "incremental_pod_add_s": round(statistics.median(api_to_store) + statistics.median(build)
+                                       + statistics.median(local), 4),
     }
 
 
@@ -243,7 +247,9 @@ def _report(f: dict[str, Any]) -> None:
         ("full resolution (CPU, one core)", f"{f['full_resolution_s'] * 1000:.0f} ms", "goal <= 1000 ms"),
         ("steerings", str(f["steerings"]), ""),
         ("pod IP written -> in the store", f"{f['api_to_store_s'] * 1000:.1f} ms", ""),
-        ("snapshot + incremental resolution", f"{f['incremental_resolution_s'] * 1000:.1f} ms", "goal <= 50 ms"),
+        ("snapshot build after one pod change", f"{f['snapshot_build_s'] * 1000:.1f} ms", ""),
+        ("incremental resolution (pod_added)", f"{f['incremental_resolution_s'] * 1000:.1f} ms", "goal <= 50 ms"),
+        ("pod add end to end (API->store->intent)", f"{f['incremental_pod_add_s'] * 1000:.1f} ms", ""),
         ("RSS after / peak", f"{f['rss_mb']:.0f} MB / {f['peak_rss_mb']:.0f} MB", "goal <= 200 MB"),
     ]
     width = max(len(r[0]) for r in rows)

@@ -16,7 +16,11 @@ from collections.abc import Callable
 from appliance.intent import Intent
 from appliance.resolution import resolve
 from appliance.snapshot import Snapshot, SnapshotSource
+from k8s_sync.kubeapi import KubeApi
+from k8s_sync.leases import DEFAULT_NAMESPACE, LeaderElection
+from k8s_sync.oneshot import intent_from_status
 from k8s_sync.status_writer import StatusWriter
+from k8s_sync.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +81,22 @@ class StatusService:
                 log.debug("status.resolved revision=%d seconds=%.3f", snapshot.revision, time.monotonic() - started)
             except Exception:
                 log.exception("status.resolve_failed")
+
+
+def start_status_writing(api: KubeApi, store: Store, *, identity: str,
+                         lease_namespace: str = DEFAULT_NAMESPACE) -> tuple[StatusService, LeaderElection]:
+    """The complete status side of a gateway member: leader election + writer + driver, started.
+
+    Only the leader writes; on becoming leader the driver runs a pass at once. Stop with `service.stop()` and
+    `election.release()` (hands leadership over without waiting for expiry).
+    """
+    writer = StatusWriter(api, store.raw_objects, is_leader=lambda: election.is_leader(), identity=identity)
+    service = StatusService(
+        store, writer,
+        initial_previous=lambda: intent_from_status(store.raw_objects("EgressPolicy")
+                                                    + store.raw_objects("EgressClusterPolicy")))
+    election = LeaderElection(api, identity, namespace=lease_namespace,
+                              on_change=lambda leader: service.kick() if leader else None)
+    election.start()
+    service.start()
+    return service, election

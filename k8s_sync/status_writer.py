@@ -67,6 +67,8 @@ class StatusWriter:
         self._thread: threading.Thread | None = None
         self._written: dict[ObjectRef, tuple[str, JSON]] = {}
         self.last_report = WriteReport()
+        #: cumulative counts since start (metrics, tests)
+        self.totals = {"written": 0, "conflicts": 0, "failed": 0, "events": 0}
 
     # ----- the non-blocking face -----
 
@@ -152,6 +154,8 @@ class StatusWriter:
             log.info("status.pass writes=%d written=%d conflicts=%d failed=%d events=%d revision=%d",
                      len(plan.writes), written, conflicts, failed, events, snapshot.revision)
         self.last_report = report
+        for key in self.totals:
+            self.totals[key] += getattr(report, key)
         return report
 
     def _overlay(self, kind: str, objects: Sequence[JSON]) -> list[JSON]:

@@ -15,6 +15,7 @@ Implements `appliance.snapshot.SnapshotSource` and `k8s_sync.reflector.Reflector
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import threading
@@ -55,6 +56,8 @@ class Store:
         self._raw: dict[str, dict[Key, JSON]] = {k: {} for k in self._expected}
         self._typed: dict[str, dict[Key, Any]] = {k: {} for k in TYPED_KINDS}
         self._sorted: dict[str, tuple[Any, ...]] = {}
+        #: keys of each typed kind in sorted order, maintained incrementally (no full sort per pod event)
+        self._order: dict[str, list[Key]] = {k: [] for k in TYPED_KINDS}
         self._listed: set[str] = set()
         self._revision = 0
         self._kind_revision: dict[str, int] = {}
@@ -79,6 +82,7 @@ class Store:
                     if k not in kept:
                         kept[k] = (_rv(o), self._parse(key, o))
                 self._typed[key] = kept
+                self._order[key] = sorted(kept)
             first = key not in self._listed
             self._listed.add(key)
             if changed or first:
@@ -95,12 +99,18 @@ class Store:
                     return
                 if key in TYPED_KINDS:
                     self._typed[key].pop(k, None)
+                    order = self._order[key]
+                    i = bisect.bisect_left(order, k)
+                    if i < len(order) and order[i] == k:
+                        order.pop(i)
             else:
                 old = raw.get(k)
                 if old is not None and _rv(old) == _rv(obj):
                     return
                 raw[k] = obj
                 if key in TYPED_KINDS:
+                    if old is None:
+                        bisect.insort(self._order[key], k)
                     self._typed[key][k] = (_rv(obj), self._parse(key, obj))
             self._bump(key)
         self._notify(f"{key}/{event_type}")
@@ -207,7 +217,7 @@ class Store:
         cached = self._sorted.get(key)
         if cached is None:
             items = self._typed.get(key, {})
-            cached = tuple(v[1] for k, v in sorted(items.items()) if v[1] is not None)
+            cached = tuple(p for k in self._order[key] if (p := items[k][1]) is not None)
             self._sorted[key] = cached
         return cached
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +25,8 @@ from k8s_sync.leases import (
     lease_alive,
 )
 from k8s_sync.oneshot import read_cluster
+from k8s_sync.resources import Role
+from k8s_sync.status_service import start_status_writing
 from k8s_sync.status_writer import StatusWriter
 from lab.kube_apiserver import kubeconfig
 
@@ -136,3 +139,21 @@ def test_submit_never_blocks_while_the_api_is_away(tmp_path: Path) -> None:
         wait_for(lambda: writer.last_report.failed >= 1, 10, "a failed write")
     finally:
         writer.stop()
+
+
+def test_two_members_one_status_writer(start_sync: Any, sync_api: KubeApi, kube: Kube, kube_namespace: str) -> None:
+    sync = start_sync(Role.GATEWAY)
+    started = [start_status_writing(sync_api, sync.store, identity=f"member-{i}") for i in range(2)]
+    try:
+        wait_for(lambda: sum(e.is_leader() for _, e in started) == 1, 10, "one leader")
+        kube.policy(kube_namespace, "p", {"egressGatewayName": "nowhere",
+                                          "appliedTo": {"podSelector": {"matchLabels": {"a": "b"}}}})
+        wait_for(lambda: (kube.get("EgressPolicy", "p", kube_namespace).get("status") or {}).get("conditions"),
+                 10, "status written")
+        leader = next(s for s, e in started if e.is_leader())
+        follower = next(s for s, e in started if not e.is_leader())
+        assert leader.writer.totals["written"] >= 1 and follower.writer.totals["written"] == 0
+    finally:
+        for service, election in started:
+            service.stop()
+            election.release()
