@@ -131,7 +131,8 @@ def run_status(args: argparse.Namespace) -> int:
                 out = lab.exec(node.name, argv, check=False, timeout=10)
                 print(f"  --- {node.name}: {cmd}")
                 for line in (out.stdout + out.stderr).strip().splitlines():
-                    print(f"      {line}")
+                    if not line.startswith("% Can't open configuration file"):  # vtysh: no per-pathspace vtysh.conf
+                        print(f"      {line}")
     return rc
 
 
