@@ -84,7 +84,9 @@ def cleanup(config_path: str | None) -> int:
 def run_agent(cfg: AgentConfig) -> int:
     setup_logging(cfg.log)
     log = EventLogger("egressgw.agent", node=cfg.node_name)
-    from appliance.datapath_wiring import DataPathUnavailable, make_worker_datapath
+    from prometheus_client import REGISTRY
+
+    from appliance.datapath_wiring import DataPathUnavailable, make_worker_datapath, register_datapath_metrics
     from appliance.service_metrics import LoopMetrics, serve_metrics
     from appliance.underlay import UnderlayError, detect_underlay
     from k8s_sync.cluster import ClusterSync
@@ -105,6 +107,7 @@ def run_agent(cfg: AgentConfig) -> int:
         kubeconfig=cfg.kube.kubeconfig or "in-cluster",
     )
     metrics = LoopMetrics("agent")
+    register_datapath_metrics(datapath, REGISTRY, role="agent")
     try:
         listen = serve_metrics(cfg.metrics)
     except OSError as e:

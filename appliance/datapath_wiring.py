@@ -70,6 +70,9 @@ class RealWorkerDataPath:
         result = self.applier.remove_all()
         return result.changes + tuple(f"FAILED {f}" for f in result.failures)
 
+    def counters(self) -> Mapping[str, tuple[int, int]]:
+        return self.applier.counters()
+
 
 def workers_of(snapshot: Snapshot) -> Mapping[str, Sequence[IPAddress]]:
     """Node name -> underlay (InternalIP) addresses: the known VTEPs the gateway accepts tunnels from."""
@@ -117,6 +120,20 @@ class RealGatewayDataPath:
         result = self.applier.remove_all()
         self.in_place = frozenset()
         return result.changes + tuple(f"FAILED {f}" for f in result.failures)
+
+    def counters(self) -> Mapping[str, tuple[int, int]]:
+        return self.applier.counters()
+
+
+def register_datapath_metrics(datapath: object, registry: object, *, role: str) -> bool:
+    """Export the data path's nft counters (read at scrape time) when the data path has them."""
+    counters = getattr(datapath, "counters", None)
+    if counters is None:
+        return False
+    from appliance.datapath_metrics import register
+
+    register(registry, counters, role=role)
+    return True
 
 
 def make_worker_datapath(cfg: AgentConfig, underlay: Underlay) -> WorkerDataPath:

@@ -206,7 +206,7 @@ def build_gateway_service(
     from prometheus_client import REGISTRY
 
     from appliance import health_checks
-    from appliance.datapath_wiring import DataPathUnavailable, make_gateway_datapath
+    from appliance.datapath_wiring import DataPathUnavailable, make_gateway_datapath, register_datapath_metrics
     from appliance.gateway_service import GatewayDeps, GatewayService, Lifecycle
     from appliance.logging_setup import EventLogger
     from appliance.service_metrics import LoopMetrics, serve_metrics
@@ -234,6 +234,7 @@ def build_gateway_service(
         kubeconfig=cfg.kube.kubeconfig or "in-cluster",
     )
     loop_metrics = LoopMetrics("gateway", registry)
+    register_datapath_metrics(datapath, registry, role="gateway")
     bgp_metrics = BgpMetrics(registry)
     try:
         listen = serve_metrics(cfg.metrics, registry)
