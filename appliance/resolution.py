@@ -105,9 +105,11 @@ def _matches(index: PodIndex, ready: Sequence[EgressPolicy], assignments: Mappin
     pods = index.pods
     for pos, policy in enumerate(ready):
         families = assignments[policy.ref].families
-        for key in index.select(policy):
-            if pods[key[0]].ip_keys[key[1]][0] in families:
-                matches.setdefault(key, []).append(pos)
+        selected = index.select(policy)
+        if len(families) < 2:
+            selected = [k for k in selected if pods[k[0]].ip_keys[k[1]][0] in families]
+        for key in selected:
+            matches.setdefault(key, []).append(pos)
     return matches
 
 
