@@ -53,6 +53,7 @@ class WgSkipReason(enum.StrEnum):
     INSTANCE_KEY_MISMATCH = "InstanceKeyMismatch"
     NO_ENDPOINT = "NoTunnelEndpoint"
     PORT_CONFLICT = "WireGuardPortConflict"
+    POD_ON_TWO_WORKERS = "PodIPOnTwoWorkers"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -272,6 +273,15 @@ def plan_gateway_wireguard(
         pod_ips: dict[str, set[IPAddress]] = {}
         for s in steerings:
             pod_ips.setdefault(s.node, set()).add(s.pod_ip)
+        claimed = Counter(ip for ips in pod_ips.values() for ip in ips)
+        for worker in sorted(pod_ips):
+            # allowed IPs are unique per interface, and granting a pod IP to the wrong worker's key would let that
+            # worker speak for it: an IP two workers claim (stale data) is allowed for neither until it resolves
+            contested = {ip for ip in pod_ips[worker] if claimed[ip] > 1}
+            if contested:
+                skipped.append(WgSkip(subject=worker, reason=WgSkipReason.POD_ON_TWO_WORKERS,
+                                      message=f"{len(contested)} pod IP(s) also claimed by another worker"))
+                pod_ips[worker] -= contested
         worker_keys, skips = _worker_keys(nodes, set(pod_ips))
         skipped.extend(skips)
         peers: dict[int, list[WgPeer]] = {s: [] for s in SLOTS}

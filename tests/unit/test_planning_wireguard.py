@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import stat
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_network
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance import planning_wireguard as pw
 from appliance import wireguard_keys as wk
@@ -289,3 +292,34 @@ def test_worker_two_instances_two_interfaces_and_devices() -> None:
     assert len(plan.interfaces) == 2 and len({i.name for i in plan.interfaces}) == 2
     assert plan.route_device("gw") != plan.route_device("gw2")
     assert {i.instance for i in plan.interfaces} == {"gw", "gw2"}
+
+
+def test_pod_ip_claimed_by_two_workers_is_allowed_for_neither() -> None:
+    plan = pw.plan_gateway_wireguard(intent(steer("100.64.1.10", "w1"), steer("100.64.1.10", "w2"),
+                                            steer("100.64.1.11", "w1")),
+                                     member="m1", nodes=(WORKER1, WORKER2), settings=SETTINGS)
+    allowed = {p.public_key: p.allowed_ips for i in plan.interfaces for p in i.peers}
+    assert ip_network("100.64.1.10/32") not in allowed[W1] + allowed[W2]
+    assert ip_network("100.64.1.11/32") in allowed[W1]
+    assert {r.destination for r in plan.routes} == {ip_network("100.64.1.11/32")}
+    assert {s.subject for s in plan.skipped if s.reason is pw.WgSkipReason.POD_ON_TWO_WORKERS} == {"w1", "w2"}
+
+
+NODE_KEYS = {f"w{i}": wk.PrivateKey(bytes([i + 1] * 32)).public_key() for i in range(4)}
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 12)), max_size=25), st.randoms())
+@settings(max_examples=60, deadline=None)
+def test_property_allowed_ips_disjoint_per_interface_and_order_independent(
+        pairs: list[tuple[int, int]], rnd: random.Random) -> None:
+    steerings = [steer(f"100.64.0.{ip}", f"w{node}") for node, ip in pairs]
+    nodes = [Node(name=n, wireguard_public_key=k) for n, k in NODE_KEYS.items()]
+    plan = pw.plan_gateway_wireguard(intent(*steerings), member="m1", nodes=nodes, settings=SETTINGS)
+    for itf in plan.interfaces:
+        seen = [n for p in itf.peers for n in p.allowed_ips]
+        assert len(seen) == len(set(seen)), "allowed IPs must be unique per interface"
+    routed = [r.destination for r in plan.routes]
+    assert len(routed) == len(set(routed))
+    rnd.shuffle(steerings)
+    rnd.shuffle(nodes)
+    assert pw.plan_gateway_wireguard(intent(*steerings), member="m1", nodes=nodes, settings=SETTINGS) == plan
