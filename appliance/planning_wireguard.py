@@ -65,8 +65,9 @@ class WgSkip:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WgSettings:
-    #: interface name prefix (<= 8 chars); tests use `egt-wg-` so their interfaces are recognisable host-wide
-    interface_prefix: str = "egw-wg-"
+    #: interface name prefix (<= 8 chars); tests use `egt-wg-` so their interfaces are recognisable host-wide.
+    #: Not `egw-`: the VXLAN applier adopts (and removes unplanned) links named `egw-*`.
+    interface_prefix: str = "wg-egw-"
     #: MTU of the underlay interface the tunnel rides on
     underlay_mtu: int = 1500
     #: gateway: directory with `<instance>.key` (the instance private key shared by its members, mode 0600)
