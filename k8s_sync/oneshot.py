@@ -9,46 +9,23 @@ does the same at start-up, so a restart does not reshuffle `rr` EIPs.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from appliance.intent import Intent, PolicyOutcome, PolicyState
-from appliance.model import IPAddress, PolicyKind, PolicyRef
+from appliance.intent import Intent
 from appliance.resolution import resolve
 from appliance.snapshot import Snapshot
-from k8s_sync.kubeapi import JSON, KubeApi, make_api_client
+from k8s_sync.kubeapi import KubeApi, make_api_client
 from k8s_sync.leases import DEFAULT_NAMESPACE
 from k8s_sync.reflector import Reflector
 from k8s_sync.resources import Role, calico_served, watch_specs
 from k8s_sync.service_cidr import detect_service_cidrs
+from k8s_sync.status_planning import intent_from_status
 from k8s_sync.store import Store
 
+__all__ = ["ClusterView", "add_kube_arguments", "api_from_args", "intent_from_status", "read_cluster", "read_store"]
+
 log = logging.getLogger(__name__)
-
-
-def intent_from_status(policies: Sequence[JSON]) -> Intent:
-    """A stand-in previous Intent: the gateway and EIPs written in the status of Ready policies."""
-    outcomes = []
-    for obj in policies:
-        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
-        eip = status.get("eip") or {}
-        if not ready or not status.get("gateway") or not eip:
-            continue
-        try:
-            kind = PolicyKind(str(obj.get("kind")))
-            v4: IPAddress | None = ipaddress.ip_address(eip["ipv4"]) if eip.get("ipv4") else None
-            v6: IPAddress | None = ipaddress.ip_address(eip["ipv6"]) if eip.get("ipv6") else None
-        except ValueError:
-            continue
-        ref = PolicyRef(kind=kind, namespace=str(meta.get("namespace") or "") if kind is PolicyKind.NAMESPACED
-                        else "", name=str(meta.get("name") or ""))
-        outcomes.append(PolicyOutcome(policy=ref, state=PolicyState.READY, gateway=str(status["gateway"]),
-                                      eip_v4=v4, eip_v6=v6))
-    return Intent(steerings=(), outcomes=tuple(sorted(outcomes, key=lambda o: o.policy)), instances=(),
-                  cluster_cidrs=())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,6 +15,7 @@ that change: EIP assigned or changed, and every state change (Ready / Pending / 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -296,3 +297,26 @@ def plan_status(snapshot: Snapshot, intent: Intent, objects: Mapping[str, Sequen
                                           resource_version=str(meta.get("resourceVersion") or "")))
                 events.extend(planned)
     return StatusPlan(writes=tuple(writes), events=tuple(events))
+
+
+def intent_from_status(policies: Sequence[Mapping[str, Any]]) -> Intent:
+    """A stand-in previous Intent: the gateway and EIPs written in the status of Ready policies."""
+    outcomes = []
+    for obj in policies:
+        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+        eip = status.get("eip") or {}
+        if not ready or not status.get("gateway") or not eip:
+            continue
+        try:
+            kind = PolicyKind(str(obj.get("kind")))
+            v4: IPAddress | None = ipaddress.ip_address(eip["ipv4"]) if eip.get("ipv4") else None
+            v6: IPAddress | None = ipaddress.ip_address(eip["ipv6"]) if eip.get("ipv6") else None
+        except ValueError:
+            continue
+        ref = PolicyRef(kind=kind, namespace=str(meta.get("namespace") or "") if kind is PolicyKind.NAMESPACED
+                        else "", name=str(meta.get("name") or ""))
+        outcomes.append(PolicyOutcome(policy=ref, state=PolicyState.READY, gateway=str(status["gateway"]),
+                                      eip_v4=v4, eip_v6=v6))
+    return Intent(steerings=(), outcomes=tuple(sorted(outcomes, key=lambda o: o.policy)), instances=(),
+                  cluster_cidrs=())

@@ -18,7 +18,6 @@ from appliance.resolution import resolve
 from appliance.snapshot import Snapshot, SnapshotSource
 from k8s_sync.kubeapi import KubeApi
 from k8s_sync.leases import DEFAULT_NAMESPACE, LeaderElection
-from k8s_sync.oneshot import intent_from_status
 from k8s_sync.status_writer import StatusWriter
 from k8s_sync.store import Store
 
@@ -93,8 +92,7 @@ def start_status_writing(api: KubeApi, store: Store, *, identity: str,
     writer = StatusWriter(api, store.raw_objects, is_leader=lambda: election.is_leader(), identity=identity)
     service = StatusService(
         store, writer,
-        initial_previous=lambda: intent_from_status(store.raw_objects("EgressPolicy")
-                                                    + store.raw_objects("EgressClusterPolicy")))
+        initial_previous=store.written_intent)
     election = LeaderElection(api, identity, namespace=lease_namespace,
                               on_change=lambda leader: service.kick() if leader else None)
     election.start()

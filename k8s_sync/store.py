@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from appliance.intent import Intent
 from appliance.model import Appliance, EgressClusterInfo, EgressPolicy, IPNetwork
 from appliance.snapshot import ObjectRef, Snapshot
 from k8s_sync.kubeapi import JSON
@@ -162,6 +163,13 @@ class Store:
             times = [t for o in self._raw.get("Lease", {}).values()
                      if (t := lease_alive(o)) is not None and t > now]
             return min(times) if times else None
+
+    def written_intent(self) -> Intent:
+        """The gateway and EIPs the status writer recorded on Ready policies: the `previous` every resolver should
+        pass to `resolve` (shared state, so agents and gateways with different histories agree on `rr` EIPs)."""
+        from k8s_sync.status_planning import intent_from_status
+
+        return intent_from_status(self.raw_objects("EgressPolicy") + self.raw_objects("EgressClusterPolicy"))
 
     def raw_objects(self, key: str) -> list[JSON]:
         with self._lock:
