@@ -185,3 +185,31 @@ def test_x25519_matches_wg_pubkey(tmp_path: Path) -> None:
     out = subprocess.run(["wg", "pubkey"], input=key.to_base64(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == key.public_key()
     assert sys.executable and EXTERNAL
+
+
+def test_wireguard_go_crash_is_repaired_by_the_next_pass(testbed: WireguardTestbed) -> None:
+    import os
+    import signal
+
+    from appliance.wireguard_applier import WG_RUN_DIR, running_wireguard_go
+
+    testbed.apply_all()
+    prober = testbed.start_prober()  # the agent's prober: the new wireguard-go has no session for the worker
+    _, gw1, _ = testbed.plans()
+    victim = gw1.routes[0].device
+    pids = [p for p in running_wireguard_go("egt-wg-")
+            if victim in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while victim in testbed.applier("gw1").our_links() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert testbed.applier("gw1").missing(gw1) == [victim]
+    assert (WG_RUN_DIR / f"{victim}.sock").exists(), "a killed wireguard-go leaves its socket behind"
+    changes = testbed.applier("gw1").apply(gw1)
+    assert f"create {victim}" in changes and any(c.startswith("route ") for c in changes)
+    assert testbed.applier("gw1").apply(gw1) == []
+    time.sleep(1.0)  # misses x interval + one handshake
+    assert testbed.source_seen_by_external() == EIP
+    assert prober.poll() is None
