@@ -132,7 +132,8 @@ def measure_failure(system: System, lab_pod: str, act: Callable[[], None], *, af
                     version: int = 4, tcp: bool = False) -> ProbeReport:
     """Run the 10 ms probe from `lab_pod`, perform `act` (a failure or a drain), keep probing `after` seconds."""
     probe = BackgroundProbe(system.lab, lab_pod, server=EXTERNAL_V4 if version == 4 else EXTERNAL_V6, tcp=tcp)
-    probe.start(settle=1.0)
+    probe.start()
+    time.sleep(1.0)  # a second of normal traffic before the event
     try:
         act()
         time.sleep(after)
