@@ -21,108 +21,42 @@ tests run the whole sequence with fakes and an injected clock; `appliance.gatewa
 
 from __future__ import annotations
 
-import enum
-import os
 import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from appliance.config import GatewayConfig
+from appliance.gateway_seams import (
+    DataPathResult,
+    GatewayDataPath,
+    GatewayDeps,
+    Lifecycle,
+    Phase,
+    Sidecar,
+    Speaker,
+)
+from appliance.gateway_status import render_announcement, status_document
 from appliance.intent import Intent
 from appliance.logging_setup import EventLogger
 from appliance.member_state import StateDir
 from appliance.model import IPAddress
-from appliance.reconciling import PassOutcome, PassReport, Reconciler
+from appliance.reconciling import PassOutcome, Reconciler
 from appliance.resolution import resolve
-from appliance.snapshot import Snapshot, SnapshotSource
+from appliance.snapshot import Snapshot
 from bgp.announcing import Announcement, MemberMode, member_mode, plan_announcements
 from bgp.health import Check, HealthConfig, HealthState, heartbeat_ok, initial_health, step_health
 
-
-class Phase(enum.StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DataPathResult:
-    outcome: PassOutcome
-    #: EIPs whose kernel state is complete on this member (only these may be announced)
-    eips_in_place: frozenset[IPAddress] = frozenset()
-
-
-class GatewayDataPath(Protocol):
-    def converge(self, snapshot: Snapshot, intent: Intent) -> DataPathResult: ...
-
-    def checks(self) -> Mapping[Check, bool]:
-        """TUNNEL_DEVICE and NFT_TABLE: our tunnel devices and nft table exist (drift, a flushed ruleset)."""
-        ...
-
-    def remove_all(self) -> tuple[str, ...]: ...
-
-
-class Speaker(Protocol):
-    def start(self) -> None: ...
-
-    def set_announcements(self, announcements: frozenset[Announcement]) -> None: ...
-
-    def acknowledged(self) -> frozenset[Announcement]: ...
-
-    def peer_states(self) -> dict[str, str]: ...
-
-    def wait_converged(self, timeout_s: float) -> bool: ...
-
-    def stop(self, timeout_s: float = 5.0) -> None: ...
-
-
-class Sidecar(Protocol):
-    """The BFD sidecar (start/stop, per-peer state)."""
-
-    def start(self, timeout_s: float = 5.0) -> None: ...
-
-    def peer_states(self) -> dict[str, str]: ...
-
-    def stop(self, timeout_s: float = 3.0) -> None: ...
-
-
-class Lifecycle(Protocol):
-    """A background helper with start/stop (member lease, leader election, status writer)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-@dataclass(kw_only=True)
-class GatewayDeps:
-    source: SnapshotSource
-    datapath: GatewayDataPath
-    speaker: Speaker | None = None
-    bfd: Sidecar | None = None
-    #: started before the loop, stopped (in reverse order) at exit: cluster sync, member lease, leader election...
-    helpers: list[Lifecycle] = field(default_factory=list)
-    #: host checks that are not the data path's: uplink, upstream probe (check -> passed)
-    host_checks: Callable[[], Mapping[Check, bool]] = dict
-    #: called after each successful pass (the status writer's `submit`; it decides whether it is the leader)
-    publish: Callable[[Snapshot, Intent], None] | None = None
-    #: metrics hooks (optional)
-    on_pass: Callable[[PassReport], None] | None = None
-    on_tick: Callable[[GatewayService], None] | None = None
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-
-
-def render_announcement(a: Announcement) -> str:
-    parts = [str(a.prefix)]
-    if a.med is not None:
-        parts.append(f"med={a.med}")
-    if a.as_path_prepends:
-        parts.append(f"prepends={a.as_path_prepends}")
-    return " ".join(parts)
+__all__ = [
+    "DataPathResult",
+    "GatewayDataPath",
+    "GatewayDeps",
+    "GatewayService",
+    "Lifecycle",
+    "Phase",
+    "Sidecar",
+    "Speaker",
+    "render_announcement",
+]
 
 
 class GatewayService:
@@ -133,7 +67,8 @@ class GatewayService:
         self.deps = deps
         self.state = state
         self.log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
-        self._lock = threading.RLock()
+        #: guards health, intent, announcements and drain state (health thread, loop thread, status readers)
+        self.lock = threading.RLock()
         self.phase = Phase.STARTING
         self.health: HealthState = initial_health(deps.clock())
         self.last_checks: dict[Check, bool] = {}
@@ -163,7 +98,7 @@ class GatewayService:
         intent = resolve(snapshot, previous=previous)
         me = self.cfg.node_name
         kept = frozenset(e for i in intent.instances if any(m.name == me for m in i.members) for e in i.eips)
-        with self._lock:
+        with self.lock:
             leaving = self.eips_in_place - kept
             # break after withdraw: EIPs this pass will remove from the kernel are withdrawn first
             self.snapshot, self.intent = snapshot, intent
@@ -174,7 +109,7 @@ class GatewayService:
                 acked = self.deps.speaker.wait_converged(min(1.0, self.cfg.drain_timeout_s))
                 self.log.info("eip.released", eips=sorted(str(e) for e in leaving), withdrawal_acknowledged=acked)
         result = self.deps.datapath.converge(snapshot, intent)
-        with self._lock:
+        with self.lock:
             self.eips_in_place = result.eips_in_place
         self.update_announcements()
         if result.outcome.ok and self.deps.publish is not None:
@@ -200,7 +135,7 @@ class GatewayService:
         if bgp is None:
             return
         now = self.deps.clock()
-        with self._lock:
+        with self.lock:
             health, draining, intent, snapshot = self.health, self._draining, self.intent, self.snapshot
             in_place = self.eips_in_place
             if intent is None or snapshot is None:
@@ -272,7 +207,7 @@ class GatewayService:
             self.request_drain("drain file")
         checks = self.observe_checks()
         now = self.deps.clock()
-        with self._lock:
+        with self.lock:
             before = self.health
             self.health = step_health(before, checks, now=now, config=self._health_config())
             self.last_checks = checks
@@ -293,50 +228,7 @@ class GatewayService:
             self.deps.on_tick(self)
 
     def status_doc(self) -> dict[str, Any]:
-        now = self.deps.clock()
-        sp = self.deps.speaker
-        acked = sorted(render_announcement(a) for a in sp.acknowledged()) if sp is not None else []
-        peers = sp.peer_states() if sp is not None else {}
-        bfd: dict[str, str] = {}
-        if self.deps.bfd is not None:
-            try:
-                bfd = self.deps.bfd.peer_states()
-            except Exception:
-                bfd = {"?": "unknown (sidecar not answering)"}
-        r = self.reconciler.last_report
-        with self._lock:
-            h = self.health
-            doc: dict[str, Any] = {
-                "node": self.cfg.node_name,
-                "pid": os.getpid(),
-                "phase": self.phase,
-                "health": {
-                    "status": h.status,
-                    "reason": h.reason,
-                    "failing": [str(c) for c in h.failing],
-                    "checks": {str(k): v for k, v in sorted(self.last_checks.items())},
-                    "hold_down_remaining_s": round(max(0.0, h.hold_until - now), 1) if h.in_hold_down(now) else 0,
-                    "transitions": h.transitions,
-                },
-                "announcements": {
-                    "mode": self.mode,
-                    "desired": sorted(render_announcement(a) for a in self.desired),
-                    "acknowledged": acked,
-                },
-                "eips_in_place": sorted(str(e) for e in self.eips_in_place),
-                "peers": peers,
-                "bfd": bfd,
-                "drain": dict(self.drain_state),
-            }
-        if r is not None:
-            doc["reconcile"] = {
-                "result": "ok" if r.outcome.ok else "failed",
-                "duration_ms": round(r.duration_s * 1000, 1),
-                "passes": self.reconciler.passes,
-                "failed_passes": self.reconciler.failed_passes,
-                "failures": list(r.outcome.failures[:5]),
-            }
-        return doc
+        return status_document(self)
 
     def write_status(self) -> None:
         if self.state is None:
@@ -363,7 +255,7 @@ class GatewayService:
     def drain(self) -> None:
         """Withdraw, wait for the acks (bounded), settle while still forwarding. Kernel state stays in place."""
         start = self.deps.clock()
-        with self._lock:
+        with self.lock:
             self.phase = Phase.DRAINING
             self._draining = True
             self.drain_state = {"state": "withdrawing", "reason": self._drain_reason}
@@ -374,7 +266,7 @@ class GatewayService:
         if self.deps.speaker is not None:
             acked = self._wait(lambda left: self.deps.speaker.wait_converged(left) if self.deps.speaker else True)
         waited = self.deps.clock() - start
-        with self._lock:
+        with self.lock:
             self.drain_state = {"state": "settling", "reason": self._drain_reason, "acknowledged": acked}
         self.write_status()
         self.log.info("drain.withdrawn", acknowledged=acked, waited_ms=round(waited * 1000, 1))
@@ -384,7 +276,7 @@ class GatewayService:
             self.deps.speaker.stop()
         if not self._abort.is_set():
             self._interruptible_sleep(self.cfg.drain_settle_s)
-        with self._lock:
+        with self.lock:
             self.drain_state = {"state": "done", "reason": self._drain_reason, "acknowledged": acked}
         self.log.info("drain.done", acknowledged=acked, total_ms=round((self.deps.clock() - start) * 1000, 1))
 
@@ -433,7 +325,7 @@ class GatewayService:
             for t in threads:
                 t.daemon = True
                 t.start()
-            with self._lock:
+            with self.lock:
                 self.phase = Phase.RUNNING
             self.log.info("gateway.started", state_dir=self.cfg.state_dir, bgp=self.cfg.bgp is not None)
             while not self._drain_requested.wait(0.5):
@@ -480,7 +372,7 @@ class GatewayService:
                 helper.stop()
             except Exception:
                 self.log.exception("helper.stop_failed", helper=type(helper).__name__)
-        with self._lock:
+        with self.lock:
             self.phase = Phase.STOPPED
         self.write_status()
         self.log.info("gateway.stopped", drained=self._draining)
