@@ -147,12 +147,27 @@ def make_gateway_datapath(cfg: GatewayConfig, uplink: Underlay) -> GatewayDataPa
 
 
 def remove_worker_state(cfg: AgentConfig | None) -> tuple[str, ...]:
-    """Everything ours in the current namespace (our nft table, rules, routes, neighbours, EIPs, tunnel links)."""
+    """Everything ours in the current namespace: our nft table, rules, routes, neighbours, EIPs, VXLAN links, and
+    our WireGuard interfaces (default prefix) when WireGuard exists here."""
     _require_binaries()
     from appliance.datapath_applier import DataPathApplier
 
     result = DataPathApplier().remove_all()
-    return result.changes + tuple(f"FAILED {f}" for f in result.failures)
+    out = result.changes + tuple(f"FAILED {f}" for f in result.failures)
+    return out + _remove_wireguard()
+
+
+def _remove_wireguard() -> tuple[str, ...]:
+    from appliance.planning_wireguard import WgSettings
+    from appliance.wireguard_applier import WireguardApplier
+
+    try:
+        applier = WireguardApplier(prefix=WgSettings().interface_prefix)
+    except RuntimeError:  # neither the kernel module nor wireguard-go: nothing of ours can exist
+        return ()
+    names = sorted(applier.our_links())
+    applier.remove_all()
+    return tuple(f"wireguard interface {n} deleted" for n in names)
 
 
 def remove_gateway_state(cfg: GatewayConfig | None) -> tuple[str, ...]:
