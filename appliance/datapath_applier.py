@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from appliance.kernel_model import Change, KernelState, diff_phases
 from appliance.netlink_applier import ApplyResult, NetlinkApplier, Shell
-from appliance.nft_applier import NftApplier, ObservedTable
+from appliance.nft_applier import NftApplier, ObservedTable, as_observed
 from appliance.nft_rendering import NftTable, gateway_table, worker_table
 from appliance.planning_gateway import GatewayPlan
 from appliance.planning_worker import WorkerPlan
@@ -46,6 +46,8 @@ class DataPathApplier:
         self.shell = Shell(netns)
         self.netlink = NetlinkApplier(self.shell)
         self.nft = NftApplier(self.shell)
+        #: what the last successful apply left in the kernel (for passes that trust it instead of observing)
+        self._last: tuple[KernelState, NftTable] | None = None
 
     def observe(self, sysctl_keys: tuple[str, ...] = ()) -> tuple[KernelState, ObservedTable | None]:
         return self.netlink.observe(sysctl_keys), self.nft.observe()
@@ -57,18 +59,32 @@ class DataPathApplier:
         text, n, full = self.nft.plan(table, observed_table)
         return Pending(make=make, brk=brk, nft_text=text, nft_changes=n if text else 0, nft_full=full and bool(text))
 
-    def apply(self, plan: WorkerPlan | GatewayPlan) -> ApplyResult:
-        """Converge to `plan`; returns the changes made (empty when the kernel already matched) and failures."""
+    def apply(self, plan: WorkerPlan | GatewayPlan, *, observe: bool = True) -> ApplyResult:
+        """Converge to `plan`; returns the changes made (empty when the kernel already matched) and failures.
+
+        observe=True (default; use it for resync passes) lists our kernel state and diffs against it, repairing any
+        drift. observe=False diffs against what the previous successful apply of this object left (an event-driven
+        pass at 10k pods then skips listing 10k routes and 40k set elements); it falls back to observing when
+        there is no such state or the previous pass failed.
+        """
         kernel, table = _parts(plan)
-        observed_kernel = self.netlink.observe(tuple(s.key for s in kernel.sysctls))
+        last = self._last if not observe else None
+        self._last = None
+        if last is not None:
+            observed_kernel, assume = last[0], as_observed(last[1])
+        else:
+            observed_kernel, assume = self.netlink.observe(tuple(s.key for s in kernel.sysctls)), None
         make, brk = diff_phases(observed_kernel, kernel)
         result = self.netlink.execute(make)
-        result += self.nft.apply(table)
+        result += self.nft.apply(table, assume=assume)
         result += self.netlink.execute(brk)
+        if not result.failures:
+            self._last = (kernel, table)
         return result
 
     def remove_all(self) -> ApplyResult:
         """Remove our nft table first (stop steering/SNAT), then our routes, rules, neighbours, EIPs and links."""
+        self._last = None
         return self.nft.remove_all() + self.netlink.remove_all()
 
     def checks(self) -> dict[str, bool]:

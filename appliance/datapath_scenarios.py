@@ -110,10 +110,12 @@ def worker_addresses(workers: dict[str, tuple[str, ...]] | None = None) -> dict[
 
 
 def scale_intent(*, pods: int, policies: int, eips: int, workers: int = 100,
-                 node: str = "worker1", local_pods: int | None = None) -> Intent:
+                 node: str = "worker1", local_pods: int | None = None, pod_base: int = 80,
+                 extra: Sequence[Sel] = ()) -> Intent:
     """A large intent: `pods` pod IPs spread over `policies` policies and `eips` EIPs of one gateway instance.
 
-    `local_pods` of them run on `node` (default: pods / workers), the rest on worker-2..N.
+    `local_pods` of them run on `node` (default: pods / workers), the rest on worker-2..N. Pod IPs start at
+    100.<pod_base>.0.0; `extra` selections (real pods of a testbed) come first (highest precedence).
     """
     # 203.0.113.128/25 holds 127 usable EIPs; larger benches continue in 100.120.0.0/16 (inside 100.64.0.0/10)
     eip_list = [f"203.0.113.{129 + i}" if i < 127 else f"100.120.{i >> 8}.{i & 0xFF}" for i in range(eips)]
@@ -121,9 +123,9 @@ def scale_intent(*, pods: int, policies: int, eips: int, workers: int = 100,
     local = pods // workers if local_pods is None else local_pods
     sels = []
     for i in range(pods):
-        pod_ip = f"100.{64 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}"
+        pod_ip = f"100.{pod_base + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}"
         n = node if i < local else f"worker-{2 + i % max(1, workers - 1)}"
         p = i % policies
         dest = () if p % 2 == 0 else (f"203.0.113.{(p % 8) * 16}/28",)
         sels.append(Sel(pod_ip=pod_ip, node=n, policy=f"p{p}", eip=eip_list[p % len(eip_list)], destinations=dest))
-    return build_intent([g], sels)
+    return build_intent([g], [*extra, *sels])

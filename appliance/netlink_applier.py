@@ -11,6 +11,7 @@ metric OWN_METRIC on `lo`, permanent neighbours on `egw-*`, routes and rules wit
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -89,10 +90,17 @@ def _table(value: object) -> int:
     return int(str(value))
 
 
+@functools.lru_cache(maxsize=65536)
 def _net(dst: str, version: int) -> Any:
     if dst == "default":
         return ip_network("0.0.0.0/0" if version == 4 else "::/0")
     return ip_network(dst)
+
+
+@functools.lru_cache(maxsize=65536)
+def _addr(text: str) -> Any:
+    """Parsing addresses is the slow part of observing 10k routes; a steady state parses the same strings."""
+    return ip_address(text)
 
 
 class NetlinkApplier:
@@ -143,7 +151,7 @@ class NetlinkApplier:
                 routes.add(
                     Route(
                         table=_table(r.get("table")), dst=_net(str(r["dst"]), version), dev=str(r.get("dev", "")),
-                        via=ip_address(str(via)), encap=Encap(vni=int(r.get("id", 0)), dst=ip_address(r["dst_2"])),
+                        via=_addr(str(via)), encap=Encap(vni=int(r.get("id", 0)), dst=_addr(r["dst_2"])),
                     )
                 )
             for r in sh.json(["ip", "-j", f"-{version}", "rule", "show"]):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from ipaddress import ip_address, ip_network
 from typing import Any
 
 from appliance.netlink_applier import ApplyResult, Shell
@@ -34,20 +33,17 @@ class ObservedTable:
 
 
 def _canon_part(part: Any, typ: str = "") -> str:
+    """nft JSON -> our canonical element text, without parsing addresses (nft prints them canonically already:
+    dotted quad / RFC 5952, which is also what Python's ipaddress prints); this runs for every element."""
     if typ == "mark":
         return f"{int(part):#010x}"
-    if isinstance(part, dict) and "prefix" in part:
-        n = ip_network(f"{part['prefix']['addr']}/{part['prefix']['len']}")
-        return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
-    if isinstance(part, dict) and "range" in part:
-        return "-".join(str(x) for x in part["range"])
-    if isinstance(part, int):
-        return str(part)
-    text = str(part)
-    try:
-        return str(ip_address(text))
-    except ValueError:
-        return text
+    if isinstance(part, dict):
+        if "prefix" in part:
+            a, n = part["prefix"]["addr"], int(part["prefix"]["len"])
+            return a if n == (128 if ":" in a else 32) else f"{a}/{n}"
+        if "range" in part:
+            return "-".join(str(x) for x in part["range"])
+    return str(part)
 
 
 def _canon_key(key: Any, types: list[str]) -> str:
@@ -132,8 +128,9 @@ class NftApplier:
         text, n = render_delta(observed.contents, table)
         return text, n, False
 
-    def apply(self, table: NftTable) -> ApplyResult:
-        observed = self.observe()
+    def apply(self, table: NftTable, *, assume: ObservedTable | None = None) -> ApplyResult:
+        """Converge to `table`; `assume` = trust this as the current state instead of listing the table."""
+        observed = assume if assume is not None else self.observe()
         text, n, full = self.plan(table, observed)
         if not text:
             return ApplyResult()
@@ -168,3 +165,13 @@ class NftApplier:
         if rc != 0:
             return ApplyResult(failures=(f"nft delete table: {err.strip()}",))
         return ApplyResult(changes=("nft table deleted",))
+
+
+def as_observed(table: NftTable) -> ObservedTable:
+    """What listing the table would show right after `table` was applied (for passes that trust the cache)."""
+    return ObservedTable(
+        comment=table.comment,
+        contents=Contents(elements={s.name: s.elements for s in table.sets}, counters=table.counters),
+        rule_counts=expected_rule_counts(table),
+        counter_values={},
+    )

@@ -11,6 +11,7 @@ produces from `nft -j` output, so observed and desired contents compare as plain
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,10 +82,12 @@ class NftTable:
 # ----- canonical element text -----
 
 
+@functools.lru_cache(maxsize=65536)
 def addr(ip: IPAddress) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=65536)
 def net(n: IPNetwork) -> str:
     """Canonical interval text: a host prefix is written as the address (that is how nft lists it)."""
     return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)

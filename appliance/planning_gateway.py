@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_network
 
 from appliance.intent import Intent
 from appliance.kernel_model import Encap, KernelState, LocalAddress, Neighbour, Route, Rule, Sysctl
@@ -33,6 +32,7 @@ from appliance.planning_tunnel import (
     add_disjoint,
     addr_token,
     assign_slots,
+    host_network,
     link_name,
     pick_family,
     tunnel_link,
@@ -160,7 +160,7 @@ def plan_gateway(
         if s.pod_ip not in routes:
             v4 = s.pod_ip.version == 4
             routes[s.pod_ip] = Route(
-                table=marks.table_base, dst=ip_network(s.pod_ip), dev=link_name(instance.tunnel.udp_port),
+                table=marks.table_base, dst=host_network(s.pod_ip), dev=link_name(instance.tunnel.udp_port),
                 via=WORKER_NH4 if v4 else WORKER_NH6, encap=Encap(vni=instance.tunnel.vni, dst=worker_addr),
             )
         for dest in s.destinations:
