@@ -131,6 +131,10 @@ class StatusWriter:
 
     def plan(self, snapshot: Snapshot, intent: Intent) -> StatusPlan:
         objects = {kind: self._overlay(kind, self._objects(kind)) for kind in STATUS_KINDS}
+        present = {ObjectRef(kind=kind, namespace=str(o["metadata"].get("namespace") or ""),
+                             name=str(o["metadata"]["name"])) for kind, objs in objects.items() for o in objs}
+        for ref in [r for r in self._written if r not in present]:  # deleted objects: forget what we wrote
+            del self._written[ref]
         return plan_status(snapshot, intent, objects, now=rfc3339(self._clock()))
 
     def write_once(self, snapshot: Snapshot, intent: Intent) -> WriteReport:
