@@ -1,8 +1,8 @@
 """A small namespace topology for data-path integration tests and the data-path benchmark (lab address plan).
 
     pod1, pod2 --(cni0 veths)-- w1 --+                       +-- g1 --+
-    pod3       --(cni0 veth)--- w2 --+-- r (router) ---------+-- g2 --+   (uplink LAN bridge in r)
-                                     (cluster LAN bridge)    +-- ext (203.0.113.2, .34; 2001:db8:203::2)
+    pod3       --(cni0 veth)--- w2 --+-- r (router) ---------+-- g2 --+   (point-to-point veths to r)
+                                                             +-- ext (203.0.113.2, .34; 2001:db8:203::2)
 
 The router has plain static routes (standing in for BGP): pod CIDRs -> workers, each EIP /32 (/128) -> a gateway
 (`route_eip`). Workers run the stand-in CNI masquerade (`ip lab_cni` / `ip6 lab_cni`) so an unselected pod shows
@@ -87,23 +87,27 @@ class Testbed:
             self.run(n, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
                      "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-        self.ip("r", "link", "add", "brc", "type", "bridge")
-        self.ip("r", "link", "add", "bru", "type", "bridge")
-        for br, a4, a6 in (("brc", "100.127.0.1/24", "2001:db8:127::1/64"),
-                           ("bru", "198.51.100.1/24", "2001:db8:198::1/64")):
-            self.ip("r", "addr", "add", a4, "dev", br)
-            self.ip("r", "addr", "add", a6, "dev", br, "nodad")
-            self.ip("r", "link", "set", br, "up")
+        # point-to-point veths to the router (no bridge): a Linux bridge has no encapsulation offloads and would
+        # segment every VXLAN GSO packet, which is a testbed artefact, not a property of the data path
         for node, (a4, a6) in {**WORKER_ADDR, **GATEWAY_ADDR}.items():
-            br, gw4, gw6, plen = ("brc", "100.127.0.1", "2001:db8:127::1", "24") if node.startswith("w") else (
-                "bru", "198.51.100.1", "2001:db8:198::1", "24")
-            self.ip(node, "link", "add", "eth0", "type", "veth", "peer", "name", f"p-{node}", "netns", self.ns("r"))
-            self.ip("r", "link", "set", f"p-{node}", "master", br, "up")
-            self.ip(node, "addr", "add", f"{a4}/{plen}", "dev", "eth0")
+            gw4, gw6 = ("100.127.0.1", "2001:db8:127::1") if node.startswith("w") else ("198.51.100.1",
+                                                                                       "2001:db8:198::1")
+            port = f"p-{node}"
+            self.ip(node, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", self.ns("r"))
+            self.ip("r", "addr", "add", f"{gw4}/32", "dev", port)
+            self.ip("r", "addr", "add", f"{gw6}/128", "dev", port, "nodad")
+            self.ip("r", "link", "set", port, "up")
+            self.ip("r", "route", "add", a4, "dev", port)
+            self.ip("r", "-6", "route", "add", a6, "dev", port)
+            self.run("r", "sysctl", "-qw", f"net.ipv4.conf.{port}.proxy_arp=1")
+            self.ip(node, "addr", "add", f"{a4}/24", "dev", "eth0")
             self.ip(node, "addr", "add", f"{a6}/64", "dev", "eth0", "nodad")
             self.ip(node, "link", "set", "eth0", "up")
             self.ip(node, "route", "add", "default", "via", gw4)
             self.ip(node, "-6", "route", "add", "default", "via", gw6)
+            for dev in ("eth0",):  # GRO on, like a physical NIC (veth defaults to off)
+                self.run(node, "ethtool", "-K", dev, "gro", "on", check=False)
+            self.run("r", "ethtool", "-K", port, "gro", "on", check=False)
         for w, (c4, c6) in {"w1": ("100.64.1", "2001:db8:64:1"), "w2": ("100.64.2", "2001:db8:64:2")}.items():
             self.ip(w, "link", "add", "cni0", "type", "bridge")
             self.ip(w, "addr", "add", f"{c4}.1/24", "dev", "cni0")
