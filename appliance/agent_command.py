@@ -23,9 +23,8 @@ from types import FrameType
 
 from appliance.config import AgentConfig, config_error_line, load_agent_config
 from appliance.configerror import ConfigError
-from appliance.intent import Intent
 from appliance.logging_setup import EventLogger, setup_logging
-from appliance.reconciling import PassOutcome, Reconciler
+from appliance.reconciling import PassOutcome, Reconciler, full_pass
 from appliance.snapshot import Snapshot
 
 
@@ -118,14 +117,13 @@ def run_agent(cfg: AgentConfig) -> int:
 
     api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
     sync = ClusterSync(api, role=Role.AGENT, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
-    previous: list[Intent] = []
 
     def run_pass(snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
         from appliance.resolution import resolve
 
-        intent = resolve(snapshot, previous=previous[-1] if previous else None)
-        previous[:] = [intent]
-        return datapath.converge(snapshot, intent)
+        # previous = what the status writer recorded: every agent and member resolves `rr` EIPs the same way
+        intent = resolve(snapshot, previous=sync.store.written_intent())
+        return datapath.converge(snapshot, intent, full=full_pass(reasons))
 
     reconciler = Reconciler(
         source=sync.store,

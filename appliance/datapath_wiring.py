@@ -32,7 +32,7 @@ class DataPathUnavailable(Exception):
 
 
 class WorkerDataPath(Protocol):
-    def converge(self, snapshot: Snapshot, intent: Intent) -> PassOutcome: ...
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome: ...
 
     def remove_all(self) -> tuple[str, ...]: ...
 
@@ -59,11 +59,11 @@ class RealWorkerDataPath:
         self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu)
         self.applier = DataPathApplier()
 
-    def converge(self, snapshot: Snapshot, intent: Intent) -> PassOutcome:
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome:
         from appliance.planning_worker import plan_worker
 
         plan = plan_worker(intent, node=self.node, underlay=self.source, settings=self.settings)
-        result = self.applier.apply(plan)
+        result = self.applier.apply(plan, observe=full)
         return PassOutcome(changes=result.changes, failures=result.failures)
 
     def remove_all(self) -> tuple[str, ...]:
@@ -91,11 +91,11 @@ class RealGatewayDataPath:
         self.tunnel_links: tuple[str, ...] = ()
         self.planned = False
 
-    def converge(self, snapshot: Snapshot, intent: Intent) -> DataPathResult:
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
         from appliance.planning_gateway import plan_gateway
 
         plan = plan_gateway(intent, member=self.member, workers=workers_of(snapshot), settings=self.settings)
-        result = self.applier.apply(plan)
+        result = self.applier.apply(plan, observe=full)
         planned = frozenset(plan.eips)
         if result.failures:
             held = {a.ip for a in self.applier.netlink.observe().addresses}

@@ -303,6 +303,7 @@ def build_gateway_service(
         helpers=helpers,
         host_checks=host_checks,
         publish=writer.submit,
+        previous=sync.store.written_intent,
         on_pass=loop_metrics.observe,
         on_tick=on_tick,
     )

@@ -38,7 +38,10 @@ class DataPathResult:
 
 
 class GatewayDataPath(Protocol):
-    def converge(self, snapshot: Snapshot, intent: Intent) -> DataPathResult: ...
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
+        """Plan and apply. `full`: observe the kernel and repair drift (start, resync, retry passes); else diff
+        against what the last successful apply left (event-driven passes: cheap at 10k pods)."""
+        ...
 
     def checks(self) -> Mapping[Check, bool]:
         """TUNNEL_DEVICE and NFT_TABLE: our tunnel devices and nft table exist (drift, a flushed ruleset)."""
@@ -89,6 +92,9 @@ class GatewayDeps:
     helpers: list[Lifecycle] = field(default_factory=list)
     #: host checks that are not the data path's: uplink, upstream probe (check -> passed)
     host_checks: Callable[[], Mapping[Check, bool]] = dict
+    #: the `previous` intent for `resolve` (the store's `written_intent()`: what the status writer recorded, shared
+    #: by every agent and member so `rr` EIPs agree); None = this service's own last intent
+    previous: Callable[[], Intent | None] | None = None
     #: called after each successful pass (the status writer's `submit`; it decides whether it is the leader)
     publish: Callable[[Snapshot, Intent], None] | None = None
     #: metrics hooks (optional)

@@ -40,7 +40,7 @@ from appliance.intent import Intent
 from appliance.logging_setup import EventLogger
 from appliance.member_state import StateDir
 from appliance.model import IPAddress
-from appliance.reconciling import PassOutcome, Reconciler
+from appliance.reconciling import PassOutcome, Reconciler, full_pass
 from appliance.resolution import resolve
 from appliance.snapshot import Snapshot
 from bgp.announcing import Announcement, MemberMode, member_mode, plan_announcements
@@ -94,7 +94,7 @@ class GatewayService:
     # ----- the pass: kernel first -----
 
     def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
-        previous = self.intent
+        previous = self.deps.previous() if self.deps.previous is not None else self.intent
         intent = resolve(snapshot, previous=previous)
         me = self.cfg.node_name
         kept = frozenset(e for i in intent.instances if any(m.name == me for m in i.members) for e in i.eips)
@@ -108,7 +108,7 @@ class GatewayService:
             if self.deps.speaker is not None:
                 acked = self.deps.speaker.wait_converged(min(1.0, self.cfg.drain_timeout_s))
                 self.log.info("eip.released", eips=sorted(str(e) for e in leaving), withdrawal_acknowledged=acked)
-        result = self.deps.datapath.converge(snapshot, intent)
+        result = self.deps.datapath.converge(snapshot, intent, full=full_pass(reasons))
         with self.lock:
             self.eips_in_place = result.eips_in_place
         self.update_announcements()

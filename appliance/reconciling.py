@@ -45,6 +45,11 @@ class Trigger(enum.StrEnum):
 _LOOP_TRIGGERS = frozenset(str(t) for t in Trigger)
 
 
+def full_pass(reasons: frozenset[str]) -> bool:
+    """Whether a pass must observe the kernel (start, resync, retry, first sync) rather than trust its cache."""
+    return bool(reasons & _LOOP_TRIGGERS)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PassOutcome:
     """What one pass did. `changes`/`failures` are short human/grep-able items (`route add 203.0.113.130/32`)."""

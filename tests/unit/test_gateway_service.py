@@ -55,10 +55,12 @@ class DataPath:
         self.in_place = True
         self.table = True
         self.converged: list[Intent] = []
+        self.full: list[bool] = []
         self.removed = 0
 
-    def converge(self, snapshot: Snapshot, intent: Intent) -> DataPathResult:
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
         self.converged.append(intent)
+        self.full.append(full)
         eips: frozenset[IPAddress] = frozenset(e for i in intent.instances for e in i.eips)
         if not self.in_place:
             return DataPathResult(outcome=PassOutcome(failures=("addr add: EPERM",)), eips_in_place=frozenset())
@@ -331,9 +333,9 @@ def test_eip_leaving_the_intent_is_withdrawn_before_the_kernel_pass(tmp_path: Pa
     seen_at_converge: list[frozenset[Announcement]] = []
     original = dp.converge
 
-    def converge(snapshot: Snapshot, intent: Intent) -> DataPathResult:
+    def converge(snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
         seen_at_converge.append(sp.current)
-        return original(snapshot, intent)
+        return original(snapshot, intent, full=full)
 
     dp.converge = converge  # type: ignore[method-assign]
     source = svc.deps.source
@@ -343,4 +345,5 @@ def test_eip_leaving_the_intent_is_withdrawn_before_the_kernel_pass(tmp_path: Pa
     clock.t += 1.0
     svc.reconciler.poll(clock.t)
     assert seen_at_converge == [frozenset()]  # withdrawn before the data path removed the EIP
+    assert dp.full == [True, False]  # the first pass observes the kernel, an event-driven one trusts its cache
     assert sp.current == frozenset()

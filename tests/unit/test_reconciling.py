@@ -218,3 +218,11 @@ def test_threaded_run_loop_reacts_to_notify_and_stops() -> None:
         r.wake()
         t.join(2)
     assert not t.is_alive()
+
+
+def test_full_pass_only_for_loop_triggers() -> None:
+    from appliance.reconciling import full_pass
+
+    assert full_pass(frozenset({"resync"})) and full_pass(frozenset({"Pod/ADDED", "retry"}))
+    assert full_pass(frozenset({"start", "synced"}))
+    assert not full_pass(frozenset({"Pod/ADDED", "Lease/MODIFIED"}))

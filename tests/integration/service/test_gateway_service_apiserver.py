@@ -32,7 +32,7 @@ class RecordingDataPath:
         self.snapshots: list[Snapshot] = []
         self.removed = 0
 
-    def converge(self, snapshot: Snapshot, intent: Intent) -> DataPathResult:
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
         self.snapshots.append(snapshot)
         self.intents.append(intent)
         eips = frozenset(e for i in intent.instances for e in i.eips)
