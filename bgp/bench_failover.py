@@ -95,8 +95,9 @@ def _anns(med: int) -> frozenset[Announcement]:
 
 
 class Bench:
-    def __init__(self, router: str, workdir: Path) -> None:
-        self.bed = Bed(Testbed(workdir=workdir, router=router))  # type: ignore[arg-type]
+    def __init__(self, router: str, workdir: Path, *, bfd: bool = True) -> None:
+        self.bfd = bfd
+        self.bed = Bed(Testbed(workdir=workdir, router=router, bfd=bfd))  # type: ignore[arg-type]
         self._echo: list[subprocess.Popen[bytes]] = []
 
     def up(self) -> None:
@@ -109,7 +110,7 @@ class Bench:
                 [*tb.exec_prefix(tb.gw_ns(i)), sys.executable, "-m", "bgp.bench_failover", "echo", EIP, str(PORT)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
-            gw = self.bed.gateway(i)
+            gw = self.bed.gateway(i, bfd=self.bfd)
             gw.speaker.set_announcements(_anns(100 if i == 1 else 110))
         self.ready()
 
@@ -120,7 +121,7 @@ class Bench:
             if not gw.speaker.wait_peers("up", timeout):
                 raise TimeoutError(f"gw{gw.index} sessions: {gw.speaker.peer_states()}")
         g1 = self.bed.gateways[0]
-        if wait_until(lambda: g1.bfd.peer_states().get("198.51.100.1") == "Up", timeout) is None:
+        if self.bfd and wait_until(lambda: g1.bfd.peer_states().get("198.51.100.1") == "Up", timeout) is None:
             raise TimeoutError(f"gw1 BFD: {g1.bfd.peer_states()}")
         if wait_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(1))], timeout) is None:
             raise TimeoutError("router does not prefer gw1")
@@ -170,7 +171,7 @@ class Bench:
         time.sleep(fault_at_s)
         t0 = time.monotonic()
         self.fault(scenario)
-        moved = wait_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(2))], probe_s, interval=0.002)
+        moved = wait_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(2))], probe_s + 5, interval=0.002)
         fault_ms = (time.monotonic() - t0) * 1000 if scenario == "drain" else None
         out, _ = proc.communicate(timeout=probe_s + 10)
         result.update(json.loads(out.strip().splitlines()[-1]))
@@ -178,6 +179,7 @@ class Bench:
         return {
             "scenario": scenario,
             "router": tb.router,
+            "bfd": self.bfd,
             "outage_ms": result.get("outage_ms"),
             "lost": result.get("lost"),
             "sent": result.get("sent"),
@@ -212,18 +214,21 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_bench(routers: list[str], scenarios: list[str], reps: int, workdir: Path) -> dict[str, Any]:
+def run_bench(
+    routers: list[str], scenarios: list[str], reps: int, workdir: Path, *, bfd: bool = True, probe_s: float = 3.0
+) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for router in routers:
-        bench = Bench(router, workdir / router)
+        bench = Bench(router, workdir / router, bfd=bfd)
         try:
             bench.up()
             for scenario in scenarios:
                 for _ in range(reps):
-                    runs.append(bench.run_once(scenario))
+                    runs.append(bench.run_once(scenario, probe_s=probe_s))
         finally:
             bench.close()
-    return {"interval_ms": INTERVAL_S * 1000, "bfd": "50 ms x 3", "runs": runs, "summary": summarise(runs)}
+    detection = "BFD 50 ms x 3" if bfd else "BGP hold time 3 s (no BFD)"
+    return {"interval_ms": INTERVAL_S * 1000, "detection": detection, "runs": runs, "summary": summarise(runs)}
 
 
 def run_testbed_failover_bench(out: Path, *, quick: bool = False) -> dict[str, Any]:
@@ -256,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--router", action="append", choices=["bird", "frr"], help="repeatable; default both")
     p.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable; default all")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--no-bfd", action="store_true", help="routers and gateways without BFD (hold time only)")
     p.add_argument("--out", type=Path)
     ns = p.parse_args(args)
     with tempfile.TemporaryDirectory(prefix="egt-bg-bench-") as tmp:
-        report = run_bench(ns.router or ["bird", "frr"], ns.scenario or list(SCENARIOS), ns.reps, Path(tmp))
+        report = run_bench(ns.router or ["bird", "frr"], ns.scenario or list(SCENARIOS), ns.reps, Path(tmp),
+                           bfd=not ns.no_bfd, probe_s=6.0 if ns.no_bfd else 3.0)  # fmt: skip
     print_table(report["summary"])
     if ns.out:
         ns.out.write_text(json.dumps(report, indent=2) + "\n")
