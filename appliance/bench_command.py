@@ -22,7 +22,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures (default bench/results/NAME.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file for the figures (default bench/results/NAME.json)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes / fewer repetitions (smoke run)")
     parser.set_defaults(func=run)
 

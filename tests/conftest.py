@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
-pytest_plugins = [p for p in ("tests.fixtures_apiserver",) if (Path(__file__).parent / (p.split(".")[1] + ".py")).exists()]
+pytest_plugins = ["tests.fixtures_apiserver"]
 
 NEEDS_ROOT = {"netns", "lab", "e2e"}
 
