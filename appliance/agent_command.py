@@ -131,6 +131,7 @@ def run_agent(cfg: AgentConfig) -> int:
         settings=cfg.reconcile,
         log=log.bind(loop="agent"),
         on_pass=metrics.observe,
+        drift_check=datapath.drifted,
     )
     stop = threading.Event()
 

@@ -34,6 +34,10 @@ class DataPathUnavailable(Exception):
 class WorkerDataPath(Protocol):
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome: ...
 
+    def drifted(self) -> bool:
+        """Cheap check that our applied state is gone (nft table, tunnel devices): the loop then repairs at once."""
+        ...
+
     def remove_all(self) -> tuple[str, ...]: ...
 
 
@@ -58,13 +62,18 @@ class RealWorkerDataPath:
         self.source = tunnel_source(underlay)
         self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu)
         self.applier = DataPathApplier()
+        self.tunnel_links: tuple[str, ...] = ()
 
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome:
         from appliance.planning_worker import plan_worker
 
         plan = plan_worker(intent, node=self.node, underlay=self.source, settings=self.settings)
         result = self.applier.apply(plan, observe=full)
+        self.tunnel_links = plan.tunnel_links
         return PassOutcome(changes=result.changes, failures=result.failures)
+
+    def drifted(self) -> bool:
+        return not self.applier.nft.exists() or not health_checks.links_present(self.tunnel_links)
 
     def remove_all(self) -> tuple[str, ...]:
         result = self.applier.remove_all()

@@ -40,7 +40,7 @@ from appliance.intent import Intent
 from appliance.logging_setup import EventLogger
 from appliance.member_state import StateDir
 from appliance.model import IPAddress
-from appliance.reconciling import PassOutcome, Reconciler, full_pass
+from appliance.reconciling import PassOutcome, Reconciler, Trigger, full_pass
 from appliance.resolution import resolve
 from appliance.snapshot import Snapshot
 from bgp.announcing import Announcement, MemberMode, member_mode, plan_announcements
@@ -206,6 +206,8 @@ class GatewayService:
         if self.state is not None and self.state.drain_requested() and not self._drain_requested.is_set():
             self.request_drain("drain file")
         checks = self.observe_checks()
+        if not (checks.get(Check.NFT_TABLE, True) and checks.get(Check.TUNNEL_DEVICE, True)):
+            self.reconciler.notify(Trigger.DRIFT.value)  # repair now; do not wait for the resync
         now = self.deps.clock()
         with self.lock:
             before = self.health

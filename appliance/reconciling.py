@@ -39,6 +39,8 @@ class Trigger(enum.StrEnum):
     RESYNC = "resync"
     RETRY = "retry"
     SYNCED = "synced"
+    #: our kernel state is missing (a flushed nft table, a deleted tunnel device): repair now, not at the resync
+    DRIFT = "drift"
 
 
 #: reasons that always run a pass, even over an unchanged snapshot
@@ -101,6 +103,8 @@ class Reconciler:
         tick_s: float = 1.0,
         on_pass: Callable[[PassReport], None] | None = None,
         skip_unchanged: bool = True,
+        drift_check: Callable[[], bool] | None = None,
+        drift_check_s: float = 5.0,
     ) -> None:
         self._source = source
         self._run_pass = run_pass
@@ -112,6 +116,10 @@ class Reconciler:
         #: skip event-triggered passes whose snapshot equals the last successfully applied one (resync, retry and
         #: start always run): lease renewals arrive every few seconds per member and change nothing we plan from
         self._skip_unchanged = skip_unchanged
+        #: a cheap "is our kernel state still there?" probe, run every drift_check_s once a pass succeeded
+        self._drift_check = drift_check
+        self._drift_check_s = drift_check_s
+        self._next_drift_check = 0.0
         self._last_ok: Snapshot | None = None
         self.skipped = 0
         self._cond = threading.Condition()
@@ -164,6 +172,16 @@ class Reconciler:
     def poll(self, now: float) -> PassReport | None:
         """Run a pass if one is due at `now` (and the source has synced); refresh the heartbeat either way."""
         self.heartbeat = now
+        if self._drift_check is not None and self._last_ok is not None and now >= self._next_drift_check:
+            self._next_drift_check = now + self._drift_check_s
+            try:
+                drifted = self._drift_check()
+            except Exception:
+                self._log.exception("reconcile.drift_check_failed")
+                drifted = False
+            if drifted:
+                self._log.warning("reconcile.drift_detected")
+                self.notify(Trigger.DRIFT.value)
         with self._cond:
             if now >= self._next_resync:
                 self._reasons.add(Trigger.RESYNC.value)

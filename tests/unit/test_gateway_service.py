@@ -199,6 +199,8 @@ def test_failing_check_withdraws_after_fall(tmp_path: Path) -> None:
     dp.table = False  # someone flushed our nft table
     tick(svc, clock)
     assert sp.current, "one failed observation must not withdraw (fall = 2)"
+    report = svc.reconciler.poll(clock.t + 0.1)  # the failed check asked for a repair pass at once
+    assert report is not None and "drift" in report.reasons and dp.full[-1] is True
     tick(svc, clock)
     assert not svc.health.healthy and sp.current == frozenset()
     assert Check.NFT_TABLE in svc.health.failing

@@ -226,3 +226,22 @@ def test_full_pass_only_for_loop_triggers() -> None:
     assert full_pass(frozenset({"resync"})) and full_pass(frozenset({"Pod/ADDED", "retry"}))
     assert full_pass(frozenset({"start", "synced"}))
     assert not full_pass(frozenset({"Pod/ADDED", "Lease/MODIFIED"}))
+
+
+def test_drift_check_triggers_a_full_pass_over_an_unchanged_snapshot() -> None:
+    src, clock, rec = FakeSource(), Clock(), Recorder()
+    flushed = [False]
+    checks: list[float] = []
+
+    def drifted() -> bool:
+        checks.append(clock.t)
+        return flushed[0]
+
+    r = Reconciler(source=src, run_pass=rec, settings=SETTINGS, clock=clock, drift_check=drifted, drift_check_s=5)
+    advance(r, clock, 0.1)
+    rec.calls.clear()
+    advance(r, clock, 6.0, step=0.1)
+    assert rec.calls == [] and len(checks) == 2  # checked every 5 s, nothing found
+    flushed[0] = True  # someone ran `nft flush ruleset`
+    advance(r, clock, 5.0, step=0.1)
+    assert rec.calls and "drift" in rec.calls[0][1]
