@@ -62,6 +62,10 @@ class BgpSpeaker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe()
+        self._buf = b""  # partial line from the channel
+        self._backoff = 0.5  # ExaBGP respawn back-off
+        self._next_spawn = 0.0
+        self._started_at = 0.0
         self.restarts = 0
         self.ack_timeouts = 0
 
@@ -196,57 +200,61 @@ class BgpSpeaker:
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, "listen")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        buf = b""
-        backoff = 0.5
-        next_spawn = 0.0
-        started_at = 0.0
         try:
             while not self._stopping:
-                now = time.monotonic()
-                if self._proc is None or self._proc.poll() is not None:
-                    if self._proc is not None:
-                        rc = self._proc.returncode
-                        log.warning("bgp.exabgp_exited rc=%s respawn_in=%.1fs", rc, backoff)
-                        if now - started_at > 30.0:
-                            backoff = 0.5
-                        next_spawn = now + backoff
-                        backoff = min(backoff * 2, 10.0)
-                        self._proc = None
-                        self.restarts += 1
-                        buf = self._drop_conn(sel, buf)
-                    if now >= next_spawn:
-                        self._spawn()
-                        started_at = now
-                for key, _ in sel.select(_TICK_S):
-                    if key.data == "wake":
-                        os.read(self._wake_r, 4096)
-                    elif key.data == "listen":
-                        conn, _ = self._listener.accept()
-                        buf = self._drop_conn(sel, buf)
-                        self._conn = conn
-                        sel.register(conn, selectors.EVENT_READ, "conn")
-                        with self._lock:
-                            self._announcer.channel_up()
-                        log.info("bgp.api_connected")
-                    elif key.data == "conn":
-                        data = self._conn.recv(65536) if self._conn is not None else b""
-                        if not data:
-                            buf = self._drop_conn(sel, buf)
-                            continue
-                        buf += data
-                        *lines, buf = buf.split(b"\n")
-                        for raw in lines:
-                            self._handle_line(raw.decode("utf-8", "replace"))
-                self._flush(sel)
-        except Exception:
-            log.exception("bgp.speaker_crashed")
-            raise
+                try:
+                    self._iterate(sel)
+                except Exception:  # never let one bad iteration kill BGP for the whole service
+                    log.exception("bgp.speaker_iteration_failed")
+                    time.sleep(_TICK_S)
         finally:
-            self._drop_conn(sel, b"")
+            self._drop_conn(sel)
             sel.close()
             self._listener.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+
+    def _iterate(self, sel: selectors.BaseSelector) -> None:
+        """One pass of the background thread: supervise ExaBGP, read the channel, write commands."""
+        now = time.monotonic()
+        if self._proc is None or self._proc.poll() is not None:
+            if self._proc is not None:
+                if now - self._started_at > 30.0:
+                    self._backoff = 0.5
+                log.warning("bgp.exabgp_exited rc=%s respawn_in=%.1fs", self._proc.returncode, self._backoff)
+                self._next_spawn = now + self._backoff
+                self._backoff = min(self._backoff * 2, 10.0)
+                self._proc = None
+                self.restarts += 1
+                self._drop_conn(sel)
+            if now >= self._next_spawn:
+                try:
+                    self._spawn()
+                    self._started_at = now
+                except OSError as exc:
+                    log.error("bgp.exabgp_spawn_failed error=%s retry_in=%.1fs", exc, self._backoff)
+                    self._next_spawn = now + self._backoff
+                    self._backoff = min(self._backoff * 2, 10.0)
+        for key, _ in sel.select(_TICK_S):
+            if key.data == "wake":
+                os.read(self._wake_r, 4096)
+            elif key.data == "listen":
+                conn, _ = self._listener.accept()
+                self._drop_conn(sel)
+                self._conn = conn
+                sel.register(conn, selectors.EVENT_READ, "conn")
+                with self._lock:
+                    self._announcer.channel_up()
+                log.info("bgp.api_connected")
+            elif key.data == "conn" and key.fileobj is self._conn and self._conn is not None:
+                data = self._conn.recv(65536)
+                if not data:
+                    self._drop_conn(sel)
+                    continue
+                *lines, self._buf = (self._buf + data).split(b"\n")
+                for raw in lines:
+                    self._handle_line(raw.decode("utf-8", "replace"))
+        self._flush(sel)
 
     def _handle_line(self, line: str) -> None:
         with self._lock:
@@ -263,7 +271,7 @@ class BgpSpeaker:
             self._report(ev)
         if any(isinstance(e, AckTimeout) for e in events):
             self.ack_timeouts += 1
-            self._drop_conn(sel, b"")
+            self._drop_conn(sel)
             self._kill_exabgp(2.0)  # respawned by the loop; the new channel resends everything
             return
         if commands and self._conn is not None:
@@ -271,12 +279,12 @@ class BgpSpeaker:
             try:
                 self._conn.sendall(payload)
             except OSError:
-                self._drop_conn(sel, b"")
+                self._drop_conn(sel)
                 return
             for c in commands:
                 log.info("bgp.command_sent command=%r", c)
 
-    def _drop_conn(self, sel: selectors.BaseSelector, buf: bytes) -> bytes:
+    def _drop_conn(self, sel: selectors.BaseSelector) -> None:
         if self._conn is not None:
             with contextlib.suppress(KeyError, ValueError):
                 sel.unregister(self._conn)
@@ -286,7 +294,7 @@ class BgpSpeaker:
                 self._announcer.channel_down()
                 self._lock.notify_all()
             log.warning("bgp.api_disconnected")
-        return b""
+        self._buf = b""
 
     def _report(self, ev: Event) -> None:
         if isinstance(ev, PeerChanged):

@@ -107,3 +107,15 @@ def test_ack_timeout_restarts_exabgp(fake: Path, tmp_path: Path) -> None:
         assert sum(c.startswith("start") for c in commands(tmp_path)) >= 2
     finally:
         sp.stop()
+
+
+def test_missing_binary_is_retried_not_fatal(tmp_path: Path) -> None:
+    sp = speaker(tmp_path / "no-such-exabgp", tmp_path)
+    sp.start()
+    try:
+        sp.set_announcements(frozenset({A}))
+        assert not sp.wait_converged(1.0)
+        assert sp._thread is not None and sp._thread.is_alive()
+        assert sp.peer_states() == {"198.51.100.1": "unknown"} and sp.acknowledged() == frozenset()
+    finally:
+        sp.stop()
