@@ -98,6 +98,20 @@ def test_agent_restart_keeps_and_adopts_the_data_path(system: System) -> None:
     assert system.seen_source("w1p1") == EIP
 
 
+def test_hand_flushed_tables_are_repaired_before_the_resync(system: System) -> None:
+    primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
+    for node in ("worker1", primary):
+        start = time.monotonic()
+        system.lab.exec(node, ["nft", "delete", "table", "inet", "egressgw"])
+
+        def repaired(node: str = node) -> bool:
+            return system.lab.exec(node, ["nft", "list", "table", "inet", "egressgw"], check=False).returncode == 0
+
+        wait_for(repaired, 20, f"{node}: our nft table back")
+        assert time.monotonic() - start < 8  # drift check (agent: 5 s) / health tick (gateway), not the 10 s resync
+    assert system.wait_source("w1p1", EIP, timeout=20) == EIP
+
+
 def test_gateway_status_and_maintenance_file(system: System) -> None:
     primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
     rc, out = egressgw(system, primary, "gateway", "status", "--config", gw_config(system, primary))
