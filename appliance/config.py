@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from appliance.config_fields import abs_path, integer, ip, mapping, number, string
 from appliance.configerror import ConfigError
 from appliance.model import IPAddress
 from bgp.settings import BgpSettings, parse_bgp_settings
@@ -168,70 +169,17 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 
 
-def _mapping(raw: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(path, "must be a mapping")
-    for key in raw:
-        if key not in allowed:
-            prefix = f"{path}." if path else ""
-            raise ConfigError(f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    return raw
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _str(raw: Any, path: str) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(path, f"must be a non-empty string, got {raw!r}")
-    return raw
-
-
-def _int(raw: Any, path: str, lo: int, hi: int) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise ConfigError(path, f"must be an integer, got {raw!r}")
-    if not lo <= raw <= hi:
-        raise ConfigError(path, f"must be between {lo} and {hi}, got {raw}")
-    return int(raw)
-
-
-def _float(raw: Any, path: str, lo: float, hi: float) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ConfigError(path, f"must be a number, got {raw!r}")
-    if not lo <= float(raw) <= hi:
-        raise ConfigError(path, f"must be between {lo} and {hi}, got {raw}")
-    return float(raw)
-
-
-def _ip(raw: Any, path: str) -> IPAddress:
-    try:
-        if isinstance(raw, str):
-            return ipaddress.ip_address(raw)
-    except ValueError:
-        pass
-    raise ConfigError(path, f"must be an IP address, got {raw!r}")
-
-
-def _abs_path(raw: Any, path: str, base: Path) -> Path:
-    """Relative paths are relative to the config file's directory (so a lab directory is self-contained)."""
-    p = Path(_str(raw, path)).expanduser()
-    return p if p.is_absolute() else (base / p).resolve()
-
-
 def _interface(raw: Any, path: str) -> InterfaceSettings:
-    m = _mapping(raw, path, {"interface", "addresses"})
+    m = mapping(raw, path, {"interface", "addresses"})
     name = None
     if m.get("interface") is not None:
-        name = _str(m["interface"], f"{path}.interface")
+        name = string(m["interface"], f"{path}.interface")
         if not _IFNAME.match(name):
             raise ConfigError(f"{path}.interface", f"not a valid interface name: {name!r}")
     addrs = m.get("addresses", [])
     if not isinstance(addrs, list):
         raise ConfigError(f"{path}.addresses", "must be a list of IP addresses (at most one per family)")
-    parsed = tuple(_ip(a, f"{path}.addresses[{i}]") for i, a in enumerate(addrs))
+    parsed = tuple(ip(a, f"{path}.addresses[{i}]") for i, a in enumerate(addrs))
     for i, a in enumerate(parsed):
         if any(b.version == a.version for b in parsed[:i]):
             raise ConfigError(f"{path}.addresses[{i}]", f"more than one IPv{a.version} address")
@@ -240,7 +188,7 @@ def _interface(raw: Any, path: str) -> InterfaceSettings:
 
 def _metrics(raw: Any, path: str, default_port: int) -> MetricsSettings | None:
     """`metrics: {address: "host:port"}`; `address: ""` or `enabled: false` disables the HTTP server."""
-    m = _mapping(raw, path, {"address", "enabled"})
+    m = mapping(raw, path, {"address", "enabled"})
     if m.get("enabled", True) is False:
         return None
     if "enabled" in m and not isinstance(m["enabled"], bool):
@@ -259,22 +207,22 @@ def _metrics(raw: Any, path: str, default_port: int) -> MetricsSettings | None:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ConfigError(f"{path}.address", f"not an IPv6 address: {host!r}") from None
-    port = _int(int(match.group("port")), f"{path}.address", 1, 65535)
+    port = integer(int(match.group("port")), f"{path}.address", 1, 65535)
     return MetricsSettings(host=host, port=port)
 
 
 def _reconcile(raw: Any, path: str) -> ReconcileSettings:
     keys = {"resync_period_s", "debounce_ms", "max_delay_ms", "backoff_initial_s", "backoff_max_s"}
-    m = _mapping(raw, path, keys)
+    m = mapping(raw, path, keys)
     d = ReconcileSettings()
     s = ReconcileSettings(
-        resync_period_s=_float(m.get("resync_period_s", d.resync_period_s), f"{path}.resync_period_s", 1.0, 86400.0),
-        debounce_ms=_int(m.get("debounce_ms", d.debounce_ms), f"{path}.debounce_ms", 0, 10000),
-        max_delay_ms=_int(m.get("max_delay_ms", d.max_delay_ms), f"{path}.max_delay_ms", 0, 60000),
-        backoff_initial_s=_float(
+        resync_period_s=number(m.get("resync_period_s", d.resync_period_s), f"{path}.resync_period_s", 1.0, 86400.0),
+        debounce_ms=integer(m.get("debounce_ms", d.debounce_ms), f"{path}.debounce_ms", 0, 10000),
+        max_delay_ms=integer(m.get("max_delay_ms", d.max_delay_ms), f"{path}.max_delay_ms", 0, 60000),
+        backoff_initial_s=number(
             m.get("backoff_initial_s", d.backoff_initial_s), f"{path}.backoff_initial_s", 0.01, 600.0
         ),
-        backoff_max_s=_float(m.get("backoff_max_s", d.backoff_max_s), f"{path}.backoff_max_s", 0.01, 3600.0),
+        backoff_max_s=number(m.get("backoff_max_s", d.backoff_max_s), f"{path}.backoff_max_s", 0.01, 3600.0),
     )
     if s.max_delay_ms < s.debounce_ms:
         raise ConfigError(f"{path}.max_delay_ms", "must be at least debounce_ms")
@@ -284,7 +232,7 @@ def _reconcile(raw: Any, path: str) -> ReconcileSettings:
 
 
 def _log(raw: Any, path: str) -> LogSettings:
-    m = _mapping(raw, path, {"level", "format"})
+    m = mapping(raw, path, {"level", "format"})
     try:
         level = LogLevel(str(m.get("level", "info")).lower())
     except ValueError:
@@ -298,28 +246,28 @@ def _log(raw: Any, path: str) -> LogSettings:
 
 def _health(raw: Any, path: str, base: Path) -> HealthSettings:
     keys = {"interval_s", "fall", "rise", "heartbeat_max_age_s", "upstream_probe", "disable_file"}
-    m = _mapping(raw, path, keys)
+    m = mapping(raw, path, keys)
     d = HealthSettings()
     probe = None
     if m.get("upstream_probe") is not None:
         pp = f"{path}.upstream_probe"
-        pm = _mapping(m["upstream_probe"], pp, {"address", "port", "timeout_ms"})
+        pm = mapping(m["upstream_probe"], pp, {"address", "port", "timeout_ms"})
         if "address" not in pm:
             raise ConfigError(f"{pp}.address", "is required")
         probe = UpstreamProbe(
-            address=_ip(pm["address"], f"{pp}.address"),
-            port=None if pm.get("port") is None else _int(pm["port"], f"{pp}.port", 1, 65535),
-            timeout_ms=_int(pm.get("timeout_ms", 500), f"{pp}.timeout_ms", 1, 60000),
+            address=ip(pm["address"], f"{pp}.address"),
+            port=None if pm.get("port") is None else integer(pm["port"], f"{pp}.port", 1, 65535),
+            timeout_ms=integer(pm.get("timeout_ms", 500), f"{pp}.timeout_ms", 1, 60000),
         )
-    interval = _float(m.get("interval_s", d.interval_s), f"{path}.interval_s", 0.05, 60.0)
-    max_age = _float(m.get("heartbeat_max_age_s", d.heartbeat_max_age_s), f"{path}.heartbeat_max_age_s", 1.0, 3600.0)
+    interval = number(m.get("interval_s", d.interval_s), f"{path}.interval_s", 0.05, 60.0)
+    max_age = number(m.get("heartbeat_max_age_s", d.heartbeat_max_age_s), f"{path}.heartbeat_max_age_s", 1.0, 3600.0)
     return HealthSettings(
         interval_s=interval,
-        fall=_int(m.get("fall", d.fall), f"{path}.fall", 1, 100),
-        rise=_int(m.get("rise", d.rise), f"{path}.rise", 1, 100),
+        fall=integer(m.get("fall", d.fall), f"{path}.fall", 1, 100),
+        rise=integer(m.get("rise", d.rise), f"{path}.rise", 1, 100),
         heartbeat_max_age_s=max_age,
         upstream_probe=probe,
-        disable_file=_abs_path(m["disable_file"], f"{path}.disable_file", base) if "disable_file" in m else None,
+        disable_file=abs_path(m["disable_file"], f"{path}.disable_file", base) if "disable_file" in m else None,
     )
 
 
@@ -331,26 +279,26 @@ def _common(m: Mapping[str, Any], source: Path, default_metrics_port: int, env: 
         field = "node_name ($NODE_NAME or the host name)"
     else:
         field = "node_name"
-    node = _str(node, field)
+    node = string(node, field)
     if not _DNS_SUBDOMAIN.match(node) or len(node) > 253:
         raise ConfigError(field, f"must be a Kubernetes node name (DNS subdomain), got {node!r}")
-    tunnel_m = _mapping(m.get("tunnel"), "tunnel", {"mtu"})
-    lease_ns = _str(m.get("lease_namespace", "egressgw-system"), "lease_namespace")
+    tunnel_m = mapping(m.get("tunnel"), "tunnel", {"mtu"})
+    lease_ns = string(m.get("lease_namespace", "egressgw-system"), "lease_namespace")
     if not _DNS_LABEL.match(lease_ns) or len(lease_ns) > 63:
         raise ConfigError("lease_namespace", f"must be a namespace name (DNS label), got {lease_ns!r}")
     return {
         "source": source,
         "node_name": node,
         "kube": KubeSettings(
-            kubeconfig=_abs_path(m["kubeconfig"], "kubeconfig", base) if m.get("kubeconfig") is not None else None,
+            kubeconfig=abs_path(m["kubeconfig"], "kubeconfig", base) if m.get("kubeconfig") is not None else None,
         ),
         "tunnel": TunnelOverrides(
-            mtu=None if tunnel_m.get("mtu") is None else _int(tunnel_m["mtu"], "tunnel.mtu", 1280, 9000)
+            mtu=None if tunnel_m.get("mtu") is None else integer(tunnel_m["mtu"], "tunnel.mtu", 1280, 9000)
         ),
         "metrics": _metrics(m.get("metrics"), "metrics", default_metrics_port),
         "lease_namespace": lease_ns,
         "reconcile": _reconcile(m.get("reconcile"), "reconcile"),
-        "state_dir": _abs_path(m.get("state_dir", "/var/lib/egressgw"), "state_dir", base),
+        "state_dir": abs_path(m.get("state_dir", "/var/lib/egressgw"), "state_dir", base),
         "log": _log(m.get("log"), "log"),
     }
 
@@ -374,13 +322,13 @@ def _read(path: Path) -> Mapping[str, Any]:
 
 
 def parse_agent_config(raw: Any, *, source: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
-    m = _mapping(raw, "", _AGENT_KEYS)
+    m = mapping(raw, "", _AGENT_KEYS)
     common = _common(m, source, 9710, os.environ if env is None else env)
     return AgentConfig(**common, underlay=_interface(m.get("underlay"), "underlay"))
 
 
 def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    m = _mapping(raw, "", _GATEWAY_KEYS)
+    m = mapping(raw, "", _GATEWAY_KEYS)
     common = _common(m, source, 9711, os.environ if env is None else env)
     bgp = None
     if m.get("bgp") is not None:
@@ -389,14 +337,14 @@ def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | Non
         bgp = parse_bgp_settings(m["bgp"], "bgp")
     gateway = None
     if m.get("gateway") is not None:
-        gateway = _str(m["gateway"], "gateway")
+        gateway = string(m["gateway"], "gateway")
         if not _DNS_SUBDOMAIN.match(gateway):
             raise ConfigError("gateway", f"must be an EgressGateway name, got {gateway!r}")
-    drain = _mapping(m.get("drain"), "drain", {"timeout_s", "settle_s"})
+    drain = mapping(m.get("drain"), "drain", {"timeout_s", "settle_s"})
     if drain and bgp is not None:
         raise ConfigError("drain", "set the drain timings in bgp.drain when a bgp section exists")
-    timeout = _float(drain.get("timeout_s", 10.0), "drain.timeout_s", 0.1, 3600.0)
-    settle = _float(drain.get("settle_s", 1.0), "drain.settle_s", 0.0, 600.0)
+    timeout = number(drain.get("timeout_s", 10.0), "drain.timeout_s", 0.1, 3600.0)
+    settle = number(drain.get("settle_s", 1.0), "drain.settle_s", 0.0, 600.0)
     if bgp is not None:
         timeout, settle = bgp.drain.timeout_s, bgp.drain.settle_s
     elif settle > timeout:
