@@ -73,7 +73,7 @@ class RealWorkerDataPath:
         return PassOutcome(changes=result.changes, failures=result.failures)
 
     def drifted(self) -> bool:
-        return not self.applier.nft.exists() or not health_checks.links_present(self.tunnel_links)
+        return not _table_present() or not health_checks.links_present(self.tunnel_links)
 
     def remove_all(self) -> tuple[str, ...]:
         result = self.applier.remove_all()
@@ -81,6 +81,13 @@ class RealWorkerDataPath:
 
     def counters(self) -> Mapping[str, tuple[int, int]]:
         return self.applier.counters()
+
+
+def _table_present() -> bool:
+    """Our nft table exists (`nft -t`: terse, so a table with 40k set elements is not printed every tick)."""
+    from appliance.nft_rendering import FAMILY, TABLE
+
+    return health_checks.nft_table_present(FAMILY, TABLE)
 
 
 def workers_of(snapshot: Snapshot) -> Mapping[str, Sequence[IPAddress]]:
@@ -122,7 +129,7 @@ class RealGatewayDataPath:
             return {}  # nothing planned yet: the reconcile-loop check already keeps the member unhealthy
         return {
             Check.TUNNEL_DEVICE: health_checks.links_present(self.tunnel_links),
-            Check.NFT_TABLE: self.applier.nft.exists(),
+            Check.NFT_TABLE: _table_present(),
         }
 
     def remove_all(self) -> tuple[str, ...]:

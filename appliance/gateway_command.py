@@ -278,12 +278,7 @@ def build_gateway_service(
 
     def on_tick(svc: GatewayService) -> None:
         sp = svc.deps.speaker
-        bfd_states = None
-        if svc.deps.bfd is not None:
-            try:
-                bfd_states = svc.deps.bfd.peer_states()
-            except Exception:
-                bfd_states = None
+        bfd_states = svc.bfd_states()
         bgp_metrics.observe(
             peer_states=sp.peer_states() if sp is not None else {},
             bfd_states=bfd_states,

@@ -59,6 +59,10 @@ __all__ = [
 ]
 
 
+#: seconds a BFD state reading is reused
+_BFD_CACHE_S = 1.0
+
+
 class GatewayService:
     def __init__(
         self, cfg: GatewayConfig, deps: GatewayDeps, *, state: StateDir | None = None, log: EventLogger | None = None
@@ -82,6 +86,7 @@ class GatewayService:
         self._drain_requested = threading.Event()
         self._abort = threading.Event()
         self._drain_reason = ""
+        self._bfd_cache: tuple[float, dict[str, str] | None] | None = None
         self.reconciler = Reconciler(
             source=deps.source,
             run_pass=self.run_pass,
@@ -231,6 +236,20 @@ class GatewayService:
 
     def status_doc(self) -> dict[str, Any]:
         return status_document(self)
+
+    def bfd_states(self) -> dict[str, str] | None:
+        """BFD session state per peer, read from the sidecar at most once a second (it is a `birdc` call, and the
+        health tick may run every 200 ms). None without a sidecar or when it does not answer."""
+        if self.deps.bfd is None:
+            return None
+        now = self.deps.clock()
+        if self._bfd_cache is None or now - self._bfd_cache[0] >= _BFD_CACHE_S:
+            try:
+                states: dict[str, str] | None = self.deps.bfd.peer_states()
+            except Exception:
+                states = None
+            self._bfd_cache = (now, states)
+        return self._bfd_cache[1]
 
     def write_status(self) -> None:
         if self.state is None:

@@ -27,12 +27,7 @@ def status_document(svc: GatewayService) -> dict[str, Any]:
     sp = svc.deps.speaker
     acked = sorted(render_announcement(a) for a in sp.acknowledged()) if sp is not None else []
     peers = sp.peer_states() if sp is not None else {}
-    bfd: dict[str, str] = {}
-    if svc.deps.bfd is not None:
-        try:
-            bfd = svc.deps.bfd.peer_states()
-        except Exception:
-            bfd = {"?": "unknown (sidecar not answering)"}
+    bfd = svc.bfd_states() or {}
     r = svc.reconciler.last_report
     with svc.lock:
         h = svc.health
