@@ -47,6 +47,7 @@ def _vxlan_path(tb: WireguardTestbed) -> None:
     for role, addr in (("wk", "100.126.0.1/30"), ("gw1", "100.126.0.2/30")):
         tb.run(role, "ip", "addr", "add", addr, "dev", "egt-vx")
         tb.run(role, "ip", "link", "set", "egt-vx", "up")
+        tb.run(role, "sysctl", "-qw", "net.ipv4.conf.egt-vx.rp_filter=2")
     tb.run("wk", "ip", "rule", "add", "pref", "101", "from", "100.64.1.11", "lookup", "101")
     tb.run("wk", "ip", "route", "add", "default", "via", "100.126.0.2", "table", "101")
     tb.run("gw1", "ip", "route", "add", "100.64.1.11/32", "via", "100.126.0.1")

@@ -29,7 +29,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_network
 from pathlib import Path
 
 from appliance.intent import GatewayInstance, Intent, Steering
@@ -40,6 +40,12 @@ from appliance.wireguard_keys import LocalKey, PublicKey, key_slot, parse_publis
 OVERHEAD_V4 = 60
 OVERHEAD_V6 = 80
 GATEWAY_PROBE_ADDRESS = IPv6Address("fe80::1")
+#: IPv4 link-local /32 on every WireGuard device (gateway / worker side). Not used for routing: a device without
+#: any IPv4 address fails reverse-path filtering in loose mode for every source not routed through it (the kernel's
+#: "no address -> last resort" case), which drops traffic in the rotation window (returns on the new interface
+#: while the routes still name the old one) and whenever routing is asymmetric by design (fwmark steering).
+GATEWAY_V4 = IPv4Interface("169.254.78.1/32")
+WORKER_V4 = IPv4Interface("169.254.78.2/32")
 ALL_V4 = IPv4Network("0.0.0.0/0")
 ALL_V6 = IPv6Network("::/0")
 SLOTS = (0, 1)
@@ -97,6 +103,11 @@ class WgInterface:
     mtu: int
     address: IPv6Interface
     peers: tuple[WgPeer, ...]
+    address4: IPv4Interface = WORKER_V4
+
+    @property
+    def addresses(self) -> tuple[IPv4Interface | IPv6Interface, ...]:
+        return (self.address4, self.address)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -308,7 +319,8 @@ def plan_gateway_wireguard(
                 name=interface_name(settings, member, instance.name, slot), instance=instance.name, slot=slot,
                 private_key_file=settings.instance_key_dir / f"{instance.name}.key",
                 listen_port=instance.tunnel.udp_port + slot, mtu=tunnel_mtu(instance, settings, v6_underlay=v6),
-                address=IPv6Interface(f"{GATEWAY_PROBE_ADDRESS}/64"), peers=tuple(sorted(peers[slot]))))
+                address=IPv6Interface(f"{GATEWAY_PROBE_ADDRESS}/64"), peers=tuple(sorted(peers[slot])),
+                address4=GATEWAY_V4))
     return WireguardPlan(interfaces=tuple(sorted(interfaces)), routes=tuple(sorted(routes, key=_route_key)),
                          skipped=tuple(sorted(skipped)))
 

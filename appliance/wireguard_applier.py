@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv6Interface, ip_address, ip_network
+from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
 from pathlib import Path
 
 from appliance.planning_wireguard import WgInterface, WgPeer, WgRoute, WireguardPlan
@@ -106,7 +106,7 @@ class ObservedInterface:
     peers: tuple[ObservedPeer, ...]
     mtu: int
     up: bool
-    addresses: tuple[IPv6Interface, ...]
+    addresses: tuple[IPv4Interface | IPv6Interface, ...]
 
 
 def parse_dump(text: str) -> tuple[str | None, int, tuple[ObservedPeer, ...]]:
@@ -156,11 +156,12 @@ class WireguardApplier:
         for name, link in self.our_links().items():
             dump = self.shell.inside("wg", "show", name, "dump", check=False)
             public, port, peers = parse_dump(dump)
-            v6 = tuple(IPv6Interface(f"{a['local']}/{a['prefixlen']}") for a in addrs.get(name, {}).get("addr_info", [])
-                       if a.get("family") == "inet6")
+            infos = addrs.get(name, {}).get("addr_info", [])
+            ours = tuple(ip_interface(f"{a['local']}/{a['prefixlen']}") for a in infos
+                         if a.get("family") in ("inet", "inet6"))
             found[name] = ObservedInterface(
                 name=name, public_key=public, listen_port=port, peers=peers, mtu=int(str(link["mtu"])),
-                up="UP" in (link.get("flags") or []), addresses=v6)  # type: ignore[operator]
+                up="UP" in (link.get("flags") or []), addresses=ours)  # type: ignore[operator]
         return found
 
     def observe_routes(self) -> set[tuple[str, str]]:
@@ -214,18 +215,23 @@ class WireguardApplier:
             self.shell.ip("link", "set", itf.name, "addrgenmode", "none")
             # the probe addresses are IPv6 link-local: IPv6 must be on for our device even where it is off by default
             self.shell.inside("sysctl", "-qw", f"net.ipv6.conf.{itf.name}.disable_ipv6=0", check=False)
+            # loose reverse-path filtering: replies reach the worker's pods through the tunnel from sources the main
+            # table routes elsewhere (strict mode, where `all` is 1, would drop them)
+            self.shell.inside("sysctl", "-qw", f"net.ipv4.conf.{itf.name}.rp_filter=2", check=False)
             changes.append(f"create {itf.name}")
             seen = self.observe_one(itf.name)
         if seen.mtu != itf.mtu:
             self.shell.ip("link", "set", itf.name, "mtu", str(itf.mtu))
             changes.append(f"mtu {itf.name} {itf.mtu}")
-        if itf.address not in seen.addresses:
-            self.shell.ip("addr", "replace", str(itf.address), "dev", itf.name, "nodad")
-            changes.append(f"address {itf.name} {itf.address}")
+        for address in itf.addresses:
+            if address not in seen.addresses:
+                extra_flags = ("nodad",) if address.version == 6 else ()
+                self.shell.ip("addr", "replace", str(address), "dev", itf.name, *extra_flags)
+                changes.append(f"address {itf.name} {address}")
         for extra in seen.addresses:
             # the device is ours: an address we did not plan (a TUN's auto link-local) would be picked as the
             # probe source and dropped by the gateway's crypto-routing
-            if extra != itf.address:
+            if extra not in itf.addresses:
                 self.shell.ip("addr", "del", str(extra), "dev", itf.name, check=False)
                 changes.append(f"unaddress {itf.name} {extra}")
         args: list[str] = []

@@ -132,6 +132,9 @@ class WireguardTestbed:
                                ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"),
                                ("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0")):
                 self.run(role, "sysctl", "-qw", f"{key}={value}")
+        # loose reverse-path filtering on the worker, as systemd sets it: exercises the WireGuard devices' IPv4
+        # address (without one, loose mode drops every packet whose source is not routed through the device)
+        self.run("wk", "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
         self.veth("pod", "eth0", ["100.64.1.10/24", "2001:db8:64:1::10/64"], "wk", "pod0",
                   ["100.64.1.1/24", "2001:db8:64:1::1/64"])
         self.run("pod", "ip", "addr", "add", "100.64.1.11/24", "dev", "eth0")

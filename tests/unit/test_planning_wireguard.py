@@ -60,6 +60,7 @@ def test_worker_one_interface_one_peer_toward_the_instance_endpoint() -> None:
     assert itf.listen_port is None and itf.mtu == 1440
     assert itf.private_key_file == Path("/state/wg-current.key")
     assert itf.address == pw.probe_address("w1")
+    assert itf.addresses == (pw.WORKER_V4, pw.probe_address("w1"))
     (peer,) = itf.peers
     assert peer.public_key == INSTANCE_KEY
     assert peer.endpoint == (EIP, 51820 + slot)
@@ -142,7 +143,7 @@ def test_gateway_peers_allowed_ips_are_exactly_each_workers_pods() -> None:
         assert itf.mtu == 1420  # some worker may reach the instance over IPv6 (the steering has a v6 endpoint)
         assert itf.listen_port == 51820 + itf.slot
         assert itf.private_key_file == Path("/keys/gw.key")
-        assert itf.address == IPv6Interface("fe80::1/64")
+        assert itf.address == IPv6Interface("fe80::1/64") and itf.address4 == pw.GATEWAY_V4
         assert itf.name == pw.interface_name(SETTINGS, "m1", "gw", itf.slot)
     peers = {p.public_key: (i.slot, p) for i in plan.interfaces for p in i.peers}
     assert set(peers) == {W1, W2}
