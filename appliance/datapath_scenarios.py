@@ -20,6 +20,7 @@ from appliance.model import (
     PolicyKind,
     PolicyRef,
     TunnelSpec,
+    TunnelType,
 )
 
 #: lab address plan (helpers-brief.md)
@@ -53,6 +54,7 @@ class Gw:
     mtu: int | None = None
     no_gateway_action: NoGatewayAction = NoGatewayAction.FAIL_CLOSED
     member_addresses: dict[str, str] = field(default_factory=dict)
+    wireguard: bool = False
 
 
 def _everything(version: int) -> IPNetwork:
@@ -73,7 +75,8 @@ def build_intent(gateways: Iterable[Gw], selections: Iterable[Sel], *,
             name=g.name, members=members, eips=eips,
             ranking=tuple((e, tuple(m.name for m in members)) for e in eips),
             alive=frozenset(g.members if g.alive is None else g.alive),
-            tunnel=TunnelSpec(vni=g.vni, port=g.port, mtu=g.mtu),
+            tunnel=TunnelSpec(type=TunnelType.WIREGUARD if g.wireguard else TunnelType.VXLAN, vni=g.vni, port=g.port,
+                              mtu=g.mtu),
             failover=FailoverSpec(no_gateway_action=g.no_gateway_action),
         )
         instances.append(inst)

@@ -73,8 +73,10 @@ class Route:
     table: int
     dst: IPNetwork
     dev: str
-    via: IPAddress
-    encap: Encap
+    #: inner next hop (VXLAN); None for a device route (WireGuard)
+    via: IPAddress | None = None
+    #: lightweight-tunnel metadata (VXLAN); None for a device route
+    encap: Encap | None = None
 
     @property
     def key(self) -> tuple[int, int, IPNetwork]:
@@ -139,6 +141,8 @@ def describe(item: Item) -> str:
     if isinstance(item, Neighbour):
         return f"{item.ip} dev {item.dev} lladdr {item.mac}"
     if isinstance(item, Route):
+        if item.encap is None:
+            return f"{item.dst} table {item.table} dev {item.dev}"
         return f"{item.dst} table {item.table} vni {item.encap.vni} endpoint {item.encap.dst}"
     if isinstance(item, Rule):
         return f"v{item.family} prio {item.priority} fwmark {item.fwmark:#x}/{item.mask:#x} table {item.table}"

@@ -145,13 +145,12 @@ class NetlinkApplier:
         rules: set[Rule] = set()
         for version in (4, 6):
             for r in sh.json(["ip", "-j", f"-{version}", "route", "show", "table", "all", "proto", str(OWN_PROTO)]):
-                if "encap" not in r or "dst_2" not in r:
-                    continue
                 via = r.get("gateway") or r.get("via", {}).get("host")
+                encap = Encap(vni=int(r.get("id", 0)), dst=_addr(r["dst_2"])) if "dst_2" in r else None
                 routes.add(
                     Route(
                         table=_table(r.get("table")), dst=_net(str(r["dst"]), version), dev=str(r.get("dev", "")),
-                        via=_addr(str(via)), encap=Encap(vni=int(r.get("id", 0)), dst=_addr(r["dst_2"])),
+                        via=_addr(str(via)) if via else None, encap=encap,
                     )
                 )
             for r in sh.json(["ip", "-j", f"-{version}", "rule", "show"]):
@@ -253,9 +252,12 @@ def _commands(ch: Change) -> tuple[str, list[str]]:
     if isinstance(item, Route):
         if ch.op is Op.DELETE:
             return "", [f"route del {item.dst} table {item.table} proto {OWN_PROTO}"]
+        if item.encap is None:  # a device route (WireGuard)
+            via = f" via {item.via}" if item.via is not None else ""
+            return "", [f"route replace {item.dst}{via} dev {item.dev} table {item.table} proto {OWN_PROTO}"]
         encap = "ip" if item.encap.dst.version == 4 else "ip6"
         csum = " csum" if encap == "ip6" else ""  # IPv6 UDP must carry a checksum (zero-checksum RX is off)
-        onlink = " onlink" if item.via.version == 4 else ""
+        onlink = " onlink" if item.via is not None and item.via.version == 4 else ""
         return "", [
             f"route replace {item.dst} encap {encap} id {item.encap.vni} dst {item.encap.dst}{csum} "
             f"via {item.via} dev {item.dev}{onlink} table {item.table} proto {OWN_PROTO}"

@@ -239,6 +239,10 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
                elements=frozenset((str(p), None) for p in plan.tunnel_ports)),
         NftSet(name="tunnel_links", key_type="ifname",
                elements=frozenset((n, None) for n in plan.tunnel_links)),
+        NftSet(name="wg_ports", key_type="inet_service",
+               elements=frozenset((str(p), None) for p in plan.wireguard_ports)),
+        NftSet(name="wg_links", key_type="ifname",
+               elements=frozenset((n, None) for n in plan.wireguard_links)),
     ]
     for v, c in ((4, c4), (6, c6)):
         sets += [
@@ -270,7 +274,10 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tudp dport @tunnel_ports meta mark set ip saddr map @vteps4 accept
 \t\tudp dport @tunnel_ports meta mark set ip6 saddr map @vteps6 accept
 \t\tudp dport @tunnel_ports counter name drop_unknown_vtep drop
+\t\tudp dport @wg_ports accept
 \t\tiifname @tunnel_links counter name drop_tunnel_to_local drop
+\t\tiifname @wg_links ip6 daddr fe80::1 icmpv6 type echo-request accept
+\t\tiifname @wg_links counter name drop_tunnel_to_local drop
 \t\tip daddr @eips4 ct state new,invalid counter name drop_eip_unsolicited drop
 \t\tip6 daddr @eips6 ct state new,invalid counter name drop_eip_unsolicited drop
 \t}}
@@ -281,9 +288,22 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tiifname @tunnel_links jump from_tunnel
+\t\tiifname @wg_links jump from_wireguard
 \t\toifname @tunnel_links tcp flags syn tcp option maxseg size set rt mtu
+\t\toifname @wg_links tcp flags syn tcp option maxseg size set rt mtu
 \t\toifname @tunnel_links counter name ip daddr . ip saddr map @bytes4
 \t\toifname @tunnel_links counter name ip6 daddr . ip6 saddr map @bytes6
+\t\toifname @wg_links counter name ip daddr . ip saddr map @bytes4
+\t\toifname @wg_links counter name ip6 daddr . ip6 saddr map @bytes6
+\t}}
+\tchain from_wireguard {{
+\t\tip daddr @cluster4 counter name drop_cluster_destination drop
+\t\tip6 daddr @cluster6 counter name drop_cluster_destination drop
+\t\tmeta nfproto ipv4 ip saddr . ip daddr != @bytes4 counter name drop_unselected drop
+\t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @bytes6 counter name drop_unselected drop
+\t\tcounter name ip saddr . ip daddr map @bytes4
+\t\tcounter name ip6 saddr . ip6 daddr map @bytes6
+\t\tct state new ct mark set {base}
 \t}}
 \tchain from_tunnel {{
 \t\tmeta nfproto ipv4 meta mark . ip saddr != @pods4 counter name drop_spoofed drop

@@ -19,7 +19,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from appliance.intent import Intent
+from appliance.intent import Intent, Steering
 from appliance.kernel_model import Encap, KernelState, LocalAddress, Neighbour, Route, Rule, Sysctl
 from appliance.model import IPAddress, IPNetwork, TunnelType
 from appliance.planning_tunnel import (
@@ -113,28 +113,56 @@ class GatewayPlan:
     marks: MarkSettings
     reply_table: int
     skipped: tuple[GatewaySkip, ...] = ()
+    #: this member's WireGuard interfaces and listen ports (WireGuard instances only)
+    wireguard_links: tuple[str, ...] = ()
+    wireguard_ports: tuple[int, ...] = ()
 
 
 def ip_key(ip: IPAddress) -> tuple[int, int]:
     return (ip.version, int(ip))
 
 
+def _add_snat(
+    s: Steering,
+    snat: dict[tuple[IPAddress, IPNetwork], SnatEntry],
+    accepted: dict[IPAddress, list[IPNetwork]],
+    skipped: list[GatewaySkip],
+) -> None:
+    for dest in s.destinations:
+        if dest.version != s.pod_ip.version:
+            continue
+        if not add_disjoint(accepted, s.pod_ip, dest):
+            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.OVERLAPPING_DESTINATION))
+            continue
+        name = "nodeip" if s.eip is None else addr_token(s.eip)
+        snat[(s.pod_ip, dest)] = SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name)
+
+
 def plan_gateway(
-    intent: Intent, *, member: str, workers: Mapping[str, Sequence[IPAddress]], settings: GatewaySettings
+    intent: Intent,
+    *,
+    member: str,
+    workers: Mapping[str, Sequence[IPAddress]],
+    settings: GatewaySettings,
+    wireguard_devices: Sequence[str] = (),
 ) -> GatewayPlan:
     """The whole desired data path of gateway member `member`.
 
     `workers`: node name -> underlay (InternalIP) addresses, for every node (from the snapshot); only the nodes that
     host steered pods of this member's instances become known VTEPs.
+    `wireguard_devices`: this member's WireGuard interfaces (from the WireGuard plan). Steerings of WireGuard
+    instances get SNAT, counters and the unselected/cluster checks; WireGuard's allowed IPs bind pod IPs to worker
+    keys (no VTEP mark check) and the WireGuard applier installs their return routes.
     """
     marks = settings.marks
     instances = [i for i in intent.instances if any(m.name == member for m in i.members)]
     own = next((m.address for i in instances for m in i.members if m.name == member), None)
     version = own.version if own is not None else 4
     vxlan = {i.name: i for i in instances if i.tunnel.type is TunnelType.VXLAN}
+    wg = {i.name: i for i in instances if i.tunnel.type is TunnelType.WIREGUARD} if wireguard_devices else {}
     skipped: list[GatewaySkip] = []
-    steerings = [s for s in sorted(intent.steerings, key=steering_key) if s.gateway in vxlan]
-    nodes = sorted({s.node for s in steerings if workers.get(s.node)})
+    steerings = [s for s in sorted(intent.steerings, key=steering_key) if s.gateway in vxlan or s.gateway in wg]
+    nodes = sorted({s.node for s in steerings if s.gateway in vxlan and workers.get(s.node)})
     slots = assign_slots(nodes, capacity=MAX_WORKERS)
 
     vteps = sorted(
@@ -147,6 +175,9 @@ def plan_gateway(
     routes: dict[IPAddress, Route] = {}
     accepted: dict[IPAddress, list[IPNetwork]] = {}
     for s in steerings:
+        if s.gateway in wg:
+            _add_snat(s, snat, accepted, skipped)
+            continue
         instance = vxlan[s.gateway]
         if s.node not in slots:
             skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.UNKNOWN_WORKER))
@@ -163,16 +194,7 @@ def plan_gateway(
                 table=marks.table_base, dst=host_network(s.pod_ip), dev=link_name(instance.tunnel.udp_port),
                 via=WORKER_NH4 if v4 else WORKER_NH6, encap=Encap(vni=instance.tunnel.vni, dst=worker_addr),
             )
-        for dest in s.destinations:
-            if dest.version != s.pod_ip.version:
-                continue
-            if not add_disjoint(accepted, s.pod_ip, dest):
-                skipped.append(
-                    GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.OVERLAPPING_DESTINATION)
-                )
-                continue
-            name = "nodeip" if s.eip is None else addr_token(s.eip)
-            snat[(s.pod_ip, dest)] = SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name)
+        _add_snat(s, snat, accepted, skipped)
 
     eips = sorted({e for i in instances for e in i.eips}, key=ip_key)
     ports = sorted({i.tunnel.udp_port for i in vxlan.values()})
@@ -189,7 +211,7 @@ def plan_gateway(
         for f in (4, 6)
         if links
     )
-    sysctls = {Sysctl(key=k, value=v) for k, v in GATEWAY_SYSCTLS} if links else set()
+    sysctls = {Sysctl(key=k, value=v) for k, v in GATEWAY_SYSCTLS} if links or wg else set()
     sysctls |= {Sysctl(key=k, value=v) for link in links for k, v in tunnel_sysctls(link.name)}
     kernel = KernelState(
         links=links, addresses=frozenset(LocalAddress(ip=e) for e in eips), neighbours=neighbours,
@@ -204,5 +226,7 @@ def plan_gateway(
         pods=tuple(sorted(pods, key=lambda p: (p[1].version, p[0], int(p[1])))), snat=entries,
         cluster_cidrs=sorted_nets(intent.cluster_cidrs), tunnel_links=tuple(link_name(p) for p in ports),
         tunnel_ports=tuple(ports), counters=tuple(counters), marks=marks, reply_table=marks.table_base,
+        wireguard_links=tuple(sorted(wireguard_devices)) if wg else (),
+        wireguard_ports=tuple(sorted({p for i in wg.values() for p in (i.tunnel.udp_port, i.tunnel.udp_port + 1)})),
         skipped=tuple(skipped),
     )

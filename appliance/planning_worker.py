@@ -18,7 +18,7 @@ and dropped), FailOpen leaves it unsteered (it leaves with the node IP).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
@@ -47,7 +47,8 @@ MAX_ENDPOINTS = 999
 
 
 class SkipReason(enum.StrEnum):
-    NOT_VXLAN = "NotVxlan"
+    #: a WireGuard instance whose device the WireGuard planner did not (yet) provide
+    NO_TUNNEL_DEVICE = "NoTunnelDevice"
     NO_ENDPOINT_FOR_UNDERLAY = "NoEndpointForUnderlayFamily"
     NO_GATEWAY_FAIL_OPEN = "NoGatewayFailOpen"
     OVERLAPPING_DESTINATION = "OverlappingDestination"
@@ -64,12 +65,16 @@ class WorkerSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
 class Endpoint:
-    """One tunnel endpoint this worker sends to (an EIP, or a member address for useNodeIP) and its slot."""
+    """One tunnel endpoint this worker sends to (an EIP, or a member address for useNodeIP) and its slot.
+
+    VXLAN: (address, vni, port), routed by `encap`; WireGuard: `device` set (vni = port = 0), routed `dev device`.
+    """
 
     slot: int
     address: IPAddress
     vni: int
     port: int
+    device: str = ""
     mark: int
     table: int
     priority: int
@@ -128,21 +133,39 @@ def sorted_nets(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
     return tuple(sorted(set(nets), key=net_key))
 
 
-def plan_worker(intent: Intent, *, node: str, underlay: IPAddress, settings: WorkerSettings) -> WorkerPlan:
-    """The whole desired data path of worker `node` whose underlay (tunnel source) address is `underlay`."""
+EndpointKey = tuple[IPAddress, int, int, str]
+
+
+def plan_worker(
+    intent: Intent,
+    *,
+    node: str,
+    underlay: IPAddress,
+    settings: WorkerSettings,
+    wireguard_devices: Mapping[str, str] | None = None,
+) -> WorkerPlan:
+    """The whole desired data path of worker `node` whose underlay (tunnel source) address is `underlay`.
+
+    `wireguard_devices`: instance name -> WireGuard device (`WireguardPlan.route_devices`); steerings of WireGuard
+    instances are steered like VXLAN ones, their endpoint table routing `dev <device>` instead of encapsulating.
+    """
+    wg = dict(wireguard_devices or {})
     marks = settings.marks
     version = underlay.version
     skipped: list[Skip] = []
     # (steering, endpoint or None = drop)
-    chosen: list[tuple[Steering, tuple[IPAddress, int, int] | None]] = []
+    chosen: list[tuple[Steering, EndpointKey | None]] = []
     for s in sorted(intent.steerings, key=steering_key):
         if s.node != node:
             continue
         instance = intent.instance(s.gateway)
         tunnel = instance.tunnel if instance is not None else None
-        if tunnel is not None and tunnel.type is not TunnelType.VXLAN:
-            skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NOT_VXLAN))
-            continue
+        device = ""
+        if tunnel is not None and tunnel.type is TunnelType.WIREGUARD:
+            device = wg.get(s.gateway, "")
+            if not device:
+                skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NO_TUNNEL_DEVICE))
+                continue
         if _no_gateway(instance, s):
             if _action(instance) is NoGatewayAction.FAIL_OPEN:
                 skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NO_GATEWAY_FAIL_OPEN))
@@ -150,25 +173,27 @@ def plan_worker(intent: Intent, *, node: str, underlay: IPAddress, settings: Wor
                 chosen.append((s, None))
             continue
         endpoint = pick_family(s.endpoints, version)
+        if device and endpoint is None:  # WireGuard: the device knows its peer; the address only names the slot
+            endpoint = s.endpoints[0]
         if endpoint is None or tunnel is None:
             skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NO_ENDPOINT_FOR_UNDERLAY))
             continue
-        chosen.append((s, (endpoint, tunnel.vni, tunnel.udp_port)))
+        chosen.append((s, (endpoint, 0, 0, device) if device else (endpoint, tunnel.vni, tunnel.udp_port, "")))
 
     endpoint_keys = {ep for _, ep in chosen if ep is not None}
     slots = _slots(endpoint_keys)
     endpoints: list[Endpoint] = []
     for key in sorted(endpoint_keys, key=lambda k: slots[k]):
-        address, vni, port = key
+        address, vni, port, device = key
         slot = slots[key]
         endpoints.append(
             Endpoint(
-                slot=slot, address=address, vni=vni, port=port, mark=marks.mark(slot),
+                slot=slot, address=address, vni=vni, port=port, device=device, mark=marks.mark(slot),
                 table=marks.table_base + slot, priority=marks.rule_priority_base + slot,
                 counter=f"ep_{addr_token(address)}_{vni}",
             )
         )
-    by_key = {(e.address, e.vni, e.port): e for e in endpoints}
+    by_key = {(e.address, e.vni, e.port, e.device): e for e in endpoints}
 
     steer: dict[tuple[IPAddress, IPNetwork], int] = {}
     accepted: dict[IPAddress, list[IPNetwork]] = {}
@@ -187,7 +212,7 @@ def plan_worker(intent: Intent, *, node: str, underlay: IPAddress, settings: Wor
             key=lambda e: (e.pod_ip.version, int(e.pod_ip), net_key(e.destination)),
         )
     )
-    ports = sorted({e.port for e in endpoints})
+    ports = sorted({e.port for e in endpoints if not e.device})
     kernel = _kernel(endpoints, ports, underlay=underlay, settings=settings, intent=intent)
     return WorkerPlan(
         node=node, underlay=underlay, kernel=kernel, endpoints=tuple(endpoints), steer=entries,
@@ -196,8 +221,8 @@ def plan_worker(intent: Intent, *, node: str, underlay: IPAddress, settings: Wor
     )
 
 
-def _slots(keys: set[tuple[IPAddress, int, int]]) -> dict[tuple[IPAddress, int, int], int]:
-    names = {f"{a}|{v}|{p}": (a, v, p) for a, v, p in keys}
+def _slots(keys: set[EndpointKey]) -> dict[EndpointKey, int]:
+    names = {f"{a}|{v}|{p}" + (f"|{d}" if d else ""): (a, v, p, d) for a, v, p, d in keys}
     by_name = assign_slots(names, capacity=MAX_ENDPOINTS)
     return {names[n]: slot for n, slot in by_name.items()}
 
@@ -228,10 +253,14 @@ def _kernel(
                      mask=marks.mark_mask, table=MAIN_TABLE, iif="lo")
             )
     for e in endpoints:
-        encap = Encap(vni=e.vni, dst=e.address)
-        dev = link_name(e.port)
-        routes.add(Route(table=e.table, dst=ip_network("0.0.0.0/0"), dev=dev, via=GATEWAY_NH4, encap=encap))
-        routes.add(Route(table=e.table, dst=ip_network("::/0"), dev=dev, via=GATEWAY_NH6, encap=encap))
+        if e.device:
+            routes.add(Route(table=e.table, dst=ip_network("0.0.0.0/0"), dev=e.device))
+            routes.add(Route(table=e.table, dst=ip_network("::/0"), dev=e.device))
+        else:
+            encap = Encap(vni=e.vni, dst=e.address)
+            dev = link_name(e.port)
+            routes.add(Route(table=e.table, dst=ip_network("0.0.0.0/0"), dev=dev, via=GATEWAY_NH4, encap=encap))
+            routes.add(Route(table=e.table, dst=ip_network("::/0"), dev=dev, via=GATEWAY_NH6, encap=encap))
         for family in (4, 6):
             rules.add(Rule(family=family, priority=e.priority, fwmark=e.mark, mask=0xFFFFFFFF, table=e.table))
     sysctls = frozenset(Sysctl(key=k, value=v) for link in links for k, v in tunnel_sysctls(link.name))

@@ -63,6 +63,12 @@ SCENARIOS = {
         [*dual_sels(), Sel(pod_ip="100.64.2.10", node="worker2"),
          Sel(pod_ip="100.64.2.11", node="worker2", policy="nodeip", eip=None, destinations=("203.0.113.0/28",))],
     )))),
+    "gateway_vxlan_and_wireguard_instances": lambda: render_full(gateway_table(plan_gateway(
+        build_intent([Gw(eips=("203.0.113.130",)), Gw(name="gw-wg", wireguard=True, eips=("203.0.113.140",))],
+                     [Sel(pod_ip="100.64.1.10"), Sel(pod_ip="100.64.2.10", node="worker2", gateway="gw-wg",
+                                                     eip="203.0.113.140")]),
+        member="gw1", workers=worker_addresses(), settings=GatewaySettings(), wireguard_devices=("wg-egw-i0",),
+    ))),
 }
 
 
@@ -195,3 +201,33 @@ def test_nft_delta_is_empty_when_contents_match_and_minimal_otherwise() -> None:
     one_more = worker_table(worker(build_intent([DUAL], [*dual_sels(), Sel(pod_ip="100.64.1.11")])))
     text, n = render_delta(same, one_more)
     assert n == 1 and text.strip() == "add element inet egressgw steer4 { 100.64.1.11 . 0.0.0.0/0 : 0x0e6e0167 }"
+
+
+def test_wireguard_steerings_route_into_the_wireguard_device() -> None:
+    intent = build_intent([Gw(name="gw-wg", wireguard=True)], [Sel(pod_ip="100.64.1.10", gateway="gw-wg")])
+    skipped = worker(intent)
+    assert skipped.steer == () and [s.reason for s in skipped.skipped] == [SkipReason.NO_TUNNEL_DEVICE]
+    plan = plan_worker(intent, node="worker1", underlay=U4, settings=WorkerSettings(),
+                       wireguard_devices={"gw-wg": "wg-egw-abc0"})
+    (ep,) = plan.endpoints
+    assert ep.device == "wg-egw-abc0"
+    assert {(str(r.dst), r.dev, r.encap) for r in plan.kernel.routes} == {
+        ("0.0.0.0/0", "wg-egw-abc0", None), ("::/0", "wg-egw-abc0", None)
+    }
+    assert plan.kernel.links == frozenset()  # no VXLAN device for a WireGuard-only worker
+    assert [e.mark for e in plan.steer] == [ep.mark]
+
+
+def test_wireguard_gateway_snats_without_vtep_binding() -> None:
+    intent = build_intent([Gw(name="gw-wg", wireguard=True, port=51820)],
+                          [Sel(pod_ip="100.64.1.10", gateway="gw-wg")])
+    g = plan_gateway(intent, member="gw1", workers=worker_addresses(), settings=GatewaySettings(),
+                     wireguard_devices=("wg-egw-i0", "wg-egw-i1"))
+    assert [(str(e.pod_ip), str(e.eip)) for e in g.snat] == [("100.64.1.10", "203.0.113.130")]
+    assert g.pods == () and g.vteps == () and g.kernel.routes == frozenset() and g.kernel.links == frozenset()
+    assert g.wireguard_ports == (51820, 51821)
+    table = gateway_table(g)
+    assert table.set("wg_links").elements == {("wg-egw-i0", None), ("wg-egw-i1", None)}
+    assert "udp dport @wg_ports accept" in table.chains
+    assert table.chains.index("udp dport @wg_ports accept") < table.chains.index("ip daddr @eips4 ct state new")
+    assert any(s.key == "net.netfilter.nf_conntrack_tcp_be_liberal" for s in g.kernel.sysctls)
