@@ -13,10 +13,12 @@ from ipaddress import ip_network
 
 import pytest
 
-from bgp.announcing import Announcement
+from appliance.intent import GatewayInstance
+from appliance.model import IPPool, IPRange, Member
+from bgp.announcing import Announcement, announcements_for
 from bgp.draining import drain_announcements
 from bgp.settings import DrainSettings
-from bgp.testbed import Bed, gw_v4, gw_v6, sh, wait_until
+from bgp.testbed import Bed, gateway_settings, gw_v4, gw_v6, sh, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 
@@ -31,11 +33,18 @@ def anns(med: int, *prefixes: str) -> frozenset[Announcement]:
 
 def test_session_announce_filter_withdraw(bed: Bed) -> None:
     gw = bed.gateway(1)
-    gw.speaker.set_announcements(anns(100, EIP4, EIP6, OUTSIDE))
+    tagged = Announcement(prefix=ip_network(EIP4), med=100, communities=("65000:7",),
+                          large_communities=("65000:1:2",))  # fmt: skip
+    gw.speaker.set_announcements(anns(100, EIP6, OUTSIDE) | {tagged})
     assert gw.speaker.wait_peers("up", 20), gw.speaker.peer_states()
     assert gw.speaker.wait_converged(5)
     assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
     assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], 5) is not None
+    # the gateway spec's communities arrive at the router
+    cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
+    detail = bed.tb.router_cli(cmd)
+    assert ("(65000,7)" in detail and "(65000, 1, 2)" in detail) if bed.tb.router == "bird" else (
+        "65000:7" in detail and "65000:1:2" in detail), detail  # fmt: skip
     # the router's import filter rejects what is outside the EIP pools
     assert bed.tb.router_route(OUTSIDE) == []
     # the gateway imports nothing: the router exports nothing and ExaBGP installs nothing
@@ -147,3 +156,29 @@ def test_tcp_md5_session(md5_bed: Bed) -> None:
     # a wrong password never gets a session (the better MED of gw2 never wins)
     assert not bad.speaker.wait_peers("up", 3)
     assert md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))]
+
+
+def test_returning_member_in_hold_down_does_not_take_the_primary(bed: Bed) -> None:
+    """The planner's worst preference (hold-down) really ranks below a ranked backup on BIRD and FRR."""
+    eip = ip_network(EIP4).network_address
+    inst = GatewayInstance(
+        name="gw", members=(Member(name="gw1", address=gw_v4(1)), Member(name="gw2", address=gw_v4(2))),
+        eips=(eip,), ranking=((eip, ("gw1", "gw2")),),
+        ipv4_pool=IPPool(ranges=(IPRange(first=ip_network("203.0.113.128/25")[0],
+                                         last=ip_network("203.0.113.128/25")[-1]),)),
+    )  # fmt: skip
+
+    def plan(me: str, hold: bool) -> frozenset[Announcement]:
+        return announcements_for(instances=[inst], me=me, healthy=True, draining=False, in_hold_down=hold,
+                                 settings=gateway_settings(1))  # fmt: skip
+
+    g1, g2 = bed.gateway(1), bed.gateway(2)
+    g2.speaker.set_announcements(plan("gw2", hold=False))
+    g1.speaker.set_announcements(plan("gw1", hold=True))  # gw1 just came back: hold-down
+    for g in (g1, g2):
+        assert g.speaker.wait_peers("up", 20) and g.speaker.wait_converged(5)
+    cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
+    assert wait_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), 5) is not None
+    assert bed.tb.router_route(EIP4) == [str(gw_v4(2))]
+    g1.speaker.set_announcements(plan("gw1", hold=False))  # hold-down over: gw1 takes its primary back
+    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
