@@ -39,6 +39,8 @@ def _neighbor(settings: BgpSettings, peer: PeerSettings) -> list[str]:
         f"    peer-as {peer.asn};",
         f"    hold-time {peer.hold_time};",
         f"    passive {'true' if peer.passive else 'false'};",
+        # we import nothing: do not keep what a (misconfigured) router might send us, e.g. a full table
+        "    adj-rib-in false;",
     ]
     if peer.md5_password is not None:
         lines.append(f'    md5-password "{peer.md5_password}";')
