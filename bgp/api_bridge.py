@@ -21,6 +21,7 @@ CONNECT_TIMEOUT_S = 10.0
 
 def _connect(path: str) -> socket.socket:
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    parent = os.getppid()
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -28,7 +29,7 @@ def _connect(path: str) -> socket.socket:
             return sock
         except OSError:
             sock.close()
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or os.getppid() != parent:  # give up, or ExaBGP is gone
                 raise
             time.sleep(0.1)
 
