@@ -16,11 +16,13 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
 from appliance.datapath_applier import DataPathApplier
+from appliance.datapath_incremental import IncrementalGateway, IncrementalWorker
 from appliance.datapath_scenarios import Gw, Sel, build_intent, scale_intent
 from appliance.datapath_testbed import EXT_V4, GATEWAY_ADDR, WORKER_ADDR, Testbed
 from appliance.intent import Intent
@@ -68,7 +70,9 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
     one = build_intent([gw], [Sel(pod_ip="100.64.1.10")])
     pod1 = Sel(pod_ip="100.64.1.10", policy="real")
     many = scale_intent(pods=pods, policies=policies, eips=eips, workers=1, node="worker1", extra=(pod1,))
-    bigger = scale_intent(pods=pods + 1, policies=policies, eips=eips, workers=1, node="worker1", extra=(pod1,))
+    # one more pod, as the resolution's pod-event path produces it: the same Steering objects plus one new one
+    added = build_intent([gw], [Sel(pod_ip="100.64.1.99", policy="real")]).steerings
+    bigger = replace(many, steerings=many.steerings + added)
     figures: dict[str, Any] = {"sizes": {"pods": pods, "policies": policies, "eips": eips}, "seconds": seconds}
     bed = Testbed(prefix=prefix)
     try:
@@ -88,6 +92,20 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
         (w2, g2), plan1_s = _timed(lambda: _plans(bigger))
         _, apply1_s = _timed(lambda: _apply(appliers, w2, g2, observe=False))
         _, noop_s = _timed(lambda: _apply(appliers, w2, g2))
+        # the pod-churn fast path (appliance.datapath_incremental): full pass, then one pod added / removed
+        inc_w = IncrementalWorker(appliers["w1"], node="worker1", underlay=ip_address(WORKER_ADDR["w1"][0]),
+                                  settings=WorkerSettings())
+        inc_g = IncrementalGateway(appliers["g1"], member="gw1", settings=GatewaySettings())
+        inc_w.converge(many, full=True)
+        inc_g.converge(many, workers=WORKERS, full=True)
+
+        def churn(intent: Intent) -> None:
+            for r in (inc_g.converge(intent, workers=WORKERS, full=False), inc_w.converge(intent, full=False)):
+                if r.failures or any("replaced" in c for c in r.changes):
+                    raise RuntimeError(f"fast path not taken or failed: {r}")
+
+        _, fast_add_s = _timed(lambda: churn(bigger))
+        _, fast_remove_s = _timed(lambda: churn(many))
         realistic = scale_intent(pods=pods, policies=policies, eips=eips, workers=100, node="worker1")
         _, plan_worker_100_s = _timed(lambda: plan_worker(realistic, node="worker1",
                                                           underlay=ip_address(WORKER_ADDR["w1"][0]),
@@ -103,6 +121,7 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
             "plan_one_pod_added": plan1_s, "apply_one_pod_added": apply1_s,
             "plan_apply_one_pod_added": plan1_s + apply1_s, "resync_no_change": noop_s,
             "plan_worker_100_local_pods": plan_worker_100_s,
+            "fast_path_one_pod_added": fast_add_s, "fast_path_one_pod_removed": fast_remove_s,
         }
         figures["retransmits"] = dict(RETRANSMITS)
         figures["load_average"] = os.getloadavg()[0]
@@ -127,7 +146,9 @@ def _print(f: dict[str, Any]) -> None:
         ("ratio many / 1 policy", f"{r['many_vs_1_policy']:.2f}", ">= 0.95"),
         ("plan + apply, full state (s)", f"{s['plan_apply_full']:.3f}", "<= 1"),
         ("  of which plan / apply (s)", f"{s['plan_full']:.3f} / {s['apply_full']:.3f}", ""),
-        ("plan + apply, one pod added (s)", f"{s['plan_apply_one_pod_added']:.3f}", "<= 0.05"),
+        ("one pod added, pod-churn fast path (s)", f"{s['fast_path_one_pod_added']:.3f}", "<= 0.05"),
+        ("one pod removed, pod-churn fast path (s)", f"{s['fast_path_one_pod_removed']:.3f}", "<= 0.05"),
+        ("one pod added, full plan + cached apply (s)", f"{s['plan_apply_one_pod_added']:.3f}", ""),
         ("  of which plan / apply (s)", f"{s['plan_one_pod_added']:.3f} / {s['apply_one_pod_added']:.3f}", ""),
         ("resync pass, nothing to do (s)", f"{s['resync_no_change']:.3f}", ""),
         ("plan a worker with 100 local pods of 10k (s)", f"{s['plan_worker_100_local_pods']:.3f}", ""),

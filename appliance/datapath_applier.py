@@ -82,6 +82,10 @@ class DataPathApplier:
             self._last = (kernel, table)
         return result
 
+    def forget(self) -> None:
+        """Drop the cached state (someone changed the kernel behind the cache: the next pass observes)."""
+        self._last = None
+
     def remove_all(self) -> ApplyResult:
         """Remove our nft table first (stop steering/SNAT), then our routes, rules, neighbours, EIPs and links."""
         self._last = None

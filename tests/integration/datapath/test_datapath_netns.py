@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
 
 from appliance.datapath_applier import DataPathApplier
+from appliance.datapath_incremental import IncrementalGateway, IncrementalWorker
 from appliance.datapath_scenarios import Gw, Sel, build_intent
 from appliance.datapath_testbed import EXT_V4, EXT_V6, GATEWAY_ADDR, PODS, WORKER_ADDR, Testbed
 from appliance.intent import Intent
@@ -244,3 +246,44 @@ def test_remove_all_leaves_nothing_of_ours(bed: Testbed) -> None:
     assert "metric 230" not in bed.ip("g1", "addr", "show", "dev", "lo")
     assert bed.source("pod1", EXT_V4[0]) == WORKER_ADDR["w1"][0]
     assert "lab_cni" in bed.run("w1", "nft", "list", "tables")
+
+
+def test_pod_churn_fast_path_equals_the_full_plan(bed: Testbed) -> None:
+    base = build_intent([GW], dual("pod1"))
+    workers = {w: IncrementalWorker(DataPathApplier(bed.ns(w)), node=NODE[w],
+                                    underlay=ip_address(WORKER_ADDR[w][0]), settings=WorkerSettings())
+               for w in ("w1", "w2")}
+    gateways = {g: IncrementalGateway(DataPathApplier(bed.ns(g)), member=MEMBER[g], settings=GatewaySettings())
+                for g in ("g1", "g2")}
+
+    def converge(intent: Intent, *, full: bool) -> list[str]:
+        changes: list[str] = []
+        for gw in gateways.values():
+            r = gw.converge(intent, workers=WORKERS, full=full)
+            assert r.failures == ()
+            changes += r.changes
+        for wk in workers.values():
+            r = wk.converge(intent, full=full)
+            assert r.failures == ()
+            changes += r.changes
+        return changes
+
+    def nothing_left_to_do(intent: Intent) -> None:
+        for g, member in MEMBER.items():
+            plan = plan_gateway(intent, member=member, workers=WORKERS, settings=GatewaySettings())
+            assert DataPathApplier(bed.ns(g)).diff(plan).empty
+        for w, node in NODE.items():
+            wplan = plan_worker(intent, node=node, underlay=ip_address(WORKER_ADDR[w][0]), settings=WorkerSettings())
+            assert DataPathApplier(bed.ns(w)).diff(wplan).empty
+
+    converge(base, full=True)
+    assert bed.source("pod2", EXT_V4[0]) == WORKER_ADDR["w1"][0]
+    grown = replace(base, steerings=base.steerings + build_intent([GW], [sel("pod2"), sel("pod3")]).steerings)
+    changes = converge(grown, full=False)
+    assert any("element lines" in c for c in changes) and not any("replaced" in c for c in changes), changes
+    assert bed.source("pod2", EXT_V4[0], "tcp") == EIP4
+    assert bed.source("pod3", EXT_V4[0], "tcp") == EIP4
+    nothing_left_to_do(grown)
+    converge(base, full=False)
+    assert bed.source("pod2", EXT_V4[0], "tcp") == WORKER_ADDR["w1"][0]
+    nothing_left_to_do(base)
