@@ -128,7 +128,13 @@ def test_gateway_status_and_maintenance_file(system: System) -> None:
     finally:
         maintenance.unlink()
     # back after rise + hold-down (1 s): it takes its primary back
-    wait_for(lambda: carrier(system) == primary, 30, "the EIP back on its primary")
+    try:
+        wait_for(lambda: carrier(system) == primary, 30, "the EIP back on its primary")
+    except AssertionError:
+        states = [
+            egressgw(system, g, "gateway", "status", "--config", gw_config(system, g))[1] for g in system.gateways
+        ]
+        raise AssertionError("\n".join([system.router_routes(4), *states])) from None
     assert system.seen_source("w1p1") == EIP
 
 
