@@ -97,6 +97,9 @@ class WireguardTestbed:
     routed_to: int = 1
     #: the worker's underlay family: False = IPv4 (tunnel to the IPv4 EIP), True = IPv6 only (to the IPv6 EIP)
     v6_underlay: bool = False
+    #: True = the shared data path (planning_worker/planning_gateway + DataPathApplier) steers, holds the EIPs and
+    #: SNATs; False = the stand-ins (a source rule on the worker, a small nft SNAT table on the gateways)
+    datapath: bool = False
 
     # ----- names -----
 
@@ -123,7 +126,8 @@ class WireguardTestbed:
 
     # ----- topology -----
 
-    def up(self) -> None:
+    def up(self, *, datapath: bool = False) -> None:
+        self.datapath = datapath
         for role in ("pod", "wk", "rt", "gw1", "gw2", "ext"):
             sh("ip", "netns", "add", self.ns(role))
             self.namespaces.append(self.ns(role))
@@ -150,9 +154,10 @@ class WireguardTestbed:
             self.run("rt", "ip", "link", "set", f"g{n}", "master", "br0")
             self.run(f"gw{n}", "ip", "route", "add", "default", "via", "198.51.100.1")
             self.run(f"gw{n}", "ip", "-6", "route", "add", "default", "via", "2001:db8:198::1")
-            self.run(f"gw{n}", "ip", "addr", "add", f"{EIP}/32", "dev", "lo")
-            self.run(f"gw{n}", "ip", "addr", "add", f"{EIP6}/128", "dev", "lo")
-            self.run(f"gw{n}", "nft", "-f", "-", stdin=self._snat_rules())
+            if not datapath:
+                self.run(f"gw{n}", "ip", "addr", "add", f"{EIP}/32", "dev", "lo")
+                self.run(f"gw{n}", "ip", "addr", "add", f"{EIP6}/128", "dev", "lo")
+                self.run(f"gw{n}", "nft", "-f", "-", stdin=self._snat_rules())
         self.veth("ext", "eth0", ["203.0.113.2/28", "2001:db8:203::2/64"], "rt", "ext", ["203.0.113.1/28",
                                                                                          "2001:db8:203::1/64"])
         self.run("ext", "ip", "route", "add", "default", "via", "203.0.113.1")
@@ -214,7 +219,7 @@ class WireguardTestbed:
                                wireguard_public_key=pub) for n in (1, 2))
         inst = GatewayInstance(name=INSTANCE, members=members, eips=(EIP, EIP6),
                                ranking=((EIP, (self.member(1), self.member(2))),),
-                               tunnel=TunnelSpec(type=TunnelType.WIREGUARD))
+                               alive=frozenset(m.name for m in members), tunnel=TunnelSpec(type=TunnelType.WIREGUARD))
         ref = PolicyRef(kind=PolicyKind.NAMESPACED, namespace="default", name="p")
 
         def steer(ip: IPAddress, eip: IPAddress, dst: str) -> Steering:
@@ -224,8 +229,10 @@ class WireguardTestbed:
         keys = worker_published if worker_published is not None else tuple(k.public_key for k in self.worker_keys())
         underlay: IPAddress = IPv6Address("2001:db8:127::11") if self.v6_underlay else IPv4Address("100.127.0.11")
         node = Node(name=self.worker, addresses=(underlay,), wireguard_public_key=",".join(keys))
+        cluster = tuple(ip_network(n) for n in ("100.64.0.0/16", "100.127.0.0/24", "2001:db8:64::/48",
+                                                 "2001:db8:127::/64"))
         intent = Intent(steerings=(steer(POD, EIP, "0.0.0.0/0"), steer(POD6, EIP6, "::/0")), outcomes=(),
-                        instances=(inst,), cluster_cidrs=())
+                        instances=(inst,), cluster_cidrs=cluster)
         return intent, (node,)
 
     def plans(self, *, worker_published: tuple[PublicKey, ...] | None = None
@@ -237,16 +244,52 @@ class WireguardTestbed:
         return worker, gws[0], gws[1]
 
     def apply_all(self, *, worker_published: tuple[PublicKey, ...] | None = None) -> dict[str, list[str]]:
-        """Plan and apply the worker and both gateways; steer the pod into the worker's route device."""
+        """Plan and apply the worker and both gateways; steer the pod into the worker's route device.
+
+        Order (what the services do on separate nodes, serialised here): members first - data path (EIPs on lo,
+        nftables) before WireGuard, so a member accepts handshakes only once it holds the endpoint - then the
+        worker's WireGuard devices, then the worker's data path, whose routes name those devices.
+        """
         if not (self.settings.instance_key_dir / f"{INSTANCE}.key").exists():
             self.write_instance_key()
         worker, gw1, gw2 = self.plans(worker_published=worker_published)
-        changes = {"gw1": self.applier("gw1").apply(gw1), "gw2": self.applier("gw2").apply(gw2),
-                   "wk": self.applier("wk").apply(worker)}
+        changes: dict[str, list[str]] = {"gw1": [], "gw2": [], "wk": []}
+        if self.datapath:
+            for role in ("gw1", "gw2"):
+                changes[role] += self.apply_datapath(role)
+        changes["gw1"] += self.applier("gw1").apply(gw1)
+        changes["gw2"] += self.applier("gw2").apply(gw2)
+        changes["wk"] += self.applier("wk").apply(worker)
+        if self.datapath:
+            changes["wk"] += self.apply_datapath("wk")
+            return changes
         device = worker.route_device(INSTANCE)
         if device:
             self.steer_pod(device)
         return changes
+
+    def apply_datapath(self, role: str) -> list[str]:
+        """The shared data path on the worker (`wk`) or a member (`gw1`, `gw2`), fed with our WireGuard devices."""
+        from appliance.datapath_applier import DataPathApplier
+        from appliance.planning_gateway import GatewayPlan, GatewaySettings, plan_gateway
+        from appliance.planning_worker import WorkerPlan, WorkerSettings, plan_worker
+
+        intent, nodes = self.intent()
+        worker_wg, *gateway_wg = self.plans()
+        underlay = nodes[0].addresses[0]
+        target: WorkerPlan | GatewayPlan
+        if role == "wk":
+            target = plan_worker(intent, node=self.worker, underlay=underlay, settings=WorkerSettings(),
+                                 wireguard_devices=dict(worker_wg.route_devices))
+        else:
+            n = int(role[-1])
+            target = plan_gateway(intent, member=self.member(n), workers={self.worker: (underlay,)},
+                                  settings=GatewaySettings(),
+                                  wireguard_devices=[i.name for i in gateway_wg[n - 1].interfaces])
+        result = DataPathApplier(self.ns(role)).apply(target)
+        if result.failures:
+            raise RuntimeError(f"[{role}] data path: {'; '.join(result.failures)}")
+        return list(result.changes)
 
     def steer_pod(self, device: str) -> None:
         """Stand-in for the data path's steering: pod sources (.10 and its v6) -> table 100 -> default dev WG."""

@@ -13,13 +13,23 @@ from appliance.wireguard_testbed import WireguardTestbed
 
 @pytest.fixture
 def testbed() -> Iterator[WireguardTestbed]:
+    yield from _testbed(datapath=False)
+
+
+@pytest.fixture
+def dp_testbed() -> Iterator[WireguardTestbed]:
+    """The testbed with the shared data path (steering, EIPs, SNAT, nft checks) instead of the stand-ins."""
+    yield from _testbed(datapath=True)
+
+
+def _testbed(*, datapath: bool) -> Iterator[WireguardTestbed]:
     for tool in ("wg", "wireguard-go", "nft"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: apt-get install --no-install-recommends wireguard-tools wireguard-go "
                         "nftables", pytrace=False)
     tb = WireguardTestbed()
     try:
-        tb.up()
+        tb.up(datapath=datapath)
         yield tb
     finally:
         tb.close()

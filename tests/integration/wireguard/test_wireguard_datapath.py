@@ -1,0 +1,106 @@
+"""WireGuard with the shared data path (planning_worker / planning_gateway / DataPathApplier) in namespaces:
+the worker steers by mark into the WireGuard device, the members hold the EIPs and SNAT, nftables checks and counts.
+
+Same topology as test_wireguard_netns (appliance.wireguard_testbed), without the stand-ins.
+"""
+
+from __future__ import annotations
+
+import time
+from ipaddress import ip_address
+
+import pytest
+
+from appliance import wireguard_keys as wk
+from appliance.datapath_applier import DataPathApplier
+from appliance.wireguard_testbed import EIP, EIP6, WireguardTestbed, parse_probe
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+
+
+def _send_udp(tb: WireguardTestbed, src: str, dst: str) -> None:
+    code = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0)); "
+            "[s.sendto(b'x', (sys.argv[2], 9200)) for _ in range(5)]")
+    tb.run("pod", "python3", "-c", code, src, dst)
+
+
+def test_eip_dual_stack_unselected_untouched_idempotent(dp_testbed: WireguardTestbed) -> None:
+    tb = dp_testbed
+    first = tb.apply_all()
+    assert all(first.values())
+    assert tb.apply_all() == {"gw1": [], "gw2": [], "wk": []}, "second pass of both appliers must change nothing"
+    assert tb.source_seen_by_external() == EIP
+    assert tb.source_seen_by_external(v6=True) == EIP6
+    # 100.64.1.12 is not selected: routed directly, the external server sees the pod IP (no CNI masquerade here)
+    assert tb.source_seen_by_external(src=ip_address("100.64.1.12")) == ip_address("100.64.1.12")
+    worker, _, _ = tb.plans()
+    assert "0% packet loss" in tb.run("wk", "ping", "-c", "2", "-i", "0.2", "-W", "1",
+                                      f"fe80::1%{worker.interfaces[0].name}")
+    assert DataPathApplier(tb.ns("gw1")).nft.counters().get("eip_203_0_113_130", (0, 0))[0] > 0
+
+
+def test_cluster_destination_pushed_into_the_tunnel_is_dropped_and_counted(dp_testbed: WireguardTestbed) -> None:
+    tb = dp_testbed
+    tb.apply_all()
+    worker, _, _ = tb.plans()
+    dev = worker.interfaces[0].name
+    gw = DataPathApplier(tb.ns("gw1")).nft
+    before = gw.counters().get("drop_cluster_destination", (0, 0))[0]
+    # a rogue worker sends a selected pod's packets toward a cluster destination through its (authenticated) tunnel
+    tb.run("wk", "ip", "route", "add", "default", "dev", dev, "table", "300")
+    tb.run("wk", "ip", "rule", "add", "pref", "50", "from", "100.64.1.10", "to", "100.64.2.0/24", "lookup", "300")
+    deadline = time.monotonic() + 5
+    while gw.counters()["drop_cluster_destination"][0] < before + 3:  # the first ones may wait for a handshake
+        assert time.monotonic() < deadline, gw.counters()
+        _send_udp(tb, "100.64.1.10", "100.64.2.10")
+        time.sleep(0.2)
+    # and an unselected pod IP pushed into the tunnel never gets through (WireGuard's allowed IPs drop it)
+    tb.run("wk", "ip", "rule", "add", "pref", "51", "from", "100.64.1.11", "lookup", "300")
+    with pytest.raises(ValueError):
+        tb.source_seen_by_external(src=ip_address("100.64.1.11"))
+
+
+def test_failover_with_prober(dp_testbed: WireguardTestbed) -> None:
+    tb = dp_testbed
+    tb.apply_all()
+    tb.start_echo_server()
+    prober = tb.start_prober(interval=0.1, misses=3)
+    time.sleep(0.5)
+    probe = tb.probe_udp(duration=4.0)
+    time.sleep(1.5)
+    tb.cut_uplink(1)
+    tb.route_eip_to(2)
+    out, _ = probe.communicate(timeout=30)
+    result = parse_probe(out)
+    print(f"failover through the shared data path: {result}")
+    assert result["received"] > 0.5 * result["sent"]
+    assert result["outage_ms"] < 2000, result
+    assert prober.poll() is None
+    assert DataPathApplier(tb.ns("gw2")).nft.counters().get("eip_203_0_113_130", (0, 0))[0] > 0
+
+
+def test_rotation_through_the_shared_data_path(dp_testbed: WireguardTestbed) -> None:
+    tb = dp_testbed
+    tb.apply_all()
+    tb.start_echo_server()
+    (old,) = tb.worker_keys()
+    probe = tb.probe_udp(duration=4.0)
+    time.sleep(0.5)
+    new = wk.begin_rotation(tb.state_dir)
+    tb.apply_all()
+    worker, _, _ = tb.plans()
+    new_dev = next(i.name for i in worker.interfaces if i.slot == new.slot)
+    deadline = time.monotonic() + 3
+    while "1 received" not in tb.run("wk", "ping", "-c", "1", "-W", "0.2", f"fe80::1%{new_dev}", check=False):
+        assert time.monotonic() < deadline, "the new key's tunnel never answered"
+    wk.switch_rotation(tb.state_dir)
+    changes = tb.apply_all()
+    assert any(new_dev in c for c in changes["wk"]), "the endpoint table must now route into the new device"
+    time.sleep(0.3)
+    wk.end_rotation(tb.state_dir)
+    tb.apply_all()
+    out, _ = probe.communicate(timeout=30)
+    result = parse_probe(out)
+    print(f"rotation through the shared data path: {result}")
+    assert result["lost"] <= 2, result
+    assert [k.public_key for k in tb.worker_keys()] == [new.public_key] and new.public_key != old.public_key
