@@ -139,6 +139,8 @@ class WireguardApplier:
 
     def __init__(self, *, prefix: str, netns: str | None = None, backend: Backend | None = None,
                  route_table: str = "main") -> None:
+        if shutil.which("wg") is None:
+            raise RuntimeError("the wg tool is missing: install wireguard-tools (--no-install-recommends)")
         self.prefix = prefix
         self.shell = Shell(netns=netns)
         self.backend = backend or detect_backend()
