@@ -86,6 +86,7 @@ def run_agent(cfg: AgentConfig) -> int:
     from prometheus_client import REGISTRY
 
     from appliance.datapath_wiring import DataPathUnavailable, make_worker_datapath, register_datapath_metrics
+    from appliance.intent_tracking import IntentTracker
     from appliance.service_metrics import LoopMetrics, serve_metrics
     from appliance.underlay import UnderlayError, detect_underlay
     from k8s_sync.cluster import ClusterSync
@@ -118,11 +119,12 @@ def run_agent(cfg: AgentConfig) -> int:
     api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
     sync = ClusterSync(api, role=Role.AGENT, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
 
-    def run_pass(snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
-        from appliance.resolution import resolve
+    tracker = IntentTracker()
 
-        # previous = what the status writer recorded: every agent and member resolves `rr` EIPs the same way
-        intent = resolve(snapshot, previous=sync.store.written_intent())
+    def run_pass(snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
+        # pod churn: incremental; otherwise a full resolve whose `previous` is what the status writer recorded, so
+        # every agent and member resolves `rr` EIPs the same way
+        intent = tracker.next(snapshot, previous=sync.store.written_intent).intent
         return datapath.converge(snapshot, intent, full=full_pass(reasons))
 
     reconciler = Reconciler(

@@ -54,22 +54,24 @@ def tunnel_source(underlay: Underlay) -> IPAddress:
 
 
 class RealWorkerDataPath:
+    """plan_worker + apply, with the pod-churn fast path (`IncrementalWorker`) for event-driven passes."""
+
     def __init__(self, cfg: AgentConfig, underlay: Underlay) -> None:
         from appliance.datapath_applier import DataPathApplier
+        from appliance.datapath_incremental import IncrementalWorker
         from appliance.planning_worker import WorkerSettings
 
         self.node = cfg.node_name
         self.source = tunnel_source(underlay)
         self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu)
         self.applier = DataPathApplier()
+        self.incremental = IncrementalWorker(self.applier, node=self.node, underlay=self.source, settings=self.settings)
         self.tunnel_links: tuple[str, ...] = ()
 
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome:
-        from appliance.planning_worker import plan_worker
-
-        plan = plan_worker(intent, node=self.node, underlay=self.source, settings=self.settings)
-        result = self.applier.apply(plan, observe=full)
-        self.tunnel_links = plan.tunnel_links
+        result = self.incremental.converge(intent, full=full)
+        if self.incremental.plan is not None:
+            self.tunnel_links = self.incremental.plan.tunnel_links
         return PassOutcome(changes=result.changes, failures=result.failures)
 
     def drifted(self) -> bool:
@@ -96,13 +98,17 @@ def workers_of(snapshot: Snapshot) -> Mapping[str, Sequence[IPAddress]]:
 
 
 class RealGatewayDataPath:
+    """plan_gateway + apply, with the pod-churn fast path (`IncrementalGateway`) for event-driven passes."""
+
     def __init__(self, cfg: GatewayConfig, uplink: Underlay) -> None:
         from appliance.datapath_applier import DataPathApplier
+        from appliance.datapath_incremental import IncrementalGateway
         from appliance.planning_gateway import GatewaySettings
 
         self.member = cfg.node_name
         self.settings = GatewaySettings(uplink_mtu=uplink.mtu, tunnel_mtu=cfg.tunnel.mtu)
         self.applier = DataPathApplier()
+        self.incremental = IncrementalGateway(self.applier, member=self.member, settings=self.settings)
         self.in_place: frozenset[IPAddress] = frozenset()
         self.tunnel_links: tuple[str, ...] = ()
         self.planned = False
@@ -110,8 +116,10 @@ class RealGatewayDataPath:
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
         from appliance.planning_gateway import plan_gateway
 
-        plan = plan_gateway(intent, member=self.member, workers=workers_of(snapshot), settings=self.settings)
-        result = self.applier.apply(plan, observe=full)
+        result = self.incremental.converge(intent, workers=workers_of(snapshot), full=full)
+        plan = self.incremental.plan  # None after a failed apply
+        if plan is None:
+            plan = plan_gateway(intent, member=self.member, workers=workers_of(snapshot), settings=self.settings)
         planned = frozenset(plan.eips)
         if result.failures:
             held = {a.ip for a in self.applier.netlink.observe().addresses}

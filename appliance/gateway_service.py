@@ -37,11 +37,11 @@ from appliance.gateway_seams import (
 )
 from appliance.gateway_status import render_announcement, status_document
 from appliance.intent import Intent
+from appliance.intent_tracking import IntentTracker
 from appliance.logging_setup import EventLogger
 from appliance.member_state import StateDir
 from appliance.model import IPAddress
 from appliance.reconciling import PassOutcome, Reconciler, Trigger, full_pass
-from appliance.resolution import resolve
 from appliance.snapshot import Snapshot
 from bgp.announcing import Announcement, MemberMode, member_mode, plan_announcements
 from bgp.health import Check, HealthConfig, HealthState, heartbeat_ok, initial_health, step_health
@@ -87,6 +87,7 @@ class GatewayService:
         self._abort = threading.Event()
         self._drain_reason = ""
         self._bfd_cache: tuple[float, dict[str, str] | None] | None = None
+        self.tracker = IntentTracker()
         self.reconciler = Reconciler(
             source=deps.source,
             run_pass=self.run_pass,
@@ -99,8 +100,7 @@ class GatewayService:
     # ----- the pass: kernel first -----
 
     def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
-        previous = self.deps.previous() if self.deps.previous is not None else self.intent
-        intent = resolve(snapshot, previous=previous)
+        intent = self.tracker.next(snapshot, previous=self.deps.previous).intent
         me = self.cfg.node_name
         kept = frozenset(e for i in intent.instances if any(m.name == me for m in i.members) for e in i.eips)
         with self.lock:
