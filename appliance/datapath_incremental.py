@@ -23,7 +23,7 @@ from appliance.model import IPAddress, NoGatewayAction, TunnelType
 from appliance.netlink_applier import ApplyResult
 from appliance.nft_rendering import FAMILY, TABLE, addr, mark, net
 from appliance.planning_gateway import GatewayPlan, GatewaySettings, plan_gateway
-from appliance.planning_tunnel import WORKER_NH4, WORKER_NH6, addr_token, host_network, link_name, pick_family
+from appliance.planning_tunnel import WORKER_NH4, WORKER_NH6, host_network, link_name, pick_family
 from appliance.planning_worker import WorkerPlan, WorkerSettings, plan_worker
 
 
@@ -226,9 +226,8 @@ class IncrementalGateway:
                     )))
                 elif not self.wireguard:
                     continue  # WireGuard instance without devices: the full plan skips it too
-                token = "nodeip" if s.eip is None else addr_token(s.eip)
-                if token not in plan.counters:
-                    raise NotIncremental  # its counters do not exist yet
+                if s.eip is None and "nodeip" not in plan.counters:
+                    raise NotIncremental  # the useNodeIP counters do not exist yet
                 for dest in s.destinations:
                     if dest.version != v:
                         continue
@@ -237,8 +236,6 @@ class IncrementalGateway:
                         elements.put(op, f"masq{v}", key)
                     else:
                         elements.put(op, f"snat{v}", key if op is Op.DELETE else f"{key} : {addr(s.eip)}")
-                    for set_name, prefix in ((f"bytes{v}", "eip"), (f"conns{v}", "conn")):
-                        elements.put(op, set_name, key if op is Op.DELETE else f'{key} : "{prefix}_{token}"')
         result = _apply(self.applier, routes, elements)
         self.intent = new if not result.failures else None
         return result

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from appliance.model import IPAddress, IPNetwork
 from appliance.planning_gateway import GatewayPlan
+from appliance.planning_tunnel import addr_token
 from appliance.planning_worker import WorkerPlan
 
 FAMILY = "inet"
@@ -262,12 +263,15 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
             NftSet(name=f"masq{v}", key_type=f"{fam(v)} . {fam(v)}", interval=True,
                    elements=frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", None)
                                       for e in entries if e.eip is None)),
-            NftSet(name=f"bytes{v}", key_type=f"{fam(v)} . {fam(v)}", data_type="counter", interval=True,
-                   elements=frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", f"eip_{e.counter}")
-                                      for e in entries)),
-            NftSet(name=f"conns{v}", key_type=f"{fam(v)} . {fam(v)}", data_type="counter", interval=True,
-                   elements=frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", f"conn_{e.counter}")
-                                      for e in entries)),
+        ]
+        counted = [(e, f"{addr_token(e)}") for e in plan.eips if e.version == v]
+        if plan.uplink is not None and plan.uplink.version == v and "nodeip" in plan.counters:
+            counted.append((plan.uplink, "nodeip"))
+        sets += [
+            NftSet(name=f"eipcount{v}", key_type=fam(v), data_type="counter",
+                   elements=frozenset((addr(a), f"eip_{t}") for a, t in counted)),
+            NftSet(name=f"eipconn{v}", key_type=fam(v), data_type="counter",
+                   elements=frozenset((addr(a), f"conn_{t}") for a, t in counted)),
         ]
     chains = f"""\tchain input {{
 \t\ttype filter hook input priority filter; policy accept;
@@ -284,6 +288,8 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \tchain prerouting {{
 \t\ttype filter hook prerouting priority mangle; policy accept;
 \t\tct direction reply ct mark & {mask} == {base} meta mark set ct mark
+\t\tct direction reply ct mark & {mask} == {base} counter name ip daddr map @eipcount4
+\t\tct direction reply ct mark & {mask} == {base} counter name ip6 daddr map @eipcount6
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
@@ -291,18 +297,12 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tiifname @wg_links jump from_wireguard
 \t\toifname @tunnel_links tcp flags syn tcp option maxseg size set rt mtu
 \t\toifname @wg_links tcp flags syn tcp option maxseg size set rt mtu
-\t\toifname @tunnel_links counter name ip daddr . ip saddr map @bytes4
-\t\toifname @tunnel_links counter name ip6 daddr . ip6 saddr map @bytes6
-\t\toifname @wg_links counter name ip daddr . ip saddr map @bytes4
-\t\toifname @wg_links counter name ip6 daddr . ip6 saddr map @bytes6
 \t}}
 \tchain from_wireguard {{
 \t\tip daddr @cluster4 counter name drop_cluster_destination drop
 \t\tip6 daddr @cluster6 counter name drop_cluster_destination drop
-\t\tmeta nfproto ipv4 ip saddr . ip daddr != @bytes4 counter name drop_unselected drop
-\t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @bytes6 counter name drop_unselected drop
-\t\tcounter name ip saddr . ip daddr map @bytes4
-\t\tcounter name ip6 saddr . ip6 daddr map @bytes6
+\t\tmeta nfproto ipv4 ip saddr . ip daddr != @snat4 ip saddr . ip daddr != @masq4 counter name drop_unselected drop
+\t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
 \t\tct state new ct mark set {base}
 \t}}
 \tchain from_tunnel {{
@@ -310,22 +310,25 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tmeta nfproto ipv6 meta mark . ip6 saddr != @pods6 counter name drop_spoofed drop
 \t\tip daddr @cluster4 counter name drop_cluster_destination drop
 \t\tip6 daddr @cluster6 counter name drop_cluster_destination drop
-\t\tmeta nfproto ipv4 ip saddr . ip daddr != @bytes4 counter name drop_unselected drop
-\t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @bytes6 counter name drop_unselected drop
-\t\tcounter name ip saddr . ip daddr map @bytes4
-\t\tcounter name ip6 saddr . ip6 daddr map @bytes6
+\t\tmeta nfproto ipv4 ip saddr . ip daddr != @snat4 ip saddr . ip daddr != @masq4 counter name drop_unselected drop
+\t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
 \t\tct state new ct mark set meta mark
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat - 10; policy accept;
 \t\tct mark & {mask} != {base} return
-\t\tcounter name ip saddr . ip daddr map @conns4
-\t\tcounter name ip6 saddr . ip6 daddr map @conns6
 \t\tip saddr . ip daddr @masq4 masquerade
 \t\tip6 saddr . ip6 daddr @masq6 masquerade
 \t\tsnat ip to ip saddr . ip daddr map @snat4
 \t\tsnat ip6 to ip6 saddr . ip6 daddr map @snat6
 \t\tcounter name drop_no_snat drop
+\t}}
+\tchain accounting {{
+\t\ttype filter hook postrouting priority srcnat + 10; policy accept;
+\t\tct direction original ct mark & {mask} == {base} counter name ip saddr map @eipcount4
+\t\tct direction original ct mark & {mask} == {base} counter name ip6 saddr map @eipcount6
+\t\tct state new ct direction original ct mark & {mask} == {base} counter name ip saddr map @eipconn4
+\t\tct state new ct direction original ct mark & {mask} == {base} counter name ip6 saddr map @eipconn6
 \t}}"""
     counters = set(GATEWAY_DROPS) | {f"eip_{c}" for c in plan.counters} | {f"conn_{c}" for c in plan.counters}
     return NftTable(role="gateway", chains=chains, sets=tuple(sets), counters=frozenset(counters))

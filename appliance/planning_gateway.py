@@ -113,6 +113,8 @@ class GatewayPlan:
     marks: MarkSettings
     reply_table: int
     skipped: tuple[GatewaySkip, ...] = ()
+    #: the member's own (uplink) address: useNodeIP traffic is masqueraded to it (counted as eip="nodeip")
+    uplink: IPAddress | None = None
     #: this member's WireGuard interfaces and listen ports (WireGuard instances only)
     wireguard_links: tuple[str, ...] = ()
     wireguard_ports: tuple[int, ...] = ()
@@ -226,6 +228,7 @@ def plan_gateway(
         pods=tuple(sorted(pods, key=lambda p: (p[1].version, p[0], int(p[1])))), snat=entries,
         cluster_cidrs=sorted_nets(intent.cluster_cidrs), tunnel_links=tuple(link_name(p) for p in ports),
         tunnel_ports=tuple(ports), counters=tuple(counters), marks=marks, reply_table=marks.table_base,
+        uplink=own,
         wireguard_links=tuple(sorted(wireguard_devices)) if wg else (),
         wireguard_ports=tuple(sorted({p for i in wg.values() for p in (i.tunnel.udp_port, i.tunnel.udp_port + 1)})),
         skipped=tuple(skipped),

@@ -102,6 +102,10 @@ def test_selected_pod_leaves_with_the_eip_unselected_with_the_node_ip(bed: Testb
     assert icmp_seen(bed, "pod1", EXT_V4[0]) == {EIP4}
     assert icmp_seen(bed, "pod1", EXT_V6) == {EIP6}
     assert icmp_seen(bed, "pod2", EXT_V4[0]) == {WORKER_ADDR["w1"][0]}
+    gw = DataPathApplier(bed.ns("g1")).counters()
+    assert gw["eip_203_0_113_130"][0] >= 6 and gw["conn_203_0_113_130"][0] >= 3  # both directions; new connections
+    assert gw["eip_2001_db8_e1__2"][0] >= 6
+    assert counters(bed, "w1")["ep_203_0_113_130_7700"] >= 6
 
 
 def test_ipv6_underlay_carries_both_families(bed: Testbed) -> None:
