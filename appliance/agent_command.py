@@ -89,13 +89,15 @@ def run_agent(cfg: AgentConfig) -> int:
     from appliance.intent_tracking import IntentTracker
     from appliance.service_metrics import LoopMetrics, serve_metrics
     from appliance.underlay import UnderlayError, detect_underlay
+    from appliance.wireguard_wiring import KubeNodeAnnotator
     from k8s_sync.cluster import ClusterSync
     from k8s_sync.kubeapi import KubeApi, make_api_client
     from k8s_sync.resources import Role
 
     try:
         underlay = detect_underlay(cfg.underlay, what="underlay")
-        datapath = make_worker_datapath(cfg, underlay)
+        api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
+        datapath = make_worker_datapath(cfg, underlay, annotator=KubeNodeAnnotator(api))
     except (UnderlayError, DataPathUnavailable) as e:
         log.error("agent.start_failed", error=str(e))
         return 1
@@ -116,7 +118,6 @@ def run_agent(cfg: AgentConfig) -> int:
     if listen:
         log.info("metrics.listening", address=listen)
 
-    api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
     sync = ClusterSync(api, role=Role.AGENT, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
 
     tracker = IntentTracker()

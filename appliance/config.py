@@ -119,6 +119,16 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WireguardSettings:
+    """Only used when a gateway instance has `tunnel.type: wireguard`."""
+
+    #: interface name prefix (1-8 characters); None = the planner's default (`wg-egw-`)
+    interface_prefix: str | None = None
+    #: gateway: directory with `<instance>.key`, the instance private key shared by its members (0600)
+    instance_key_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CommonConfig:
     """Fields shared by both roles."""
 
@@ -131,6 +141,7 @@ class CommonConfig:
     reconcile: ReconcileSettings = ReconcileSettings()
     state_dir: Path = Path("/var/lib/egressgw")
     log: LogSettings = LogSettings()
+    wireguard: WireguardSettings = WireguardSettings()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,8 +173,8 @@ _COMMON_KEYS = {
     "node_name", "kubeconfig", "tunnel", "metrics", "lease_namespace", "reconcile", "state_dir",
     "log",
 }  # fmt: skip
-_AGENT_KEYS = _COMMON_KEYS | {"underlay"}
-_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain"}
+_AGENT_KEYS = _COMMON_KEYS | {"underlay", "wireguard"}
+_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain", "wireguard"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
@@ -184,6 +195,21 @@ def _interface(raw: Any, path: str) -> InterfaceSettings:
         if any(b.version == a.version for b in parsed[:i]):
             raise ConfigError(f"{path}.addresses[{i}]", f"more than one IPv{a.version} address")
     return InterfaceSettings(interface=name, addresses=tuple(sorted(parsed, key=lambda a: a.version)))
+
+
+def _wireguard(raw: Any, path: str, base: Path, *, gateway: bool) -> WireguardSettings:
+    m = mapping(raw, path, {"interface_prefix", "instance_key_dir"} if gateway else {"interface_prefix"})
+    prefix = None
+    if m.get("interface_prefix") is not None:
+        prefix = string(m["interface_prefix"], f"{path}.interface_prefix")
+        if len(prefix) > 8 or not _IFNAME.match(prefix):
+            raise ConfigError(
+                f"{path}.interface_prefix", f"must be 1-8 characters valid in an interface name: {prefix!r}"
+            )
+    key_dir = None
+    if m.get("instance_key_dir") is not None:
+        key_dir = abs_path(m["instance_key_dir"], f"{path}.instance_key_dir", base)
+    return WireguardSettings(interface_prefix=prefix, instance_key_dir=key_dir)
 
 
 def _metrics(raw: Any, path: str, default_port: int) -> MetricsSettings | None:
@@ -324,7 +350,11 @@ def _read(path: Path) -> Mapping[str, Any]:
 def parse_agent_config(raw: Any, *, source: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
     m = mapping(raw, "", _AGENT_KEYS)
     common = _common(m, source, 9710, os.environ if env is None else env)
-    return AgentConfig(**common, underlay=_interface(m.get("underlay"), "underlay"))
+    return AgentConfig(
+        **common,
+        underlay=_interface(m.get("underlay"), "underlay"),
+        wireguard=_wireguard(m.get("wireguard"), "wireguard", source.parent, gateway=False),
+    )
 
 
 def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -352,6 +382,7 @@ def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | Non
     return GatewayConfig(
         **common,
         uplink=_interface(m.get("uplink"), "uplink"),
+        wireguard=_wireguard(m.get("wireguard"), "wireguard", source.parent, gateway=True),
         bgp=bgp,
         health=_health(m.get("health"), "health", source.parent),
         gateway=gateway,

@@ -13,7 +13,7 @@ EIP is announced only after a pass that installed everything, its SNAT entries i
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from appliance import health_checks
@@ -56,10 +56,11 @@ def tunnel_source(underlay: Underlay) -> IPAddress:
 class RealWorkerDataPath:
     """plan_worker + apply, with the pod-churn fast path (`IncrementalWorker`) for event-driven passes."""
 
-    def __init__(self, cfg: AgentConfig, underlay: Underlay) -> None:
+    def __init__(self, cfg: AgentConfig, underlay: Underlay, *, annotator: object | None = None) -> None:
         from appliance.datapath_applier import DataPathApplier
         from appliance.datapath_incremental import IncrementalWorker
         from appliance.planning_worker import WorkerSettings
+        from appliance.wireguard_wiring import WorkerWireguardHook
 
         self.node = cfg.node_name
         self.source = tunnel_source(underlay)
@@ -67,9 +68,17 @@ class RealWorkerDataPath:
         self.applier = DataPathApplier()
         self.incremental = IncrementalWorker(self.applier, node=self.node, underlay=self.source, settings=self.settings)
         self.tunnel_links: tuple[str, ...] = ()
+        self.wireguard = WorkerWireguardHook(
+            node=self.node,
+            state_dir=cfg.state_dir / "wireguard",
+            underlay=underlay,
+            prefix=cfg.wireguard.interface_prefix,
+            annotator=annotator,
+        )
 
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome:
-        result = self.incremental.converge(intent, full=full)
+        devices = self.wireguard.devices(snapshot, intent)
+        result = self.incremental.converge(intent, full=full, wireguard_devices=devices)
         if self.incremental.plan is not None:
             self.tunnel_links = self.incremental.plan.tunnel_links
         return PassOutcome(changes=result.changes, failures=result.failures)
@@ -100,10 +109,13 @@ def workers_of(snapshot: Snapshot) -> Mapping[str, Sequence[IPAddress]]:
 class RealGatewayDataPath:
     """plan_gateway + apply, with the pod-churn fast path (`IncrementalGateway`) for event-driven passes."""
 
-    def __init__(self, cfg: GatewayConfig, uplink: Underlay) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, uplink: Underlay, *, publish_key: Callable[[str], None] | None = None
+    ) -> None:
         from appliance.datapath_applier import DataPathApplier
         from appliance.datapath_incremental import IncrementalGateway
         from appliance.planning_gateway import GatewaySettings
+        from appliance.wireguard_wiring import GatewayWireguardHook
 
         self.member = cfg.node_name
         self.settings = GatewaySettings(uplink_mtu=uplink.mtu, tunnel_mtu=cfg.tunnel.mtu)
@@ -112,21 +124,32 @@ class RealGatewayDataPath:
         self.in_place: frozenset[IPAddress] = frozenset()
         self.tunnel_links: tuple[str, ...] = ()
         self.planned = False
+        self.wireguard = GatewayWireguardHook(
+            member=self.member,
+            uplink=uplink,
+            prefix=cfg.wireguard.interface_prefix,
+            instance_key_dir=cfg.wireguard.instance_key_dir,
+            publish=publish_key,
+        )
 
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
         from appliance.planning_gateway import plan_gateway
 
-        result = self.incremental.converge(intent, workers=workers_of(snapshot), full=full)
+        devices = self.wireguard.devices(snapshot, intent)
+        workers = workers_of(snapshot)
+        result = self.incremental.converge(intent, workers=workers, full=full, wireguard_devices=devices)
         plan = self.incremental.plan  # None after a failed apply
         if plan is None:
-            plan = plan_gateway(intent, member=self.member, workers=workers_of(snapshot), settings=self.settings)
+            plan = plan_gateway(
+                intent, member=self.member, workers=workers, settings=self.settings, wireguard_devices=devices
+            )
         planned = frozenset(plan.eips)
         if result.failures:
             held = {a.ip for a in self.applier.netlink.observe().addresses}
             self.in_place = frozenset(e for e in self.in_place & planned if e in held)
         else:
             self.in_place = planned
-        self.tunnel_links = plan.tunnel_links
+        self.tunnel_links = plan.tunnel_links + plan.wireguard_links
         self.planned = True
         return DataPathResult(
             outcome=PassOutcome(changes=result.changes, failures=result.failures), eips_in_place=self.in_place
@@ -160,14 +183,18 @@ def register_datapath_metrics(datapath: object, registry: object, *, role: str) 
     return True
 
 
-def make_worker_datapath(cfg: AgentConfig, underlay: Underlay) -> WorkerDataPath:
+def make_worker_datapath(cfg: AgentConfig, underlay: Underlay, *, annotator: object | None = None) -> WorkerDataPath:
+    """`annotator` publishes the WireGuard public keys on the Node (`appliance.wireguard_wiring.KubeNodeAnnotator`)."""
     _require_binaries()
-    return RealWorkerDataPath(cfg, underlay)
+    return RealWorkerDataPath(cfg, underlay, annotator=annotator)
 
 
-def make_gateway_datapath(cfg: GatewayConfig, uplink: Underlay) -> GatewayDataPath:
+def make_gateway_datapath(
+    cfg: GatewayConfig, uplink: Underlay, *, publish_key: Callable[[str], None] | None = None
+) -> GatewayDataPath:
+    """`publish_key(public_key)` publishes the WireGuard instance public key (Node annotation or member Lease)."""
     _require_binaries()
-    return RealGatewayDataPath(cfg, uplink)
+    return RealGatewayDataPath(cfg, uplink, publish_key=publish_key)
 
 
 def remove_worker_state(cfg: AgentConfig | None) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -211,6 +212,8 @@ def build_gateway_service(
     from appliance.logging_setup import EventLogger
     from appliance.service_metrics import LoopMetrics, serve_metrics
     from appliance.underlay import UnderlayError, detect_underlay
+    from appliance.wireguard_keys import PublicKey, publish_public_key
+    from appliance.wireguard_wiring import KubeNodeAnnotator
     from bgp.health import Check
     from bgp.metrics import BgpMetrics
     from k8s_sync.cluster import ClusterSync
@@ -221,9 +224,24 @@ def build_gateway_service(
 
     log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
     registry = registry if registry is not None else REGISTRY
+    api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
+    lease_holder: list[MemberLease] = []
+
+    def publish_key(public_key: str) -> None:
+        """The WireGuard instance public key: on the member Lease (appliance) or the own Node (cluster node)."""
+        if cfg.gateway is not None:
+            for held in lease_holder:
+                held.me = replace(held.me, wireguard_public_key=public_key)
+        else:
+            publish_public_key(KubeNodeAnnotator(api), cfg.node_name, (PublicKey(public_key),))
+        log.info("wireguard.key_published", public_key=public_key, on="lease" if cfg.gateway else "node")
+
     try:
         uplink = detect_underlay(cfg.uplink, what="uplink")
-        datapath = (datapath_factory or make_gateway_datapath)(cfg, uplink)
+        if datapath_factory is not None:
+            datapath = datapath_factory(cfg, uplink)
+        else:
+            datapath = make_gateway_datapath(cfg, uplink, publish_key=publish_key)
     except (UnderlayError, DataPathUnavailable) as e:
         raise StartError(str(e)) from None
     log.info(
@@ -243,7 +261,6 @@ def build_gateway_service(
     if listen:
         log.info("metrics.listening", address=listen)
 
-    api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
     sync = ClusterSync(api, role=Role.GATEWAY, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
     address = uplink.address(4) or uplink.addresses[0]
     me = MemberIdentity(name=cfg.node_name, gateway=cfg.gateway, address=str(address) if cfg.gateway else None)
@@ -254,6 +271,7 @@ def build_gateway_service(
         namespace=cfg.lease_namespace,
         healthy=lambda: not (service_ref and service_ref[0].phase == "draining"),
     )
+    lease_holder.append(lease)
     leader = LeaderElection(api, cfg.node_name, namespace=cfg.lease_namespace)
     writer = StatusWriter(api, sync.store.raw_objects, is_leader=leader.is_leader, identity=cfg.node_name)
 

@@ -119,6 +119,7 @@ def test_gateway_every_field() -> None:
             },
             "gateway": "egw-a",
             "state_dir": "/run/gw1",
+            "wireguard": {"interface_prefix": "wg-t-", "instance_key_dir": "wg"},
         }
     )
     assert c.uplink.interface == "uplink0"
@@ -130,6 +131,7 @@ def test_gateway_every_field() -> None:
     assert (c.health.upstream_probe.port, c.health.upstream_probe.timeout_ms) == (80, 200)
     assert c.disable_file == Path("/run/gw1/disabled")
     assert c.gateway == "egw-a"
+    assert c.wireguard.interface_prefix == "wg-t-" and c.wireguard.instance_key_dir == Path("/etc/egressgw/wg")
     assert c.metrics == MetricsSettings(host="", port=9711)
     # drain timings come from bgp.drain
     assert (c.drain_timeout_s, c.drain_settle_s) == (10.0, 1.0)
@@ -178,6 +180,7 @@ def test_gateway_drain_from_bgp_section() -> None:
         ({"log": {"level": "loud"}}, "log.level"),
         ({"log": {"format": "xml"}}, "log.format"),
         ({"log": {"colour": True}}, "log.colour"),
+        ({"wireguard": {"instance_key_dir": "/etc/x"}}, "wireguard.instance_key_dir"),  # gateways only
     ],
 )
 def test_bad_agent_field_is_named(raw: dict[str, Any], field: str) -> None:
@@ -207,6 +210,8 @@ def test_bad_agent_field_is_named(raw: dict[str, Any], field: str) -> None:
         ({"health": {"upstream_probe": {"address": "203.0.113.2", "proto": "tcp"}}}, "health.upstream_probe.proto"),
         ({"health": {"disable_file": ""}}, "health.disable_file"),
         ({"gateway": "EGW"}, "gateway"),
+        ({"wireguard": {"interface_prefix": "much-too-long"}}, "wireguard.interface_prefix"),
+        ({"wireguard": {"keys": "/x"}}, "wireguard.keys"),
     ],
 )
 def test_bad_gateway_field_is_named(raw: dict[str, Any], field: str) -> None:
