@@ -130,7 +130,12 @@ class LivenessProber:
                 self.targets.pop(dev).pinger.close()
             for dev, peer in wanted.items():
                 if dev not in self.targets:
-                    self.targets[dev] = _Target(pinger=Pinger(dev), peer=peer,
+                    try:
+                        pinger = Pinger(dev)
+                    except OSError as exc:  # device not there (yet): the next pass retries
+                        log.warning("wireguard.probe_unavailable interface=%s error=%s", dev, exc)
+                        continue
+                    self.targets[dev] = _Target(pinger=pinger, peer=peer,
                                                 watch=SessionWatch(misses_to_reset=self.misses))
                 self.targets[dev].peer = peer
 
@@ -152,18 +157,27 @@ class LivenessProber:
             t.last_seq = t.pinger.send()
         deadline = time.monotonic() + self.interval
         while (left := deadline - time.monotonic()) > 0:
-            socks = [t.pinger.sock for _, t in targets]
-            if not socks:
+            # a reconcile pass may close a vanished device's socket meanwhile (set_targets runs in another thread)
+            live = [t for _, t in targets if t.pinger.sock.fileno() >= 0]
+            if not live:
                 time.sleep(left)
                 break
-            ready, _, _ = select.select(socks, [], [], left)
-            for _, t in targets:
+            try:
+                ready, _, _ = select.select([t.pinger.sock for t in live], [], [], left)
+            except (OSError, ValueError):
+                continue
+            for t in live:
                 if t.pinger.sock in ready:
                     t.answered |= t.pinger.drain()
 
     def run(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set; an unexpected error is logged and the loop goes on (the thread never dies)."""
         while not stop.is_set():
-            self.tick()
+            try:
+                self.tick()
+            except Exception:
+                log.exception("wireguard.prober_tick_failed")
+                time.sleep(self.interval)
 
     def answering(self, device: str) -> bool:
         """True when the last judged probe through `device` was answered (the tunnel works end to end)."""

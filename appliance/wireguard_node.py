@@ -141,8 +141,15 @@ class GatewayWireguard:
         """What this member publishes (Node annotation or Lease): the instance key's public half."""
         return read_key_file(self.settings.instance_key_dir / f"{instance}.key").public_key()
 
+    def plan(self, intent: Intent, nodes: Sequence[Node]) -> WireguardPlan:
+        """Plan only: the interface names are known before anything is applied, so a pass can apply the data path
+        (EIPs on lo, nftables naming these devices) first and the WireGuard devices after (`apply`)."""
+        return plan_gateway_wireguard(intent, member=self.member, nodes=nodes, settings=self.settings)
+
     def reconcile(self, intent: Intent, nodes: Sequence[Node]) -> WireguardPlan:
-        plan = plan_gateway_wireguard(intent, member=self.member, nodes=nodes, settings=self.settings)
+        return self.apply(self.plan(intent, nodes))
+
+    def apply(self, plan: WireguardPlan) -> WireguardPlan:
         changes = self.applier.apply(plan)
         if changes or plan.skipped:
             log.info("wireguard.pass member=%s changes=%d %s", self.member, len(changes),

@@ -133,3 +133,4 @@ def test_rotation_driver_switches_when_new_tunnel_answers_and_ends_after_grace(t
     assert w.advance_rotation() is RotationStep.ENDED
     assert nodes.values[-1] == new.public_key
     assert [k.public_key for k in w.current_keys()] == [new.public_key]
+
