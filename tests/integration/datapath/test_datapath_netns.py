@@ -291,3 +291,45 @@ def test_pod_churn_fast_path_equals_the_full_plan(bed: Testbed) -> None:
     converge(base, full=False)
     assert bed.source("pod2", EXT_V4[0], "tcp") == WORKER_ADDR["w1"][0]
     nothing_left_to_do(base)
+
+
+PROBE = r"""
+import json, socket, sys, threading, time
+server, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.5)
+got = set()
+def recv():
+    deadline = None
+    while True:
+        try:
+            data = s.recv(2048)
+        except (TimeoutError, socket.timeout):
+            if done.is_set():
+                return
+            continue
+        got.add(int(data.split(b"|")[0]))
+done = threading.Event()
+t = threading.Thread(target=recv); t.start()
+for i in range(count):
+    s.sendto(str(i).encode(), (server, 7000))
+    time.sleep(0.01)
+time.sleep(1.0); done.set(); t.join()
+print(json.dumps({"sent": count, "missing": sorted(set(range(count)) - got)}))
+"""
+
+
+def test_restart_and_reapply_lose_no_packet(bed: Testbed) -> None:
+    intent = build_intent([GW], dual("pod1"))
+    apply(bed, intent)
+    probe = subprocess.Popen(["ip", "netns", "exec", bed.ns("pod1"), sys.executable, "-c", PROBE, EXT_V4[0], "300"],
+                             stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    assert all(c == () for c in apply(bed, intent).values())  # restarted processes adopt: nothing changes
+    apply(bed, build_intent([GW], [*dual("pod1"), sel("pod2"), sel("pod3")]))  # other pods come and go
+    apply(bed, intent)
+    bed.run("g1", "nft", "flush", "chain", "inet", "egressgw", "accounting")  # drift -> atomic table replacement
+    assert "nft table replaced" in apply(bed, intent)["g1"]
+    out, _ = probe.communicate(timeout=30)
+    result = json.loads(out)
+    assert result["missing"] == [], result
