@@ -61,8 +61,9 @@ def test_i01_i05_cluster_info_status_and_extra_cidr(system: System, scenario: Sc
 
 
 def test_r08_pool_exhaustion_surplus_policies_pending(system: System, scenario: Scenario) -> None:
-    scenario.apply(gateway_manifest("egw-small", pools_v4=("203.0.113.240-203.0.113.241",), pools_v6=(),
-                                    default_v4=None, default_v6=None, cluster_default=False))
+    # three addresses: the default EIP (.240, kept for `default` policies) and two for rr
+    scenario.apply(gateway_manifest("egw-small", pools_v4=("203.0.113.240-203.0.113.242",), pools_v6=(),
+                                    default_v4="203.0.113.240", default_v6=None, cluster_default=False))
     names = [f"rr{i}" for i in range(4)]
     scenario.apply(*(policy_manifest(scenario.namespace, n, match_labels={"app": n}, gateway="egw-small",
                                      egress_ip={"allocatorPolicy": "rr"}) for n in names))
@@ -79,7 +80,7 @@ def test_r08_pool_exhaustion_surplus_policies_pending(system: System, scenario: 
 
     got = wait_for(states, timeout=CONVERGE_S, what="status on every rr policy")
     eips = [v for v in got.values() if v.startswith("203.")]
-    assert sorted(eips) == ["203.0.113.240", "203.0.113.241"], got
+    assert sorted(eips) == ["203.0.113.241", "203.0.113.242"], got
     assert sorted(v for v in got.values() if not v.startswith("203.")) == ["PoolExhausted", "PoolExhausted"]
 
 
