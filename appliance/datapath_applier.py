@@ -2,7 +2,8 @@
 
 Order of a pass (make before break): links, addresses, neighbours, routes and rules are added or replaced first,
 then the nft table is converged (marks now point at routes that exist; SNAT maps name EIPs that are held), then
-stale rules, routes, neighbours, addresses and links are removed. Re-running a pass that has nothing to do changes
+sysctls are set (conntrack's exist once the table uses conntrack), then stale rules, routes, neighbours, addresses
+and links are removed. Re-running a pass that has nothing to do changes
 nothing (observe -> diff -> empty). A restarted process adopts what it finds: nothing is flushed at start.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.kernel_model import Change, KernelState, diff_phases
+from appliance.kernel_model import Change, KernelState, Sysctl, diff_phases
 from appliance.netlink_applier import ApplyResult, NetlinkApplier, Shell
 from appliance.nft_applier import NftApplier, ObservedTable, as_observed
 from appliance.nft_rendering import NftTable, gateway_table, worker_table
@@ -75,8 +76,10 @@ class DataPathApplier:
         else:
             observed_kernel, assume = self.netlink.observe(tuple(s.key for s in kernel.sysctls)), None
         make, brk = diff_phases(observed_kernel, kernel)
-        result = self.netlink.execute(make)
+        # sysctls after the nft table: conntrack's sysctls exist only once conntrack is in use in this namespace
+        result = self.netlink.execute([c for c in make if not isinstance(c.item, Sysctl)])
         result += self.nft.apply(table, assume=assume)
+        result += self.netlink.execute([c for c in make if isinstance(c.item, Sysctl)])
         result += self.netlink.execute(brk)
         if not result.failures:
             self._last = (kernel, table)
