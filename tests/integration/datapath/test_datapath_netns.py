@@ -314,7 +314,7 @@ t = threading.Thread(target=recv); t.start()
 for i in range(count):
     s.sendto(str(i).encode(), (server, 7000))
     time.sleep(0.01)
-time.sleep(1.0); done.set(); t.join()
+time.sleep(3.0); done.set(); t.join()
 print(json.dumps({"sent": count, "missing": sorted(set(range(count)) - got)}))
 """
 
