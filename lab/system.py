@@ -370,7 +370,7 @@ def restart_apiserver(system: System, *, down_for: float = 5.0) -> None:
     if rec is None:
         raise RuntimeError("the lab has no kube-apiserver daemon")
     argv = Path(f"/proc/{rec.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    os.kill(rec.pid, signal.SIGTERM)
+    os.kill(rec.pid, signal.SIGKILL)  # its graceful shutdown can take longer than the outage we want
     for _ in range(100):
         try:  # the lab may have started it from this very process: reap it, or it stays a zombie
             if os.waitpid(rec.pid, os.WNOHANG)[0] == rec.pid:
