@@ -126,18 +126,20 @@ def ip_key(ip: IPAddress) -> tuple[int, int]:
 
 def _add_snat(
     s: Steering,
-    snat: dict[tuple[IPAddress, IPNetwork], SnatEntry],
-    accepted: dict[IPAddress, list[IPNetwork]],
+    pod: tuple[int, int],
+    snat: list[SnatEntry],
+    accepted: dict[tuple[int, int], list[IPNetwork]],
     skipped: list[GatewaySkip],
 ) -> None:
+    """SNAT entries of one steering (disjoint per pod IP, so the list never holds the same key twice)."""
     for dest in s.destinations:
-        if dest.version != s.pod_ip.version:
+        if dest.version != pod[0]:
             continue
-        if not add_disjoint(accepted, s.pod_ip, dest):
+        if not add_disjoint(accepted, pod, dest):
             skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.OVERLAPPING_DESTINATION))
             continue
         name = "nodeip" if s.eip is None else addr_token(s.eip)
-        snat[(s.pod_ip, dest)] = SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name)
+        snat.append(SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name))
 
 
 def plan_gateway(
@@ -171,32 +173,38 @@ def plan_gateway(
         (Vtep(address=a, mark=marks.mark(slots[n]), node=n) for n in nodes for a in set(workers[n])),
         key=lambda v: ip_key(v.address),
     )
-    pods: set[tuple[int, IPAddress]] = set()
-    pod_worker: dict[IPAddress, tuple[str, int]] = {}
-    snat: dict[tuple[IPAddress, IPNetwork], SnatEntry] = {}
-    routes: dict[IPAddress, Route] = {}
-    accepted: dict[IPAddress, list[IPNetwork]] = {}
+    # per-pod work is keyed by (version, int(ip)): hashing ipaddress objects dominated planning 10k pods
+    pods: dict[tuple[int, int], tuple[int, IPAddress]] = {}
+    pod_worker: dict[tuple[int, int], str] = {}
+    snat: list[SnatEntry] = []
+    routes: dict[tuple[int, int], Route] = {}
+    accepted: dict[tuple[int, int], list[IPNetwork]] = {}
+    devs = {name: link_name(i.tunnel.udp_port) for name, i in vxlan.items()}
+    encaps: dict[tuple[str, str], Encap] = {}
+    node_mark = {n: marks.mark(slot) for n, slot in slots.items()}
     for s in steerings:
+        pod = (s.pod_ip.version, int(s.pod_ip))
         if s.gateway in wg:
-            _add_snat(s, snat, accepted, skipped)
+            _add_snat(s, pod, snat, accepted, skipped)
             continue
-        instance = vxlan[s.gateway]
         if s.node not in slots:
             skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.UNKNOWN_WORKER))
             continue
-        if s.pod_ip in pod_worker and pod_worker[s.pod_ip][0] != s.node:
+        seen = pod_worker.setdefault(pod, s.node)
+        if seen != s.node:
             skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.POD_ON_TWO_WORKERS))
             continue
-        pod_worker[s.pod_ip] = (s.node, instance.tunnel.udp_port)
-        pods.add((marks.mark(slots[s.node]), s.pod_ip))
-        worker_addr = pick_family(workers[s.node], version) or workers[s.node][0]
-        if s.pod_ip not in routes:
-            v4 = s.pod_ip.version == 4
-            routes[s.pod_ip] = Route(
-                table=marks.table_base, dst=host_network(s.pod_ip), dev=link_name(instance.tunnel.udp_port),
-                via=WORKER_NH4 if v4 else WORKER_NH6, encap=Encap(vni=instance.tunnel.vni, dst=worker_addr),
+        if pod not in routes:
+            pods[pod] = (node_mark[s.node], s.pod_ip)
+            encap = encaps.get((s.gateway, s.node))
+            if encap is None:
+                worker_addr = pick_family(workers[s.node], version) or workers[s.node][0]
+                encap = encaps[(s.gateway, s.node)] = Encap(vni=vxlan[s.gateway].tunnel.vni, dst=worker_addr)
+            routes[pod] = Route(
+                table=marks.table_base, dst=host_network(s.pod_ip), dev=devs[s.gateway],
+                via=WORKER_NH4 if pod[0] == 4 else WORKER_NH6, encap=encap,
             )
-        _add_snat(s, snat, accepted, skipped)
+        _add_snat(s, pod, snat, accepted, skipped)
 
     eips = sorted({e for i in instances for e in i.eips}, key=ip_key)
     ports = sorted({i.tunnel.udp_port for i in vxlan.values()})
@@ -219,13 +227,11 @@ def plan_gateway(
         links=links, addresses=frozenset(LocalAddress(ip=e) for e in eips), neighbours=neighbours,
         routes=frozenset(routes.values()), rules=rules, sysctls=frozenset(sysctls),
     )
-    entries = tuple(
-        sorted(snat.values(), key=lambda e: (e.pod_ip.version, int(e.pod_ip), net_key(e.destination)))
-    )
+    entries = tuple(sorted(snat, key=lambda e: (e.pod_ip.version, int(e.pod_ip), net_key(e.destination))))
     counters = sorted({e.counter for e in entries} | {addr_token(e) for e in eips})
     return GatewayPlan(
         member=member, kernel=kernel, eips=tuple(eips), vteps=tuple(vteps),
-        pods=tuple(sorted(pods, key=lambda p: (p[1].version, p[0], int(p[1])))), snat=entries,
+        pods=tuple(pods[k] for k in sorted(pods, key=lambda k: (k[0], pods[k][0], k[1]))), snat=entries,
         cluster_cidrs=sorted_nets(intent.cluster_cidrs), tunnel_links=tuple(link_name(p) for p in ports),
         tunnel_ports=tuple(ports), counters=tuple(counters), marks=marks, reply_table=marks.table_base,
         uplink=own,

@@ -114,10 +114,11 @@ def pick_family(addresses: Iterable[IPAddress], version: int) -> IPAddress | Non
     return next((a for a in addresses if a.version == version), None)
 
 
-def add_disjoint(accepted: dict[IPAddress, list[IPNetwork]], pod_ip: IPAddress, dest: IPNetwork) -> bool:
-    """Record `dest` for `pod_ip` unless it overlaps one already recorded (nft interval maps need disjoint keys;
-    the resolution guarantees it, this keeps a violation from failing the whole table). True = recorded."""
-    have = accepted.setdefault(pod_ip, [])
+def add_disjoint(accepted: dict[tuple[int, int], list[IPNetwork]], pod: tuple[int, int], dest: IPNetwork) -> bool:
+    """Record `dest` for the pod IP `pod` ((version, int) - cheap to hash) unless it overlaps one already recorded
+    (nft interval maps need disjoint keys; the resolution guarantees it, this keeps a violation from failing the
+    whole table). True = recorded."""
+    have = accepted.setdefault(pod, [])
     if have and any(dest.overlaps(n) for n in have if n.version == dest.version):
         return False
     have.append(dest)

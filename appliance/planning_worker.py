@@ -195,20 +195,21 @@ def plan_worker(
         )
     by_key = {(e.address, e.vni, e.port, e.device): e for e in endpoints}
 
-    steer: dict[tuple[IPAddress, IPNetwork], int] = {}
-    accepted: dict[IPAddress, list[IPNetwork]] = {}
+    steer: list[tuple[IPAddress, IPNetwork, int]] = []
+    accepted: dict[tuple[int, int], list[IPNetwork]] = {}
     for s, ep in chosen:
         mark = marks.drop_mark if ep is None else by_key[ep].mark
+        pod = (s.pod_ip.version, int(s.pod_ip))
         for dest in s.destinations:
-            if dest.version != s.pod_ip.version:
+            if dest.version != pod[0]:
                 continue
-            if add_disjoint(accepted, s.pod_ip, dest):
-                steer[(s.pod_ip, dest)] = mark
+            if add_disjoint(accepted, pod, dest):
+                steer.append((s.pod_ip, dest, mark))
             else:
                 skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.OVERLAPPING_DESTINATION))
     entries = tuple(
         sorted(
-            (SteerEntry(pod_ip=p, destination=d, mark=m) for (p, d), m in steer.items()),
+            (SteerEntry(pod_ip=p, destination=d, mark=m) for p, d, m in steer),
             key=lambda e: (e.pod_ip.version, int(e.pod_ip), net_key(e.destination)),
         )
     )
