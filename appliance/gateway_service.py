@@ -163,6 +163,9 @@ class GatewayService:
                     self.log.debug("eip.not_in_place", eips=held_back)
             old, old_mode = self.desired, self.mode
             self.desired, self.mode = desired, mode
+            if desired != old and self.deps.speaker is not None:
+                # under the lock: the loop and health threads both call this; the last computed set must win
+                self.deps.speaker.set_announcements(desired)
         if desired == old and mode == old_mode:
             return
         if mode != old_mode:
@@ -181,8 +184,6 @@ class GatewayService:
         for a in sorted(old, key=lambda a: (a.prefix.version, a.prefix)):
             if a.prefix not in new_prefixes:
                 self.log.info("eip.withdrawn", eip=a.eip, mode=mode, reason=health.reason)
-        if self.deps.speaker is not None:
-            self.deps.speaker.set_announcements(desired)
 
     # ----- health -----
 
