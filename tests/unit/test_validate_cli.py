@@ -83,3 +83,12 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     done = subprocess.run([*cmd, str(INVALID[0])], capture_output=True, text=True)
     assert done.returncode == 1 and done.stdout.startswith(str(INVALID[0]))
     assert subprocess.run([*cmd, str(bad)], capture_output=True).returncode == 2
+
+
+def test_kind_list_is_expanded(tmp_path: Path) -> None:
+    f = tmp_path / "list.yaml"
+    f.write_text("apiVersion: v1\nkind: List\nitems:\n"
+                 "- apiVersion: egressgw.io/v1alpha1\n  kind: EgressClusterInfo\n  metadata: {name: main}\n")
+    code, out, _ = run(f)
+    assert (code, out) == (1, f"{f}: EgressClusterInfo/main: metadata.name: EgressClusterInfo is a singleton: "
+                              "its name must be 'default'\n")
