@@ -197,23 +197,24 @@ def make_gateway_datapath(
     return RealGatewayDataPath(cfg, uplink, publish_key=publish_key)
 
 
-def remove_worker_state(cfg: AgentConfig | None) -> tuple[str, ...]:
+def remove_worker_state(cfg: AgentConfig | GatewayConfig | None) -> tuple[str, ...]:
     """Everything ours in the current namespace: our nft table, rules, routes, neighbours, EIPs, VXLAN links, and
-    our WireGuard interfaces (default prefix) when WireGuard exists here."""
+    our WireGuard interfaces when WireGuard exists here (the configured `wireguard.interface_prefix`: a node whose
+    services name them differently must get them removed too; the default prefix without a config)."""
     _require_binaries()
     from appliance.datapath_applier import DataPathApplier
 
     result = DataPathApplier().remove_all()
     out = result.changes + tuple(f"FAILED {f}" for f in result.failures)
-    return out + _remove_wireguard()
+    return out + _remove_wireguard(cfg.wireguard.interface_prefix if cfg is not None else None)
 
 
-def _remove_wireguard() -> tuple[str, ...]:
+def _remove_wireguard(prefix: str | None) -> tuple[str, ...]:
     from appliance.planning_wireguard import WgSettings
     from appliance.wireguard_applier import WireguardApplier
 
     try:
-        applier = WireguardApplier(prefix=WgSettings().interface_prefix)
+        applier = WireguardApplier(prefix=prefix or WgSettings().interface_prefix)
     except RuntimeError:  # neither the kernel module nor wireguard-go: nothing of ours can exist
         return ()
     names = sorted(applier.our_links())
@@ -222,4 +223,4 @@ def _remove_wireguard() -> tuple[str, ...]:
 
 
 def remove_gateway_state(cfg: GatewayConfig | None) -> tuple[str, ...]:
-    return remove_worker_state(None)
+    return remove_worker_state(cfg)

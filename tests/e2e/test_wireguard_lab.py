@@ -220,3 +220,23 @@ def test_w04_key_rotation_on_a_worker_with_traffic_flowing(system: System, scena
     keys = {str(p["public_key"]) for p in wl.wg_dump(system, carrier, WG_PREFIX)}
     assert new_key in keys and old_key not in keys, keys
     assert system.seen_source("w1p1") == DEFAULT_EIP_V4
+
+
+def test_w05_agent_cleanup_removes_the_configured_wireguard_interfaces(system: System, scenario: Scenario) -> None:
+    selected_pod(system, scenario)
+    names = list(wl.wg_interfaces(system, "worker1", WG_PREFIX))
+    assert names
+    config = str(system.lab.node_dir("worker1") / "agent.yaml")
+    system.stop_service("worker1")
+    try:
+        res = system.lab.exec("worker1", System.python_module("appliance.cli", "agent", "cleanup", "--config", config),
+                              check=False, timeout=60)
+        assert res.returncode == 0, res.stderr
+        # the interfaces named with the configured prefix (not the default one) are gone, with their wireguard-go
+        assert wl.node_links(system, "worker1", WG_PREFIX) == [], res.stdout
+        assert not any((wl.WG_RUN_DIR / f"{n}.sock").exists() for n in names)
+        assert system.seen_source("w1p1", timeout=1.0) != DEFAULT_EIP_V4
+    finally:
+        wl.start_agent(system, "worker1", WG_PREFIX)
+    # the restarted agent keeps its key (same annotation) and rebuilds the tunnel
+    expect_source(system, "w1p1", DEFAULT_EIP_V4)
