@@ -18,7 +18,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,6 +122,18 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
         _, plan_worker_100_s = _timed(lambda: plan_worker(realistic, node="worker1",
                                                           underlay=ip_address(WORKER_ADDR["w1"][0]),
                                                           settings=WorkerSettings()), "plan_worker_100_local_pods")
+        # the gateway with pod-CIDR reply routes (Node.spec.podCIDRs known): full state from empty
+        cidrs = {"worker1": (ip_network("100.64.1.0/24"), ip_network("100.80.0.0/16"))}
+        appliers["g1"].remove_all()
+
+        def gateway_with_cidrs() -> None:
+            plan = plan_gateway(many, member="gw1", workers=WORKERS, settings=GatewaySettings(),
+                                worker_pod_cidrs=cidrs)
+            result = appliers["g1"].apply(plan)
+            if result.failures:
+                raise RuntimeError(f"apply failed: {result.failures[:5]}")
+
+        _, gw_cidr_s = _timed(gateway_with_cidrs, "gateway_full_pod_cidr_routes")
         tunnel_many = _iperf(bed, "pod1", seconds, "tunnel_many")
         server.terminate()
         figures["throughput_gbps"] = {"direct": direct, "tunnel_snat_1_policy": tunnel_1,
@@ -134,6 +146,7 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
             "plan_apply_one_pod_added": plan1_s + apply1_s, "resync_no_change": noop_s,
             "plan_worker_100_local_pods": plan_worker_100_s,
             "fast_path_one_pod_added": fast_add_s, "fast_path_one_pod_removed": fast_remove_s,
+            "gateway_full_pod_cidr_routes": gw_cidr_s,
         }
         figures["cpu_s"] = dict(CPU)
         figures["cpu_s"]["plan_apply_full"] = CPU["plan_full"] + CPU["apply_full"]
@@ -166,6 +179,8 @@ def _print(f: dict[str, Any]) -> None:
          f"{s['fast_path_one_pod_removed']:.3f} ({c['fast_path_one_pod_removed']:.3f})", "<= 0.05"),
         ("one pod added, full plan + cached apply (s)", f"{s['plan_apply_one_pod_added']:.3f}", ""),
         ("  of which plan / apply (s)", f"{s['plan_one_pod_added']:.3f} / {s['apply_one_pod_added']:.3f}", ""),
+        ("gateway full state, pod-CIDR routes: wall (cpu) s",
+         f"{s['gateway_full_pod_cidr_routes']:.3f} ({c['gateway_full_pod_cidr_routes']:.3f})", ""),
         ("resync pass, nothing to do: wall (cpu) s", f"{s['resync_no_change']:.3f} ({c['resync_no_change']:.3f})", ""),
         ("plan a worker with 100 local pods of 10k (s)", f"{s['plan_worker_100_local_pods']:.3f}", ""),
     ]

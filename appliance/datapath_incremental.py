@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from appliance.datapath_applier import DataPathApplier
 from appliance.intent import Intent, Steering
 from appliance.kernel_model import Change, Encap, Op, Route
-from appliance.model import IPAddress, NoGatewayAction, TunnelType
+from appliance.model import IPAddress, IPNetwork, NoGatewayAction, TunnelType
 from appliance.netlink_applier import ApplyResult
 from appliance.nft_rendering import FAMILY, TABLE, addr, mark, net
-from appliance.planning_gateway import GatewayPlan, GatewaySettings, plan_gateway
-from appliance.planning_tunnel import WORKER_NH4, WORKER_NH6, host_network, link_name, pick_family
+from appliance.planning_gateway import GatewayPlan, GatewaySettings, plan_gateway, reply_destination
+from appliance.planning_tunnel import WORKER_NH4, WORKER_NH6, link_name, pick_family
 from appliance.planning_worker import WorkerPlan, WorkerSettings, plan_worker
 
 
@@ -169,21 +169,26 @@ class IncrementalGateway:
         self.plan: GatewayPlan | None = None
         self.workers: dict[str, tuple[IPAddress, ...]] = {}
         self.wireguard: tuple[str, ...] = ()
+        self.cidrs: dict[str, tuple[IPNetwork, ...]] = {}
 
     def converge(self, intent: Intent, *, workers: Mapping[str, Sequence[IPAddress]], full: bool = True,
-                 wireguard_devices: Sequence[str] = ()) -> ApplyResult:
+                 wireguard_devices: Sequence[str] = (),
+                 worker_pod_cidrs: Mapping[str, Sequence[IPNetwork]] | None = None) -> ApplyResult:
         w = {n: tuple(a) for n, a in workers.items()}
         wg = tuple(sorted(wireguard_devices))
-        if not full and self.intent is not None and self.plan is not None and (w, wg) == (self.workers, self.wireguard):
+        cidrs = {n: tuple(c) for n, c in (worker_pod_cidrs or {}).items()}
+        same_inputs = (w, wg, cidrs) == (self.workers, self.wireguard, self.cidrs)
+        if not full and self.intent is not None and self.plan is not None and same_inputs:
             try:
                 return self._delta(self.intent, intent, self.plan)
             except NotIncremental:
                 pass
-        plan = plan_gateway(intent, member=self.member, workers=w, settings=self.settings, wireguard_devices=wg)
+        plan = plan_gateway(intent, member=self.member, workers=w, settings=self.settings, wireguard_devices=wg,
+                            worker_pod_cidrs=cidrs)
         result = self.applier.apply(plan, observe=full)
         ok = not result.failures
         self.intent, self.plan = (intent, plan) if ok else (None, None)
-        self.workers, self.wireguard = (w, wg) if ok else ({}, ())
+        self.workers, self.wireguard, self.cidrs = (w, wg, cidrs) if ok else ({}, (), {})
         return result
 
     def _delta(self, old: Intent, new: Intent, plan: GatewayPlan) -> ApplyResult:
@@ -220,10 +225,19 @@ class IncrementalGateway:
                         raise NotIncremental
                     elements.put(op, f"pods{v}", f"{mark(vtep_marks[s.node])} . {addr(s.pod_ip)}")
                     dst = pick_family(worker, version) or worker[0]
-                    routes.append(Change(op=op, item=Route(
-                        table=plan.reply_table, dst=host_network(s.pod_ip), dev=link_name(instance.tunnel.udp_port),
-                        via=WORKER_NH4 if v == 4 else WORKER_NH6, encap=Encap(vni=instance.tunnel.vni, dst=dst),
-                    )))
+                    route = Route(
+                        table=plan.reply_table, dst=reply_destination(s.pod_ip, self.cidrs.get(s.node, ())),
+                        dev=link_name(instance.tunnel.udp_port), via=WORKER_NH4 if v == 4 else WORKER_NH6,
+                        encap=Encap(vni=instance.tunnel.vni, dst=dst),
+                    )
+                    if route.dst.prefixlen == route.dst.max_prefixlen:
+                        routes.append(Change(op=op, item=route))
+                    elif op is Op.ADD and route not in plan.kernel.routes:
+                        raise NotIncremental  # the first pod in this pod CIDR: its CIDR route is new
+                    elif op is Op.DELETE and not any(
+                        x.node == s.node and x.gateway in mine and x.pod_ip in route.dst for x in new.steerings
+                    ):
+                        raise NotIncremental  # the last pod in this pod CIDR: its CIDR route goes
                 elif not self.wireguard:
                     continue  # WireGuard instance without devices: the full plan skips it too
                 if s.eip is None and "nodeip" not in plan.counters:

@@ -124,6 +124,14 @@ def ip_key(ip: IPAddress) -> tuple[int, int]:
     return (ip.version, int(ip))
 
 
+def reply_destination(pod_ip: IPAddress, pod_cidrs: Sequence[IPNetwork]) -> IPNetwork:
+    """The destination of the reply route for `pod_ip`: its worker's pod CIDR when it is inside one, else the IP."""
+    for c in pod_cidrs:
+        if c.version == pod_ip.version and int(c.network_address) <= int(pod_ip) <= int(c.broadcast_address):
+            return c
+    return host_network(pod_ip)
+
+
 def _add_snat(
     s: Steering,
     pod: tuple[int, int],
@@ -149,6 +157,7 @@ def plan_gateway(
     workers: Mapping[str, Sequence[IPAddress]],
     settings: GatewaySettings,
     wireguard_devices: Sequence[str] = (),
+    worker_pod_cidrs: Mapping[str, Sequence[IPNetwork]] | None = None,
 ) -> GatewayPlan:
     """The whole desired data path of gateway member `member`.
 
@@ -157,6 +166,10 @@ def plan_gateway(
     `wireguard_devices`: this member's WireGuard interfaces (from the WireGuard plan). Steerings of WireGuard
     instances get SNAT, counters and the unselected/cluster checks; WireGuard's allowed IPs bind pod IPs to worker
     keys (no VTEP mark check) and the WireGuard applier installs their return routes.
+    `worker_pod_cidrs`: node name -> pod CIDRs (Node.spec.podCIDRs). A steered pod IP inside its worker's pod CIDR
+    is routed back by one route for the whole CIDR (our reply table only serves marked replies of our own SNAT
+    connections, so covering unsteered pods is harmless): 10k pods on 100 workers = 100 routes instead of 10k.
+    Pod IPs outside (other IPAM) get a /32 (/128) route.
     """
     marks = settings.marks
     instances = [i for i in intent.instances if any(m.name == member for m in i.members)]
@@ -177,7 +190,8 @@ def plan_gateway(
     pods: dict[tuple[int, int], tuple[int, IPAddress]] = {}
     pod_worker: dict[tuple[int, int], str] = {}
     snat: list[SnatEntry] = []
-    routes: dict[tuple[int, int], Route] = {}
+    routes: dict[tuple[int, int, int], Route] = {}
+    cidrs = {n: tuple(c) for n, c in (worker_pod_cidrs or {}).items()}
     accepted: dict[tuple[int, int], list[IPNetwork]] = {}
     devs = {name: link_name(i.tunnel.udp_port) for name, i in vxlan.items()}
     encaps: dict[tuple[str, str], Encap] = {}
@@ -194,16 +208,19 @@ def plan_gateway(
         if seen != s.node:
             skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.POD_ON_TWO_WORKERS))
             continue
-        if pod not in routes:
+        if pod not in pods:
             pods[pod] = (node_mark[s.node], s.pod_ip)
             encap = encaps.get((s.gateway, s.node))
             if encap is None:
                 worker_addr = pick_family(workers[s.node], version) or workers[s.node][0]
                 encap = encaps[(s.gateway, s.node)] = Encap(vni=vxlan[s.gateway].tunnel.vni, dst=worker_addr)
-            routes[pod] = Route(
-                table=marks.table_base, dst=host_network(s.pod_ip), dev=devs[s.gateway],
-                via=WORKER_NH4 if pod[0] == 4 else WORKER_NH6, encap=encap,
-            )
+            dst = reply_destination(s.pod_ip, cidrs.get(s.node, ()))
+            rkey = (dst.version, int(dst.network_address), dst.prefixlen)
+            if rkey not in routes:
+                routes[rkey] = Route(
+                    table=marks.table_base, dst=dst, dev=devs[s.gateway],
+                    via=WORKER_NH4 if pod[0] == 4 else WORKER_NH6, encap=encap,
+                )
         _add_snat(s, pod, snat, accepted, skipped)
 
     eips = sorted({e for i in instances for e in i.eips}, key=ip_key)

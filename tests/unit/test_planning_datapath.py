@@ -231,3 +231,12 @@ def test_wireguard_gateway_snats_without_vtep_binding() -> None:
     assert "udp dport @wg_ports accept" in table.chains
     assert table.chains.index("udp dport @wg_ports accept") < table.chains.index("ip daddr @eips4 ct state new")
     assert any(s.key == "net.netfilter.nf_conntrack_tcp_be_liberal" for s in g.kernel.sysctls)
+
+
+def test_pod_cidr_routes_replace_per_pod_routes_on_the_gateway() -> None:
+    intent = build_intent([DUAL], [*dual_sels(), Sel(pod_ip="100.64.1.11"), Sel(pod_ip="100.99.0.5")])
+    cidrs = {"worker1": (ip_network("100.64.1.0/24"), ip_network("2001:db8:64:1::/64"))}
+    g = plan_gateway(intent, member="gw1", workers=worker_addresses(), settings=GatewaySettings(),
+                     worker_pod_cidrs=cidrs)
+    assert sorted(str(r.dst) for r in g.kernel.routes) == ["100.64.1.0/24", "100.99.0.5/32", "2001:db8:64:1::/64"]
+    assert len(g.pods) == 4  # the anti-spoofing binding stays per pod

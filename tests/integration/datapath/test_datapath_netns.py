@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 import pytest
 
@@ -22,6 +22,7 @@ from appliance.datapath_incremental import IncrementalGateway, IncrementalWorker
 from appliance.datapath_scenarios import Gw, Sel, build_intent
 from appliance.datapath_testbed import EXT_V4, EXT_V6, GATEWAY_ADDR, PODS, WORKER_ADDR, Testbed
 from appliance.intent import Intent
+from appliance.model import IPNetwork
 from appliance.planning_gateway import GatewaySettings, plan_gateway
 from appliance.planning_worker import WorkerSettings, plan_worker
 
@@ -252,7 +253,13 @@ def test_remove_all_leaves_nothing_of_ours(bed: Testbed) -> None:
     assert "lab_cni" in bed.run("w1", "nft", "list", "tables")
 
 
-def test_pod_churn_fast_path_equals_the_full_plan(bed: Testbed) -> None:
+POD_CIDRS = {"worker1": (ip_network("100.64.1.0/24"), ip_network("2001:db8:64:1::/64")),
+             "worker2": (ip_network("100.64.2.0/24"), ip_network("2001:db8:64:2::/64"))}
+
+
+@pytest.mark.parametrize("cidrs", [None, POD_CIDRS], ids=["pod-routes", "pod-cidr-routes"])
+def test_pod_churn_fast_path_equals_the_full_plan(bed: Testbed, cidrs: dict[str, tuple[IPNetwork, ...]] | None
+                                                  ) -> None:
     base = build_intent([GW], dual("pod1"))
     workers = {w: IncrementalWorker(DataPathApplier(bed.ns(w)), node=NODE[w],
                                     underlay=ip_address(WORKER_ADDR[w][0]), settings=WorkerSettings())
@@ -263,7 +270,7 @@ def test_pod_churn_fast_path_equals_the_full_plan(bed: Testbed) -> None:
     def converge(intent: Intent, *, full: bool) -> list[str]:
         changes: list[str] = []
         for gw in gateways.values():
-            r = gw.converge(intent, workers=WORKERS, full=full)
+            r = gw.converge(intent, workers=WORKERS, full=full, worker_pod_cidrs=cidrs)
             assert r.failures == ()
             changes += r.changes
         for wk in workers.values():
@@ -274,13 +281,15 @@ def test_pod_churn_fast_path_equals_the_full_plan(bed: Testbed) -> None:
 
     def nothing_left_to_do(intent: Intent) -> None:
         for g, member in MEMBER.items():
-            plan = plan_gateway(intent, member=member, workers=WORKERS, settings=GatewaySettings())
+            plan = plan_gateway(intent, member=member, workers=WORKERS, settings=GatewaySettings(),
+                                worker_pod_cidrs=cidrs)
             assert DataPathApplier(bed.ns(g)).diff(plan).empty
         for w, node in NODE.items():
             wplan = plan_worker(intent, node=node, underlay=ip_address(WORKER_ADDR[w][0]), settings=WorkerSettings())
             assert DataPathApplier(bed.ns(w)).diff(wplan).empty
 
     converge(base, full=True)
+    assert bed.source("pod1", EXT_V6, "tcp") == EIP6
     assert bed.source("pod2", EXT_V4[0]) == WORKER_ADDR["w1"][0]
     grown = replace(base, steerings=base.steerings + build_intent([GW], [sel("pod2"), sel("pod3")]).steerings)
     changes = converge(grown, full=False)
