@@ -272,3 +272,16 @@ def test_daemonset_embedded_agent_config_loads(tmp_path: Path) -> None:
     path.write_text(config_map["data"]["agent.yaml"])
     c = load_agent_config(path, env={"NODE_NAME": "worker1"})
     assert c.node_name == "worker1" and c.kube.kubeconfig is None and c.log.format is LogFormat.JSON
+
+
+def test_gateway_daemonset_embedded_config_loads(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    docs = list(yaml.safe_load_all((root / "deploy/gateway/daemonset.yaml").read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_map["data"]["gateway.yaml"])
+    c = load_gateway_config(path, env={"NODE_NAME": "gw1"})
+    assert c.node_name == "gw1" and c.bgp is not None and c.bgp.bfd.enabled
+    daemonset = next(d for d in docs if d["kind"] == "DaemonSet")
+    grace = daemonset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > c.drain_timeout_s + c.drain_settle_s  # SIGTERM drains before the kubelet kills
