@@ -161,7 +161,8 @@ def policy_spec(cluster: bool) -> Schema:
             "allocatorPolicy": _s("default: share the gateway's default EIP; rr: a pool EIP (dual-stack pair) of its "
                                   "own, the lowest free one, in policy creation order.", enum=["default", "rr"]),
         }),
-        "appliedTo": _obj("The selected pods: podSelector or podSubnet (one of them is required).", applied),
+        "appliedTo": _obj("The selected pods: podSelector or podSubnet (exactly one)" + (
+            ", or a non-empty namespaceSelector alone (every pod of those namespaces)." if cluster else "."), applied),
         "destSubnet": _list("Destination CIDRs this policy applies to; empty means every destination outside the "
                             "cluster.", _s("A destination CIDR.")),
         "priority": _i("Higher wins when several policies select the same pod and destination (ties: the more "
