@@ -29,6 +29,9 @@ from appliance.configerror import ConfigError
 from appliance.model import IPAddress
 from bgp.settings import BgpSettings, parse_bgp_settings
 
+#: stands in for `bgp.router_id` until the uplink address is known (never sent: replaced at start)
+ROUTER_ID_PLACEHOLDER = ipaddress.IPv4Address("0.0.0.1")
+
 
 class LogFormat(enum.StrEnum):
     #: one JSON object per line (log shippers)
@@ -154,6 +157,8 @@ class GatewayConfig(CommonConfig):
     uplink: InterfaceSettings = InterfaceSettings()
     #: None = no BGP speaker (a member that only forwards; EIP routes come from elsewhere)
     bgp: BgpSettings | None = None
+    #: `bgp.router_id` (and `bgp.local_address`) not given: the uplink's IPv4 address is the router id
+    router_id_from_uplink: bool = False
     health: HealthSettings = HealthSettings()
     #: set for an appliance outside the cluster: the EgressGateway it joins (registers with a member Lease)
     gateway: str | None = None
@@ -361,10 +366,17 @@ def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | Non
     m = mapping(raw, "", _GATEWAY_KEYS)
     common = _common(m, source, 9711, os.environ if env is None else env)
     bgp = None
+    router_id_from_uplink = False
     if m.get("bgp") is not None:
         if not isinstance(m["bgp"], Mapping):
             raise ConfigError("bgp", "must be a mapping")
-        bgp = parse_bgp_settings(m["bgp"], "bgp")
+        raw_bgp = dict(m["bgp"])
+        # neither router_id nor local_address: the uplink's IPv4 address at start (one config for every member of a
+        # DaemonSet); the placeholder only lets the BGP parser validate everything else now
+        router_id_from_uplink = "router_id" not in raw_bgp and "local_address" not in raw_bgp
+        if router_id_from_uplink:
+            raw_bgp["router_id"] = str(ROUTER_ID_PLACEHOLDER)
+        bgp = parse_bgp_settings(raw_bgp, "bgp")
     gateway = None
     if m.get("gateway") is not None:
         gateway = string(m["gateway"], "gateway")
@@ -386,6 +398,7 @@ def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | Non
         bgp=bgp,
         health=_health(m.get("health"), "health", source.parent),
         gateway=gateway,
+        router_id_from_uplink=router_id_from_uplink,
         drain_timeout_s=timeout,
         drain_settle_s=settle,
     )

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from ipaddress import IPv4Address
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from appliance.config import GatewayConfig, config_error_line, load_gateway_config
 from appliance.configerror import ConfigError
 from appliance.member_state import AlreadyRunning, StateDir, render_status
+from appliance.underlay import Underlay
 
 if TYPE_CHECKING:
     from appliance.gateway_service import GatewayDataPath, GatewayService
-    from appliance.underlay import Underlay
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +160,16 @@ class StartError(Exception):
     """A reason the service cannot start (logged as `gateway.start_failed`, exit 1)."""
 
 
+def with_router_id(cfg: GatewayConfig, uplink: Underlay) -> GatewayConfig:
+    """Fill in the BGP router id from the uplink's IPv4 address when the config left it out."""
+    if cfg.bgp is None or not cfg.router_id_from_uplink:
+        return cfg
+    v4 = uplink.address(4)
+    if not isinstance(v4, IPv4Address):
+        raise StartError("bgp.router_id: required (an IPv4 address): the uplink has no IPv4 address to take it from")
+    return replace(cfg, bgp=replace(cfg.bgp, router_id=v4))
+
+
 def run_gateway(cfg: GatewayConfig) -> int:
     from appliance.logging_setup import EventLogger, setup_logging
 
@@ -238,6 +249,7 @@ def build_gateway_service(
 
     try:
         uplink = detect_underlay(cfg.uplink, what="uplink")
+        cfg = with_router_id(cfg, uplink)
         if datapath_factory is not None:
             datapath = datapath_factory(cfg, uplink)
         else:

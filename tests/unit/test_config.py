@@ -285,3 +285,25 @@ def test_gateway_daemonset_embedded_config_loads(tmp_path: Path) -> None:
     daemonset = next(d for d in docs if d["kind"] == "DaemonSet")
     grace = daemonset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > c.drain_timeout_s + c.drain_settle_s  # SIGTERM drains before the kubelet kills
+
+
+def test_router_id_from_the_uplink_when_left_out() -> None:
+    from appliance.gateway_command import StartError, with_router_id
+    from appliance.underlay import Underlay
+
+    bgp = {"local_asn": 64513, "peers": [{"address": "198.51.100.1", "asn": 64512}]}
+    c = gateway({"bgp": bgp})
+    assert c.router_id_from_uplink
+    v4 = Underlay(
+        interface="eth1",
+        index=2,
+        mtu=1500,
+        addresses=(ipaddress.ip_address("198.51.100.12"), ipaddress.ip_address("2001:db8:198::12")),
+    )
+    filled = with_router_id(c, v4)
+    assert filled.bgp is not None and str(filled.bgp.router_id) == "198.51.100.12"
+    v6_only = Underlay(interface="eth1", index=2, mtu=1500, addresses=(ipaddress.ip_address("2001:db8:198::12"),))
+    with pytest.raises(StartError):
+        with_router_id(c, v6_only)
+    explicit = gateway({"bgp": BGP})
+    assert not explicit.router_id_from_uplink and with_router_id(explicit, v4) is explicit
