@@ -163,6 +163,9 @@ class Reflector:
 
     def _pause(self, what: str, error: BaseException) -> None:
         self.stats["errors"] += 1
+        disconnected = getattr(self.sink, "disconnected", None)
+        if disconnected is not None:  # optional sink hook: the store freezes lease liveness while blind
+            disconnected(self.spec.key)
         delay = self._backoff.next()
         log.warning("watch.reconnecting kind=%s cause=%s error=%r delay=%.2f", self.spec.key, what, error, delay)
         self._stop.wait(delay)

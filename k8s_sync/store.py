@@ -67,11 +67,14 @@ class Store:
         self._accepted: dict[ObjectRef, EgressPolicy] = {}
         self._validated: tuple[int, Any] | None = None
         self._cached: Snapshot | None = None
+        #: kind -> when its watch last failed, while it is failing (cleared by the next list or event)
+        self._disconnected_at: dict[str, float] = {}
 
     # ----- ReflectorSink -----
 
     def replace(self, key: str, objects: list[JSON], resource_version: str) -> None:
         with self._lock:
+            self._disconnected_at.pop(key, None)
             fresh = {_key(o): o for o in objects}
             old = self._raw.setdefault(key, {})
             changed = fresh.keys() != old.keys() or any(_rv(o) != _rv(old[k]) for k, o in fresh.items())
@@ -127,6 +130,17 @@ class Store:
         with self._lock:
             return self._expected - self._listed
 
+    def disconnected(self, key: str) -> None:
+        """The reflector of `key` lost its watch. While member Leases cannot be watched, their liveness is judged
+        at the moment the watch failed: an API server that is away must not make every member look dead (workers
+        would fail closed and drop all selected traffic); renewals we cannot see are not expiries."""
+        with self._lock:
+            self._disconnected_at.setdefault(key, self._clock())
+
+    def _lease_clock(self, now: float) -> float:
+        frozen = self._disconnected_at.get("Lease")
+        return now if frozen is None else min(now, frozen)
+
     def subscribe(self, callback: Callable[[str], None]) -> None:
         with self._lock:
             self._subscribers.append(callback)
@@ -134,7 +148,7 @@ class Store:
     def snapshot(self) -> Snapshot:
         """The current typed view. Callers must check `synced()` first; building one earlier is allowed (tools)."""
         with self._lock:
-            now = self._clock()
+            now = self._lease_clock(self._clock())
             alive = self._alive_members(now)
             cached = self._cached
             if cached is not None and cached.revision == self._revision:
@@ -159,7 +173,7 @@ class Store:
     def next_lease_expiry(self) -> float | None:
         """The earliest future time at which a member lease that is alive now expires (None: none alive)."""
         with self._lock:
-            now = self._clock()
+            now = self._lease_clock(self._clock())
             times = [t for o in self._raw.get("Lease", {}).values()
                      if (t := lease_alive(o)) is not None and t > now]
             return min(times) if times else None
@@ -189,7 +203,7 @@ class Store:
     def alive_now(self) -> frozenset[str] | None:
         """The member names whose lease is fresh now (cheap: no snapshot is built)."""
         with self._lock:
-            return self._alive_members(self._clock())
+            return self._alive_members(self._lease_clock(self._clock()))
 
     def notify(self, reason: str) -> None:
         """Tell subscribers the snapshot may have changed for a reason no watch event carries (lease expiry)."""
