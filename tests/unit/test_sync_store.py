@@ -117,6 +117,23 @@ def test_member_liveness_follows_the_clock() -> None:
     assert s.alive_now() == frozenset()
 
 
+def test_member_liveness_is_frozen_while_the_lease_watch_is_down() -> None:
+    """An API server that is away stops renewals *and* our view of them: members must not look dead because of it
+    (workers would fail closed and drop every selected packet while the data path could still forward)."""
+    now = [1_000_000.0]
+    s = synced_store(clock=lambda: now[0])
+    lease = member_lease_body(MemberIdentity(name="gw1"), namespace="egressgw-system", duration=10, now=now[0])
+    s.replace("Lease", [lease | {"metadata": lease["metadata"] | {"resourceVersion": "3"}}], "3")
+    now[0] += 2
+    s.disconnected("Lease")  # the reflector lost its watch
+    now[0] += 60
+    assert s.snapshot().alive_members == frozenset({"gw1"})
+    assert s.alive_now() == frozenset({"gw1"})
+    # the watch is back (a relist): liveness follows the clock again, and this lease really expired
+    s.replace("Lease", [lease | {"metadata": lease["metadata"] | {"resourceVersion": "3"}}], "4")
+    assert s.snapshot().alive_members == frozenset()
+
+
 def test_appliance_lease_becomes_an_appliance() -> None:
     now = 2_000_000.0
     s = synced_store(clock=lambda: now)
