@@ -274,12 +274,15 @@ def summarize_scenario(reps: list[dict[str, Any]]) -> dict[str, Any]:
 # ----- BFD off for one scenario -----
 
 def _restart_members(b: Bench, overrides: dict[str, Any]) -> None:
-    for gw in b.system.gateways:
-        _sigterm(b, gw)
+    """Rolling restart with new gateway config overrides (one member at a time: traffic keeps flowing, so the
+    long-lived TCP stream is not left in retransmission back-off for the next scenario)."""
     b.system.gateway_config.clear()
     b.system.gateway_config.update(overrides)
     for gw in b.system.gateways:
+        wait_steady(b.system)
+        _sigterm(b, gw)
         _start(b, gw)
+    wait_steady(b.system)
 
 
 def _no_bfd_overrides(b: Bench) -> dict[str, Any]:
@@ -289,6 +292,23 @@ def _no_bfd_overrides(b: Bench) -> dict[str, Any]:
 
 
 # ----- the whole run -----
+
+def _repair(b: Bench) -> None:
+    """After a failed scenario: BFD back on, uplinks up, router daemon and every member running, steady."""
+    try:
+        b.system.gateway_config.clear()
+        router = router_of(b.system)
+        name = _router_daemon(b)
+        rec = b.system.lab.daemon(router, name)
+        if rec is not None and not b.system.lab.daemon_alive(rec):
+            b.system.lab.start_daemon(router, name, list(rec.argv))
+        for gw in b.system.gateways:
+            _uplink_restore(b, gw)
+            _start(b, gw)
+        wait_steady(b.system)
+    except Exception as e:
+        b.say(f"repair failed: {type(e).__name__}: {e}")
+
 
 def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], reps: int,
                say: Callable[[str], None]) -> dict[str, Any]:
@@ -301,22 +321,29 @@ def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], rep
         b.monitor = RouteMonitor(system, b.eip).start()
         b.probe = RawProbe(system.lab, b.lab_pod).start()
         records: list[dict[str, Any]] = []
+        errors: dict[str, str] = {}
         for sc in scenarios:
             say(f"{router}: {sc.name} ({sc.what}), {reps} repetitions")
-            if sc.no_bfd:
-                _restart_members(b, _no_bfd_overrides(b))
-            for rep in range(reps):
-                records.append(run_rep(b, sc, rep))
-            if sc.no_bfd:
-                _restart_members(b, {})
+            try:
+                if sc.no_bfd:
+                    _restart_members(b, _no_bfd_overrides(b))
+                for rep in range(reps):
+                    records.append(run_rep(b, sc, rep))
+                if sc.no_bfd:
+                    _restart_members(b, {})
+            except Exception as e:  # record it, repair the lab, go on with the next scenario
+                errors[sc.name] = f"{type(e).__name__}: {e}"
+                say(f"{router}: {sc.name} FAILED: {errors[sc.name]}; repairing the lab")
+                _repair(b)
         raw = b.probe.stop()
         b.probe = None
         analysed = [analyse_rep(raw, r) for r in records]
         by_name: dict[str, Any] = {}
         for sc in scenarios:
             mine = [r for r in analysed if r["scenario"] == sc.name]
-            by_name[sc.name] = {"what": sc.what, "summary": summarize_scenario(mine), "reps": mine}
-        return {"topology": str(topology), "member_bfd": "50 ms x 3", "scenarios": by_name}
+            if mine:
+                by_name[sc.name] = {"what": sc.what, "summary": summarize_scenario(mine), "reps": mine}
+        return {"topology": str(topology), "member_bfd": "50 ms x 3", "scenarios": by_name, "errors": errors}
     finally:
         if b.probe is not None:
             b.probe.kill()
@@ -374,4 +401,7 @@ def run_failover_bench(out_path: Path, *, quick: bool = False, routers: tuple[st
     }
     out_path.write_text(json.dumps(doc, indent=1))
     print(render_table(HEADERS, table_rows(results), title=f"Failover ({reps} repetitions per scenario)"))
+    for router, res in results.items():
+        for name, err in res["errors"].items():
+            print(f"{router}: {name} did not complete: {err}")
     return doc
