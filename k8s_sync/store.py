@@ -69,12 +69,15 @@ class Store:
         self._cached: Snapshot | None = None
         #: kind -> when its watch last failed, while it is failing (cleared by the next list or event)
         self._disconnected_at: dict[str, float] = {}
+        #: (watch failed, watch back) of the last Lease watch outage: leases not renewed since it ended get the
+        #: blind time added, so their holders keep the rest of their lease to renew after the API server returns
+        self._lease_blind: tuple[float, float] | None = None
 
     # ----- ReflectorSink -----
 
     def replace(self, key: str, objects: list[JSON], resource_version: str) -> None:
         with self._lock:
-            self._disconnected_at.pop(key, None)
+            self._reconnected(key)
             fresh = {_key(o): o for o in objects}
             old = self._raw.setdefault(key, {})
             changed = fresh.keys() != old.keys() or any(_rv(o) != _rv(old[k]) for k, o in fresh.items())
@@ -137,6 +140,21 @@ class Store:
         with self._lock:
             self._disconnected_at.setdefault(key, self._clock())
 
+    def _reconnected(self, key: str) -> None:
+        failed = self._disconnected_at.pop(key, None)
+        if failed is not None and key == "Lease":
+            self._lease_blind = (failed, self._clock())
+
+    def _lease_expiry(self, obj: JSON) -> float | None:
+        expiry = lease_alive(obj)
+        if expiry is None or self._lease_blind is None:
+            return expiry
+        failed, back = self._lease_blind
+        duration = (obj.get("spec") or {}).get("leaseDurationSeconds") or 0
+        if expiry > failed and expiry - duration < back:  # alive when we went blind, not renewed since we see again
+            return expiry + (back - failed)
+        return expiry
+
     def _lease_clock(self, now: float) -> float:
         frozen = self._disconnected_at.get("Lease")
         return now if frozen is None else min(now, frozen)
@@ -175,7 +193,7 @@ class Store:
         with self._lock:
             now = self._lease_clock(self._clock())
             times = [t for o in self._raw.get("Lease", {}).values()
-                     if (t := lease_alive(o)) is not None and t > now]
+                     if (t := self._lease_expiry(o)) is not None and t > now]
             return min(times) if times else None
 
     def written_intent(self) -> Intent:
@@ -249,7 +267,7 @@ class Store:
         alive = set()
         for obj in self._raw.get("Lease", {}).values():
             name = member_name_of_lease(obj)
-            expiry = lease_alive(obj)
+            expiry = self._lease_expiry(obj)
             if name and expiry is not None and expiry > now:
                 alive.add(name)
         return frozenset(alive)
