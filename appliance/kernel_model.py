@@ -85,14 +85,20 @@ class Route:
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
 class Rule:
-    """`ip rule`: fwmark/mask [iif] -> table, at a priority inside our range."""
+    """`ip rule` at a priority inside our range: [not] fwmark/mask [iif] -> lookup table | goto priority | nop."""
 
     family: int
     priority: int
-    fwmark: int
-    mask: int
-    table: int
+    fwmark: int = 0
+    mask: int = 0
+    table: int = 0
     iif: str = ""
+    #: `not`: the selector is inverted
+    invert: bool = False
+    #: jump to the rule at this priority instead of a lookup (0 = no goto)
+    goto: int = 0
+    #: a rule that does nothing (the target of a goto)
+    nop: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -145,7 +151,11 @@ def describe(item: Item) -> str:
             return f"{item.dst} table {item.table} dev {item.dev}"
         return f"{item.dst} table {item.table} vni {item.encap.vni} endpoint {item.encap.dst}"
     if isinstance(item, Rule):
-        return f"v{item.family} prio {item.priority} fwmark {item.fwmark:#x}/{item.mask:#x} table {item.table}"
+        if item.nop:
+            return f"v{item.family} prio {item.priority} nop"
+        action = f"goto {item.goto}" if item.goto else f"table {item.table}"
+        sel = f"{'not ' if item.invert else ''}fwmark {item.fwmark:#x}/{item.mask:#x}"
+        return f"v{item.family} prio {item.priority} {sel} {action}"
     return f"{item.key}={item.value}"
 
 

@@ -156,11 +156,13 @@ class NetlinkApplier:
             for r in sh.json(["ip", "-j", f"-{version}", "rule", "show"]):
                 if str(r.get("protocol", "")) != str(OWN_PROTO):
                     continue
+                has_mark = "fwmark" in r
                 rules.add(
                     Rule(
                         family=version, priority=int(r["priority"]), fwmark=int(str(r.get("fwmark", "0")), 16),
-                        mask=int(str(r.get("fwmask", "0xffffffff")), 16), table=_table(r.get("table")),
-                        iif=str(r.get("iif", "")),
+                        mask=int(str(r.get("fwmask", "0xffffffff" if has_mark else "0")), 16),
+                        table=_table(r["table"]) if "table" in r else 0, iif=str(r.get("iif", "")),
+                        invert="not" in r, goto=int(r.get("goto", 0)), nop="nop" in r,
                     )
                 )
         return KernelState(
@@ -263,8 +265,12 @@ def _commands(ch: Change) -> tuple[str, list[str]]:
             f"via {item.via} dev {item.dev}{onlink} table {item.table} proto {OWN_PROTO}"
         ]
     if isinstance(item, Rule):
-        sel = f"priority {item.priority}{' iif ' + item.iif if item.iif else ''} fwmark {item.fwmark:#x}/{item.mask:#x}"
         verb = "del" if ch.op is Op.DELETE else "add"
         tail = f" proto {OWN_PROTO}" if verb == "add" else ""
-        return f"-{item.family}", [f"rule {verb} {sel} lookup {item.table}{tail}"]
+        if item.nop:
+            return f"-{item.family}", [f"rule {verb} priority {item.priority} nop{tail}"]
+        sel = (f"priority {item.priority}{' not' if item.invert else ''}{' iif ' + item.iif if item.iif else ''}"
+               f" fwmark {item.fwmark:#x}/{item.mask:#x}")
+        action = f"goto {item.goto}" if item.goto else f"lookup {item.table}"
+        return f"-{item.family}", [f"rule {verb} {sel} {action}{tail}"]
     raise TypeError(f"no command for {item!r}")

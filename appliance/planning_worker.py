@@ -42,8 +42,9 @@ from appliance.planning_tunnel import (
     tunnel_sysctls,
 )
 
-#: at most this many tunnel endpoints per worker (one rule each inside the 1000-wide priority range)
-MAX_ENDPOINTS = 999
+#: at most this many tunnel endpoints per worker: one rule each inside the 1000-wide priority range, which also
+#: holds the gate (base), the loop guard (base + 1) and the gate's target (base + 999)
+MAX_ENDPOINTS = 997
 
 
 class SkipReason(enum.StrEnum):
@@ -189,7 +190,7 @@ def plan_worker(
         endpoints.append(
             Endpoint(
                 slot=slot, address=address, vni=vni, port=port, device=device, mark=marks.mark(slot),
-                table=marks.table_base + slot, priority=marks.rule_priority_base + slot,
+                table=marks.table_base + slot, priority=marks.rule_priority_base + 1 + slot,
                 counter=f"ep_{addr_token(address)}_{vni}",
             )
         )
@@ -248,10 +249,16 @@ def _kernel(
     routes: set[Route] = set()
     rules: set[Rule] = set()
     if endpoints:
+        base = marks.rule_priority_base
         for family in (4, 6):
+            # the gate: packets without our mark (all of the node's other traffic) skip our per-endpoint rules, so
+            # their routing cost does not grow with the number of endpoints
+            rules.add(Rule(family=family, priority=base, fwmark=marks.mark_base, mask=marks.mark_mask, invert=True,
+                           goto=base + 999))
+            rules.add(Rule(family=family, priority=base + 999, nop=True))
             rules.add(
-                Rule(family=family, priority=marks.rule_priority_base, fwmark=marks.mark_base,
-                     mask=marks.mark_mask, table=MAIN_TABLE, iif="lo")
+                Rule(family=family, priority=base + 1, fwmark=marks.mark_base, mask=marks.mark_mask,
+                     table=MAIN_TABLE, iif="lo")
             )
     for e in endpoints:
         if e.device:

@@ -101,9 +101,12 @@ def test_worker_one_endpoint_per_eip_with_rules_tables_and_loop_guard() -> None:
     assert ep.address == ip_address("203.0.113.130")  # v4 underlay: the v4 partner carries the v6 pod too
     assert {e.mark for e in plan.steer} == {ep.mark}
     rules = sorted(plan.kernel.rules)
-    assert [(r.family, r.priority, r.iif, r.table) for r in rules] == [
-        (4, 3000, "lo", 254), (4, ep.priority, "", ep.table), (6, 3000, "lo", 254), (6, ep.priority, "", ep.table)
-    ]
+    expected = []
+    for f in (4, 6):
+        expected += [(f, 3000, "", 0, 3999, True), (f, 3001, "lo", 254, 0, False),
+                     (f, ep.priority, "", ep.table, 0, False), (f, 3999, "", 0, 0, False)]
+    assert [(r.family, r.priority, r.iif, r.table, r.goto, r.invert) for r in rules] == expected
+    assert 3001 < ep.priority < 3999
     assert {r.dst for r in plan.kernel.routes} == {ip_network("0.0.0.0/0"), ip_network("::/0")}
     assert {link.mtu for link in plan.kernel.links} == {1450}
     v6 = worker(build_intent([DUAL], dual_sels()), underlay=U6)
@@ -200,7 +203,7 @@ def test_nft_delta_is_empty_when_contents_match_and_minimal_otherwise() -> None:
     assert render_delta(same, table) == ("", 0)
     one_more = worker_table(worker(build_intent([DUAL], [*dual_sels(), Sel(pod_ip="100.64.1.11")])))
     text, n = render_delta(same, one_more)
-    assert n == 1 and text.strip() == "add element inet egressgw steer4 { 100.64.1.11 . 0.0.0.0/0 : 0x0e6e0167 }"
+    assert n == 1 and text.strip() == "add element inet egressgw steer4 { 100.64.1.11 . 0.0.0.0/0 : 0x0e6e02ca }"
 
 
 def test_wireguard_steerings_route_into_the_wireguard_device() -> None:
