@@ -7,9 +7,10 @@ it in VXLAN toward the endpoint = the EIP, so the upstream routers' choice of ga
 destinations are never steered (checked before the map). Steered packets bypass the CNI's masquerade by an
 identity SNAT binding in a nat chain that runs before the CNI's.
 
-Endpoint slot i has mark base|i, table table_base+i, rule priority rule_priority_base+i. The rule at
-rule_priority_base (`iif lo fwmark base/mask lookup main`) routes the VXLAN packet itself, which keeps the inner
-packet's mark, by the main table (else it would loop back into the tunnel).
+Endpoint slot i has mark base|i, table table_base+i, rule priority rule_priority_base+1+i. The first rule of the
+range is a gate (`not fwmark base/mask goto rule_priority_base+999`, a `nop`): the node's unmarked traffic skips
+our per-endpoint rules. The rule at rule_priority_base+1 (`iif lo fwmark base/mask lookup main`) routes the VXLAN
+packet itself, which keeps the inner packet's mark, by the main table (else it would loop back into the tunnel).
 
 When a gateway instance has no alive member: FailClosed (default) marks the traffic with the drop mark (counted
 and dropped), FailOpen leaves it unsteered (it leaves with the node IP).
