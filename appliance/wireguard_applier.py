@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -287,7 +288,13 @@ class WireguardApplier:
             return
         sock = WG_RUN_DIR / f"{name}.sock"
         if sock.exists():
-            sock.unlink()  # stale: its wireguard-go is gone (a live one would own the link we found missing)
+            if control_socket_in_use(sock):
+                # the directory is host-wide, namespaces are not: the same name is served by a wireguard-go in
+                # another namespace (another lab, a second instance on this host). Unlinking its socket would cut
+                # that one off from `wg` for good; refuse instead (the pass reports it and retries).
+                raise CommandError(f"{name}: {sock} is served by a live wireguard-go outside this namespace; "
+                                   "WireGuard interface names must be unique on the host (wireguard.interface_prefix)")
+            sock.unlink()  # stale: its wireguard-go is gone
         env_cmd = ["env", "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1", "LOG_LEVEL=error", "wireguard-go", name]
         # it daemonises: the surviving child must not hold our pipes (or this call would wait for it)
         subprocess.run([*(("ip", "netns", "exec", self.shell.netns) if self.shell.netns else ()), *env_cmd],
@@ -338,6 +345,19 @@ class WireguardApplier:
             args += ["persistent-keepalive", str(peer.keepalive)]
         self.shell.inside("wg", "set", name, *args)
         log.info("wireguard.peer_reset interface=%s peer=%s", name, public_key)
+
+
+def control_socket_in_use(sock: Path) -> bool:
+    """Whether a process still serves this wireguard-go control socket (a connect succeeds; it only sees EOF)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(sock))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def running_wireguard_go(prefix: str) -> list[int]:
