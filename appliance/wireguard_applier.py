@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 import os
 import shutil
 import socket
@@ -28,10 +27,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
 from pathlib import Path
 
+from appliance.logging_setup import EventLogger
 from appliance.planning_wireguard import WgInterface, WgPeer, WgRoute, WireguardPlan
 from appliance.wireguard_keys import read_key_file
 
-log = logging.getLogger("egressgw.wireguard")
+log = EventLogger("egressgw.wireguard")
 
 ROUTE_PROTO = 233
 WG_RUN_DIR = Path("/var/run/wireguard")
@@ -193,14 +193,14 @@ class WireguardApplier:
                 changes += self._converge_interface(itf, observed.get(itf.name))
             except (CommandError, OSError, ValueError, subprocess.SubprocessError) as exc:
                 failed[itf.name] = str(exc)
-                log.error("wireguard.apply_failed interface=%s error=%s", itf.name, exc)
+                log.error("wireguard.apply_failed", interface=itf.name, error=str(exc))
         changes += self._converge_routes([r for r in plan.routes if r.device not in failed])
         wanted = {i.name for i in plan.interfaces}
         for name in sorted(set(observed) - wanted):
             self.delete_interface(name)
             changes.append(f"delete {name}")
         for c in changes:
-            log.info("wireguard.changed %s", c)
+            log.info("wireguard.changed", change=c)
         if failed:
             raise WireguardApplyError(failed, changes)
         return changes
@@ -305,7 +305,7 @@ class WireguardApplier:
             if time.monotonic() > deadline:
                 raise CommandError(f"wireguard-go {name}: no control socket after 5 s")
             time.sleep(0.02)
-        log.info("wireguard.interface_created interface=%s backend=%s", name, self.backend)
+        log.info("wireguard.interface_created", interface=name, backend=str(self.backend))
 
     def delete_interface(self, name: str) -> None:
         self.shell.ip("link", "del", name, check=False)
@@ -316,7 +316,7 @@ class WireguardApplier:
                 time.sleep(0.02)
             if sock.exists():
                 sock.unlink()
-        log.info("wireguard.interface_deleted interface=%s", name)
+        log.info("wireguard.interface_deleted", interface=name)
 
     def remove_all(self) -> None:
         """Delete every interface with our prefix and our routes (uninstall / test teardown)."""
@@ -344,7 +344,7 @@ class WireguardApplier:
         if peer.keepalive:
             args += ["persistent-keepalive", str(peer.keepalive)]
         self.shell.inside("wg", "set", name, *args)
-        log.info("wireguard.peer_reset interface=%s peer=%s", name, public_key)
+        log.info("wireguard.peer_reset", interface=name, peer=public_key)
 
 
 def control_socket_in_use(sock: Path) -> bool:

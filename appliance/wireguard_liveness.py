@@ -31,9 +31,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from appliance.logging_setup import EventLogger
 from appliance.planning_wireguard import GATEWAY_PROBE_ADDRESS
 
-log = logging.getLogger("egressgw.wireguard.liveness")
+log = EventLogger("egressgw.wireguard.liveness")
 
 ICMP6_ECHO_REQUEST = 128
 ICMP6_ECHO_REPLY = 129
@@ -133,7 +134,7 @@ class LivenessProber:
                     try:
                         pinger = Pinger(dev)
                     except OSError as exc:  # device not there (yet): the next pass retries
-                        log.warning("wireguard.probe_unavailable interface=%s error=%s", dev, exc)
+                        log.warning("wireguard.probe_unavailable", interface=dev, error=str(exc))
                         continue
                     self.targets[dev] = _Target(pinger=pinger, peer=peer,
                                                 watch=SessionWatch(misses_to_reset=self.misses))
@@ -148,11 +149,11 @@ class LivenessProber:
             t.answered_once |= ok
             if t.last_seq and t.watch.record(ok):
                 self.resets += 1
-                log.warning("wireguard.session_lost interface=%s peer=%s resets=%d", dev, t.peer, t.watch.resets)
+                log.warning("wireguard.session_lost", interface=dev, peer=t.peer, resets=t.watch.resets)
                 try:
                     self.reset(dev, t.peer)
                 except Exception:
-                    log.exception("wireguard.peer_reset_failed interface=%s", dev)
+                    log.exception("wireguard.peer_reset_failed", interface=dev)
             t.answered.clear()
             t.last_seq = t.pinger.send()
         deadline = time.monotonic() + self.interval

@@ -14,7 +14,6 @@ routes by then). Restarting in the middle resumes from the key files.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from appliance.intent import Intent
+from appliance.logging_setup import EventLogger
 from appliance.model import Node
 from appliance.planning_wireguard import (
     WgSettings,
@@ -44,7 +44,7 @@ from appliance.wireguard_keys import (
 )
 from appliance.wireguard_keys import end_rotation as _end_rotation
 
-log = logging.getLogger("egressgw.wireguard")
+log = EventLogger("egressgw.wireguard")
 
 
 class Applier(Protocol):
@@ -88,7 +88,7 @@ class WorkerWireguard:
         keys = tuple(k.public_key for k in self.current_keys())
         if keys != self.published and self.annotator is not None:
             publish_public_key(self.annotator, self.node, keys)
-            log.info("wireguard.key_published node=%s keys=%s", self.node, ",".join(keys))
+            log.info("wireguard.key_published", node=self.node, keys=",".join(keys))
         self.published = keys
 
     def reconcile(self, intent: Intent, node: Node) -> WireguardPlan:
@@ -100,8 +100,7 @@ class WorkerWireguard:
         if self.prober is not None:
             self.prober.set_targets(plan.probes)
         if changes or plan.skipped:
-            log.info("wireguard.pass node=%s changes=%d %s", self.node, len(changes),
-                     " ".join(f"{k}={v}" for k, v in summary(plan).items()))
+            log.info("wireguard.pass", node=self.node, changes=len(changes), **summary(plan))
         self.last_plan = plan
         return plan
 
@@ -114,7 +113,7 @@ class WorkerWireguard:
             if devices and self.prober is not None and all(self.prober.answering(d) for d in devices):
                 switch_rotation(self.state_dir)
                 self.switched_at = self.clock()
-                log.info("wireguard.rotation_switched node=%s", self.node)
+                log.info("wireguard.rotation_switched", node=self.node)
                 self.publish()
                 return RotationStep.SWITCHED
             return RotationStep.WAITING_FOR_NEW_TUNNEL
@@ -124,7 +123,7 @@ class WorkerWireguard:
             if self.clock() - self.switched_at >= self.grace:
                 _end_rotation(self.state_dir)
                 self.switched_at = None
-                log.info("wireguard.rotation_ended node=%s", self.node)
+                log.info("wireguard.rotation_ended", node=self.node)
                 self.publish()
                 return RotationStep.ENDED
             return RotationStep.DRAINING_OLD_KEY
@@ -152,9 +151,8 @@ class GatewayWireguard:
     def apply(self, plan: WireguardPlan) -> WireguardPlan:
         changes = self.applier.apply(plan)
         if changes or plan.skipped:
-            log.info("wireguard.pass member=%s changes=%d %s", self.member, len(changes),
-                     " ".join(f"{k}={v}" for k, v in summary(plan).items()))
+            log.info("wireguard.pass", member=self.member, changes=len(changes), **summary(plan))
         for skip in plan.skipped:
-            log.warning("wireguard.skipped member=%s subject=%s reason=%s %s", self.member, skip.subject,
-                        skip.reason, skip.message)
+            log.warning("wireguard.skipped", member=self.member, subject=skip.subject, reason=str(skip.reason),
+                        message=skip.message)
         return plan
