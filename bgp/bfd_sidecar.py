@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -25,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgp.processes import kill_stale
+from bgp.processes import kill_stale, stop_group
 from bgp.settings import BgpSettings
 
 log = logging.getLogger(__name__)
@@ -179,15 +177,5 @@ class BfdSidecar:
         if self._watcher is not None:
             self._watcher.join(timeout_s + 6.0)
             self._watcher = None
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.info("bfd.sidecar_stopped")
+        if stop_group(self._proc, timeout_s):
+            log.info("bfd.sidecar_stopped")

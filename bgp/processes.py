@@ -4,7 +4,9 @@ Two failure modes matter: a service that dies without running its shutdown code 
 EIPs with nobody driving it (and a restarted service would start a second ExaBGP toward the same routers). So:
 - `parent_death_signal()` asks the kernel to SIGTERM the child when the thread that spawned it dies;
 - `kill_stale(pidfile, marker)` kills a previous run's daemon recorded in our pid file, but only if its command line
-  still contains `marker` (our config path), so a recycled pid of an unrelated process is never touched.
+  still contains `marker` (our config path), so a recycled pid of an unrelated process is never touched;
+- `stop_group(proc, timeout_s)` stops a daemon we started in its own session: SIGTERM to its process group, SIGKILL
+  when it has not exited within the timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,4 +68,21 @@ def kill_stale(pidfile: Path, marker: str, *, timeout_s: float = 3.0) -> bool:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
+    """SIGTERM the process group of `proc` (started with `start_new_session`), SIGKILL it after `timeout_s`, reap it.
+
+    False when there was nothing to stop (never started, or already exited)."""
+    if proc is None or proc.poll() is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     return True

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from bgp.announcing import Announcement
 from bgp.exabgp_config import exabgp_environment, render_exabgp_config
-from bgp.processes import kill_stale, parent_death_signal
+from bgp.processes import kill_stale, parent_death_signal, stop_group
 from bgp.settings import BgpSettings
 from bgp.speaking import AckTimeout, Announcer, CommandFailed, Event, ExabgpShutdown, PeerChanged
 
@@ -184,17 +183,7 @@ class BgpSpeaker:
         log.info("bgp.exabgp_started pid=%s config=%s", self._proc.pid, self.config_path)
 
     def _kill_exabgp(self, timeout_s: float) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(self._proc, timeout_s)
 
     def _run(self) -> None:
         sel = selectors.DefaultSelector()

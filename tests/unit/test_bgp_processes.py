@@ -1,12 +1,14 @@
-"""kill_stale: kills a previous run's daemon only when its command line still names our config."""
+"""kill_stale: kills a previous run's daemon only when its command line still names our config; stop_group: TERM,
+then KILL after the timeout, for the whole process group."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from bgp.processes import kill_stale, parent_death_signal
+from bgp.processes import kill_stale, parent_death_signal, stop_group
 
 
 def spawn(marker: str) -> subprocess.Popen[bytes]:
@@ -40,3 +42,25 @@ def test_parent_death_signal_is_available_on_linux() -> None:
     assert fn is not None
     p = subprocess.Popen(["true"], preexec_fn=fn)
     assert p.wait(5) == 0
+
+
+def test_stop_group_terms_then_kills_the_group() -> None:
+    assert stop_group(None, 1.0) is False
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    assert stop_group(polite, 5.0) is True
+    assert polite.returncode == -signal.SIGTERM
+    assert stop_group(polite, 1.0) is False  # already exited
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c",
+         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(30)"],
+        start_new_session=True, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == b"1\n"  # the handler is in place
+        assert stop_group(stubborn, 0.3) is True
+        assert stubborn.returncode == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+        if stubborn.stdout is not None:
+            stubborn.stdout.close()
