@@ -21,8 +21,7 @@ import sys
 import threading
 from types import FrameType
 
-from appliance.config import AgentConfig, config_error_line, load_agent_config
-from appliance.configerror import ConfigError
+from appliance.config import AgentConfig, load_agent_config, load_or_exit_code
 from appliance.logging_setup import EventLogger, setup_logging
 from appliance.reconciling import PassOutcome, Reconciler, full_pass
 from appliance.snapshot import Snapshot
@@ -41,11 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str) -> AgentConfig | int:
-    try:
-        return load_agent_config(path)
-    except ConfigError as e:
-        print(config_error_line(path, e), file=sys.stderr)
-        return 2
+    return load_or_exit_code(load_agent_config, path)
 
 
 def run(args: argparse.Namespace) -> int:

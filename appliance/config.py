@@ -17,10 +17,11 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -419,3 +420,16 @@ def load_gateway_config(path: str | Path, *, env: Mapping[str, str] | None = Non
 def config_error_line(path: str | Path, error: ConfigError) -> str:
     """The one-line message both commands print before exiting 2."""
     return f"config error: {path}: {error.field}: {error.message}"
+
+
+_Config = TypeVar("_Config")
+
+
+def load_or_exit_code(load: Callable[[str], _Config], path: str) -> _Config | int:
+    """`load(path)`, or - on a `ConfigError` - exit code 2 after printing `config_error_line` to stderr (the
+    commands' way of loading their config)."""
+    try:
+        return load(path)
+    except ConfigError as e:
+        print(config_error_line(path, e), file=sys.stderr)
+        return 2

@@ -28,8 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from appliance.config import GatewayConfig, config_error_line, load_gateway_config
-from appliance.configerror import ConfigError
+from appliance.config import GatewayConfig, load_gateway_config, load_or_exit_code
 from appliance.member_state import AlreadyRunning, StateDir, render_status
 from appliance.underlay import Underlay
 
@@ -61,11 +60,7 @@ def _state_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str) -> GatewayConfig | int:
-    try:
-        return load_gateway_config(path)
-    except ConfigError as e:
-        print(config_error_line(path, e), file=sys.stderr)
-        return 2
+    return load_or_exit_code(load_gateway_config, path)
 
 
 def _state_dir(args: argparse.Namespace) -> StateDir | int:
