@@ -21,7 +21,7 @@ from appliance.snapshot import Snapshot
 from bgp.health import Check
 from k8s_sync.kubeapi import ApiError, KubeApi
 from lab.kube_apiserver import ApiServer
-from tests.integration.sync.conftest import Kube, wait_for
+from tests.kube_support import Kube, wait_for
 
 pytestmark = pytest.mark.apiserver
 

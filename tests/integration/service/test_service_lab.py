@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.system import System
-from tests.integration.sync.conftest import wait_for
+from tests.kube_support import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns]
 

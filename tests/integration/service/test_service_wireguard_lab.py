@@ -14,7 +14,7 @@ from appliance.model import WIREGUARD_KEY_ANNOTATION
 from appliance.wireguard_keys import PrivateKey, write_key_file
 from lab.system import System
 from tests.integration.service.test_service_lab import carrier
-from tests.integration.sync.conftest import wait_for
+from tests.kube_support import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns]
 

@@ -14,8 +14,7 @@ from k8s_sync.resources import Role
 from k8s_sync.service_cidr import detect_service_cidrs, parse_range_message
 from k8s_sync.status_service import StatusService
 from k8s_sync.status_writer import StatusWriter
-
-from .conftest import Kube, wait_for
+from tests.kube_support import Kube, wait_for
 
 pytestmark = pytest.mark.apiserver
 

@@ -10,8 +10,7 @@ from appliance.cli import main
 from k8s_sync.kubeapi import KubeApi
 from k8s_sync.leases import MemberIdentity, MemberLease
 from lab.kube_apiserver import ApiServer
-
-from .conftest import Kube
+from tests.kube_support import Kube
 
 pytestmark = pytest.mark.apiserver
 

@@ -29,8 +29,7 @@ from k8s_sync.resources import Role
 from k8s_sync.status_service import start_status_writing
 from k8s_sync.status_writer import StatusWriter
 from lab.kube_apiserver import kubeconfig
-
-from .conftest import Kube, wait_for
+from tests.kube_support import Kube, wait_for
 
 pytestmark = pytest.mark.apiserver
 NS = "egressgw-system"

@@ -14,8 +14,9 @@ from k8s_sync.reflector import Gone, Reflector, WatchSpec
 from k8s_sync.resources import RESOURCES, Role
 from k8s_sync.store import Store
 from lab.kube_apiserver import ApiServer
+from tests.kube_support import Kube, wait_for
 
-from .conftest import FAST, Kube, wait_for
+from .conftest import FAST
 
 pytestmark = pytest.mark.apiserver
 
