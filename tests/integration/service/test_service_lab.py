@@ -13,44 +13,17 @@ from pathlib import Path
 import pytest
 
 from lab.system import System
+from tests.integration.service.service_lab_support import EIP, carrier, deploy_web_policy
 from tests.kube_support import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns]
-
-EIP = "203.0.113.130"
 
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     s = System.up(prefix="egt-sv-")
     try:
-        s.apply(
-            [
-                {
-                    "apiVersion": "egressgw.io/v1alpha1",
-                    "kind": "EgressGateway",
-                    "metadata": {"name": "egw"},
-                    "spec": {
-                        "ippools": {"ipv4": ["203.0.113.128/25"]},
-                        "nodeSelector": {"selector": {"matchLabels": {"egressgw.io/gateway": "true"}}},
-                        "failover": {"failbackHoldSeconds": 1},
-                    },
-                },
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "svc"}},
-                {
-                    "apiVersion": "egressgw.io/v1alpha1",
-                    "kind": "EgressPolicy",
-                    "metadata": {"name": "web", "namespace": "svc"},
-                    "spec": {
-                        "egressGatewayName": "egw",
-                        "egressIP": {"ipv4": EIP},
-                        "appliedTo": {"podSelector": {"matchLabels": {"app": "web"}}},
-                    },
-                },
-            ]
-        )
-        s.create_pod("svc", "web1", "w1p1", {"app": "web"})
-        s.create_pod("svc", "other", "w1p2", {"app": "other"})
+        deploy_web_policy(s, "svc", {"failover": {"failbackHoldSeconds": 1}})
         assert s.wait_source("w1p1", EIP, timeout=90) == EIP
         yield s
     finally:
@@ -60,15 +33,6 @@ def system() -> Iterator[System]:
 def egressgw(system: System, node: str, *args: str, check: bool = False) -> tuple[int, str]:
     res = system.lab.exec(node, [sys.executable, "-m", "appliance.cli", *args], check=check, timeout=90)
     return res.returncode, str(res.stdout) + str(res.stderr)
-
-
-def carrier(system: System) -> str:
-    """The gateway the router sends the EIP to (from its routing table)."""
-    for line in system.router_routes(4).splitlines():
-        if line.startswith(EIP + " ") and " via " in line:
-            via = line.split(" via ")[1].split()[0]
-            return next(g for g in system.gateways if str(system.nodes[g].address(4)) == via)
-    return ""
 
 
 def gw_config(system: System, gw: str) -> str:

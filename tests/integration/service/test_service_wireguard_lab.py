@@ -13,12 +13,10 @@ import pytest
 from appliance.model import WIREGUARD_KEY_ANNOTATION
 from appliance.wireguard_keys import PrivateKey, write_key_file
 from lab.system import System
-from tests.integration.service.test_service_lab import carrier
+from tests.integration.service.service_lab_support import EIP, carrier, deploy_web_policy
 from tests.kube_support import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns]
-
-EIP = "203.0.113.130"
 
 
 @pytest.fixture(scope="module")
@@ -27,33 +25,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     write_key_file(keys / "egw.key", PrivateKey.generate())
     s = System.up(prefix="egt-sv-", gateway_overrides={"wireguard": {"instance_key_dir": str(keys)}})
     try:
-        s.apply(
-            [
-                {
-                    "apiVersion": "egressgw.io/v1alpha1",
-                    "kind": "EgressGateway",
-                    "metadata": {"name": "egw"},
-                    "spec": {
-                        "ippools": {"ipv4": ["203.0.113.128/25"]},
-                        "tunnel": {"type": "wireguard"},
-                        "nodeSelector": {"selector": {"matchLabels": {"egressgw.io/gateway": "true"}}},
-                    },
-                },
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "wg"}},
-                {
-                    "apiVersion": "egressgw.io/v1alpha1",
-                    "kind": "EgressPolicy",
-                    "metadata": {"name": "web", "namespace": "wg"},
-                    "spec": {
-                        "egressGatewayName": "egw",
-                        "egressIP": {"ipv4": EIP},
-                        "appliedTo": {"podSelector": {"matchLabels": {"app": "web"}}},
-                    },
-                },
-            ]
-        )
-        s.create_pod("wg", "web1", "w1p1", {"app": "web"})
-        s.create_pod("wg", "other", "w1p2", {"app": "other"})
+        deploy_web_policy(s, "wg", {"tunnel": {"type": "wireguard"}})
         yield s
     finally:
         s.down()
