@@ -33,13 +33,15 @@ from appliance.planning_tunnel import (
     addr_token,
     assign_slots,
     host_network,
+    inner_mtu,
     link_name,
+    net_key,
     pick_family,
+    sorted_nets,
+    steering_key,
     tunnel_link,
-    tunnel_mtu,
     tunnel_sysctls,
 )
-from appliance.planning_worker import net_key, sorted_nets, steering_key
 
 #: worker slots live in the low 16 bits of the mark; 0xffff is the drop slot
 MAX_WORKERS = 0xFFFE
@@ -225,9 +227,8 @@ def plan_gateway(
 
     eips = sorted({e for i in instances for e in i.eips}, key=ip_key)
     ports = sorted({i.tunnel.udp_port for i in vxlan.values()})
-    specified = [i.tunnel.mtu for i in vxlan.values() if i.tunnel.mtu is not None]
-    override = settings.tunnel_mtu if settings.tunnel_mtu is not None else (min(specified) if specified else None)
-    mtu = tunnel_mtu(underlay_mtu=settings.uplink_mtu, underlay_version=version, override=override)
+    mtu = inner_mtu(underlay_mtu=settings.uplink_mtu, underlay_version=version, node_override=settings.tunnel_mtu,
+                    specified=(i.tunnel.mtu for i in vxlan.values()))
     links = frozenset(tunnel_link(port=p, mac=GATEWAY_MAC, mtu=mtu, address=GATEWAY_NH4) for p in ports)
     neighbours = frozenset(
         Neighbour(dev=link.name, ip=nh, mac=WORKER_MAC) for link in links for nh in (WORKER_NH4, WORKER_NH6)

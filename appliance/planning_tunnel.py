@@ -1,4 +1,5 @@
-"""Conventions shared by the worker and gateway planners: tunnel device names, MACs, inner next hops, marks, slots.
+"""Conventions shared by the worker and gateway planners: tunnel device names, MACs, inner next hops, marks, slots,
+the inner MTU, and the orderings that keep plans deterministic.
 
 The VXLAN devices run in external (collect-metadata) mode: one device per UDP port serves every VNI and every peer,
 and each route says where to send (`encap ip id VNI dst ENDPOINT`). The tunnel is routed (L3) point to point, so the
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_network
 
+from appliance.intent import Steering
 from appliance.kernel_model import LINK_PREFIX, TunnelLink
 from appliance.model import IPAddress, IPNetwork
 
@@ -69,6 +71,15 @@ def link_name(port: int) -> str:
 
 def tunnel_mtu(*, underlay_mtu: int, underlay_version: int, override: int | None) -> int:
     return override if override is not None else underlay_mtu - VXLAN_OVERHEAD[underlay_version]
+
+
+def inner_mtu(*, underlay_mtu: int, underlay_version: int, node_override: int | None,
+              specified: Iterable[int | None]) -> int:
+    """The MTU of a tunnel device: the node's override, else the smallest MTU the instances it serves specify
+    (`TunnelSpec.mtu`; None = not specified), else the underlay MTU minus the VXLAN overhead."""
+    given = [m for m in specified if m is not None]
+    override = node_override if node_override is not None else (min(given) if given else None)
+    return tunnel_mtu(underlay_mtu=underlay_mtu, underlay_version=underlay_version, override=override)
 
 
 def tunnel_link(*, port: int, mac: str, mtu: int, address: IPv4Address) -> TunnelLink:
@@ -123,3 +134,16 @@ def add_disjoint(accepted: dict[tuple[int, int], list[IPNetwork]], pod: tuple[in
         return False
     have.append(dest)
     return True
+
+
+def steering_key(s: Steering) -> tuple[int, int, int, str]:
+    """Precedence first (rank), then address: deterministic and independent of input order."""
+    return (s.rank, s.pod_ip.version, int(s.pod_ip), str(s.policy))
+
+
+def net_key(n: IPNetwork) -> tuple[int, int, int]:
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
+def sorted_nets(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+    return tuple(sorted(set(nets), key=net_key))

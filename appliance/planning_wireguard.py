@@ -34,6 +34,7 @@ from pathlib import Path
 
 from appliance.intent import GatewayInstance, Intent, Steering
 from appliance.model import IPAddress, IPNetwork, Node, TunnelType
+from appliance.planning_tunnel import net_key
 from appliance.wireguard_keys import LocalKey, PublicKey, key_slot, parse_published_keys
 
 #: WireGuard overhead on an IPv4 / IPv6 underlay (outer IP + UDP + WireGuard header + auth tag)
@@ -298,7 +299,7 @@ def plan_gateway_wireguard(
         skipped.extend(skips)
         peers: dict[int, list[WgPeer]] = {s: [] for s in SLOTS}
         for worker, keys in sorted(worker_keys.items()):
-            allowed = tuple(sorted((_host(ip) for ip in pod_ips[worker]), key=_net_key))
+            allowed = tuple(sorted((_host(ip) for ip in pod_ips[worker]), key=net_key))
             allowed += (ip_network(probe_address(worker).ip),)
             taken: set[int] = set()
             for n, key in enumerate(keys):
@@ -325,12 +326,8 @@ def plan_gateway_wireguard(
                          skipped=tuple(sorted(skipped)))
 
 
-def _net_key(n: IPNetwork) -> tuple[int, int, int]:
-    return (n.version, int(n.network_address), n.prefixlen)
-
-
 def _route_key(r: WgRoute) -> tuple[tuple[int, int, int], str]:
-    return (_net_key(r.destination), r.device)
+    return (net_key(r.destination), r.device)
 
 
 def summary(plan: WireguardPlan) -> Mapping[str, object]:

@@ -19,7 +19,7 @@ and dropped), FailOpen leaves it unsteered (it leaves with the node IP).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
@@ -36,10 +36,13 @@ from appliance.planning_tunnel import (
     add_disjoint,
     addr_token,
     assign_slots,
+    inner_mtu,
     link_name,
+    net_key,
     pick_family,
+    sorted_nets,
+    steering_key,
     tunnel_link,
-    tunnel_mtu,
     tunnel_sysctls,
 )
 
@@ -120,19 +123,6 @@ def _no_gateway(instance: GatewayInstance | None, steering: Steering) -> bool:
 
 def _action(instance: GatewayInstance | None) -> NoGatewayAction:
     return instance.failover.no_gateway_action if instance is not None else NoGatewayAction.FAIL_CLOSED
-
-
-def steering_key(s: Steering) -> tuple[int, int, int, str]:
-    """Precedence first (rank), then address: deterministic and independent of input order."""
-    return (s.rank, s.pod_ip.version, int(s.pod_ip), str(s.policy))
-
-
-def net_key(n: IPNetwork) -> tuple[int, int, int]:
-    return (n.version, int(n.network_address), n.prefixlen)
-
-
-def sorted_nets(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
-    return tuple(sorted(set(nets), key=net_key))
 
 
 EndpointKey = tuple[IPAddress, int, int, str]
@@ -231,9 +221,8 @@ def _slots(keys: set[EndpointKey]) -> dict[EndpointKey, int]:
 
 
 def _port_mtu(intent: Intent, port: int, settings: WorkerSettings, version: int) -> int:
-    specified = [i.tunnel.mtu for i in intent.instances if i.tunnel.udp_port == port and i.tunnel.mtu is not None]
-    override = settings.tunnel_mtu if settings.tunnel_mtu is not None else (min(specified) if specified else None)
-    return tunnel_mtu(underlay_mtu=settings.underlay_mtu, underlay_version=version, override=override)
+    return inner_mtu(underlay_mtu=settings.underlay_mtu, underlay_version=version, node_override=settings.tunnel_mtu,
+                     specified=(i.tunnel.mtu for i in intent.instances if i.tunnel.udp_port == port))
 
 
 def _kernel(
