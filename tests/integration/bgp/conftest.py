@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,26 +29,28 @@ def require(router: str) -> None:
                     "'exabgp>=5.0,<5.1')", pytrace=False)  # fmt: skip
 
 
-@pytest.fixture(params=["bird", "frr"])
-def bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bed]:
-    require(request.param)
-    b = Bed(Testbed(workdir=tmp_path / "bed", router=request.param))
+@contextmanager
+def started_bed(testbed: Testbed) -> Iterator[Bed]:
+    """The testbed up with its router started; closed (namespaces removed) afterwards, also after a failure."""
+    b = Bed(testbed)
     try:
         b.tb.up()
         b.tb.start_router()
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture(params=["bird", "frr"])
+def bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bed]:
+    require(request.param)
+    with started_bed(Testbed(workdir=tmp_path / "bed", router=request.param)) as b:
+        yield b
 
 
 @pytest.fixture(params=["bird", "frr"])
 def md5_bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bed]:
     """A testbed whose router requires TCP-MD5 (password `egt-s3cret`) on every session."""
     require(request.param)
-    b = Bed(Testbed(workdir=tmp_path / "bed", router=request.param, md5="egt-s3cret"))
-    try:
-        b.tb.up()
-        b.tb.start_router()
+    with started_bed(Testbed(workdir=tmp_path / "bed", router=request.param, md5="egt-s3cret")) as b:
         yield b
-    finally:
-        b.close()
