@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -83,8 +84,13 @@ def up(topology: str | Path = DEFAULT_TOPOLOGY, *, prefix: str, wg_prefix: str =
     return system
 
 
-def down(system: System, wg_prefix: str = DEFAULT_WG_PREFIX) -> None:
-    """System.down, then the control sockets wireguard-go left behind (its processes die with the namespaces)."""
+def down(system: System, wg_prefix: str = DEFAULT_WG_PREFIX, *, keep_logs: Path | None = None) -> None:
+    """System.down, then the control sockets wireguard-go left behind (its processes die with the namespaces).
+    `keep_logs`: copy the lab's logs (services, routers) there first."""
+    if keep_logs is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(keep_logs, ignore_errors=True)
+            shutil.copytree(system.lab.state_dir / "logs", keep_logs)
     try:
         system.down()
     finally:
