@@ -15,7 +15,7 @@ import sys
 
 from appliance.explaining import explain, render_text, to_dict
 from appliance.model import IPAddress
-from k8s_sync.oneshot import add_kube_arguments, api_from_args, read_cluster
+from k8s_sync.oneshot import add_kube_arguments, read_cluster_for
 
 EXIT_NOT_FOUND = 3
 
@@ -36,10 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        view = read_cluster(api_from_args(args), lease_namespace=args.lease_namespace)
-    except Exception as e:
-        print(f"egressgw explain: cannot read the cluster: {e}", file=sys.stderr)
+    view = read_cluster_for(args, "explain")
+    if view is None:
         return 1
     result = explain(view.snapshot, view.intent, args.namespace, args.pod, args.dest)
     if args.output == "json":

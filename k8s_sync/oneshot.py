@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass
 
 from appliance.intent import Intent
@@ -23,7 +24,10 @@ from k8s_sync.service_cidr import detect_service_cidrs
 from k8s_sync.status_planning import intent_from_status
 from k8s_sync.store import Store
 
-__all__ = ["ClusterView", "add_kube_arguments", "api_from_args", "intent_from_status", "read_cluster", "read_store"]
+__all__ = [
+    "ClusterView", "add_kube_arguments", "api_from_args", "intent_from_status", "read_cluster", "read_cluster_for",
+    "read_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +69,13 @@ def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
 
 def api_from_args(args: argparse.Namespace) -> KubeApi:
     return KubeApi(make_api_client(args.kubeconfig))
+
+
+def read_cluster_for(args: argparse.Namespace, command: str) -> ClusterView | None:
+    """`read_cluster` with a command's kube arguments (`add_kube_arguments`); None when the cluster cannot be read,
+    after printing `egressgw <command>: cannot read the cluster: <error>` to stderr (the command exits 1)."""
+    try:
+        return read_cluster(api_from_args(args), lease_namespace=args.lease_namespace)
+    except Exception as e:
+        print(f"egressgw {command}: cannot read the cluster: {e}", file=sys.stderr)
+        return None

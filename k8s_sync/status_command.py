@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from appliance.intent import PolicyState
-from k8s_sync.oneshot import ClusterView, add_kube_arguments, api_from_args, read_cluster
+from k8s_sync.oneshot import ClusterView, add_kube_arguments, read_cluster_for
 from k8s_sync.status_planning import gateway_status, policy_status
 
 JSON = dict[str, Any]
@@ -96,10 +96,8 @@ def render_table(doc: JSON) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        view = read_cluster(api_from_args(args), lease_namespace=args.lease_namespace)
-    except Exception as e:
-        print(f"egressgw status: cannot read the cluster: {e}", file=sys.stderr)
+    view = read_cluster_for(args, "status")
+    if view is None:
         return 1
     doc = status_document(view)
     sys.stdout.write(json.dumps(doc, indent=2) + "\n" if args.output == "json" else render_table(doc))
