@@ -243,17 +243,22 @@ class Testbed:
             self._pidfiles.append(pid)
             _wait_for(pid.exists, 5.0, f"FRR {daemon} pid file")
 
-    def stop_router(self) -> None:
-        """Kill the router's daemons (a router crash; its kernel routes from BGP go with them)."""
+    def _kill_daemons(self) -> None:
+        """SIGKILL the router daemons we started (process groups we spawned, daemons that wrote a pid file)."""
         for proc in self._procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 proc.wait(5)
-        self._procs.clear()
         for pidfile in self._pidfiles:
             with contextlib.suppress(Exception):
                 os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+
+    def stop_router(self) -> None:
+        """Kill the router's daemons (a router crash; its kernel routes from BGP go with them)."""
+        self._kill_daemons()
+        self._procs.clear()
+        for pidfile in self._pidfiles:
             with contextlib.suppress(FileNotFoundError):
                 pidfile.unlink()
         self._pidfiles.clear()
@@ -264,14 +269,7 @@ class Testbed:
             sh("ip", "-n", self.router_ns, "-6", "route", "flush", "proto", proto, check=False)
 
     def down(self) -> None:
-        for proc in self._procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                proc.wait(5)
-        for pidfile in self._pidfiles:
-            with contextlib.suppress(Exception):
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        self._kill_daemons()
         for ns in self.namespaces():
             # kill anything still running inside (ExaBGP, bird, bridges) before deleting the namespace
             pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
