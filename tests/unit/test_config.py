@@ -264,22 +264,24 @@ def test_commands_exit_2_naming_the_field(tmp_path: Path, command: str, body: di
     assert proc.stderr.strip().splitlines()[-1].startswith(f"config error: {path}: {field}: ")
 
 
-def test_daemonset_embedded_agent_config_loads(tmp_path: Path) -> None:
+def embedded_config(role: str, tmp_path: Path) -> tuple[list[Any], Path]:
+    """The documents of deploy/<role>/daemonset.yaml, and its ConfigMap's `<role>.yaml` written to a file."""
     root = Path(__file__).resolve().parents[2]
-    docs = list(yaml.safe_load_all((root / "deploy/agent/daemonset.yaml").read_text()))
+    docs = list(yaml.safe_load_all((root / f"deploy/{role}/daemonset.yaml").read_text()))
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
-    path = tmp_path / "agent.yaml"
-    path.write_text(config_map["data"]["agent.yaml"])
+    path = tmp_path / f"{role}.yaml"
+    path.write_text(config_map["data"][f"{role}.yaml"])
+    return docs, path
+
+
+def test_daemonset_embedded_agent_config_loads(tmp_path: Path) -> None:
+    _, path = embedded_config("agent", tmp_path)
     c = load_agent_config(path, env={"NODE_NAME": "worker1"})
     assert c.node_name == "worker1" and c.kube.kubeconfig is None and c.log.format is LogFormat.JSON
 
 
 def test_gateway_daemonset_embedded_config_loads(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
-    docs = list(yaml.safe_load_all((root / "deploy/gateway/daemonset.yaml").read_text()))
-    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
-    path = tmp_path / "gateway.yaml"
-    path.write_text(config_map["data"]["gateway.yaml"])
+    docs, path = embedded_config("gateway", tmp_path)
     c = load_gateway_config(path, env={"NODE_NAME": "gw1"})
     assert c.node_name == "gw1" and c.bgp is not None and c.bgp.bfd.enabled
     daemonset = next(d for d in docs if d["kind"] == "DaemonSet")
