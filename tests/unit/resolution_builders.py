@@ -58,6 +58,15 @@ def sel(d: dict[str, str] | None = None) -> LabelSelector:
     return LabelSelector(match_labels=labels(d))
 
 
+def eip_pair(v4: str | None, v6: str | None) -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None]:
+    """An (IPv4, IPv6) EIP pair from optional strings; each must be of its family."""
+    a4 = ip(v4) if v4 else None
+    a6 = ip(v6) if v6 else None
+    assert a4 is None or isinstance(a4, ipaddress.IPv4Address)
+    assert a6 is None or isinstance(a6, ipaddress.IPv6Address)
+    return a4, a6
+
+
 def ns(name: str, **lbl: str) -> Namespace:
     return Namespace(name=name, labels=labels({k.replace("__", "/").replace("_", "-"): v for k, v in lbl.items()}))
 
@@ -93,10 +102,7 @@ def gateway(
     cluster_default: bool = False,
     selector: dict[str, str] | None = None,
 ) -> EgressGateway:
-    d4 = ip(default4) if default4 else None
-    d6 = ip(default6) if default6 else None
-    assert d4 is None or isinstance(d4, ipaddress.IPv4Address)
-    assert d6 is None or isinstance(d6, ipaddress.IPv6Address)
+    d4, d6 = eip_pair(default4, default6)
     return EgressGateway(
         name=name,
         ipv4_pool=pool(*v4),
@@ -129,10 +135,7 @@ def policy(
     kind = PolicyKind.CLUSTER if cluster else PolicyKind.NAMESPACED
     ref = PolicyRef(kind=kind, namespace="" if cluster else namespace, name=name)
     pod_selector = sel(selector if selector is not None else {"app": app or name}) if not subnet or app else None
-    e4 = ip(eip4) if eip4 else None
-    e6 = ip(eip6) if eip6 else None
-    assert e4 is None or isinstance(e4, ipaddress.IPv4Address)
-    assert e6 is None or isinstance(e6, ipaddress.IPv6Address)
+    e4, e6 = eip_pair(eip4, eip6)
     return EgressPolicy(
         ref=ref,
         egress_gateway_name=gateway,
