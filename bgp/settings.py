@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.config_fields import integer, number
 from appliance.configerror import ConfigError
 from appliance.model import IPAddress
 
@@ -148,22 +149,6 @@ def _mapping(raw: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
     return raw
 
 
-def _int(raw: Any, path: str, lo: int, hi: int) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise ConfigError(path, f"must be an integer, got {raw!r}")
-    if not lo <= raw <= hi:
-        raise ConfigError(path, f"must be between {lo} and {hi}, got {raw}")
-    return int(raw)
-
-
-def _float(raw: Any, path: str, lo: float, hi: float) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ConfigError(path, f"must be a number, got {raw!r}")
-    if not lo <= float(raw) <= hi:
-        raise ConfigError(path, f"must be between {lo} and {hi}, got {raw}")
-    return float(raw)
-
-
 def _bool(raw: Any, path: str) -> bool:
     if not isinstance(raw, bool):
         raise ConfigError(path, f"must be true or false, got {raw!r}")
@@ -211,7 +196,7 @@ def _peer(raw: Any, path: str, families: tuple[Family, ...], local: IPAddress | 
     md5 = m.get("md5_password")
     if md5 is not None and (not isinstance(md5, str) or not md5 or len(md5) > 80 or '"' in md5 or "\n" in md5):
         raise ConfigError(f"{path}.md5_password", "must be a non-empty string of at most 80 characters without quotes")
-    hold = _int(m.get("hold_time", 3), f"{path}.hold_time", 0, 65535)
+    hold = integer(m.get("hold_time", 3), f"{path}.hold_time", 0, 65535)
     if hold in (1, 2):
         raise ConfigError(f"{path}.hold_time", "must be 0 or at least 3 (RFC 4271)")
     if "local_address" in m:
@@ -231,7 +216,7 @@ def _peer(raw: Any, path: str, families: tuple[Family, ...], local: IPAddress | 
             raise ConfigError(f"{path}.next_hop_ipv{fam.version}", f"is required to carry {fam} on this session")
     return PeerSettings(
         address=address,
-        asn=_int(m["asn"], f"{path}.asn", 1, _ASN_MAX),
+        asn=integer(m["asn"], f"{path}.asn", 1, _ASN_MAX),
         md5_password=md5,
         hold_time=hold,
         passive=_bool(m.get("passive", False), f"{path}.passive"),
@@ -248,11 +233,11 @@ def _preference(raw: Any, path: str) -> PreferenceSettings:
         mode = PreferenceMode(m.get("mode", "med"))
     except ValueError:
         raise ConfigError(f"{path}.mode", "must be one of med, as-path-prepend, both") from None
-    base = _int(m.get("base_med", 100), f"{path}.base_med", 0, 2**31)
-    step = _int(m.get("med_step", 10), f"{path}.med_step", 1, 2**20)
+    base = integer(m.get("base_med", 100), f"{path}.base_med", 0, 2**31)
+    step = integer(m.get("med_step", 10), f"{path}.med_step", 1, 2**20)
     if base + step * 1000 > _ASN_MAX:
         raise ConfigError(f"{path}.med_step", "base_med + 1000 * med_step must fit in 32 bits")
-    prepends = _int(m.get("max_prepends", 3), f"{path}.max_prepends", 1 if mode is not PreferenceMode.MED else 0, 10)
+    prepends = integer(m.get("max_prepends", 3), f"{path}.max_prepends", 1 if mode is not PreferenceMode.MED else 0, 10)
     return PreferenceSettings(mode=mode, base_med=base, med_step=step, max_prepends=prepends)
 
 
@@ -260,16 +245,16 @@ def _bfd(raw: Any, path: str) -> BfdSettings:
     m = _mapping(raw, path, {"enabled", "min_tx_ms", "min_rx_ms", "multiplier"})
     return BfdSettings(
         enabled=_bool(m.get("enabled", True), f"{path}.enabled"),
-        min_tx_ms=_int(m.get("min_tx_ms", 50), f"{path}.min_tx_ms", 10, 60000),
-        min_rx_ms=_int(m.get("min_rx_ms", 50), f"{path}.min_rx_ms", 10, 60000),
-        multiplier=_int(m.get("multiplier", 3), f"{path}.multiplier", 1, 255),
+        min_tx_ms=integer(m.get("min_tx_ms", 50), f"{path}.min_tx_ms", 10, 60000),
+        min_rx_ms=integer(m.get("min_rx_ms", 50), f"{path}.min_rx_ms", 10, 60000),
+        multiplier=integer(m.get("multiplier", 3), f"{path}.multiplier", 1, 255),
     )
 
 
 def _drain(raw: Any, path: str) -> DrainSettings:
     m = _mapping(raw, path, {"timeout_s", "settle_s"})
-    timeout = _float(m.get("timeout_s", 10.0), f"{path}.timeout_s", 0.1, 3600.0)
-    settle = _float(m.get("settle_s", 1.0), f"{path}.settle_s", 0.0, 600.0)
+    timeout = number(m.get("timeout_s", 10.0), f"{path}.timeout_s", 0.1, 3600.0)
+    settle = number(m.get("settle_s", 1.0), f"{path}.settle_s", 0.0, 600.0)
     if settle > timeout:
         raise ConfigError(f"{path}.settle_s", "must not exceed drain.timeout_s")
     return DrainSettings(timeout_s=timeout, settle_s=settle)
@@ -280,7 +265,7 @@ def parse_bgp_settings(raw: Mapping[str, Any], path: str = "bgp") -> BgpSettings
     m = _mapping(raw, path, _TOP_KEYS)
     if "local_asn" not in m:
         raise ConfigError(f"{path}.local_asn", "is required")
-    local_asn = _int(m["local_asn"], f"{path}.local_asn", 1, _ASN_MAX)
+    local_asn = integer(m["local_asn"], f"{path}.local_asn", 1, _ASN_MAX)
     local = _ip(m["local_address"], f"{path}.local_address") if "local_address" in m else None
     if "router_id" in m:
         rid = _ip(m["router_id"], f"{path}.router_id", 4)
@@ -312,6 +297,6 @@ def parse_bgp_settings(raw: Mapping[str, Any], path: str = "bgp") -> BgpSettings
         withdraw_on_unhealthy=_bool(m.get("withdraw_on_unhealthy", True), f"{path}.withdraw_on_unhealthy"),
         bfd=_bfd(m.get("bfd", {}), f"{path}.bfd"),
         drain=_drain(m.get("drain", {}), f"{path}.drain"),
-        failback_hold_s=None if hold_s is None else _float(hold_s, f"{path}.failback_hold_s", 0.0, 86400.0),
+        failback_hold_s=None if hold_s is None else number(hold_s, f"{path}.failback_hold_s", 0.0, 86400.0),
         exabgp_binary=Path(binary) if binary else Path(sys.executable).parent / "exabgp",
     )
