@@ -8,8 +8,10 @@ through each tunnel every `interval`; after `misses` unanswered probes in a row 
 (`WireguardApplier.reset_peer`: remove + re-add in one `wg set`), so the next packet - the next probe - starts a
 fresh handshake with whichever member now holds the endpoint. Outage ~ misses x interval + one round trip.
 
-A gateway that is really gone keeps failing the probe: resets then back off exponentially (x2 per fruitless reset,
-at most 32x), so a dead instance costs a handshake initiation every few seconds, not ten per second.
+While no member is reachable the probe keeps failing: resets then back off exponentially (x2 per fruitless reset,
+at most 4x: one reset per 1.2 s with the defaults), so an unreachable instance costs a handshake initiation a second,
+not ten. The cap is low on purpose: the next reset after the routers have the EIP again is what ends the outage
+(WireGuard's own retry only comes after 5 s); with 32x the lab measured 3-5 s from the route's return to traffic.
 
 `SessionWatch` is the pure state machine (unit-tested with no sockets); `Pinger` and `LivenessProber` are the shell:
 raw ICMPv6 sockets bound to the WireGuard device. `python -m appliance.wireguard_liveness IF=PEERKEY ...` runs it
@@ -45,7 +47,8 @@ class SessionWatch:
     """Consecutive-miss counter with reset back-off. `record(answered)` -> True when the session must be reset."""
 
     misses_to_reset: int = 3
-    max_backoff: int = 32
+    #: at most this many times `misses_to_reset` between fruitless resets (bounds the recovery once a member is back)
+    max_backoff: int = 4
     misses: int = 0
     fruitless_resets: int = 0
     resets: int = 0
