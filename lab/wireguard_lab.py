@@ -171,6 +171,31 @@ for i in range(count):
 """
 
 
+_TCP_ECHO = """
+import socket, sys
+server, size = sys.argv[1], int(sys.argv[2])
+with socket.create_connection((server, 7000), timeout=10) as s:
+    s.sendall(b"x" * size + b"\\n")
+    buf = b""
+    while not buf.endswith(b"\\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    line, _, source = buf.rstrip(b"\\n").rpartition(b"|")
+    mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    print(len(line), source.decode(), mss)
+"""
+
+
+def tcp_echo(system: System, lab_pod: str, server: str, size: int) -> tuple[int, str, int]:
+    """Send one `size`-byte line over TCP from `lab_pod` to the external server and read the echo: (bytes echoed,
+    source the server saw, the connection's MSS). Full-size segments both ways: MTU and MSS clamping at work."""
+    res = system.lab.exec(lab_pod, [sys.executable, "-c", _TCP_ECHO, server, str(size)], timeout=30)
+    n, source, mss = str(res.stdout).split()
+    return int(n), source, int(mss)
+
+
 def send_udp(system: System, node: str, *, source: str, destination: str, device: str = "", port: int = 7000,
              count: int = 5) -> None:
     """Send `count` UDP datagrams from `source` (an address of the node) to `destination`, out of `device` if

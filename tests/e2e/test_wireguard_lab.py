@@ -34,7 +34,7 @@ from lab.scenarios import (
     router_next_hop,
     wait_for,
 )
-from lab.system import EXTERNAL_V4, System
+from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
 from tests.e2e.conftest import Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
@@ -112,6 +112,14 @@ def test_w01_eip_through_wireguard_dual_stack_unselected_untouched(system: Syste
     expect_source(system, "w1p2", node_ip(system, "w1p2"))
     expect_source(system, "w2p2", node_ip(system, "w2p2"))
     expect_source(system, "w2p2", node_ip(system, "w2p2", 6), version=6)
+
+    # full-size TCP segments both ways through the tunnel (inner MTU 1440 on the worker's device): the MSS is
+    # clamped below the pod's own 1460/1440, so nothing depends on ICMP "fragmentation needed" coming back
+    for server, eip in ((EXTERNAL_V4, DEFAULT_EIP_V4), (EXTERNAL_V6, DEFAULT_EIP_V6)):
+        echoed, source, mss = wl.tcp_echo(system, "w1p1", server, 20000)
+        print(f"\nTCP 20000 bytes to {server} and back: echoed {echoed}, source {source}, MSS {mss}")
+        assert (echoed, source) == (20000, eip)
+        assert mss <= (1440 - 40 if server == EXTERNAL_V4 else 1440 - 60)
 
     # and it really is WireGuard: every member publishes the installed instance key, the worker its own key, the
     # worker's single peer is the instance key at the EIP, and the member carrying the EIP decrypts the pod traffic
