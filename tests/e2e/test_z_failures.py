@@ -8,6 +8,7 @@ to `egressgw bench failover`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -68,17 +69,24 @@ def test_r08_pool_exhaustion_surplus_policies_pending(system: System, scenario: 
     scenario.apply(*(policy_manifest(scenario.namespace, n, match_labels={"app": n}, gateway="egw-small",
                                      egress_ip={"allocatorPolicy": "rr"}) for n in names))
 
-    def states() -> dict[str, str] | None:
+    def states() -> dict[str, str]:
         out = {}
         for n in names:
             st = system.get("EgressPolicy", n, scenario.namespace).get("status") or {}
-            ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), None)
-            if ready is None:
-                return None
+            ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
             out[n] = (st.get("eip") or {}).get("ipv4") or ready.get("reason", "")
         return out
 
-    got = wait_for(states, timeout=CONVERGE_S, what="status on every rr policy")
+    # the status settles through intermediate states (no members yet, allocation in progress): wait for the end
+    last: dict[str, str] = {}
+
+    def settled() -> bool:
+        nonlocal last
+        last = states()
+        return sum(v.startswith("203.") for v in last.values()) == 2
+    with contextlib.suppress(TimeoutError):
+        wait_for(settled, timeout=CONVERGE_S, what="two rr EIPs allocated")
+    got = last
     eips = [v for v in got.values() if v.startswith("203.")]
     assert sorted(eips) == ["203.0.113.241", "203.0.113.242"], got
     assert sorted(v for v in got.values() if not v.startswith("203.")) == ["PoolExhausted", "PoolExhausted"]
