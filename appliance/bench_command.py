@@ -16,6 +16,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "datapath": ("appliance.bench_datapath", "run_datapath_bench", "tunnel + SNAT throughput and plan/apply time"),
     "wireguard": ("appliance.bench_wireguard", "run_wireguard_bench", "WireGuard vs VXLAN vs direct; WG failover"),
     "failover": ("lab.bench_failover", "run_failover_bench", "outage per failure scenario in the lab (BIRD, FRR)"),
+    "failover-wireguard": ("lab.bench_failover_wireguard", "run_wireguard_failover_bench",
+                           "uplink-cut failover of a WireGuard gateway instance in the lab"),
     "convergence": ("lab.bench_convergence", "run_convergence_bench", "pod IP written -> first packet with EIP"),
 }
 
