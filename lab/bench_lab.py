@@ -107,12 +107,18 @@ def member_status(system: System, gw: str) -> dict[str, Any]:
 
 
 def member_ranked(system: System, gw: str) -> bool:
-    """The member runs, is past its hold-down and ExaBGP acknowledged everything it wants announced."""
+    """The member runs, its BFD sessions (if any) are up, it is past its hold-down and ExaBGP acknowledged everything
+    it wants announced."""
     doc = member_status(system, gw)
     pid, updated = doc.get("pid"), doc.get("updated_at")
     if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
         return False  # a status file left behind by a killed member
     if not isinstance(updated, int | float) or time.time() - updated > 2.0:
+        return False
+    bfd = doc.get("bfd") or {}
+    if any(state != "Up" for state in bfd.values()):
+        return False  # a hard failure right now would wait for the BGP hold time
+    if any(state != "up" for state in (doc.get("peers") or {}).values()):
         return False
     ann = doc.get("announcements") or {}
     desired = ann.get("desired") or []
@@ -120,10 +126,32 @@ def member_ranked(system: System, gw: str) -> bool:
             and sorted(desired) == sorted(ann.get("acknowledged") or []))
 
 
+def router_paths(system: System, eip: str = DEFAULT_EIP_V4) -> set[str]:
+    """The gateway members the router holds a BGP path from for `eip` (best and backups), from BIRD or FRR."""
+    router = router_of(system)
+    if system.lab.daemon(router, "bird") is not None:
+        argv = system.lab.expand(router, "birdc -s {nodedir}/bird.ctl show route for " + eip + " all").split()
+    else:
+        family = "ipv6" if ":" in eip else "ipv4"
+        argv = ["vtysh", "-N", system.lab.netns(router), "-c", f"show bgp {family} unicast {eip}"]
+    res = system.lab.exec(router, argv, check=False, timeout=10)
+    return paths_in(str(res.stdout), {gw: str(system.nodes[gw].address(4)) for gw in system.gateways})
+
+
+def paths_in(text: str, members: dict[str, str]) -> set[str]:
+    """Members whose uplink address appears as a next hop / neighbour in a router's route output (pure)."""
+    words = set(text.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    return {gw for gw, addr in members.items() if addr in words}
+
+
 def wait_steady(system: System, *, timeout: float = 90.0) -> None:
-    """Every gateway member announces with its ranked preference (both paths in the router's table)."""
+    """Every gateway member announces with its ranked preference, its BGP and BFD sessions are up, and the router
+    holds a path from every member (member status alone is not enough: ExaBGP acknowledges an announcement it
+    queued while the router still refuses the new session, e.g. BIRD's `error wait time` after a killed peer)."""
     wait_for(lambda: all(member_ranked(system, g) for g in system.gateways), timeout=timeout, interval=0.2,
              what="every gateway member announcing with its ranked preference")
+    wait_for(lambda: router_paths(system) == set(system.gateways), timeout=timeout, interval=0.2,
+             what="the router holding a path from every member")
     time.sleep(0.5)  # the last UPDATE reaching the router's kernel table
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from lab.bench_convergence import extra_pod_specs, first_after
 from lab.bench_failover import convergence_ms, summarize_scenario, table_rows
-from lab.bench_lab import RouteEvent, parse_route_line
+from lab.bench_lab import RouteEvent, parse_route_line, paths_in
 from lab.bench_probe import RawRun, Stream, window
 from lab.bench_stats import percentile, summarize
 
@@ -126,3 +126,14 @@ def test_first_after_and_extra_pods() -> None:
     assert len({ip for *_, ip in specs}) == 1000
     assert {ns for _, ns, _, _ in specs} == {"shop", "blog"}
     assert all(ip.startswith("100.64.1") for *_, ip in specs)
+
+
+def test_paths_in_bird_and_frr_output() -> None:
+    members = {"gw1": "198.51.100.11", "gw2": "198.51.100.12"}
+    bird = ("203.0.113.200/32     unicast [gw4_2 08:32:55.408] * (100) [AS64513i]\n\tvia 198.51.100.12 on eth2\n"
+            "\tBGP.next_hop: 198.51.100.12\n")
+    assert paths_in(bird, members) == {"gw2"}
+    frr = ("BGP routing table entry for 203.0.113.200/32\n  64513\n    198.51.100.11 from 198.51.100.11 "
+           "(198.51.100.11)\n  64513\n    198.51.100.12 from 198.51.100.12 (198.51.100.12)\n")
+    assert paths_in(frr, members) == {"gw1", "gw2"}
+    assert paths_in("198.51.100.111 via", members) == set()
