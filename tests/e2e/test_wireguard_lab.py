@@ -31,6 +31,7 @@ from lab.scenarios import (
     gateway_manifest,
     measure_failure,
     policy_manifest,
+    primary_member,
     router_next_hop,
     wait_for,
 )
@@ -95,10 +96,25 @@ def events_between(system: System, start: float, end: float, *sources: tuple[str
     return "\n".join(sorted(out))
 
 
-def selected_pod(system: System, scenario: Scenario, lab_pod: str = "w1p1") -> None:
+def stable_carrier(system: System) -> str:
+    """The member the router forwards the EIP to once it is the ranked primary. Right after a policy makes the EIP
+    used again, the member that announces first carries it until the primary announces too; with WireGuard that
+    move costs a re-handshake (~0.4 s), so measurements start only after it."""
+    def settled() -> str:
+        primary = primary_member(system, DEFAULT_EIP_V4)
+        return primary if primary and router_next_hop(system, DEFAULT_EIP_V4) == primary else ""
+
+    return str(wait_for(settled, timeout=CONVERGE_S, interval=0.1, what="the EIP routed to its primary member"))
+
+
+def selected_pod(system: System, scenario: Scenario, lab_pod: str = "w1p1") -> str:
+    """A selected pod whose traffic leaves with the EIP through its primary member; returns that member."""
     scenario.pod("web", lab_pod, {"app": "web"})
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, lab_pod, DEFAULT_EIP_V4)
+    carrier = stable_carrier(system)
+    expect_source(system, lab_pod, DEFAULT_EIP_V4)
+    return carrier
 
 
 def test_w01_eip_through_wireguard_dual_stack_unselected_untouched(system: System, scenario: Scenario) -> None:
@@ -132,7 +148,7 @@ def test_w01_eip_through_wireguard_dual_stack_unselected_untouched(system: Syste
     assert str(peers[0]["endpoint"]).startswith(f"{DEFAULT_EIP_V4}:"), peers
     assert int(str(peers[0]["endpoint"]).rsplit(":", 1)[1]) in WG_PORTS
     assert int(str(peers[0]["latest_handshake"])) > 0
-    carrier = wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, what="EIP route")
+    carrier = stable_carrier(system)
     before = gateway_peer(system, carrier, worker_key)
     assert before is not None, wl.wg_dump(system, carrier, WG_PREFIX)
     assert "100.64.1.10/32" in str(before["allowed_ips"]) and "100.64.1.11/32" not in str(before["allowed_ips"])
@@ -142,14 +158,14 @@ def test_w01_eip_through_wireguard_dual_stack_unselected_untouched(system: Syste
 
 
 def test_w02_unknown_key_and_spoofed_source_are_dropped(system: System, scenario: Scenario) -> None:
-    selected_pod(system, scenario)
+    carrier = selected_pod(system, scenario)
     instance_key = instance_public_key(system)
     worker_key = node_annotation(system, "worker1").split(",")[0]
-    carrier = router_next_hop(system, DEFAULT_EIP_V4)
     since = wl.ext_last_seq(system)
 
     # an unknown key (a WireGuard interface on worker2 with a key nobody published) aimed at both WireGuard ports
     # of the EIP: no handshake completes, nothing is decrypted, the gateway never learns the key
+    worker2 = str(system.nodes["worker2"].address(4))
     rogue_name = f"{WG_PREFIX[:-1]}rogue"  # not our prefix: the worker2 agent must not adopt/remove it
     for port in WG_PORTS:
         with wl.rogue_wireguard(system, "worker2", rogue_name, peer=instance_key,
@@ -159,9 +175,14 @@ def test_w02_unknown_key_and_spoofed_source_are_dropped(system: System, scenario
                 time.sleep(0.5)
             res = system.lab.exec("worker2", ["wg", "show", rogue, "dump"])
             peer_line = str(res.stdout).splitlines()[1].split("\t")
-            latest_handshake, rx = int(peer_line[4]), int(peer_line[5])
-            print(f"\nunknown key -> {DEFAULT_EIP_V4}:{port}: latest handshake {latest_handshake}, rx {rx} bytes")
-            assert latest_handshake == 0 and rx == 0, peer_line
+            latest_handshake, rx, tx = int(peer_line[4]), int(peer_line[5]), int(peer_line[6])
+            # the initiations did reach the member carrying the EIP (its conntrack saw them), unanswered
+            flows = str(system.lab.exec(carrier, ["conntrack", "-L", "-p", "udp", "-s", worker2, "-d", DEFAULT_EIP_V4,
+                                                  "--dport", str(port)], check=False).stdout)
+            print(f"\nunknown key -> {DEFAULT_EIP_V4}:{port}: sent {tx} bytes, latest handshake {latest_handshake}, "
+                  f"rx {rx} bytes; on {carrier}: {flows.strip() or 'no flow'}")
+            assert tx > 0 and latest_handshake == 0 and rx == 0, peer_line
+            assert f"dport={port}" in flows and "UNREPLIED" in flows, flows
     for gw in system.gateways:
         keys = {str(p["public_key"]) for p in wl.wg_dump(system, gw, WG_PREFIX)}
         assert keys <= {k for w in system.workers for k in node_annotation(system, w).split(",") if k}, keys
@@ -193,8 +214,7 @@ def test_w02_unknown_key_and_spoofed_source_are_dropped(system: System, scenario
 
 
 def test_w03_primary_uplink_cut_with_probe_running(system: System, scenario: Scenario) -> None:
-    selected_pod(system, scenario, "w2p1")
-    primary = wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, what="EIP route")
+    primary = selected_pod(system, scenario, "w2p1")
     try:
         report = measure_failure(system, "w2p1", lambda: system.lab.cut_link(primary, "eth1"), after=4.0)
         print(f"\nWireGuard uplink cut on {primary}: sent={report.sent} lost={report.lost} "
@@ -276,8 +296,7 @@ def test_w05_agent_cleanup_removes_the_configured_wireguard_interfaces(system: S
 def test_w06_graceful_drain_of_the_primary_costs_one_rehandshake(system: System, scenario: Scenario) -> None:
     """SIGTERM drains the member (the routers move the EIP before it stops forwarding): lossless with VXLAN, but
     with WireGuard the other member has no session with the worker, so one prober detection + handshake is lost."""
-    selected_pod(system, scenario, "w2p1")
-    primary = wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, what="EIP route")
+    primary = selected_pod(system, scenario, "w2p1")
     try:
         report = measure_failure(system, "w2p1", lambda: system.stop_service(primary, grace=30), after=3.0)
         print(f"\nWireGuard SIGTERM drain of {primary}: sent={report.sent} lost={report.lost} "
