@@ -30,7 +30,15 @@ from typing import Any
 
 from lab import wireguard_lab as wl
 from lab.probe import BackgroundProbe, ProbeReport
-from lab.scenarios import DEFAULT_EIP_V4, GATEWAY, gateway_manifest, policy_manifest, router_next_hop, wait_for
+from lab.scenarios import (
+    DEFAULT_EIP_V4,
+    GATEWAY,
+    gateway_manifest,
+    policy_manifest,
+    primary_member,
+    router_next_hop,
+    wait_for,
+)
 from lab.system import DEFAULT_TOPOLOGY, EXTERNAL_V4, System
 from lab.tables import render_table
 
@@ -141,7 +149,14 @@ def set_up(system: System) -> str:
     system.apply([policy_manifest(NAMESPACE, "p", match_labels={"app": "web"})])
     wait_for(lambda: system.seen_source(LAB_POD, timeout=1.0) == DEFAULT_EIP_V4, timeout=120,
              what="the pod's traffic leaving with the EIP through WireGuard")
-    return str(wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=60, what="the EIP route"))
+
+    def ranked_primary() -> str:
+        # not simply the router's next hop: the member that announced first carries the EIP until the ranked
+        # primary announces too, and only the ranked primary takes the EIP back after its uplink returns
+        primary = primary_member(system, DEFAULT_EIP_V4)
+        return primary if primary and router_next_hop(system, DEFAULT_EIP_V4) == primary else ""
+
+    return str(wait_for(ranked_primary, timeout=60, interval=0.1, what="the EIP routed to its ranked primary"))
 
 
 def run_wireguard_failover_bench(out_path: Path, *, quick: bool = False,
