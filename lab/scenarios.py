@@ -128,6 +128,17 @@ def router_next_hop(system: System, eip: str) -> str:
     return ""
 
 
+def stable_primary(system: System, eip: str, *, timeout: float = 60.0) -> str:
+    """The member carrying `eip` once the router and the gateway status agree on it. Right after an EIP appears
+    the first member to announce it carries it for a moment, until the ranked primary announces too."""
+    def agreed() -> str:
+        carrier = router_next_hop(system, eip)
+        return carrier if carrier and carrier == primary_member(system, eip) else ""
+
+    found: str = wait_for(agreed, timeout=timeout, what=f"the router and the status to agree on {eip}'s primary")
+    return found
+
+
 def measure_failure(system: System, lab_pod: str, act: Callable[[], None], *, after: float = 3.0,
                     version: int = 4, tcp: bool = False) -> ProbeReport:
     """Run the 10 ms probe from `lab_pod`, perform `act` (a failure or a drain), keep probing `after` seconds."""

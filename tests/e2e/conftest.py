@@ -48,9 +48,9 @@ class Scenario:
         for ns, name in self.pods:
             with contextlib.suppress(Exception):
                 self.system.delete_pod(ns, name)
-        for kind, name, ns in reversed(self.objects):
+        for kind, name, obj_ns in reversed(self.objects):
             with contextlib.suppress(Exception):
-                self.system.delete(kind, name, ns)
+                self.system.delete(kind, name, obj_ns)
 
 
 @pytest.fixture(scope="package")

@@ -6,7 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.scenarios import DEFAULT_EIP_V4, gateway_manifest, measure_failure, policy_manifest, router_next_hop, wait_for
+from lab.scenarios import (
+    DEFAULT_EIP_V4,
+    gateway_manifest,
+    measure_failure,
+    policy_manifest,
+    router_next_hop,
+    stable_primary,
+)
 from lab.system import TOPOLOGIES, System
 from tests.e2e.conftest import Scenario
 
@@ -29,7 +36,7 @@ def test_frr_uplink_cut_failover_keeps_the_eip(frr_system: System) -> None:
         sc.pod("web", "w1p1", {"app": "web"})
         sc.apply(policy_manifest(sc.namespace, "p", match_labels={"app": "web"}))
         assert frr_system.wait_source("w1p1", DEFAULT_EIP_V4, timeout=60) == DEFAULT_EIP_V4
-        primary = wait_for(lambda: router_next_hop(frr_system, DEFAULT_EIP_V4), timeout=30, what="EIP route")
+        primary = stable_primary(frr_system, DEFAULT_EIP_V4)
         report = measure_failure(frr_system, "w1p1", lambda: frr_system.lab.cut_link(primary, "eth1"), after=3.0)
         print(f"\nFRR uplink cut of {primary}: lost={report.lost} outage={report.longest_gap_ms:.0f} ms")
         assert router_next_hop(frr_system, DEFAULT_EIP_V4) not in ("", primary)

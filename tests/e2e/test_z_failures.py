@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import pytest
 
-from lab.scenarios import DEFAULT_EIP_V4, gateway_manifest, measure_failure, policy_manifest, router_next_hop, wait_for
+from lab.scenarios import (
+    DEFAULT_EIP_V4,
+    gateway_manifest,
+    measure_failure,
+    policy_manifest,
+    router_next_hop,
+    stable_primary,
+    wait_for,
+)
 from lab.system import System, restart_apiserver
 from tests.e2e.conftest import Scenario
 from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
@@ -36,8 +45,9 @@ def test_g14_gateway_node_selector_retargeting(system: System, scenario: Scenari
 
 
 def test_i01_i05_cluster_info_status_and_extra_cidr(system: System, scenario: Scenario) -> None:
+    spec: dict[str, Any] = {"autoDetect": {"podCidrMode": "k8s", "clusterIP": True, "nodeIP": True}}
     info = {"apiVersion": "egressgw.io/v1alpha1", "kind": "EgressClusterInfo", "metadata": {"name": "default"},
-            "spec": {"autoDetect": {"podCidrMode": "k8s", "clusterIP": True, "nodeIP": True}}}
+            "spec": spec}
     system.apply([info])
 
     def status_ok() -> bool:
@@ -52,11 +62,11 @@ def test_i01_i05_cluster_info_status_and_extra_cidr(system: System, scenario: Sc
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, "w2p2", DEFAULT_EIP_V4)
     try:
-        info["spec"]["extraCidr"] = ["203.0.113.0/28"]  # the external server becomes "cluster-internal"
+        spec["extraCidr"] = ["203.0.113.0/28"]  # the external server becomes "cluster-internal"
         system.apply([info])
         expect_source(system, "w2p2", node_ip(system, "w2p2"))
     finally:
-        info["spec"].pop("extraCidr")
+        spec.pop("extraCidr")
         system.apply([info])
     expect_source(system, "w2p2", DEFAULT_EIP_V4)
 
@@ -73,7 +83,7 @@ def test_r08_pool_exhaustion_surplus_policies_pending(system: System, scenario: 
         out = {}
         for n in names:
             st = system.get("EgressPolicy", n, scenario.namespace).get("status") or {}
-            ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+            ready: dict[str, Any] = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
             out[n] = (st.get("eip") or {}).get("ipv4") or ready.get("reason", "")
         return out
 
@@ -109,7 +119,7 @@ def test_r05_primary_gateway_power_off(system: System, scenario: Scenario) -> No
     scenario.pod("web", "w2p1", {"app": "web"})
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, "w2p1", DEFAULT_EIP_V4)
-    primary = wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, what="EIP route")
+    primary = stable_primary(system, DEFAULT_EIP_V4)
 
     def power_off() -> None:
         system.lab.cut_link(primary, "eth1")
