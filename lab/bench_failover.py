@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -311,7 +312,7 @@ def _repair(b: Bench) -> None:
 
 
 def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], reps: int,
-               say: Callable[[str], None]) -> dict[str, Any]:
+               say: Callable[[str], None], *, keep_logs: Path | None = None) -> dict[str, Any]:
     say(f"{router}: bringing up the lab ({topology.name})")
     system = System.up(topology, prefix=PREFIX)
     b = Bench(system=system, lab_pod="", eip="", say=say)
@@ -349,6 +350,9 @@ def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], rep
             b.probe.kill()
         if b.monitor is not None:
             b.monitor.stop()
+        if keep_logs is not None:  # the services' logs, to explain a failed scenario after the teardown
+            with contextlib.suppress(OSError):
+                shutil.copytree(system.lab.state_dir / "logs", keep_logs / f"logs-{router}", dirs_exist_ok=True)
         system.down()
 
 
@@ -387,7 +391,8 @@ def run_failover_bench(out_path: Path, *, quick: bool = False, routers: tuple[st
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} +{time.time() - started:4.0f}s] {msg}", flush=True)
 
-    results = {r: run_router(r, ROUTERS[r], chosen, reps, say) for r in routers}
+    logs = out_path.parent / (out_path.stem + "-logs")
+    results = {r: run_router(r, ROUTERS[r], chosen, reps, say, keep_logs=logs) for r in routers}
     doc = {
         "benchmark": "failover",
         "command": "egressgw bench failover" + (" --quick" if quick else "") + f" --out {out_path}",
