@@ -13,7 +13,8 @@ EIP is announced only after a pass that installed everything, its SNAT entries i
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from appliance import health_checks
@@ -68,6 +69,8 @@ class RealWorkerDataPath:
         self.applier = DataPathApplier()
         self.incremental = IncrementalWorker(self.applier, node=self.node, underlay=self.source, settings=self.settings)
         self.tunnel_links: tuple[str, ...] = ()
+        #: pod IP -> what its traffic is steered to, as of the last successful pass (None before the first one)
+        self.steered: dict[IPAddress, frozenset[tuple[str, ...]]] | None = None
         self.wireguard = WorkerWireguardHook(
             node=self.node,
             state_dir=cfg.state_dir / "wireguard",
@@ -81,7 +84,15 @@ class RealWorkerDataPath:
         result = self.incremental.converge(intent, full=full, wireguard_devices=devices)
         if self.incremental.plan is not None:
             self.tunnel_links = self.incremental.plan.tunnel_links
-        return PassOutcome(changes=result.changes, failures=result.failures)
+        changes = result.changes
+        if not result.failures:
+            steered = steering_by_pod_ip(intent, self.node)
+            if self.steered is not None:
+                changed = {ip for ip in self.steered.keys() | steered.keys()
+                           if self.steered.get(ip) != steered.get(ip)}
+                changes += flush_conntrack(changed)
+            self.steered = steered
+        return PassOutcome(changes=changes, failures=result.failures)
 
     def drifted(self) -> bool:
         return not _table_present() or not health_checks.links_present(self.tunnel_links)
@@ -92,6 +103,30 @@ class RealWorkerDataPath:
 
     def counters(self) -> Mapping[str, tuple[int, int]]:
         return self.applier.counters()
+
+
+def steering_by_pod_ip(intent: Intent, node: str) -> dict[IPAddress, frozenset[tuple[str, ...]]]:
+    """For each pod IP of this node: the (policy, EIP, destinations) its traffic is steered to."""
+    out: dict[IPAddress, set[tuple[str, ...]]] = {}
+    for s in intent.steerings:
+        if s.node == node:
+            out.setdefault(s.pod_ip, set()).add((str(s.policy), str(s.eip), *map(str, s.destinations)))
+    return {ip: frozenset(v) for ip, v in out.items()}
+
+
+def flush_conntrack(pod_ips: Iterable[IPAddress]) -> tuple[str, ...]:
+    """Delete the conntrack entries of pod IPs whose steering changed. An entry made before the change keeps its
+    NAT binding: a flow that stops being steered would leave with the raw pod IP (its binding was our identity
+    SNAT, which bypasses the CNI's masquerade), and one that starts being steered would enter the tunnel already
+    masqueraded to the node IP, which the gateway refuses. Such flows restart instead (the source they leave with
+    changes, so they could not survive anyway)."""
+    done = []
+    for ip in sorted(pod_ips, key=lambda a: (a.version, int(a))):
+        family = "ipv4" if ip.version == 4 else "ipv6"
+        # flows the pod started (original source = the pod); exit status 1 just means there were none
+        subprocess.run(["conntrack", "-D", "-f", family, "-s", str(ip)], capture_output=True, check=False)
+        done.append(f"conntrack flush {ip}")
+    return tuple(done)
 
 
 def _table_present() -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, gateway_manifest, policy_manifest, wait_for
+from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, gateway_manifest, measure_failure, policy_manifest, wait_for
 from lab.system import System
 from tests.e2e.conftest import Scenario
 
@@ -161,3 +161,16 @@ def test_s01_pod_churn_keeps_eips_right(system: System, scenario: Scenario) -> N
     # the pod moves: same selected workload, now on the other worker
     scenario.pod("web-moved", "w1p2", {"app": "web"})
     expect_source(system, "w1p2", DEFAULT_EIP_V4)
+
+
+def test_p20_running_flow_never_leaks_the_pod_ip_when_its_policy_goes(system: System, scenario: Scenario) -> None:
+    """A flow that is steered when its policy is deleted continues with the node IP (the CNI's masquerade), never
+    with the raw pod IP: the agent flushes the conntrack entries of pod IPs whose steering changed."""
+    scenario.pod("web", "w1p1", {"app": "web"})
+    scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
+    expect_source(system, "w1p1", DEFAULT_EIP_V4)
+    report = measure_failure(system, "w1p1", lambda: system.delete("EgressPolicy", "p", scenario.namespace),
+                             after=4.0)
+    seen = [s.source for s in report.sources]
+    assert str(system.nodes["w1p1"].address(4)) not in seen, f"the raw pod IP left the cluster: {seen}"
+    assert seen[0] == DEFAULT_EIP_V4 and seen[-1] == node_ip(system, "w1p1"), seen
