@@ -149,9 +149,10 @@ def test_two_members_one_status_writer(start_sync: Any, sync_api: KubeApi, kube:
                                           "appliedTo": {"podSelector": {"matchLabels": {"a": "b"}}}})
         wait_for(lambda: (kube.get("EgressPolicy", "p", kube_namespace).get("status") or {}).get("conditions"),
                  10, "status written")
-        leader = next(s for s, e in started if e.is_leader())
-        follower = next(s for s, e in started if not e.is_leader())
-        assert leader.writer.totals["written"] >= 1 and follower.writer.totals["written"] == 0
+        # exactly one member wrote (which one may be decided by a renewal race under load, so do not ask
+        # who is leader *now*: ask who wrote)
+        writers = [i for i, (s, _) in enumerate(started) if s.writer.totals["written"] >= 1]
+        assert len(writers) == 1, [s.writer.totals for s, _ in started]
     finally:
         for service, election in started:
             service.stop()
