@@ -25,7 +25,7 @@ FAMILY = "inet"
 TABLE = "egressgw"
 
 #: drop counters by reason (metric label `reason` = the name without `drop_`)
-WORKER_DROPS = ("drop_no_gateway", "drop_pod_tunnel")
+WORKER_DROPS = ("drop_no_gateway", "drop_pod_tunnel", "drop_unsteered_flow")
 GATEWAY_DROPS = (
     "drop_unknown_vtep",
     "drop_tunnel_to_local",
@@ -210,7 +210,9 @@ def worker_table(plan: WorkerPlan) -> NftTable:
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tip daddr @gateways4 udp dport @tunnel_ports counter name drop_pod_tunnel drop
 \t\tip6 daddr @gateways6 udp dport @tunnel_ports counter name drop_pod_tunnel drop
+\t\tct direction original ct mark & {mask} == {base} meta mark & {mask} != {base} counter name drop_unsteered_flow drop
 \t\tmeta mark & {mask} != {base} return
+\t\tct mark set meta mark
 \t\ttcp flags syn tcp option maxseg size set rt mtu
 \t\tcounter name meta mark map @endpoint_counters
 \t}}
