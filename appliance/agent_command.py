@@ -36,6 +36,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         description="Remove every kernel object the agent created. Run it after stopping the agent for good.",
     )
     cleanup.add_argument("--config", dest="cleanup_config", metavar="FILE", default=argparse.SUPPRESS)
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="start a WireGuard key rotation on this node (the running agent completes it without loss)",
+        description="Generate this node's next WireGuard key next to the current one. The running agent publishes "
+        "it, moves traffic to it once the gateways know it, and retires the old key (docs/wireguard.md).",
+    )
+    rotate.add_argument("--config", dest="rotate_config", metavar="FILE", default=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -46,6 +53,8 @@ def _load(path: str) -> AgentConfig | int:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) == "cleanup":
         return cleanup(getattr(args, "cleanup_config", None) or args.config)
+    if getattr(args, "action", None) == "rotate-key":
+        return rotate_key(getattr(args, "rotate_config", None) or args.config)
     if not args.config:
         print("egressgw agent: --config FILE is required (or use `egressgw agent cleanup`)", file=sys.stderr)
         return 2
@@ -53,6 +62,22 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(cfg, int):
         return cfg
     return run_agent(cfg)
+
+
+def rotate_key(config_path: str | None) -> int:
+    """Start a rotation: the next key goes into the agent's state dir; the agent's passes do the rest."""
+    from appliance.wireguard_keys import begin_rotation
+
+    if not config_path:
+        print("egressgw agent rotate-key: --config FILE is required", file=sys.stderr)
+        return 2
+    cfg = _load(config_path)
+    if isinstance(cfg, int):
+        return cfg
+    key = begin_rotation(cfg.state_dir / "wireguard")
+    print(f"next WireGuard public key: {key.public_key}; the running agent publishes it and switches to it on its "
+          f"next passes (at the latest after {cfg.reconcile.resync_period_s:g} s)")
+    return 0
 
 
 def cleanup(config_path: str | None) -> int:
