@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lab.extserver import DEFAULT_PORT
-from lab.probe import ProbeReport, analyse
+from lab.probe import ProbeReport, analyse, start_sending, stop_for_json
 
 if TYPE_CHECKING:
     from lab.runner import Lab
@@ -216,27 +216,11 @@ class RawProbe:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 10.0) -> RawProbe:
-        proc = self.proc = self.lab.popen(self.node, self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True)
-        assert proc.stderr is not None
-        err = proc.stderr
-        ready: list[str] = []
-        reader = threading.Thread(target=lambda: ready.append(err.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not ready or not ready[0].startswith("bench_probe: sending"):
-            proc.kill()
-            raise RuntimeError(f"probe in {self.node} did not start: {ready[0] if ready else 'timeout'}")
+        self.proc = start_sending(self.lab, self.node, self.argv, ready="bench_probe: sending", timeout=timeout)
         return self
 
     def stop(self, timeout: float = 30.0) -> RawRun:
-        if self.proc is None:
-            raise RuntimeError("probe not started")
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=timeout)
-        if self.proc.returncode != 0:
-            raise RuntimeError(f"probe in {self.node} failed ({self.proc.returncode}): {err.strip()}")
-        return RawRun.from_json(json.loads(out))
+        return RawRun.from_json(stop_for_json(self.proc, self.node, timeout=timeout))
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -249,27 +249,37 @@ class BackgroundProbe:
 
     def start(self, timeout: float = 10.0) -> BackgroundProbe:
         """Start the probe and return once it is sending (it says so on stderr)."""
-        proc = self.proc = self.lab.popen(self.node, self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True)
-        stderr = proc.stderr
-        assert stderr is not None
-        ready: list[str] = []
-        reader = threading.Thread(target=lambda: ready.append(stderr.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not ready or not ready[0].startswith("probe: sending"):
-            proc.kill()
-            raise RuntimeError(f"probe in {self.node} did not start: {ready[0] if ready else 'timeout'}")
+        self.proc = start_sending(self.lab, self.node, self.argv, ready="probe: sending", timeout=timeout)
         return self
 
     def stop(self, timeout: float = 10.0) -> ProbeReport:
-        if self.proc is None:
-            raise RuntimeError("probe not started")
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=timeout)
-        if self.proc.returncode != 0:
-            raise RuntimeError(f"probe in {self.node} failed ({self.proc.returncode}): {err.strip()}")
-        return ProbeReport.from_json(json.loads(out))
+        return ProbeReport.from_json(stop_for_json(self.proc, self.node, timeout=timeout))
+
+
+def start_sending(lab: Lab, node: str, argv: Sequence[str], *, ready: str, timeout: float) -> subprocess.Popen[str]:
+    """Start a probe process in `node` and return once its first stderr line says it is sending (`ready`)."""
+    proc = lab.popen(node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr
+    assert stderr is not None
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(stderr.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not first or not first[0].startswith(ready):
+        proc.kill()
+        raise RuntimeError(f"probe in {node} did not start: {first[0] if first else 'timeout'}")
+    return proc
+
+
+def stop_for_json(proc: subprocess.Popen[str] | None, node: str, *, timeout: float) -> Any:
+    """SIGTERM a probe started by `start_sending` and return the JSON report it prints on stdout."""
+    if proc is None:
+        raise RuntimeError("probe not started")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe in {node} failed ({proc.returncode}): {err.strip()}")
+    return json.loads(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
