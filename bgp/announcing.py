@@ -22,8 +22,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from appliance.intent import GatewayInstance
-from appliance.model import EgressGateway, IPAddress, IPNetwork
+from appliance.core.intent import GatewayInstance
+from appliance.core.model import EgressGateway, IPAddress, IPNetwork
 from bgp.settings import BgpSettings, Family, PreferenceMode, PreferenceSettings
 
 

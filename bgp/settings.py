@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.config_fields import integer, number
-from appliance.configerror import ConfigError
-from appliance.model import IPAddress
+from appliance.core.config_fields import integer, number
+from appliance.core.errors import ConfigError
+from appliance.core.model import IPAddress
 
 
 class Family(enum.StrEnum):

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from appliance.model import IPAddress, IPNetwork
+from appliance.core.model import IPAddress, IPNetwork
 from bgp.announcing import Announcement, announcement_sort_key
 from bgp.settings import PeerSettings
 

@@ -1,8 +1,9 @@
 """A thin raw-JSON layer over the official Kubernetes client: objects stay plain dicts (API JSON, camelCase).
 
 Why: the typed client models cost a lot of CPU and memory for 10k pods, drop unknown fields and turn timestamps into
-datetimes; our edge parsers (`appliance.manifests`, `appliance.validation`) want the API's own JSON. Every call goes
-through `ApiClient.call_api(..., _preload_content=False)`, so authentication, TLS and proxies come from the official
+datetimes; our edge parsers (`appliance.api.manifests`, `appliance.api.validation`) want the API's own JSON. Every call
+goes through `ApiClient.call_api(..., _preload_content=False)`, so authentication, TLS and proxies come from the
+official
 client's configuration (kubeconfig or in-cluster).
 """
 

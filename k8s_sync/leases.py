@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance.model import APPLIANCE_ADDRESS_ANNOTATION, APPLIANCE_LEASE_LABEL, WIREGUARD_KEY_ANNOTATION
+from appliance.core.model import APPLIANCE_ADDRESS_ANNOTATION, APPLIANCE_LEASE_LABEL, WIREGUARD_KEY_ANNOTATION
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi, Resource
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from appliance.intent import Intent
-from appliance.resolution import resolve
-from appliance.snapshot import Snapshot
+from appliance.core.intent import Intent
+from appliance.core.snapshot import Snapshot
+from appliance.policy.resolution import resolve
 from k8s_sync.kubeapi import KubeApi, make_api_client
 from k8s_sync.leases import DEFAULT_NAMESPACE
 from k8s_sync.reflector import Reflector

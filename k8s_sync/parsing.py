@@ -1,4 +1,4 @@
-"""Raw cluster objects -> typed model, for the store: thin adapters over `appliance.manifests` (the one parser).
+"""Raw cluster objects -> typed model, for the store: thin adapters over `appliance.api.manifests` (the one parser).
 
 Kept separate so the store does not care which module owns the parsing, and so Calico's IPPool (not ours, and
 optional) is read here: only `spec.cidr` matters, disabled pools included (their pods still exist).
@@ -11,8 +11,8 @@ import ipaddress
 import logging
 from datetime import UTC, datetime
 
-from appliance import manifests
-from appliance.model import Appliance, IPNetwork, Namespace, Node, Pod
+from appliance.api import manifests
+from appliance.core.model import Appliance, IPNetwork, Namespace, Node, Pod
 from k8s_sync.kubeapi import JSON
 from k8s_sync.leases import member_name_of_lease
 

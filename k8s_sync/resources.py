@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 
-from appliance.model import GROUP, VERSION
+from appliance.core.model import GROUP, VERSION
 from k8s_sync.kubeapi import ApiError, KubeApi, Resource
 from k8s_sync.leases import DEFAULT_NAMESPACE, LEASES
 from k8s_sync.reflector import WatchSpec, trim_metadata_only, trim_pod

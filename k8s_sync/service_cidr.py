@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 
-from appliance.model import IPNetwork
+from appliance.core.model import IPNetwork
 from k8s_sync.kubeapi import ApiError, KubeApi
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
   EIP now; "a,b" when the IPv4 and IPv6 primaries differ), `selectedIPs`, and three conditions - `Ready`, `Invalid`,
   `Pending` - each with a CamelCase reason and a message (for Invalid it names the field path).
 - Gateways: `members [{name, kind, healthy, eips}]`, `eips [{ip, primary, backups}]`, `ipUsage`, conditions.
-- EgressClusterInfo: the content of `appliance.cluster_cidrs.cluster_info_status` plus conditions.
+- EgressClusterInfo: the content of `appliance.policy.cluster_cidrs.cluster_info_status` plus conditions.
 
 Every condition carries `observedGeneration`; its `lastTransitionTime` is kept from the object while its status
 does not change, so re-planning an unchanged world yields exactly what is already there and nothing is written.
@@ -20,11 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.cluster_cidrs import cluster_info_status
-from appliance.intent import GatewayInstance, Intent, PolicyOutcome, PolicyState
-from appliance.model import IPAddress, PolicyKind, PolicyRef
-from appliance.placement import node_ip_member, primary
-from appliance.snapshot import ObjectRef, Problem, Snapshot
+from appliance.core.intent import GatewayInstance, Intent, PolicyOutcome, PolicyState
+from appliance.core.model import IPAddress, PolicyKind, PolicyRef
+from appliance.core.snapshot import ObjectRef, Problem, Snapshot
+from appliance.policy.cluster_cidrs import cluster_info_status
+from appliance.policy.placement import node_ip_member, primary
 
 JSON = dict[str, Any]
 INT64_MAX = 2**63 - 1

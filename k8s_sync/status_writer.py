@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.intent import Intent
-from appliance.model import API_VERSION
-from appliance.snapshot import ObjectRef, Snapshot
+from appliance.core.intent import Intent
+from appliance.core.model import API_VERSION
+from appliance.core.snapshot import ObjectRef, Snapshot
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi
 from k8s_sync.resources import RESOURCES
 from k8s_sync.status_planning import STATUS_KINDS, EventSpec, StatusPlan, StatusWrite, plan_status

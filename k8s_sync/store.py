@@ -2,15 +2,15 @@
 
 - **Synced gate**: `synced()` is True only when every expected kind has delivered its first list. Nothing may be
   planned before that (an empty store must never mean "withdraw every EIP").
-- **Typed once, at the edge**: nodes, pods and namespaces are parsed (`appliance.manifests`) when their reflector
+- **Typed once, at the edge**: nodes, pods and namespaces are parsed (`appliance.api.manifests`) when their reflector
   delivers them, so a snapshot of 10k pods only assembles already-parsed objects; per-kind sorted tuples are cached
-  until that kind changes. The egressgw objects are validated together (`appliance.validation.validate_all`), with
+  until that kind changes. The egressgw objects are validated together (`appliance.api.validation.validate_all`), with
   `accepted=` the policies accepted before, so an edit of an immutable field is refused and the old version kept.
 - **Snapshots** are cached by revision (a counter bumped on every change) and rebuilt only when something changed
   or a member lease expired since (liveness is a function of time, not only of events).
 - **Notifications**: every change calls the subscribers with a reason (`"Pod/MODIFIED"`); callers coalesce.
 
-Implements `appliance.snapshot.SnapshotSource` and `k8s_sync.reflector.ReflectorSink`.
+Implements `appliance.core.snapshot.SnapshotSource` and `k8s_sync.reflector.ReflectorSink`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from appliance.intent import Intent
-from appliance.model import Appliance, EgressClusterInfo, EgressPolicy, IPNetwork
-from appliance.snapshot import ObjectRef, Snapshot
+from appliance.core.intent import Intent
+from appliance.core.model import Appliance, EgressClusterInfo, EgressPolicy, IPNetwork
+from appliance.core.snapshot import ObjectRef, Snapshot
 from k8s_sync.kubeapi import JSON
 from k8s_sync.leases import lease_alive, member_name_of_lease
 from k8s_sync.parsing import parse_appliance, parse_calico_pool, parse_namespace_obj, parse_node_obj, parse_pod_obj
@@ -277,7 +277,7 @@ class Store:
         return tuple(sorted(out, key=lambda a: (a.gateway, a.name)))
 
     def _validate(self) -> Any:
-        from appliance.validation import policy_object_ref, validate_all
+        from appliance.api.validation import policy_object_ref, validate_all
 
         egress_rev = max((self._kind_revision.get(k, 0) for k in EGRESS_KINDS), default=0)
         if self._validated is not None and self._validated[0] == egress_rev:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab.bench_probe import RawProbe, Window, window
+from lab.bench.probes import RawProbe, Window, window
 from lab.scenarios import (
     DEFAULT_EIP_V4,
     DEFAULT_EIP_V6,

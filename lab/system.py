@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from appliance.model import IPAddress
+from appliance.core.model import IPAddress
 from lab.netns_forward import ForwardSpec, NetnsForwarder
 from lab.runner import Lab
 

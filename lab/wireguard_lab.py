@@ -9,7 +9,7 @@ more things, which this module adds through System's public API (no change to Sy
 - a WireGuard interface name prefix of this lab (`wireguard.interface_prefix` for gateways and agents): wireguard-go's
   control sockets (`/var/run/wireguard/<if>.sock`) are host-wide, so two labs on one machine must not share names.
 
-Used by tests/e2e/test_wireguard_lab.py and lab/bench_failover_wireguard.py.
+Used by tests/e2e/test_wireguard_lab.py and lab/bench/failover_wireguard.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from appliance.wireguard_keys import PrivateKey, PublicKey, begin_rotation, write_key_file
+from appliance.datapath.plan.wireguard_keys import PrivateKey, PublicKey, begin_rotation, write_key_file
 from lab.system import DEFAULT_TOPOLOGY, System
 
 #: relative to each gateway's config file (its lab node directory): a per-member copy of the instance keys

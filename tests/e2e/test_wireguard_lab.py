@@ -7,7 +7,7 @@ create and publish their own keys. Scenarios: EIP through the encrypted tunnel (
 untouched; an unknown key and a spoofed inner source are dropped; the primary member's uplink cut with the 10 ms
 probe running (outage printed, EIP unchanged); a key rotation on a worker with traffic flowing.
 Timing figures are printed, the assertions are on behaviour with generous bounds (the figures:
-lab/bench_failover_wireguard.py).
+lab/bench/failover_wireguard.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.model import WIREGUARD_KEY_ANNOTATION
-from appliance.wireguard_keys import read_key_file
+from appliance.core.model import WIREGUARD_KEY_ANNOTATION
+from appliance.datapath.plan.wireguard_keys import read_key_file
 from lab import wireguard_lab as wl
 from lab.probe import BackgroundProbe
 from lab.scenarios import (

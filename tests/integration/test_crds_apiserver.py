@@ -1,5 +1,5 @@
 """The CRDs against the real kube-apiserver (v1.20): established, what the schema rejects (422) and what it silently
-prunes (unknown fields: so `appliance.validation` must be the guard), the status subresource, the examples."""
+prunes (unknown fields: so `appliance.api.validation` must be the guard), the status subresource, the examples."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.validation import validate_all
+from appliance.api.validation import validate_all
 from lab.kube_apiserver import ApiServer
 
 pytestmark = pytest.mark.apiserver

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from appliance.model import (
+from appliance.core.model import (
     AllocatorPolicy,
     Appliance,
     AppliedTo,

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from lab.bench_convergence import extra_pod_specs, first_after
-from lab.bench_failover import convergence_ms, summarize_scenario, table_rows
-from lab.bench_lab import RouteEvent, parse_route_line, paths_in
-from lab.bench_probe import RawRun, Stream, window
-from lab.bench_stats import percentile, summarize
+from lab.bench.convergence import extra_pod_specs, first_after
+from lab.bench.failover import convergence_ms, summarize_scenario, table_rows
+from lab.bench.harness import RouteEvent, parse_route_line, paths_in
+from lab.bench.probes import RawRun, Stream, window
+from lab.bench.stats import percentile, summarize
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.intent import GatewayInstance
-from appliance.model import BgpSpec, EgressGateway, IPAddress, IPPool, IPRange, Member
+from appliance.core.intent import GatewayInstance
+from appliance.core.model import BgpSpec, EgressGateway, IPAddress, IPPool, IPRange, Member
 from bgp.announcing import (
     Announcement,
     MemberMode,

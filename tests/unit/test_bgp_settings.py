@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from appliance.configerror import ConfigError
+from appliance.core.errors import ConfigError
 from bgp.settings import Family, PreferenceMode, parse_bgp_settings
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.cluster_cidrs import cluster_cidrs, cluster_info_status
-from appliance.model import EgressClusterInfo, PodCidrMode
-from appliance.snapshot import Snapshot
+from appliance.core.model import EgressClusterInfo, PodCidrMode
+from appliance.core.snapshot import Snapshot
+from appliance.policy.cluster_cidrs import cluster_cidrs, cluster_info_status
 from tests.unit.resolution_builders import net, node
 
 NODES = (

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.config import (
+from appliance.core.errors import ConfigError
+from appliance.runtime.config import (
     LogFormat,
     LogLevel,
     MetricsSettings,
@@ -21,7 +22,6 @@ from appliance.config import (
     parse_agent_config,
     parse_gateway_config,
 )
-from appliance.configerror import ConfigError
 
 ENV = {"NODE_NAME": "worker1"}
 SRC = Path("/etc/egressgw/agent.yaml")
@@ -290,8 +290,8 @@ def test_gateway_daemonset_embedded_config_loads(tmp_path: Path) -> None:
 
 
 def test_router_id_from_the_uplink_when_left_out() -> None:
-    from appliance.gateway_command import StartError, with_router_id
-    from appliance.underlay import Underlay
+    from appliance.cli.gateway import StartError, with_router_id
+    from appliance.runtime.underlay import Underlay
 
     bgp = {"local_asn": 64513, "peers": [{"address": "198.51.100.1", "asn": 64512}]}
     c = gateway({"bgp": bgp})

@@ -1,4 +1,4 @@
-"""The CRD files are the rendering of appliance/crd_schema.py (both copies), and describe every field."""
+"""The CRD files are the rendering of appliance/api/crd_schema.py (both copies), and describe every field."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from appliance.crd_schema import KINDS, TARGETS, rendered
+from appliance.api.crd_schema import KINDS, TARGETS, rendered
 
 
 def test_crd_files_are_fresh() -> None:
@@ -15,7 +15,7 @@ def test_crd_files_are_fresh() -> None:
         for name, text in rendered().items():
             path = target / name
             assert path.exists() and path.read_text() == text, \
-                f"{path} is stale: run `python -m appliance.crd_schema`"
+                f"{path} is stale: run `python -m appliance.api.crd_schema`"
     assert sorted(p.name for p in TARGETS[0].glob("*.yaml")) == sorted(rendered())
 
 

@@ -6,8 +6,8 @@ from ipaddress import ip_address
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from appliance.datapath_metrics import MonotonicCounters, register, token_to_address
-from appliance.planning_tunnel import addr_token
+from appliance.datapath.apply.metrics import MonotonicCounters, register, token_to_address
+from appliance.datapath.plan.tunnel import addr_token
 
 
 def test_tokens_round_trip() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from appliance.explaining import Verdict, explain, render_text, to_dict
-from appliance.model import EgressClusterInfo, IPAddress
-from appliance.placement import primary
-from appliance.resolution import resolve
-from appliance.snapshot import ObjectRef, Problem, Reason, Snapshot
+from appliance.core.model import EgressClusterInfo, IPAddress
+from appliance.core.snapshot import ObjectRef, Problem, Reason, Snapshot
+from appliance.policy.explaining import Verdict, explain, render_text, to_dict
+from appliance.policy.placement import primary
+from appliance.policy.resolution import resolve
 from tests.unit.resolution_builders import gateway, gw_node, ip, net, node, ns, pod, policy
 
 SNAP = Snapshot(

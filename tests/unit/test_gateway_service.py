@@ -9,14 +9,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from appliance.config import GatewayConfig, parse_gateway_config
-from appliance.gateway_command import status_command
-from appliance.gateway_service import DataPathResult, GatewayDeps, GatewayService, Phase
-from appliance.intent import Intent
-from appliance.member_state import StateDir, render_status
-from appliance.model import IPAddress
-from appliance.reconciling import PassOutcome
-from appliance.snapshot import Snapshot
+from appliance.cli.gateway import status_command
+from appliance.core.intent import Intent
+from appliance.core.model import IPAddress
+from appliance.core.snapshot import Snapshot
+from appliance.gateway.member_state import StateDir, render_status
+from appliance.gateway.service import DataPathResult, GatewayDeps, GatewayService, Phase
+from appliance.runtime.config import GatewayConfig, parse_gateway_config
+from appliance.runtime.reconciling import PassOutcome
 from bgp.announcing import Announcement, MemberMode
 from bgp.health import Check
 from tests.unit.resolution_builders import gateway, gw_node, ip, node, ns, pod, policy

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from appliance.intent_tracking import IntentTracker, only_pods_differ, pod_changes
-from appliance.resolution import resolve
-from appliance.snapshot import Snapshot
+from appliance.core.snapshot import Snapshot
+from appliance.policy.intent_tracking import IntentTracker, only_pods_differ, pod_changes
+from appliance.policy.resolution import resolve
 from tests.unit.resolution_builders import gateway, gw_node, node, ns, pod, policy
 
 

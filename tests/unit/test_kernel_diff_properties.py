@@ -8,7 +8,7 @@ from ipaddress import IPv4Interface, ip_address, ip_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.kernel_model import (
+from appliance.datapath.plan.kernel_model import (
     Change,
     Encap,
     KernelState,

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.config import LogFormat, LogLevel, LogSettings
-from appliance.logging_setup import EventLogger, setup_logging
+from appliance.core.events import EventLogger, LogFormat, LogLevel, LogSettings, setup_logging
 
 
 @pytest.fixture

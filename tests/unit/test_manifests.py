@@ -9,8 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.manifests import parse_appliance_lease, parse_namespace, parse_node, parse_pod, to_manifest
-from appliance.model import (
+from appliance.api.manifests import parse_appliance_lease, parse_namespace, parse_node, parse_pod, to_manifest
+from appliance.api.validation import validate_all
+from appliance.core.model import (
     AppliedTo,
     EgressClusterInfo,
     EgressGateway,
@@ -27,7 +28,6 @@ from appliance.model import (
     TunnelSpec,
     TunnelType,
 )
-from appliance.validation import validate_all
 
 V = "egressgw.io/v1alpha1"
 

@@ -10,15 +10,15 @@ import textwrap
 import time
 from pathlib import Path
 
-from appliance.gateway_command import drain_command, status_command
-from appliance.member_state import AlreadyRunning, StateDir
+from appliance.cli.gateway import drain_command, status_command
+from appliance.gateway.member_state import AlreadyRunning, StateDir
 
 # a stand-in service: holds the state dir lock, writes a status, exits 0 on SIGUSR1 after "draining"
 _FAKE_SERVICE = textwrap.dedent(
     """
     import signal, sys, time
     from pathlib import Path
-    from appliance.member_state import StateDir
+    from appliance.gateway.member_state import StateDir
     state = StateDir(Path(sys.argv[1]))
     state.acquire()
     done = []

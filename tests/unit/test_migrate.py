@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from appliance.migrate_command import migrate_files
-from appliance.validation import validate_all
+from appliance.api.validation import validate_all
+from appliance.cli.migrate import migrate_files
 
 SAMPLE = Path(__file__).parent / "migrate" / "spidernet.yaml"
 

@@ -7,8 +7,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.model import Node
-from appliance.placement import (
+from appliance.core.model import Node
+from appliance.policy.placement import (
     build_instance,
     endpoints_of,
     members_of,
@@ -116,7 +116,7 @@ def test_node_ip_member_skips_dead_members() -> None:
 def test_wireguard_instance_ranks_every_eip_and_use_node_ip_alike() -> None:
     from dataclasses import replace
 
-    from appliance.model import TunnelSpec, TunnelType
+    from appliance.core.model import TunnelSpec, TunnelType
 
     g = replace(gateway("gw", v4=("203.0.113.128/28",)), tunnel=TunnelSpec(type=TunnelType.WIREGUARD))
     nodes = [node(f"gw{i}", f"198.51.100.{i}", lbl={"role": "gateway"}) for i in range(1, 6)]

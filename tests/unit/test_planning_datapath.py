@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from appliance.datapath_scenarios import Gw, Sel, build_intent, worker_addresses
-from appliance.kernel_model import KernelState, Op, diff
-from appliance.model import NoGatewayAction
-from appliance.nft_rendering import Contents, gateway_table, render_delta, render_full, worker_table
-from appliance.planning_gateway import GatewaySettings, GatewaySkipReason, plan_gateway
-from appliance.planning_tunnel import MARK_BASE, assign_slots
-from appliance.planning_worker import SkipReason, WorkerSettings, plan_worker
+from appliance.core.model import NoGatewayAction
+from appliance.datapath.plan.gateway import GatewaySettings, GatewaySkipReason, plan_gateway
+from appliance.datapath.plan.kernel_model import KernelState, Op, diff
+from appliance.datapath.plan.nft_rendering import Contents, gateway_table, render_delta, render_full, worker_table
+from appliance.datapath.plan.tunnel import MARK_BASE, assign_slots
+from appliance.datapath.plan.worker import SkipReason, WorkerSettings, plan_worker
+from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent, worker_addresses
 
 GOLDEN = Path(__file__).parent / "golden"
 U4 = ip_address("100.127.0.11")

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance import planning_wireguard as pw
-from appliance import wireguard_keys as wk
-from appliance.intent import GatewayInstance, Intent, Steering
-from appliance.model import IPAddress, Member, Node, PolicyKind, PolicyRef, TunnelSpec, TunnelType
+from appliance.core.intent import GatewayInstance, Intent, Steering
+from appliance.core.model import IPAddress, Member, Node, PolicyKind, PolicyRef, TunnelSpec, TunnelType
+from appliance.datapath.plan import wireguard as pw
+from appliance.datapath.plan import wireguard_keys as wk
 
 INSTANCE_KEY = wk.PrivateKey.generate().public_key()
 W1 = wk.PrivateKey.generate().public_key()

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from appliance.config import ReconcileSettings
-from appliance.reconciling import PassOutcome, Reconciler, backoff_delay
-from appliance.snapshot import Snapshot
+from appliance.core.snapshot import Snapshot
+from appliance.runtime.config import ReconcileSettings
+from appliance.runtime.reconciling import PassOutcome, Reconciler, backoff_delay
 
 
 class FakeSource:
@@ -221,7 +221,7 @@ def test_threaded_run_loop_reacts_to_notify_and_stops() -> None:
 
 
 def test_full_pass_only_for_loop_triggers() -> None:
-    from appliance.reconciling import full_pass
+    from appliance.runtime.reconciling import full_pass
 
     assert full_pass(frozenset({"resync"})) and full_pass(frozenset({"Pod/ADDED", "retry"}))
     assert full_pass(frozenset({"start", "synced"}))

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from appliance.intent import Intent, PolicyOutcome, PolicyState, Steering
-from appliance.model import PolicyKind, PolicyRef
-from appliance.resolution import resolve
-from appliance.snapshot import ObjectRef, Problem, Reason, Snapshot
+from appliance.core.intent import Intent, PolicyOutcome, PolicyState, Steering
+from appliance.core.model import PolicyKind, PolicyRef
+from appliance.core.snapshot import ObjectRef, Problem, Reason, Snapshot
+from appliance.policy.resolution import resolve
 from tests.unit.resolution_builders import (
     appliance,
     gateway,
@@ -293,7 +293,7 @@ def test_use_node_ip_endpoint_is_first_ranked_alive_member() -> None:
     [st] = intent.steerings
     inst = intent.instance("gw")
     assert inst is not None
-    from appliance.placement import rank
+    from appliance.policy.placement import rank
 
     order = rank("gw", "EgressPolicy/default/web", ["gw1", "gw2"])
     address = {"gw1": ip("198.51.100.11"), "gw2": ip("198.51.100.12")}
@@ -386,7 +386,7 @@ def test_previous_eip_on_another_gateway_is_not_kept() -> None:
 
 
 def test_bench_resolution_runs_on_a_small_cluster() -> None:
-    from appliance.resolution_bench import bench_resolution
+    from lab.bench.resolution import bench_resolution
 
     figures = bench_resolution(n_pods=300, n_policies=40, n_eips=16, n_nodes=10)
     assert figures["steerings"] > 0 and figures["incremental_steerings_added"] > 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.model import EgressPolicy
-from appliance.precedence import disjoint
-from appliance.resolution import resolve
-from appliance.snapshot import Snapshot
+from appliance.core.model import EgressPolicy
+from appliance.core.snapshot import Snapshot
+from appliance.policy.precedence import disjoint
+from appliance.policy.resolution import resolve
 from tests.unit.resolution_builders import gateway, gw_node, ip, net, ns, pod, policy
 
 

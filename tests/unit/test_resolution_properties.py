@@ -10,13 +10,13 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.incremental import pod_changed
-from appliance.intent import PolicyState
-from appliance.model import EgressPolicy, IPAddress, IPNetwork, Pod
-from appliance.precedence import destinations, entry_key
-from appliance.resolution import resolve
-from appliance.selection import ineligibility, ip_mismatch
-from appliance.snapshot import Snapshot
+from appliance.core.intent import PolicyState
+from appliance.core.model import EgressPolicy, IPAddress, IPNetwork, Pod
+from appliance.core.snapshot import Snapshot
+from appliance.policy.incremental import pod_changed
+from appliance.policy.precedence import destinations, entry_key
+from appliance.policy.resolution import resolve
+from appliance.policy.selection import ineligibility, ip_mismatch
 from tests.unit.resolution_builders import appliance, gateway, gw_node, node, ns, pod, policy
 
 DESTS = ["198.51.100.0/24", "198.51.100.0/25", "198.51.100.64/26", "203.0.113.0/28", "2001:db8:198::/48",

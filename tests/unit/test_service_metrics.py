@@ -7,10 +7,10 @@ import urllib.request
 
 from prometheus_client import CollectorRegistry
 
-from appliance.config import MetricsSettings
-from appliance.datapath_wiring import register_datapath_metrics
-from appliance.reconciling import PassOutcome, PassReport
-from appliance.service_metrics import LoopMetrics, serve_metrics
+from appliance.runtime.config import MetricsSettings
+from appliance.runtime.datapath_wiring import register_datapath_metrics
+from appliance.runtime.metrics import LoopMetrics, serve_metrics
+from appliance.runtime.reconciling import PassOutcome, PassReport
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.resolution import resolve
+from appliance.policy.resolution import resolve
 from k8s_sync.leases import MEMBER_PREFIX, lease_alive, member_name_of_lease, micro_time, parse_time
 from k8s_sync.resources import LIVE_PODS, Role, watch_specs
 from k8s_sync.service_cidr import parse_range_message

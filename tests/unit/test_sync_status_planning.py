@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from appliance.resolution import resolve
+from appliance.policy.resolution import resolve
 from k8s_sync.oneshot import intent_from_status
 from k8s_sync.status_planning import INT64_MAX, EventReason, merge_patch, plan_status, prune
 from k8s_sync.store import Store

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.validate_command import validate_files
+from appliance.cli.validate import validate_files
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""The validation table: every rule of appliance.validation, valid and invalid, with the field path it names."""
+"""The validation table: every rule of appliance.api.validation, valid and invalid, with the field path it names."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.model import AllocatorPolicy, PolicyKind
-from appliance.snapshot import ObjectRef, Reason
-from appliance.validation import policy_object_ref, validate_all
+from appliance.api.validation import policy_object_ref, validate_all
+from appliance.core.model import AllocatorPolicy, PolicyKind
+from appliance.core.snapshot import ObjectRef, Reason
 
 V = "egressgw.io/v1alpha1"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from appliance import wireguard_applier
-from appliance.wireguard_applier import Backend, CommandError, WireguardApplier, control_socket_in_use
+from appliance.datapath.apply import wireguard as wireguard_applier
+from appliance.datapath.apply.wireguard import Backend, CommandError, WireguardApplier, control_socket_in_use
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.logging_setup import KeyValueFormatter
-from appliance.planning_wireguard import WgSettings, WgSkip, WgSkipReason, WireguardPlan
-from appliance.wireguard_keys import CURRENT_KEY_FILE, read_key_file
-from appliance.wireguard_node import GatewayWireguard, WorkerWireguard
+from appliance.core.events import KeyValueFormatter
+from appliance.datapath.apply.wireguard_node import GatewayWireguard, WorkerWireguard
+from appliance.datapath.plan.wireguard import WgSettings, WgSkip, WgSkipReason, WireguardPlan
+from appliance.datapath.plan.wireguard_keys import CURRENT_KEY_FILE, read_key_file
 
 
 class NoChanges:

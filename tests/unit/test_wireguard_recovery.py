@@ -3,7 +3,7 @@ bring traffic back soon after a member is reachable again (the next reset is wha
 
 from __future__ import annotations
 
-from appliance.wireguard_liveness import SessionWatch
+from appliance.datapath.apply.wireguard_liveness import SessionWatch
 
 
 def reset_points(watch: SessionWatch, misses: int) -> list[int]:

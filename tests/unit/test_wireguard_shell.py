@@ -6,13 +6,13 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 
-from appliance import wireguard_keys as wk
-from appliance.intent import GatewayInstance, Intent, Steering
-from appliance.model import WIREGUARD_KEY_ANNOTATION, Member, Node, PolicyKind, PolicyRef, TunnelSpec, TunnelType
-from appliance.planning_wireguard import WgSettings, WireguardPlan
-from appliance.wireguard_applier import format_endpoint, parse_dump
-from appliance.wireguard_liveness import SessionWatch
-from appliance.wireguard_node import RotationStep, WorkerWireguard
+from appliance.core.intent import GatewayInstance, Intent, Steering
+from appliance.core.model import WIREGUARD_KEY_ANNOTATION, Member, Node, PolicyKind, PolicyRef, TunnelSpec, TunnelType
+from appliance.datapath.apply.wireguard import format_endpoint, parse_dump
+from appliance.datapath.apply.wireguard_liveness import SessionWatch
+from appliance.datapath.apply.wireguard_node import RotationStep, WorkerWireguard
+from appliance.datapath.plan import wireguard_keys as wk
+from appliance.datapath.plan.wireguard import WgSettings, WireguardPlan
 
 
 def test_session_watch_resets_after_misses_and_backs_off() -> None:

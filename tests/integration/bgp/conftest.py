@@ -1,4 +1,5 @@
-"""Fixtures for the BGP namespace tests: a `bgp.testbed.Bed` (router + gateways, prefix `egt-bg-`), per router kind.
+"""Fixtures for the BGP namespace tests: a `lab.testbeds.bgp.Bed` (router + gateways, prefix `egt-bg-`), per router
+kind.
 
 Binaries that are missing make the tests FAIL (not skip): a green run must mean BIRD/FRR/ExaBGP were exercised.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bgp.testbed import Bed, Testbed
+from lab.testbeds.bgp import Bed, Testbed
 
 REQUIRED = {
     "bird": ["bird", "birdc"],

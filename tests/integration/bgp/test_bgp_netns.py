@@ -13,12 +13,12 @@ from ipaddress import ip_network
 
 import pytest
 
-from appliance.intent import GatewayInstance
-from appliance.model import IPPool, IPRange, Member
+from appliance.core.intent import GatewayInstance
+from appliance.core.model import IPPool, IPRange, Member
 from bgp.announcing import Announcement, announcements_for
 from bgp.draining import drain_announcements
 from bgp.settings import DrainSettings
-from bgp.testbed import Bed, gateway_settings, gw_v4, gw_v6, sh, wait_until
+from lab.testbeds.bgp import Bed, gateway_settings, gw_v4, gw_v6, sh, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 

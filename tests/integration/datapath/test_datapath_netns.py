@@ -1,6 +1,6 @@
 """Data path on the real kernel: worker + gateway appliers in namespaces, traffic to an external server.
 
-Topology: appliance/datapath_testbed.py (prefix `egt-dp-t`). Every test applies the plans it needs (apply converges
+Topology: lab/testbeds/datapath.py (prefix `egt-dp-t`). Every test applies the plans it needs (apply converges
 from whatever the previous test left, which also exercises adoption) and checks what the external server saw.
 """
 
@@ -17,14 +17,14 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from appliance.datapath_applier import DataPathApplier
-from appliance.datapath_incremental import IncrementalGateway, IncrementalWorker
-from appliance.datapath_scenarios import Gw, Sel, build_intent
-from appliance.datapath_testbed import EXT_V4, EXT_V6, GATEWAY_ADDR, PODS, WORKER_ADDR, Testbed
-from appliance.intent import Intent
-from appliance.model import IPNetwork
-from appliance.planning_gateway import GatewaySettings, plan_gateway
-from appliance.planning_worker import WorkerSettings, plan_worker
+from appliance.core.intent import Intent
+from appliance.core.model import IPNetwork
+from appliance.datapath.apply.applier import DataPathApplier
+from appliance.datapath.apply.incremental import IncrementalGateway, IncrementalWorker
+from appliance.datapath.plan.gateway import GatewaySettings, plan_gateway
+from appliance.datapath.plan.worker import WorkerSettings, plan_worker
+from lab.testbeds.datapath import EXT_V4, EXT_V6, GATEWAY_ADDR, PODS, WORKER_ADDR, Testbed
+from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent
 
 pytestmark = pytest.mark.netns
 

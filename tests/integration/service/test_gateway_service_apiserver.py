@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from appliance.config import GatewayConfig, parse_gateway_config
-from appliance.gateway_command import build_gateway_service
-from appliance.gateway_service import DataPathResult, GatewayService
-from appliance.intent import Intent
-from appliance.member_state import StateDir
-from appliance.reconciling import PassOutcome
-from appliance.snapshot import Snapshot
+from appliance.cli.gateway import build_gateway_service
+from appliance.core.intent import Intent
+from appliance.core.snapshot import Snapshot
+from appliance.gateway.member_state import StateDir
+from appliance.gateway.service import DataPathResult, GatewayService
+from appliance.runtime.config import GatewayConfig, parse_gateway_config
+from appliance.runtime.reconciling import PassOutcome
 from bgp.health import Check
 from k8s_sync.kubeapi import ApiError, KubeApi
 from lab.kube_apiserver import ApiServer

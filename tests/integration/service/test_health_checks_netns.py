@@ -16,7 +16,7 @@ pytestmark = pytest.mark.netns
 _PROBE = """
 import json, socket, sys
 from ipaddress import ip_address
-from appliance import health_checks as h
+from appliance.datapath.apply import health_checks as h
 srv = socket.socket(); srv.bind(("100.64.250.1", 0)); srv.listen(1); port = srv.getsockname()[1]
 print(json.dumps({
     "veth_up": h.link_up("egt-hc0"), "missing_up": h.link_up("nope0"), "down_up": h.link_up("egt-hc1"),

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.model import WIREGUARD_KEY_ANNOTATION
-from appliance.wireguard_keys import PrivateKey, write_key_file
+from appliance.core.model import WIREGUARD_KEY_ANNOTATION
+from appliance.datapath.plan.wireguard_keys import PrivateKey, write_key_file
 from lab.system import System
 from tests.integration.service.service_lab_support import EIP, carrier, deploy_web_policy
 from tests.kube_support import wait_for

@@ -12,9 +12,9 @@ from k8s_sync.cluster import ClusterSync
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi
 from k8s_sync.resources import Role
 from k8s_sync.service_cidr import detect_service_cidrs, parse_range_message
-from k8s_sync.status_service import StatusService
 from k8s_sync.status_writer import StatusWriter
 from tests.kube_support import Kube, wait_for
+from tests.status_support import StatusService
 
 pytestmark = pytest.mark.apiserver
 

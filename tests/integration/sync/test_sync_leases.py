@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.intent import Intent
-from appliance.snapshot import Snapshot
+from appliance.core.intent import Intent
+from appliance.core.snapshot import Snapshot
 from k8s_sync.kubeapi import KubeApi, make_api_client
 from k8s_sync.leases import (
     APPLIANCE_ADDRESS_ANNOTATION,
@@ -26,10 +26,10 @@ from k8s_sync.leases import (
 )
 from k8s_sync.oneshot import read_cluster
 from k8s_sync.resources import Role
-from k8s_sync.status_service import start_status_writing
 from k8s_sync.status_writer import StatusWriter
 from lab.kube_apiserver import kubeconfig
 from tests.kube_support import Kube, wait_for
+from tests.status_support import start_status_writing
 
 pytestmark = pytest.mark.apiserver
 NS = "egressgw-system"

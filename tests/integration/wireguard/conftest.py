@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.wireguard_applier import running_wireguard_go
-from appliance.wireguard_testbed import WireguardTestbed
+from appliance.datapath.apply.wireguard import running_wireguard_go
+from lab.testbeds.wireguard import WireguardTestbed
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """WireGuard with the shared data path (planning_worker / planning_gateway / DataPathApplier) in namespaces:
 the worker steers by mark into the WireGuard device, the members hold the EIPs and SNAT, nftables checks and counts.
 
-Same topology as test_wireguard_netns (appliance.wireguard_testbed), without the stand-ins.
+Same topology as test_wireguard_netns (lab.testbeds.wireguard), without the stand-ins.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from ipaddress import ip_address
 
 import pytest
 
-from appliance import wireguard_keys as wk
-from appliance.datapath_applier import DataPathApplier
-from appliance.wireguard_testbed import EIP, EIP6, WireguardTestbed, parse_probe
+from appliance.datapath.apply.applier import DataPathApplier
+from appliance.datapath.plan import wireguard_keys as wk
+from lab.testbeds.wireguard import EIP, EIP6, WireguardTestbed, parse_probe
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 

@@ -1,7 +1,7 @@
 """WireGuard tunnel in namespaces with wireguard-go: apply, idempotence, SNAT to the EIP, authentication,
 failover with the fast re-handshake, key rotation with traffic flowing.
 
-Topology and stand-ins: appliance.wireguard_testbed (worker steering and gateway SNAT are stand-ins until the shared
+Topology and stand-ins: lab.testbeds.wireguard (worker steering and gateway SNAT are stand-ins until the shared
 data path is wired in; the WireGuard interfaces, keys, peers and return routes are the real planner + applier).
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance import wireguard_keys as wk
-from appliance.planning_wireguard import WgInterface, WgPeer, probe_address
-from appliance.wireguard_applier import WireguardApplyError
-from appliance.wireguard_testbed import EIP, EIP6, EXTERNAL, INSTANCE, WireguardTestbed, parse_probe
+from appliance.datapath.apply.wireguard import WireguardApplyError
+from appliance.datapath.plan import wireguard_keys as wk
+from appliance.datapath.plan.wireguard import WgInterface, WgPeer, probe_address
+from lab.testbeds.wireguard import EIP, EIP6, EXTERNAL, INSTANCE, WireguardTestbed, parse_probe
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -191,7 +191,7 @@ def test_wireguard_go_crash_is_repaired_by_the_next_pass(testbed: WireguardTestb
     import os
     import signal
 
-    from appliance.wireguard_applier import WG_RUN_DIR, running_wireguard_go
+    from appliance.datapath.apply.wireguard import WG_RUN_DIR, running_wireguard_go
 
     testbed.apply_all()
     prober = testbed.start_prober()  # the agent's prober: the new wireguard-go has no session for the worker

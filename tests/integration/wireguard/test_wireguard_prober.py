@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.wireguard_liveness import LivenessProber
+from appliance.datapath.apply.wireguard_liveness import LivenessProber
 
 pytestmark = [pytest.mark.netns]
 

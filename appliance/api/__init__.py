@@ -1,0 +1,1 @@
+"""The API: manifests, CRD schema, rendering, validation. Pure."""

@@ -1,0 +1,1 @@
+"""Kernel appliers: observe, diff against a plan and converge (netlink, nftables, WireGuard, conntrack)."""

@@ -1,0 +1,267 @@
+"""The worker planner (pure): Intent + this node -> the complete desired data path of one worker.
+
+What a worker does: traffic from a selected local pod IP toward one of its (disjoint) destinations gets a mark in
+nftables (one interval map lookup keyed by pod IP . destination - the per-packet cost does not grow with the number
+of policies); `ip rule fwmark` sends it to the route table of its tunnel endpoint, whose default route encapsulates
+it in VXLAN toward the endpoint = the EIP, so the upstream routers' choice of gateway carries it. Cluster-internal
+destinations are never steered (checked before the map). Steered packets bypass the CNI's masquerade by an
+identity SNAT binding in a nat chain that runs before the CNI's.
+
+Endpoint slot i has mark base|i, table table_base+i, rule priority rule_priority_base+1+i. The first rule of the
+range is a gate (`not fwmark base/mask goto rule_priority_base+999`, a `nop`): the node's unmarked traffic skips
+our per-endpoint rules. The rule at rule_priority_base+1 (`iif lo fwmark base/mask lookup main`) routes the VXLAN
+packet itself, which keeps the inner packet's mark, by the main table (else it would loop back into the tunnel).
+
+When a gateway instance has no alive member: FailClosed (default) marks the traffic with the drop mark (counted
+and dropped), FailOpen leaves it unsteered (it leaves with the node IP).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import ip_network
+
+from appliance.core.intent import GatewayInstance, Intent, Steering
+from appliance.core.model import IPAddress, IPNetwork, NoGatewayAction, TunnelType
+from appliance.datapath.plan.kernel_model import MAIN_TABLE, Encap, KernelState, Neighbour, Route, Rule, Sysctl
+from appliance.datapath.plan.tunnel import (
+    GATEWAY_MAC,
+    GATEWAY_NH4,
+    GATEWAY_NH6,
+    WORKER_MAC,
+    WORKER_NH4,
+    MarkSettings,
+    add_disjoint,
+    addr_token,
+    assign_slots,
+    inner_mtu,
+    link_name,
+    net_key,
+    pick_family,
+    sorted_nets,
+    steering_key,
+    tunnel_link,
+    tunnel_sysctls,
+)
+
+#: at most this many tunnel endpoints per worker: one rule each inside the 1000-wide priority range, which also
+#: holds the gate (base), the loop guard (base + 1) and the gate's target (base + 999)
+MAX_ENDPOINTS = 997
+
+
+class SkipReason(enum.StrEnum):
+    #: a WireGuard instance whose device the WireGuard planner did not (yet) provide
+    NO_TUNNEL_DEVICE = "NoTunnelDevice"
+    NO_ENDPOINT_FOR_UNDERLAY = "NoEndpointForUnderlayFamily"
+    NO_GATEWAY_FAIL_OPEN = "NoGatewayFailOpen"
+    OVERLAPPING_DESTINATION = "OverlappingDestination"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSettings:
+    #: MTU of the underlay interface (the tunnel MTU is derived from it)
+    underlay_mtu: int = 1500
+    #: the node's override of the inner MTU (wins over TunnelSpec.mtu)
+    tunnel_mtu: int | None = None
+    marks: MarkSettings = field(default_factory=MarkSettings)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class Endpoint:
+    """One tunnel endpoint this worker sends to (an EIP, or a member address for useNodeIP) and its slot.
+
+    VXLAN: (address, vni, port), routed by `encap`; WireGuard: `device` set (vni = port = 0), routed `dev device`.
+    """
+
+    slot: int
+    address: IPAddress
+    vni: int
+    port: int
+    device: str = ""
+    mark: int
+    table: int
+    priority: int
+    counter: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class SteerEntry:
+    """nft map element: (pod_ip . destination) -> mark (an endpoint's mark, or the drop mark)."""
+
+    pod_ip: IPAddress
+    destination: IPNetwork
+    mark: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skip:
+    pod_ip: IPAddress
+    policy: str
+    reason: SkipReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerPlan:
+    node: str
+    underlay: IPAddress
+    kernel: KernelState
+    endpoints: tuple[Endpoint, ...]
+    #: sorted by (family, pod IP, destination)
+    steer: tuple[SteerEntry, ...]
+    cluster_cidrs: tuple[IPNetwork, ...]
+    tunnel_links: tuple[str, ...]
+    tunnel_ports: tuple[int, ...]
+    marks: MarkSettings
+    skipped: tuple[Skip, ...] = ()
+
+
+def _no_gateway(instance: GatewayInstance | None, steering: Steering) -> bool:
+    return instance is None or not instance.alive or not steering.endpoints
+
+
+def _action(instance: GatewayInstance | None) -> NoGatewayAction:
+    return instance.failover.no_gateway_action if instance is not None else NoGatewayAction.FAIL_CLOSED
+
+
+EndpointKey = tuple[IPAddress, int, int, str]
+
+
+def plan_worker(
+    intent: Intent,
+    *,
+    node: str,
+    underlay: IPAddress,
+    settings: WorkerSettings,
+    wireguard_devices: Mapping[str, str] | None = None,
+) -> WorkerPlan:
+    """The whole desired data path of worker `node` whose underlay (tunnel source) address is `underlay`.
+
+    `wireguard_devices`: instance name -> WireGuard device (`WireguardPlan.route_devices`); steerings of WireGuard
+    instances are steered like VXLAN ones, their endpoint table routing `dev <device>` instead of encapsulating.
+    """
+    wg = dict(wireguard_devices or {})
+    marks = settings.marks
+    version = underlay.version
+    skipped: list[Skip] = []
+    # (steering, endpoint or None = drop)
+    chosen: list[tuple[Steering, EndpointKey | None]] = []
+    for s in sorted(intent.steerings, key=steering_key):
+        if s.node != node:
+            continue
+        instance = intent.instance(s.gateway)
+        tunnel = instance.tunnel if instance is not None else None
+        device = ""
+        if tunnel is not None and tunnel.type is TunnelType.WIREGUARD:
+            device = wg.get(s.gateway, "")
+            if not device:
+                skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NO_TUNNEL_DEVICE))
+                continue
+        if _no_gateway(instance, s):
+            if _action(instance) is NoGatewayAction.FAIL_OPEN:
+                skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NO_GATEWAY_FAIL_OPEN))
+            else:
+                chosen.append((s, None))
+            continue
+        endpoint = pick_family(s.endpoints, version)
+        if device and endpoint is None:  # WireGuard: the device knows its peer; the address only names the slot
+            endpoint = s.endpoints[0]
+        if endpoint is None or tunnel is None:
+            skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NO_ENDPOINT_FOR_UNDERLAY))
+            continue
+        chosen.append((s, (endpoint, 0, 0, device) if device else (endpoint, tunnel.vni, tunnel.udp_port, "")))
+
+    endpoint_keys = {ep for _, ep in chosen if ep is not None}
+    slots = _slots(endpoint_keys)
+    endpoints: list[Endpoint] = []
+    for key in sorted(endpoint_keys, key=lambda k: slots[k]):
+        address, vni, port, device = key
+        slot = slots[key]
+        endpoints.append(
+            Endpoint(
+                slot=slot, address=address, vni=vni, port=port, device=device, mark=marks.mark(slot),
+                table=marks.table_base + slot, priority=marks.rule_priority_base + 1 + slot,
+                counter=f"ep_{addr_token(address)}_{vni}",
+            )
+        )
+    by_key = {(e.address, e.vni, e.port, e.device): e for e in endpoints}
+
+    steer: list[tuple[IPAddress, IPNetwork, int]] = []
+    accepted: dict[tuple[int, int], list[IPNetwork]] = {}
+    for s, ep in chosen:
+        mark = marks.drop_mark if ep is None else by_key[ep].mark
+        pod = (s.pod_ip.version, int(s.pod_ip))
+        for dest in s.destinations:
+            if dest.version != pod[0]:
+                continue
+            if add_disjoint(accepted, pod, dest):
+                steer.append((s.pod_ip, dest, mark))
+            else:
+                skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.OVERLAPPING_DESTINATION))
+    entries = tuple(
+        sorted(
+            (SteerEntry(pod_ip=p, destination=d, mark=m) for p, d, m in steer),
+            key=lambda e: (e.pod_ip.version, int(e.pod_ip), net_key(e.destination)),
+        )
+    )
+    ports = sorted({e.port for e in endpoints if not e.device})
+    kernel = _kernel(endpoints, ports, underlay=underlay, settings=settings, intent=intent)
+    return WorkerPlan(
+        node=node, underlay=underlay, kernel=kernel, endpoints=tuple(endpoints), steer=entries,
+        cluster_cidrs=sorted_nets(intent.cluster_cidrs), tunnel_links=tuple(link_name(p) for p in ports),
+        tunnel_ports=tuple(ports), marks=marks, skipped=tuple(skipped),
+    )
+
+
+def _slots(keys: set[EndpointKey]) -> dict[EndpointKey, int]:
+    names = {f"{a}|{v}|{p}" + (f"|{d}" if d else ""): (a, v, p, d) for a, v, p, d in keys}
+    by_name = assign_slots(names, capacity=MAX_ENDPOINTS)
+    return {names[n]: slot for n, slot in by_name.items()}
+
+
+def _port_mtu(intent: Intent, port: int, settings: WorkerSettings, version: int) -> int:
+    return inner_mtu(underlay_mtu=settings.underlay_mtu, underlay_version=version, node_override=settings.tunnel_mtu,
+                     specified=(i.tunnel.mtu for i in intent.instances if i.tunnel.udp_port == port))
+
+
+def _kernel(
+    endpoints: list[Endpoint], ports: list[int], *, underlay: IPAddress, settings: WorkerSettings, intent: Intent
+) -> KernelState:
+    marks = settings.marks
+    links = frozenset(
+        tunnel_link(port=p, mac=WORKER_MAC, mtu=_port_mtu(intent, p, settings, underlay.version), address=WORKER_NH4)
+        for p in ports
+    )
+    neighbours = frozenset(
+        Neighbour(dev=link.name, ip=nh, mac=GATEWAY_MAC) for link in links for nh in (GATEWAY_NH4, GATEWAY_NH6)
+    )
+    routes: set[Route] = set()
+    rules: set[Rule] = set()
+    if endpoints:
+        base = marks.rule_priority_base
+        for family in (4, 6):
+            # the gate: packets without our mark (all of the node's other traffic) skip our per-endpoint rules, so
+            # their routing cost does not grow with the number of endpoints
+            rules.add(Rule(family=family, priority=base, fwmark=marks.mark_base, mask=marks.mark_mask, invert=True,
+                           goto=base + 999))
+            rules.add(Rule(family=family, priority=base + 999, nop=True))
+            rules.add(
+                Rule(family=family, priority=base + 1, fwmark=marks.mark_base, mask=marks.mark_mask,
+                     table=MAIN_TABLE, iif="lo")
+            )
+    for e in endpoints:
+        if e.device:
+            routes.add(Route(table=e.table, dst=ip_network("0.0.0.0/0"), dev=e.device))
+            routes.add(Route(table=e.table, dst=ip_network("::/0"), dev=e.device))
+        else:
+            encap = Encap(vni=e.vni, dst=e.address)
+            dev = link_name(e.port)
+            routes.add(Route(table=e.table, dst=ip_network("0.0.0.0/0"), dev=dev, via=GATEWAY_NH4, encap=encap))
+            routes.add(Route(table=e.table, dst=ip_network("::/0"), dev=dev, via=GATEWAY_NH6, encap=encap))
+        for family in (4, 6):
+            rules.add(Rule(family=family, priority=e.priority, fwmark=e.mark, mask=0xFFFFFFFF, table=e.table))
+    sysctls = frozenset(Sysctl(key=k, value=v) for link in links for k, v in tunnel_sysctls(link.name))
+    return KernelState(
+        links=links, neighbours=neighbours, routes=frozenset(routes), rules=frozenset(rules), sysctls=sysctls
+    )

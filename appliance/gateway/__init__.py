@@ -1,0 +1,1 @@
+"""The gateway member service: kernel first, then announce; health; drain; status."""

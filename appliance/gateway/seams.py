@@ -1,0 +1,104 @@
+"""The seams of the gateway service: the Protocols its I/O pieces implement and the bundle that hands them over.
+
+Why separate: `appliance.gateway.service` is the order of things (kernel first, then announce; health; drain); these
+are the shapes the real pieces (data path, ExaBGP speaker, BFD sidecar, leases) and the unit tests' fakes share.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from appliance.core.intent import Intent
+from appliance.core.model import IPAddress
+from appliance.core.snapshot import Snapshot, SnapshotSource
+from appliance.runtime.reconciling import PassOutcome, PassReport
+from bgp.announcing import Announcement
+from bgp.health import Check
+
+if TYPE_CHECKING:
+    from appliance.gateway.service import GatewayService
+
+
+class Phase(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataPathResult:
+    outcome: PassOutcome
+    #: EIPs whose kernel state is complete on this member (only these may be announced)
+    eips_in_place: frozenset[IPAddress] = frozenset()
+
+
+class GatewayDataPath(Protocol):
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
+        """Plan and apply. `full`: observe the kernel and repair drift (start, resync, retry passes); else diff
+        against what the last successful apply left (event-driven passes: cheap at 10k pods)."""
+        ...
+
+    def checks(self) -> Mapping[Check, bool]:
+        """TUNNEL_DEVICE and NFT_TABLE: our tunnel devices and nft table exist (drift, a flushed ruleset)."""
+        ...
+
+    def remove_all(self) -> tuple[str, ...]: ...
+
+
+class Speaker(Protocol):
+    def start(self) -> None: ...
+
+    def set_announcements(self, announcements: frozenset[Announcement]) -> None: ...
+
+    def acknowledged(self) -> frozenset[Announcement]: ...
+
+    def peer_states(self) -> dict[str, str]: ...
+
+    def wait_converged(self, timeout_s: float) -> bool: ...
+
+    def stop(self, timeout_s: float = 5.0) -> None: ...
+
+
+class Sidecar(Protocol):
+    """The BFD sidecar (start/stop, per-peer state)."""
+
+    def start(self, timeout_s: float = 5.0) -> None: ...
+
+    def peer_states(self) -> dict[str, str]: ...
+
+    def stop(self, timeout_s: float = 3.0) -> None: ...
+
+
+class Lifecycle(Protocol):
+    """A background helper with start/stop (member lease, leader election, status writer)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(kw_only=True)
+class GatewayDeps:
+    source: SnapshotSource
+    datapath: GatewayDataPath
+    speaker: Speaker | None = None
+    bfd: Sidecar | None = None
+    #: started before the loop, stopped (in reverse order) at exit: cluster sync, member lease, leader election...
+    helpers: list[Lifecycle] = field(default_factory=list)
+    #: host checks that are not the data path's: uplink, upstream probe (check -> passed)
+    host_checks: Callable[[], Mapping[Check, bool]] = dict
+    #: the `previous` intent for `resolve` (the store's `written_intent()`: what the status writer recorded, shared
+    #: by every agent and member so `rr` EIPs agree); None = this service's own last intent
+    previous: Callable[[], Intent | None] | None = None
+    #: called after each successful pass (the status writer's `submit`; it decides whether it is the leader)
+    publish: Callable[[Snapshot, Intent], None] | None = None
+    #: metrics hooks (optional)
+    on_pass: Callable[[PassReport], None] | None = None
+    on_tick: Callable[[GatewayService], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep

@@ -1,0 +1,400 @@
+"""The gateway member service: reconcile kernel state, then announce; health; drain. The I/O pieces are injected.
+
+Order is the product here (DESIGN section 4, "make before break"):
+
+1. The reconcile loop (`appliance.runtime.reconciling`) runs `resolve -> plan_gateway -> apply`. The data path reports
+   which EIPs are *in place* in the kernel (address held, SNAT and return routes installed) after each pass.
+2. Only then are EIPs announced: the announcement planner (`bgp.announcing`) decides the set from the intent and
+   this member's health, and the set is filtered to the EIPs in place. A failed apply never announces what it
+   could not carry; an EIP that disappears from the intent is withdrawn before the next pass removes it.
+3. Health (`bgp.health`, rise/fall + failback hold-down) is fed every `health.interval_s` by the checks: uplink up,
+   tunnel devices present, our nft table present, reconcile heartbeat fresh, optional upstream probe, maintenance
+   file absent, not draining. Unhealthy -> withdraw (or worst preference, per `bgp.withdraw_on_unhealthy`).
+4. Drain (SIGTERM, SIGUSR1 from `egressgw gateway drain`, or the drain file): withdraw everything, wait until
+   ExaBGP acknowledged the withdrawal on every peer (bounded by the drain timeout), keep forwarding for the settle
+   time (packets in flight, routers re-running best path), then stop ExaBGP and BFD, remove our kernel state and
+   exit. A second SIGTERM/SIGINT cuts the waits short.
+
+Everything with I/O sits behind a small Protocol (`GatewayDataPath`, `Speaker`, `Sidecar`, `Lifecycle`), so unit
+tests run the whole sequence with fakes and an injected clock; `appliance.cli.gateway` wires the real ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from appliance.core.events import EventLogger
+from appliance.core.intent import Intent
+from appliance.core.model import IPAddress
+from appliance.core.snapshot import Snapshot
+from appliance.gateway.member_state import StateDir
+from appliance.gateway.seams import (
+    DataPathResult,
+    GatewayDataPath,
+    GatewayDeps,
+    Lifecycle,
+    Phase,
+    Sidecar,
+    Speaker,
+)
+from appliance.gateway.status import render_announcement, status_document
+from appliance.policy.intent_tracking import IntentTracker
+from appliance.runtime.config import GatewayConfig
+from appliance.runtime.reconciling import PassOutcome, Reconciler, Trigger, full_pass
+from bgp.announcing import Announcement, MemberMode, member_mode, plan_announcements
+from bgp.health import Check, HealthConfig, HealthState, heartbeat_ok, initial_health, step_health
+
+__all__ = [
+    "DataPathResult",
+    "GatewayDataPath",
+    "GatewayDeps",
+    "GatewayService",
+    "Lifecycle",
+    "Phase",
+    "Sidecar",
+    "Speaker",
+    "render_announcement",
+]
+
+
+#: seconds a BFD state reading is reused
+_BFD_CACHE_S = 1.0
+
+
+class GatewayService:
+    def __init__(
+        self, cfg: GatewayConfig, deps: GatewayDeps, *, state: StateDir | None = None, log: EventLogger | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.deps = deps
+        self.state = state
+        self.log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
+        #: guards health, intent, announcements and drain state (health thread, loop thread, status readers)
+        self.lock = threading.RLock()
+        self.phase = Phase.STARTING
+        self.health: HealthState = initial_health(deps.clock())
+        self.last_checks: dict[Check, bool] = {}
+        self.intent: Intent | None = None
+        self.snapshot: Snapshot | None = None
+        self.eips_in_place: frozenset[IPAddress] = frozenset()
+        self.mode: MemberMode | None = None
+        self.desired: frozenset[Announcement] = frozenset()
+        self.drain_state: dict[str, Any] = {}
+        self._draining = False
+        self._drain_requested = threading.Event()
+        self._abort = threading.Event()
+        self._drain_reason = ""
+        self._bfd_cache: tuple[float, dict[str, str] | None] | None = None
+        self.tracker = IntentTracker()
+        self.reconciler = Reconciler(
+            source=deps.source,
+            run_pass=self.run_pass,
+            settings=cfg.reconcile,
+            clock=deps.clock,
+            log=self.log.bind(loop="gateway"),
+            on_pass=deps.on_pass,
+        )
+
+    # ----- the pass: kernel first -----
+
+    def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
+        intent = self.tracker.next(snapshot, previous=self.deps.previous).intent
+        me = self.cfg.node_name
+        kept = frozenset(e for i in intent.instances if any(m.name == me for m in i.members) for e in i.eips)
+        with self.lock:
+            leaving = self.eips_in_place - kept
+            # break after withdraw: EIPs this pass will remove from the kernel are withdrawn first
+            self.snapshot, self.intent = snapshot, intent
+            self.eips_in_place = self.eips_in_place & kept
+        if leaving:
+            self.update_announcements()
+            if self.deps.speaker is not None:
+                acked = self.deps.speaker.wait_converged(min(1.0, self.cfg.drain_timeout_s))
+                self.log.info("eip.released", eips=sorted(str(e) for e in leaving), withdrawal_acknowledged=acked)
+        result = self.deps.datapath.converge(snapshot, intent, full=full_pass(reasons))
+        with self.lock:
+            self.eips_in_place = result.eips_in_place
+        self.update_announcements()
+        if result.outcome.ok and self.deps.publish is not None:
+            self.deps.publish(snapshot, intent)
+        return result.outcome
+
+    # ----- announcements: only what is in place -----
+
+    def _health_config(self) -> HealthConfig:
+        h = self.cfg.health
+        spec_hold = 30.0
+        intent = self.intent
+        if intent is not None:
+            mine = [i for i in intent.instances if any(m.name == self.cfg.node_name for m in i.members)]
+            if mine:
+                spec_hold = max(i.failover.failback_hold_seconds for i in mine)
+        hold = self.cfg.bgp.failback_hold(spec_hold) if self.cfg.bgp is not None else spec_hold
+        return HealthConfig(fall=h.fall, rise=h.rise, hold_s=hold)
+
+    def update_announcements(self) -> None:
+        """Recompute the desired set from intent + health + what is in place, and hand it to the speaker."""
+        bgp = self.cfg.bgp
+        if bgp is None:
+            return
+        now = self.deps.clock()
+        with self.lock:
+            health, draining, intent, snapshot = self.health, self._draining, self.intent, self.snapshot
+            in_place = self.eips_in_place
+            if intent is None or snapshot is None:
+                mode = member_mode(healthy=health.healthy, draining=draining, in_hold_down=False, settings=bgp)
+                desired: frozenset[Announcement] = frozenset()
+            else:
+                plan = plan_announcements(
+                    instances=intent.instances,
+                    gateways={g.name: g for g in snapshot.gateways},
+                    me=self.cfg.node_name,
+                    healthy=health.healthy,
+                    draining=draining,
+                    in_hold_down=health.in_hold_down(now),
+                    settings=bgp,
+                )
+                mode = plan.mode
+                desired = frozenset(a for a in plan.announcements if a.eip in in_place)
+                held_back = sorted(str(a.eip) for a in plan.announcements if a.eip not in in_place)
+                if held_back:
+                    self.log.debug("eip.not_in_place", eips=held_back)
+            old, old_mode = self.desired, self.mode
+            self.desired, self.mode = desired, mode
+            if desired != old and self.deps.speaker is not None:
+                # under the lock: the loop and health threads both call this; the last computed set must win
+                self.deps.speaker.set_announcements(desired)
+        if desired == old and mode == old_mode:
+            return
+        if mode != old_mode:
+            self.log.info("member.mode", mode=mode, previous=old_mode, health=health.status, reason=health.reason)
+        old_by_prefix = {a.prefix: a for a in old}
+        for a in sorted(desired - old, key=lambda a: (a.prefix.version, a.prefix)):
+            was = old_by_prefix.get(a.prefix)
+            self.log.info(
+                "eip.announced" if was is None else "eip.repreferred",
+                eip=a.eip,
+                med=a.med,
+                prepends=a.as_path_prepends,
+                mode=mode,
+            )
+        new_prefixes = {a.prefix for a in desired}
+        for a in sorted(old, key=lambda a: (a.prefix.version, a.prefix)):
+            if a.prefix not in new_prefixes:
+                self.log.info("eip.withdrawn", eip=a.eip, mode=mode, reason=health.reason)
+
+    # ----- health -----
+
+    def observe_checks(self) -> dict[Check, bool]:
+        now = self.deps.clock()
+        results: dict[Check, bool] = {}
+        try:
+            results.update(self.deps.host_checks())
+        except Exception:
+            self.log.exception("health.check_crashed", check="host")
+            results[Check.UPLINK] = False
+        try:
+            results.update(self.deps.datapath.checks())
+        except Exception:
+            self.log.exception("health.check_crashed", check="datapath")
+            results[Check.NFT_TABLE] = False
+        results[Check.RECONCILE_LOOP] = heartbeat_ok(
+            self.reconciler.heartbeat, now=now, max_age_s=self.cfg.health.heartbeat_max_age_s
+        ) and (self.reconciler.last_report is not None)
+        results[Check.NOT_DISABLED] = not self.cfg.disable_file.exists()
+        results[Check.NOT_DRAINING] = not self._draining
+        return results
+
+    def health_tick(self) -> None:
+        """One observation: checks -> health machine -> announcements -> status file (+ metrics hook)."""
+        if self.state is not None and self.state.drain_requested() and not self._drain_requested.is_set():
+            self.request_drain("drain file")
+        checks = self.observe_checks()
+        if not (checks.get(Check.NFT_TABLE, True) and checks.get(Check.TUNNEL_DEVICE, True)):
+            self.reconciler.notify(Trigger.DRIFT.value)  # repair now; do not wait for the resync
+        now = self.deps.clock()
+        with self.lock:
+            before = self.health
+            self.health = step_health(before, checks, now=now, config=self._health_config())
+            self.last_checks = checks
+            after = self.health
+        if after.status != before.status or after.reason != before.reason:
+            self.log.info(
+                "member.health",
+                status=after.status,
+                reason=after.reason,
+                failing=[str(c) for c in after.failing],
+                hold_down_s=round(max(0.0, after.hold_until - now), 1) if after.healthy else 0,
+            )
+        elif after.failing != before.failing and after.failing:
+            self.log.warning("health.check_failed", failing=[str(c) for c in after.failing], status=after.status)
+        self.update_announcements()
+        self.write_status()
+        if self.deps.on_tick is not None:
+            self.deps.on_tick(self)
+
+    def status_doc(self) -> dict[str, Any]:
+        return status_document(self)
+
+    def bfd_states(self) -> dict[str, str] | None:
+        """BFD session state per peer, read from the sidecar at most once a second (it is a `birdc` call, and the
+        health tick may run every 200 ms). None without a sidecar or when it does not answer."""
+        if self.deps.bfd is None:
+            return None
+        now = self.deps.clock()
+        if self._bfd_cache is None or now - self._bfd_cache[0] >= _BFD_CACHE_S:
+            try:
+                states: dict[str, str] | None = self.deps.bfd.peer_states()
+            except Exception:
+                states = None
+            self._bfd_cache = (now, states)
+        return self._bfd_cache[1]
+
+    def write_status(self) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.write_status(self.status_doc())
+        except OSError as e:
+            self.log.warning("status.file_write_failed", error=str(e))
+
+    # ----- drain -----
+
+    def request_drain(self, reason: str, *, hurry_if_repeated: bool = False) -> None:
+        """Thread-safe (signal handlers): ask the main loop to drain and exit. A repeated request with
+        `hurry_if_repeated` (a second SIGTERM/SIGINT) cuts the waits short; `egressgw gateway drain` both writes the
+        drain file and sends SIGUSR1, so those repeat without hurrying."""
+        if self._drain_requested.is_set():
+            if hurry_if_repeated:
+                self._abort.set()
+                self.log.warning("drain.hurried", reason=reason)
+            return
+        self._drain_reason = reason
+        self._drain_requested.set()
+
+    def drain(self) -> None:
+        """Withdraw, wait for the acks (bounded), settle while still forwarding. Kernel state stays in place."""
+        start = self.deps.clock()
+        with self.lock:
+            self.phase = Phase.DRAINING
+            self._draining = True
+            self.drain_state = {"state": "withdrawing", "reason": self._drain_reason}
+        self.log.info("drain.started", reason=self._drain_reason, timeout_s=self.cfg.drain_timeout_s)
+        self.update_announcements()
+        self.write_status()
+        acked = True
+        if self.deps.speaker is not None:
+            acked = self._wait(lambda left: self.deps.speaker.wait_converged(left) if self.deps.speaker else True)
+        waited = self.deps.clock() - start
+        with self.lock:
+            self.drain_state = {"state": "settling", "reason": self._drain_reason, "acknowledged": acked}
+        self.write_status()
+        self.log.info("drain.withdrawn", acknowledged=acked, waited_ms=round(waited * 1000, 1))
+        if not acked and self.deps.speaker is not None:
+            # no ack in time (a peer down, ExaBGP stuck): closing the sessions is a withdrawal the routers act on
+            self.log.warning("drain.closing_sessions", reason="withdrawal not acknowledged within the drain timeout")
+            self.deps.speaker.stop()
+        if not self._abort.is_set():
+            self._interruptible_sleep(self.cfg.drain_settle_s)
+        with self.lock:
+            self.drain_state = {"state": "done", "reason": self._drain_reason, "acknowledged": acked}
+        self.log.info("drain.done", acknowledged=acked, total_ms=round((self.deps.clock() - start) * 1000, 1))
+
+    def _wait(self, step: Callable[[float], bool]) -> bool:
+        """Call `step(max_wait)` in short slices until it returns True, the drain timeout, or an abort."""
+        deadline = self.deps.clock() + self.cfg.drain_timeout_s
+        while not self._abort.is_set():
+            left = deadline - self.deps.clock()
+            if left <= 0:
+                return False
+            if step(min(left, 0.2)):
+                return True
+        return False
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        end = self.deps.clock() + seconds
+        while not self._abort.is_set():
+            left = end - self.deps.clock()
+            if left <= 0:
+                return
+            self.deps.sleep(min(left, 0.05))
+
+    # ----- the whole life -----
+
+    def run(self, *, tick_stop: threading.Event | None = None) -> int:
+        """Start everything, tick health until a drain is requested, drain, shut down. Returns the exit code."""
+        loop_stop = threading.Event()
+        health_stop = tick_stop or threading.Event()
+        started: list[Lifecycle] = []
+        threads: list[threading.Thread] = []
+        try:
+            try:
+                for helper in self.deps.helpers:
+                    helper.start()
+                    started.append(helper)
+                if self.deps.bfd is not None:
+                    self.deps.bfd.start()
+                if self.deps.speaker is not None:
+                    self.deps.speaker.start()
+                    self.deps.speaker.set_announcements(frozenset())
+            except Exception as e:
+                self.log.exception("gateway.start_failed", error=f"{type(e).__name__}: {e}")
+                return 1
+            threads.append(threading.Thread(target=self.reconciler.run, args=(loop_stop,), name="reconcile"))
+            threads.append(threading.Thread(target=self._health_loop, args=(health_stop,), name="health"))
+            for t in threads:
+                t.daemon = True
+                t.start()
+            with self.lock:
+                self.phase = Phase.RUNNING
+            self.log.info("gateway.started", state_dir=self.cfg.state_dir, bgp=self.cfg.bgp is not None)
+            while not self._drain_requested.wait(0.5):
+                if health_stop.is_set():
+                    break
+            if self._drain_requested.is_set():
+                self.drain()
+            health_stop.set()
+            loop_stop.set()
+            self.reconciler.wake()
+            for t in threads:
+                t.join(10.0)
+            return 0
+        finally:
+            self._shutdown(started)
+
+    def _health_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.health_tick()
+            except Exception:
+                self.log.exception("health.tick_crashed")
+            stop.wait(self.cfg.health.interval_s)
+
+    def _shutdown(self, started: list[Lifecycle]) -> None:
+        if self.deps.speaker is not None:
+            try:
+                self.deps.speaker.stop()
+            except Exception:
+                self.log.exception("bgp.stop_failed")
+        if self.deps.bfd is not None:
+            try:
+                self.deps.bfd.stop()
+            except Exception:
+                self.log.exception("bfd.stop_failed")
+        if self._draining:
+            try:
+                removed = self.deps.datapath.remove_all()
+                self.log.info("kernel.removed", changes=len(removed))
+            except Exception:
+                self.log.exception("kernel.remove_failed")
+        for helper in reversed(started):
+            try:
+                helper.stop()
+            except Exception:
+                self.log.exception("helper.stop_failed", helper=type(helper).__name__)
+        with self.lock:
+            self.phase = Phase.STOPPED
+        self.write_status()
+        self.log.info("gateway.stopped", drained=self._draining)

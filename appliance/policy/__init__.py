@@ -1,0 +1,2 @@
+"""Policy resolution: selection, precedence, EIP allocation, placement, cluster CIDRs, incremental updates, explain.
+Pure."""

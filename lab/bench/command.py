@@ -1,0 +1,40 @@
+"""`egressgw bench NAME --out FILE.json`: run one benchmark, print its table, write its figures as JSON.
+
+Benchmarks measure; tests assert behaviour. Each benchmark lives next to the code it measures and is imported
+lazily here, so `egressgw bench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+#: name -> (module, function, help). The function takes (out_path: Path, **options) and returns the figures dict.
+BENCHMARKS: dict[str, tuple[str, str, str]] = {
+    "sync": ("lab.bench.sync", "run_sync_bench", "cluster sync + resolution at scale against a real API server"),
+    "datapath": ("lab.bench.datapath", "run_datapath_bench", "tunnel + SNAT throughput and plan/apply time"),
+    "wireguard": ("lab.bench.wireguard", "run_wireguard_bench", "WireGuard vs VXLAN vs direct; WG failover"),
+    "failover": ("lab.bench.failover", "run_failover_bench", "outage per failure scenario in the lab (BIRD, FRR)"),
+    "failover-wireguard": ("lab.bench.failover_wireguard", "run_wireguard_failover_bench",
+                           "uplink-cut failover of a WireGuard gateway instance in the lab"),
+    "convergence": ("lab.bench.convergence", "run_convergence_bench", "pod IP written -> first packet with EIP"),
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file for the figures (default bench/results/NAME.json)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes / fewer repetitions (smoke run)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module, function, _ = BENCHMARKS[args.name]
+    out: Path = args.out or Path("bench/results") / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bench = getattr(importlib.import_module(module), function)
+    bench(out, quick=args.quick)
+    print(f"figures written to {out}")
+    return 0

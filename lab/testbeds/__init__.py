@@ -1,0 +1,1 @@
+"""Testbeds: network-namespace rigs and scenario builders used by tests and benchmarks."""
