@@ -21,6 +21,9 @@ from lab import cleanup, netns, state
 from lab.runner import Lab, LabError, LabUsageError
 from lab.topology import TopologyError
 
+#: the one-line help of `egressgw lab` (read by appliance.cli.main without importing this module)
+SUMMARY = "realise containerlab topologies with network namespaces; the demo"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)

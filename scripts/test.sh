@@ -8,6 +8,8 @@ echo "== ruff"
 .venv/bin/ruff check appliance bgp k8s_sync lab tests
 echo "== mypy --strict"
 .venv/bin/mypy
+echo "== import-linter (layers, pure modules, no cycles: .importlinter)"
+.venv/bin/lint-imports --no-cache
 # leftovers of an earlier, killed run must not disturb this one
 bash scripts/cleanup.sh
 echo "== pytest"

@@ -10,6 +10,9 @@ import argparse
 import importlib
 from pathlib import Path
 
+#: the one-line help of `egressgw bench` (read by appliance.cli.main without importing this module)
+SUMMARY = "run benchmarks and write their figures as JSON"
+
 #: name -> (module, function, help). The function takes (out_path: Path, **options) and returns the figures dict.
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "sync": ("lab.bench.sync", "run_sync_bench", "cluster sync + resolution at scale against a real API server"),
