@@ -8,7 +8,8 @@ bfd` in FRR); when our gateway dies, the router's BFD session times out and it d
 (interface tracking) and `protocol bfd`.
 
 `render_bird_bfd_config` is pure; `BfdSidecar` starts/stops `bird` (foreground, own control socket and pid file in
-the workdir, respawned by a supervisor thread if it dies) and reads the session states with `birdc show bfd sessions`.
+the workdir, kept running by an `appliance.host.supervision.Supervisor` ticked from a small thread) and reads the
+session states with `birdc show bfd sessions`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgp.processes import kill_stale, stop_group
+from appliance.core.events import EventLogger
+from appliance.host.supervision import ChildEvents, Supervisor, kill_stale, spawn_child, stop_group
 from bgp.settings import BgpSettings
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 BIRD = "/usr/sbin/bird"
 BIRDC = "/usr/sbin/birdc"
+_BIRD_EVENTS = ChildEvents(started="bfd.sidecar_started", exited="bfd.sidecar_exited",
+                           spawn_failed="bfd.sidecar_respawn_failed")
+#: how often the supervising thread looks at BIRD
+_TICK_S = 0.2
+#: how long a (re)spawned BIRD may take to open its control socket
+_SPAWN_TIMEOUT_S = 5.0
 
 
 def render_bird_bfd_config(settings: BgpSettings) -> str:
@@ -92,10 +100,19 @@ class BfdSidecar:
         self.settings = settings
         self.workdir = Path(workdir)
         self.command_prefix = tuple(command_prefix)
-        self._proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self.restarts = 0
+        self._bird = Supervisor(spawn=self._spawn, stop=stop_group, events=_BIRD_EVENTS, logger=log)
+
+    @property
+    def restarts(self) -> int:
+        """How many times BIRD exited (and was respawned) since `start()`."""
+        return self._bird.restarts
+
+    @property
+    def pid(self) -> int | None:
+        """BIRD's pid while it runs."""
+        return self._bird.pid
 
     @property
     def control_socket(self) -> Path:
@@ -110,48 +127,35 @@ class BfdSidecar:
         kill_stale(self.workdir / "bird-bfd.pid", str(conf))  # a previous run that died without stopping BIRD
         conf.write_text(render_bird_bfd_config(self.settings))
         self._stop.clear()
-        self._spawn(timeout_s)
+        self._bird.start(lambda: self._spawn(timeout_s))
         self._watcher = threading.Thread(target=self._supervise, name="bfd-sidecar", daemon=True)
         self._watcher.start()
 
-    def _spawn(self, timeout_s: float) -> None:
+    def _spawn(self, timeout_s: float = _SPAWN_TIMEOUT_S) -> subprocess.Popen[bytes]:
+        """Start BIRD (it writes its own pid file) and wait for its control socket: up means answering `birdc`.
+        A BIRD that does not come up in time is stopped again, so a failed spawn leaves nothing running."""
         with contextlib.suppress(FileNotFoundError):
             self.control_socket.unlink()
-        logf = (self.workdir / "bird-bfd.log").open("ab")
-        try:
-            self._proc = subprocess.Popen(
-                [*self.command_prefix, BIRD, "-f", "-c", str(self.workdir / "bird-bfd.conf"),
-                 "-s", str(self.control_socket), "-P", str(self.workdir / "bird-bfd.pid")],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        finally:
-            logf.close()
+        argv = [*self.command_prefix, BIRD, "-f", "-c", str(self.workdir / "bird-bfd.conf"),
+                "-s", str(self.control_socket), "-P", str(self.workdir / "bird-bfd.pid")]  # fmt: skip
+        proc = spawn_child(argv, log_path=self.workdir / "bird-bfd.log")
         deadline = time.monotonic() + timeout_s
         while not self.control_socket.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_group(proc, 1.0)
                 raise RuntimeError(f"bird (BFD sidecar) did not start; see {self.workdir / 'bird-bfd.log'}")
             time.sleep(0.05)
-        log.info("bfd.sidecar_started pid=%s", self._proc.pid)
+        return proc
 
     def _supervise(self) -> None:
-        backoff = 0.5
-        while not self._stop.wait(0.2):
-            proc = self._proc
-            if proc is None or proc.poll() is None:
-                continue
-            log.warning("bfd.sidecar_exited rc=%s respawn_in=%.1fs", proc.returncode, backoff)
-            if self._stop.wait(backoff):
-                return
-            try:
-                self._spawn(5.0)
-                self.restarts += 1
-                backoff = 0.5
-            except (RuntimeError, OSError):
-                log.exception("bfd.sidecar_respawn_failed")
-                backoff = min(backoff * 2, 10.0)
+        pause = _TICK_S
+        while not self._stop.wait(pause):
+            self._bird.tick()
+            # a pending respawn is made on time, not up to a tick late
+            pause = _TICK_S if self._bird.child is not None else min(_TICK_S, self._bird.seconds_until_due())
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._bird.running()
 
     def sessions(self) -> dict[str, BfdSession]:
         """Current BFD sessions; empty when the sidecar is not running or does not answer."""
@@ -177,5 +181,5 @@ class BfdSidecar:
         if self._watcher is not None:
             self._watcher.join(timeout_s + 6.0)
             self._watcher = None
-        if stop_group(self._proc, timeout_s):
+        if self._bird.stop(timeout_s):
             log.info("bfd.sidecar_stopped")

@@ -6,8 +6,9 @@ reconcile loop). Public methods only take a lock and poke the thread; all I/O ha
     ExaBGP (child, current netns or `command_prefix`)  --runs-->  python -m bgp.api_bridge SOCKET
         bridge <-- unix socket (workdir/api.sock) --> BgpSpeaker thread <-> Announcer (pure)
 
-ExaBGP is respawned with exponential back-off (0.5 s .. 10 s, reset after 30 s of uptime) when it exits; every new
-bridge connection resends the whole desired set. `stop()` terminates ExaBGP: it closes its sessions with a
+ExaBGP is supervised by `appliance.host.supervision.Supervisor`, ticked from the background thread: respawned with
+exponential back-off (0.5 s .. 10 s, reset after 30 s of uptime) when it exits; every new bridge connection resends
+the whole desired set. `stop()` terminates ExaBGP: it closes its sessions with a
 NOTIFICATION, so the routers withdraw our routes at once (that is not a drain; see `bgp.draining`).
 """
 
@@ -25,17 +26,20 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from appliance.core.events import EventLogger
+from appliance.host.supervision import ChildEvents, Supervisor, Tick, kill_stale, spawn_child, stop_group
 from bgp.announcing import Announcement
 from bgp.exabgp_config import exabgp_environment, render_exabgp_config
-from bgp.processes import kill_stale, parent_death_signal, stop_group
 from bgp.settings import BgpSettings
 from bgp.speaking import AckTimeout, Announcer, CommandFailed, Event, ExabgpShutdown, PeerChanged
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 _TICK_S = 0.1
 #: ExaBGP logs every API command; keep one previous file of this size
 _LOG_ROTATE_BYTES = 16 * 1024 * 1024
+_EXABGP_EVENTS = ChildEvents(started="bgp.exabgp_started", exited="bgp.exabgp_exited",
+                             spawn_failed="bgp.exabgp_spawn_failed")
 
 
 class BgpSpeaker:
@@ -58,17 +62,19 @@ class BgpSpeaker:
         self._announcer = Announcer(peers=settings.peers, local_asn=settings.local_asn, ack_timeout_s=ack_timeout_s)
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._exabgp = Supervisor(spawn=self._spawn, stop=stop_group, events=_EXABGP_EVENTS,
+                                  logger=log.bind(config=str(self.config_path)))
         self._conn: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._buf = b""  # partial line from the channel
-        self._backoff = 0.5  # ExaBGP respawn back-off
-        self._next_spawn = 0.0
-        self._started_at = 0.0
-        self.restarts = 0
         self.ack_timeouts = 0
 
     # ----- public API (thread-safe) -----
+
+    @property
+    def restarts(self) -> int:
+        """How many times ExaBGP exited (and was respawned) since `start()`."""
+        return self._exabgp.restarts
 
     @property
     def socket_path(self) -> Path:
@@ -143,8 +149,7 @@ class BgpSpeaker:
 
     @property
     def exabgp_pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return self._exabgp.pid
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate ExaBGP (sessions close: the routers drop our routes) and the thread; idempotent."""
@@ -163,7 +168,8 @@ class BgpSpeaker:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start ExaBGP (rotating its log first); the supervisor calls this when a (re)spawn is due."""
         env = dict(os.environ)
         env.update(exabgp_environment(self.settings))
         env["exabgp_api_pipename"] = f"egressgw-{os.getpid()}-{id(self):x}"
@@ -171,19 +177,10 @@ class BgpSpeaker:
         with contextlib.suppress(OSError):
             if self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
                 self.log_path.replace(self.log_path.with_suffix(".log.1"))
-        logf = self.log_path.open("ab")
-        try:
-            self._proc = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=parent_death_signal(),
-            )  # fmt: skip
-        finally:
-            logf.close()
-        self.pid_path.write_text(f"{self._proc.pid}\n")
-        log.info("bgp.exabgp_started pid=%s config=%s", self._proc.pid, self.config_path)
+        return spawn_child(argv, env=env, log_path=self.log_path, pid_path=self.pid_path)
 
     def _kill_exabgp(self, timeout_s: float) -> None:
-        stop_group(self._proc, timeout_s)
+        self._exabgp.stop(timeout_s)
 
     def _run(self) -> None:
         sel = selectors.DefaultSelector()
@@ -205,25 +202,8 @@ class BgpSpeaker:
 
     def _iterate(self, sel: selectors.BaseSelector) -> None:
         """One pass of the background thread: supervise ExaBGP, read the channel, write commands."""
-        now = time.monotonic()
-        if self._proc is None or self._proc.poll() is not None:
-            if self._proc is not None:
-                if now - self._started_at > 30.0:
-                    self._backoff = 0.5
-                log.warning("bgp.exabgp_exited rc=%s respawn_in=%.1fs", self._proc.returncode, self._backoff)
-                self._next_spawn = now + self._backoff
-                self._backoff = min(self._backoff * 2, 10.0)
-                self._proc = None
-                self.restarts += 1
-                self._drop_conn(sel)
-            if now >= self._next_spawn:
-                try:
-                    self._spawn()
-                    self._started_at = now
-                except OSError as exc:
-                    log.error("bgp.exabgp_spawn_failed error=%s retry_in=%.1fs", exc, self._backoff)
-                    self._next_spawn = now + self._backoff
-                    self._backoff = min(self._backoff * 2, 10.0)
+        if self._exabgp.tick() is Tick.EXITED:
+            self._drop_conn(sel)
         for key, _ in sel.select(_TICK_S):
             if key.data == "wake":
                 os.read(self._wake_r, 4096)
@@ -271,7 +251,7 @@ class BgpSpeaker:
                 self._drop_conn(sel)
                 return
             for c in commands:
-                log.info("bgp.command_sent command=%r", c)
+                log.info("bgp.command_sent", command=c)
 
     def _drop_conn(self, sel: selectors.BaseSelector) -> None:
         if self._conn is not None:
@@ -287,12 +267,12 @@ class BgpSpeaker:
 
     def _report(self, ev: Event) -> None:
         if isinstance(ev, PeerChanged):
-            log.info("bgp.peer_changed peer=%s state=%s reason=%r", ev.peer, ev.state, ev.reason)
+            log.info("bgp.peer_changed", peer=ev.peer, state=ev.state, reason=ev.reason)
         elif isinstance(ev, CommandFailed):
-            log.warning("bgp.command_failed command=%r", ev.command)
+            log.warning("bgp.command_failed", command=ev.command)
         elif isinstance(ev, AckTimeout):
-            log.error("bgp.ack_timeout command=%r waited=%.1fs: restarting ExaBGP", ev.command, ev.waited_s)
+            log.error("bgp.ack_timeout", command=ev.command, waited_s=round(ev.waited_s, 3), action="restart_exabgp")
         elif isinstance(ev, ExabgpShutdown):
-            log.warning("bgp.exabgp_shutdown line=%r", ev.line)
+            log.warning("bgp.exabgp_shutdown", line=ev.line)
         if self._on_event is not None:
             self._on_event(ev)

@@ -20,14 +20,16 @@ import threading
 import time
 from collections.abc import Callable
 
+from appliance.core.backoff import Backoff
+from appliance.core.events import EventLogger, error_text
 from k8s_sync.kubeapi import KubeApi
 from k8s_sync.leases import DEFAULT_NAMESPACE
-from k8s_sync.reflector import Backoff, Reflector, ReflectorSettings
+from k8s_sync.reflector import Reflector, ReflectorSettings, reconnect_backoff
 from k8s_sync.resources import Role, calico_served, watch_specs
 from k8s_sync.service_cidr import detect_service_cidrs
 from k8s_sync.store import Store
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 SERVICE_CIDR_KEY = "ServiceCIDR"
 #: how often the Service CIDR is detected again (it changes only when the cluster is reconfigured)
@@ -74,13 +76,13 @@ class ClusterSync:
     # ----- background -----
 
     def _retrying(self, what: str, fn: Callable[[], object]) -> object:
-        backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+        backoff = Backoff(reconnect_backoff(self.settings))
         while not self._stop.is_set():
             try:
                 return fn()
             except Exception as e:
                 delay = backoff.next()
-                log.warning("sync.bootstrap_retry step=%s error=%r delay=%.2f", what, e, delay)
+                log.warning("sync.bootstrap_retry", step=what, error=error_text(e), delay_s=round(delay, 3))
                 self._stop.wait(delay)
         return None
 

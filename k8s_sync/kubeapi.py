@@ -16,6 +16,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
 JSON = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -66,9 +70,6 @@ class Resource:
 
 def make_api_client(kubeconfig: str | None = None) -> Any:
     """An official `ApiClient`: from `kubeconfig`, else $KUBECONFIG, else in-cluster, else ~/.kube/config."""
-    import urllib3
-    from kubernetes import client, config
-
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     with warnings.catch_warnings():
@@ -94,8 +95,6 @@ class KubeApi:
 
     def _call(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
               content_type: str = "application/json", timeout: float | tuple[float, float] | None = 30.0) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
         params = [(k, v) for k, v in (query or {}).items() if v is not None and v != ""]
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:

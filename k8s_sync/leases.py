@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.core.events import EventLogger, error_text
 from appliance.core.model import APPLIANCE_ADDRESS_ANNOTATION, APPLIANCE_LEASE_LABEL, WIREGUARD_KEY_ANNOTATION
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi, Resource
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 LEASES = Resource(kind="Lease", group="coordination.k8s.io", version="v1", plural="leases", namespaced=True)
 MEMBER_PREFIX = "egressgw-member-"
@@ -109,7 +110,7 @@ class _Loop:
             try:
                 self.step()
             except Exception as e:  # API away: try again next period
-                log.warning("lease.renew_failed loop=%s error=%r", self._name, e)
+                log.warning("lease.renew_failed", loop=self._name, error=error_text(e))
             self._stop.wait(self._period)
 
     def stop(self) -> None:
@@ -135,7 +136,7 @@ class MemberLease(_Loop):
 
     def step(self) -> None:
         if self._healthy is not None and not self._healthy():
-            log.info("lease.not_renewed member=%s cause=unhealthy", self.me.name)
+            log.info("lease.not_renewed", member=self.me.name, cause="unhealthy")
             return
         self.renew_once()
 
@@ -148,7 +149,7 @@ class MemberLease(_Loop):
             if e.status != 404:
                 raise
             self.api.create(LEASES.path(self.namespace), body)
-            log.info("lease.created member=%s namespace=%s", self.me.name, self.namespace)
+            log.info("lease.created", member=self.me.name, namespace=self.namespace)
 
     def release(self) -> None:
         """Stop renewing and delete the lease (planned drain: the member is gone at once, not after expiry)."""
@@ -216,8 +217,8 @@ class LeaderElection(_Loop):
         self._held_until = until
         if leader != self._was_leader:
             self._was_leader = leader
-            log.info("leader.%s identity=%s lease=%s/%s", "acquired" if leader else "lost", self.identity,
-                     self.namespace, self.name)
+            log.info("leader.acquired" if leader else "leader.lost", identity=self.identity,
+                     lease=f"{self.namespace}/{self.name}")
             if self._on_change is not None:
                 self._on_change(leader)
 

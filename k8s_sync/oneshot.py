@@ -9,7 +9,6 @@ does the same at start-up, so a restart does not reshuffle `rr` EIPs.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import dataclass
 
@@ -28,8 +27,6 @@ __all__ = [
     "ClusterView", "add_kube_arguments", "api_from_args", "intent_from_status", "read_cluster", "read_cluster_for",
     "read_store",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,11 +12,12 @@ import logging
 from datetime import UTC, datetime
 
 from appliance.api import manifests
+from appliance.core.events import EventLogger, error_text
 from appliance.core.model import Appliance, IPNetwork, Namespace, Node, Pod
 from k8s_sync.kubeapi import JSON
 from k8s_sync.leases import member_name_of_lease
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 
 def parse_pod_obj(obj: JSON) -> Pod:
@@ -37,7 +38,8 @@ def parse_appliance(obj: JSON, now: float) -> Appliance | None:
         appliance: Appliance | None = manifests.parse_appliance_lease(obj, datetime.fromtimestamp(now, UTC))
     except (ValueError, KeyError, TypeError) as e:
         meta = obj.get("metadata") or {}
-        log.warning("store.parse_failed kind=Lease object=%s/%s error=%s", meta.get("namespace"), meta.get("name"), e)
+        log.warning("store.parse_failed", kind="Lease", object=f"{meta.get('namespace')}/{meta.get('name')}",
+                    error=error_text(e))
         return None
     if appliance is None:
         return None
@@ -52,5 +54,5 @@ def parse_calico_pool(obj: JSON) -> tuple[IPNetwork, ...]:
     try:
         return (ipaddress.ip_network(cidr, strict=False),)
     except ValueError:
-        log.warning("store.parse_failed kind=IPPool object=%s cidr=%r", (obj.get("metadata") or {}).get("name"), cidr)
+        log.warning("store.parse_failed", kind="IPPool", object=(obj.get("metadata") or {}).get("name"), cidr=cidr)
         return ()

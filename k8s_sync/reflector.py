@@ -26,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from appliance.core.backoff import Backoff, BackoffPolicy
+from appliance.core.events import EventLogger, error_text
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi, Resource, iter_json_lines
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 
 class ReflectorSink(Protocol):
@@ -74,22 +76,10 @@ class Gone(Exception):
     """Our resourceVersion is too old: relist."""
 
 
-class Backoff:
-    """Exponential backoff with jitter: `next()` returns the delay, `reset()` after a success."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.initial, self.maximum = initial, maximum
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        base = min(self.maximum, self.initial * (2 ** self.failures))
-        self.failures += 1
-        delay: float = base * self._rng.uniform(0.5, 1.0)
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
+def reconnect_backoff(settings: ReflectorSettings) -> BackoffPolicy:
+    """The reconnect back-off of `settings`: doubling, jitter 0.5 (uniform in [delay/2, delay]) so that the
+    reflectors of many clients that lost the API server together do not come back in lock-step."""
+    return BackoffPolicy(initial=settings.backoff_initial, maximum=settings.backoff_max, jitter=0.5)
 
 
 class Reflector:
@@ -104,7 +94,7 @@ class Reflector:
         self.sink = sink
         self.settings = settings or ReflectorSettings()
         self._rng = rng or random.Random()
-        self._backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng)
+        self._backoff = Backoff(reconnect_backoff(self.settings), self._rng)
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
@@ -147,12 +137,12 @@ class Reflector:
                 self._backoff.reset()
             except Gone:
                 self.stats["relists"] += 1
-                log.info("watch.relisted kind=%s resource_version=%s", self.spec.key, rv)
+                log.info("watch.relisted", kind=self.spec.key, resource_version=rv)
                 rv = ""
             except ApiError as e:
                 if e.status == 410:
                     self.stats["relists"] += 1
-                    log.info("watch.relisted kind=%s resource_version=%s", self.spec.key, rv)
+                    log.info("watch.relisted", kind=self.spec.key, resource_version=rv)
                     rv = ""
                     continue
                 self._pause("api_error", e)
@@ -167,7 +157,8 @@ class Reflector:
         if disconnected is not None:  # optional sink hook: the store freezes lease liveness while blind
             disconnected(self.spec.key)
         delay = self._backoff.next()
-        log.warning("watch.reconnecting kind=%s cause=%s error=%r delay=%.2f", self.spec.key, what, error, delay)
+        log.warning("watch.reconnecting", kind=self.spec.key, cause=what, error=error_text(error),
+                    delay_s=round(delay, 3))
         self._stop.wait(delay)
 
     def _query(self) -> dict[str, Any]:
@@ -200,7 +191,7 @@ class Reflector:
         self.resource_version = rv
         first = not self._synced.is_set()
         self._synced.set()
-        log.info("watch.listed kind=%s objects=%d resource_version=%s first=%s", spec.key, len(items), rv, first)
+        log.info("watch.listed", kind=spec.key, objects=len(items), resource_version=rv, first=first)
         return rv
 
     def _watch(self, rv: str) -> str:
@@ -245,7 +236,7 @@ class Reflector:
             self.stats["events"] += 1
             self.resource_version = new_rv
             return new_rv
-        log.warning("watch.unknown_event kind=%s type=%s", self.spec.key, etype)
+        log.warning("watch.unknown_event", kind=self.spec.key, type=etype)
         return rv
 
 

@@ -19,10 +19,11 @@ import logging
 import re
 import secrets
 
+from appliance.core.events import EventLogger
 from appliance.core.model import IPNetwork
 from k8s_sync.kubeapi import ApiError, KubeApi
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 RANGE_RE = re.compile(r"range of valid IPs is ([0-9A-Fa-f:.,/ ]+)")
 PROBE_IPS = ("0.0.0.1", "::1")
@@ -69,14 +70,13 @@ def _probe(api: KubeApi, namespace: str, ip: str) -> tuple[IPNetwork, ...]:
         if e.status == 422:
             return parse_range_message(e.message)
         if e.status in (403, 404):  # no RBAC, or the namespace does not exist
-            log.warning("service_cidr.probe_refused namespace=%s status=%d message=%s", namespace, e.status,
-                        e.message)
+            log.warning("service_cidr.probe_refused", namespace=namespace, status=e.status, message=e.message)
             return ()
         raise
     try:
         api.delete(f"/api/v1/namespaces/{namespace}/services/{name}")
     except ApiError:
-        log.warning("service_cidr.probe_cleanup_failed service=%s/%s", namespace, name)
+        log.warning("service_cidr.probe_cleanup_failed", service=f"{namespace}/{name}")
     return ()
 
 
@@ -89,5 +89,5 @@ def detect_service_cidrs(api: KubeApi, *, namespace: str = "default") -> tuple[I
             found.update(_probe(api, namespace, ip))
         nets = tuple(found)
     result = tuple(sorted(set(nets), key=lambda n: (n.version, int(n.network_address), n.prefixlen)))
-    log.info("service_cidr.detected cidrs=%s", ",".join(map(str, result)) or "none")
+    log.info("service_cidr.detected", cidrs=[str(c) for c in result])
     return result

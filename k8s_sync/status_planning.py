@@ -1,15 +1,19 @@
 """Desired status of every egressgw object (pure): Snapshot + Intent + the objects as they are -> writes + events.
 
 - Policies (EgressPolicy, EgressClusterPolicy): `eip {ipv4, ipv6}`, `gateway`, `primary` (the member carrying the
-  EIP now; "a,b" when the IPv4 and IPv6 primaries differ), `selectedIPs`, and three conditions - `Ready`, `Invalid`,
-  `Pending` - each with a CamelCase reason and a message (for Invalid it names the field path).
+  EIP now; "a,b" when the IPv4 and IPv6 primaries differ), `selectedIPs`, and four conditions - `Ready`, `Invalid`,
+  `Pending`, `Degraded` - each with a CamelCase reason and a message (for Invalid it names the field path; for
+  Degraded, True while selected pod IPs are not carried by the gateway members, the most common skip reason and a
+  bounded count per reason with a few example pod IPs, see `k8s_sync.not_carried`). Degraded is a condition, not a
+  new status field: a status field unknown to an older version's schema would make that version refuse the policy
+  during a rolling upgrade, while a new condition type is valid for every version.
 - Gateways: `members [{name, kind, healthy, eips}]`, `eips [{ip, primary, backups}]`, `ipUsage`, conditions.
 - EgressClusterInfo: the content of `appliance.policy.cluster_cidrs.cluster_info_status` plus conditions.
 
 Every condition carries `observedGeneration`; its `lastTransitionTime` is kept from the object while its status
 does not change, so re-planning an unchanged world yields exactly what is already there and nothing is written.
 A write is a JSON merge patch of `status` (keys that disappear are set to null). Events are planned for decisions
-that change: EIP assigned or changed, and every state change (Ready / Pending / Invalid).
+that change: EIP assigned or changed, every state change (Ready / Pending / Invalid), and pod IPs becoming skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from appliance.core.model import IPAddress, PolicyKind, PolicyRef
 from appliance.core.snapshot import ObjectRef, Problem, Snapshot
 from appliance.policy.cluster_cidrs import cluster_info_status
 from appliance.policy.placement import node_ip_member, primary
+from k8s_sync.not_carried import SkipCount, not_carried
 
 JSON = dict[str, Any]
 INT64_MAX = 2**63 - 1
@@ -45,6 +50,7 @@ class EventReason(enum.StrEnum):
     POLICY_INVALID = "PolicyInvalid"
     GATEWAY_INVALID = "GatewayInvalid"
     GATEWAY_READY = "GatewayReady"
+    PODS_NOT_CARRIED = "PodsNotCarried"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,8 +145,18 @@ def _primary_of(inst: GatewayInstance | None, outcome: PolicyOutcome) -> str:
     return ",".join(names)
 
 
+def _skipped_text(skipped: Sequence[SkipCount]) -> str:
+    """`3 selected pod IPs are not carried: UnknownWorker 2 (100.64.1.10, 100.64.1.11), PodIPOnTwoWorkers 1 (...)`."""
+    total = sum(c.count for c in skipped)
+    parts = [f"{c.reason} {c.count} ({', '.join(map(str, c.examples))}{', ...' if c.count > len(c.examples) else ''})"
+             for c in skipped]
+    return f"{total} selected pod IP{'s are' if total != 1 else ' is'} not carried: {', '.join(parts)}"
+
+
 def policy_status(outcome: PolicyOutcome | None, problems: Sequence[Problem], intent: Intent, *,
-                  generation: int, now: str, previous: Sequence[Mapping[str, Any]]) -> JSON:
+                  generation: int, now: str, previous: Sequence[Mapping[str, Any]],
+                  skipped: Sequence[SkipCount] = ()) -> JSON:
+    """The status of one policy; `skipped`: its pod IPs the gateway members skip (reported only while Ready)."""
     state = outcome.state if outcome is not None else PolicyState.PENDING
     reason = str(outcome.reason) if outcome is not None and outcome.reason else ""
     message = outcome.message if outcome is not None else "not resolved yet"
@@ -168,8 +184,19 @@ def policy_status(outcome: PolicyOutcome | None, problems: Sequence[Problem], in
         condition("Invalid", invalid, invalid_reason or "Valid", invalid_message if invalid else "", **kw),
         condition("Pending", state is PolicyState.PENDING, reason if state is PolicyState.PENDING else "NotPending",
                   message if state is PolicyState.PENDING else "", **kw),
+        _degraded(state, skipped, kw),
     ]
     return status
+
+
+def _degraded(state: PolicyState, skipped: Sequence[SkipCount], kw: Any) -> JSON:
+    """`Degraded`: True while a Ready policy has selected pod IPs the gateways skip; the reason is the most common
+    skip reason, the message counts them per reason with a few example pod IPs."""
+    if state is not PolicyState.READY:
+        return condition("Degraded", False, "NotReady", "", **kw)
+    if not skipped:
+        return condition("Degraded", False, "AllCarried", "", **kw)
+    return condition("Degraded", True, str(skipped[0].reason), _skipped_text(skipped), **kw)
 
 
 def gateway_status(inst: GatewayInstance | None, problems: Sequence[Problem], snapshot: Snapshot,
@@ -236,7 +263,8 @@ def _policy_events(ref: ObjectRef, uid: str, old: Mapping[str, Any], new: Mappin
     old_true = {c.get("type") for c in old.get("conditions") or () if c.get("status") == "True"}
     for ctype, reason, etype in (("Ready", EventReason.POLICY_READY, EventType.NORMAL),
                                  ("Pending", EventReason.POLICY_PENDING, EventType.WARNING),
-                                 ("Invalid", EventReason.POLICY_INVALID, EventType.WARNING)):
+                                 ("Invalid", EventReason.POLICY_INVALID, EventType.WARNING),
+                                 ("Degraded", EventReason.PODS_NOT_CARRIED, EventType.WARNING)):
         cond = state_of.get(ctype)
         if cond is not None and ctype not in old_true:
             events.append(EventSpec(ref=ref, uid=uid, type=etype, reason=reason,
@@ -269,6 +297,8 @@ def plan_status(snapshot: Snapshot, intent: Intent, objects: Mapping[str, Sequen
     """Every status write (only changes) and event for the raw `objects` (by kind) as they are now."""
     problems = _problems_by_ref(snapshot.problems)
     outcomes = {o.policy: o for o in intent.outcomes}
+    has_policies = any(objects.get(kind) for kind in POLICY_KINDS)
+    skipped = not_carried(snapshot, intent) if has_policies else {}
     writes: list[StatusWrite] = []
     events: list[EventSpec] = []
     for kind in STATUS_KINDS:
@@ -282,7 +312,7 @@ def plan_status(snapshot: Snapshot, intent: Intent, objects: Mapping[str, Sequen
             found = problems.get(ref, [])
             if kind in POLICY_KINDS:
                 pref = PolicyRef(kind=PolicyKind(kind), namespace=ref.namespace, name=ref.name)
-                new = policy_status(outcomes.get(pref), found, intent, **kw)
+                new = policy_status(outcomes.get(pref), found, intent, skipped=skipped.get(pref, ()), **kw)
                 planned = _policy_events(ref, str(meta.get("uid") or ""), old, new)
             elif kind == "EgressGateway":
                 new = gateway_status(intent.instance(ref.name), found, snapshot, intent.outcomes, name=ref.name, **kw)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.model import API_VERSION
 from appliance.core.snapshot import ObjectRef, Snapshot
@@ -28,7 +29,7 @@ from k8s_sync.kubeapi import JSON, ApiError, KubeApi
 from k8s_sync.resources import RESOURCES
 from k8s_sync.status_planning import STATUS_KINDS, EventSpec, StatusPlan, StatusWrite, plan_status
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 MAX_CONFLICT_RETRIES = 3
 
@@ -120,7 +121,7 @@ class StatusWriter:
                     if report.failed:
                         retry = work
             except Exception:
-                log.exception("status.write_failed cause=unexpected")
+                log.exception("status.write_failed", cause="unexpected")
                 retry = work
             finally:
                 with self._cond:
@@ -155,8 +156,8 @@ class StatusWriter:
                 events += 1
         report = WriteReport(written=written, conflicts=conflicts, failed=failed, events=events)
         if plan.writes:
-            log.info("status.pass writes=%d written=%d conflicts=%d failed=%d events=%d revision=%d",
-                     len(plan.writes), written, conflicts, failed, events, snapshot.revision)
+            log.info("status.pass", writes=len(plan.writes), written=written, conflicts=conflicts, failed=failed,
+                     events=events, revision=snapshot.revision)
         self.last_report = report
         for key in self.totals:
             self.totals[key] += getattr(report, key)
@@ -187,10 +188,10 @@ class StatusWriter:
                 if e.status == 404:
                     return (0, conflicts)
                 if e.status != 409:
-                    log.warning("status.write_failed object=%s status=%d error=%s", write.ref, e.status, e.message)
+                    log.warning("status.write_failed", object=write.ref, status=e.status, error=e.message)
                     return None
                 conflicts += 1
-                log.info("status.conflict object=%s", write.ref)
+                log.info("status.conflict", object=write.ref)
                 fresh = self._refetch(write.ref)
                 if fresh is None:
                     return (0, conflicts)
@@ -200,11 +201,11 @@ class StatusWriter:
                 write = again.writes[0]
                 continue
             except Exception as e:  # API away: the worker retries later
-                log.warning("status.write_failed object=%s error=%r", write.ref, e)
+                log.warning("status.write_failed", object=write.ref, error=error_text(e))
                 return None
             rv = str((answer.get("metadata") or {}).get("resourceVersion") or "")
             self._written[write.ref] = (rv, answer.get("status") or write.status)
-            log.debug("status.written object=%s resource_version=%s", write.ref, rv)
+            log.debug("status.written", object=write.ref, resource_version=rv)
             return (1, conflicts)
         return None
 
@@ -232,7 +233,7 @@ class StatusWriter:
         try:
             self.api.create(f"/api/v1/namespaces/{namespace}/events", body)
         except Exception as e:  # events are best effort
-            log.warning("event.record_failed object=%s reason=%s error=%r", event.ref, event.reason, e)
+            log.warning("event.record_failed", object=event.ref, reason=event.reason, error=error_text(e))
             return False
-        log.info("event.recorded object=%s reason=%s message=%s", event.ref, event.reason, event.message)
+        log.info("event.recorded", object=event.ref, reason=event.reason, message=event.message)
         return True

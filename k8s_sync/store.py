@@ -23,14 +23,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from appliance.api.validation import policy_object_ref, validate_all
+from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.model import Appliance, EgressClusterInfo, EgressPolicy, IPNetwork
 from appliance.core.snapshot import ObjectRef, Snapshot
 from k8s_sync.kubeapi import JSON
 from k8s_sync.leases import lease_alive, member_name_of_lease
 from k8s_sync.parsing import parse_appliance, parse_calico_pool, parse_namespace_obj, parse_node_obj, parse_pod_obj
+from k8s_sync.status_planning import intent_from_status
 
-log = logging.getLogger(__name__)
+log = EventLogger(logging.getLogger(__name__))
 
 EGRESS_KINDS = ("EgressGateway", "EgressPolicy", "EgressClusterPolicy", "EgressClusterInfo")
 TYPED_KINDS = ("Node", "Pod", "Namespace")
@@ -199,8 +202,6 @@ class Store:
     def written_intent(self) -> Intent:
         """The gateway and EIPs the status writer recorded on Ready policies: the `previous` every resolver should
         pass to `resolve` (shared state, so agents and gateways with different histories agree on `rr` EIPs)."""
-        from k8s_sync.status_planning import intent_from_status
-
         return intent_from_status(self.raw_objects("EgressPolicy") + self.raw_objects("EgressClusterPolicy"))
 
     def raw_objects(self, key: str) -> list[JSON]:
@@ -239,7 +240,7 @@ class Store:
             try:
                 cb(reason)
             except Exception:
-                log.exception("store.subscriber_failed reason=%s", reason)
+                log.exception("store.subscriber_failed", reason=reason)
 
     @staticmethod
     def _parse(key: str, obj: JSON) -> Any:
@@ -250,7 +251,7 @@ class Store:
                 return parse_node_obj(obj)
             return parse_namespace_obj(obj)
         except (ValueError, KeyError, TypeError) as e:
-            log.warning("store.parse_failed kind=%s object=%s/%s error=%s", key, *_key(obj), e)
+            log.warning("store.parse_failed", kind=key, object="/".join(_key(obj)), error=error_text(e))
             return None
 
     def _typed_sorted(self, key: str) -> tuple[Any, ...]:
@@ -277,8 +278,6 @@ class Store:
         return tuple(sorted(out, key=lambda a: (a.gateway, a.name)))
 
     def _validate(self) -> Any:
-        from appliance.api.validation import policy_object_ref, validate_all
-
         egress_rev = max((self._kind_revision.get(k, 0) for k in EGRESS_KINDS), default=0)
         if self._validated is not None and self._validated[0] == egress_rev:
             return self._validated[1]

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.core.waiting import wait_until
 from lab.bench.probes import RawProbe, Window, window
 from lab.scenarios import (
     DEFAULT_EIP_V4,
@@ -26,7 +27,6 @@ from lab.scenarios import (
     policy_manifest,
     router_next_hop,
     stable_primary,
-    wait_for,
 )
 from lab.system import DEFAULT_TOPOLOGY, System
 from lab.tables import render_table
@@ -75,7 +75,8 @@ def _demo(system: System) -> bool:
         system.create_pod(p.namespace, p.name, p.lab_pod, dict(p.labels))
     _say("waiting for the agents and gateways to converge")
     first = next(p for p in pods if p.selected)
-    wait_for(lambda: system.seen_source(first.lab_pod) == DEFAULT_EIP_V4, timeout=90, what="the EIP at the server")
+    wait_until(lambda: system.seen_source(first.lab_pod) == DEFAULT_EIP_V4,
+               timeout=90, what="the EIP at the server", interval=0.2)
     rows = []
     all_good = True
     for p in pods:
@@ -108,8 +109,8 @@ def _demo(system: System) -> bool:
         _say(f"restoring {primary}'s uplink: it returns as a backup, then takes its primaries back after the hold-down")
         t0 = time.time()
         system.lab.restore_link(primary, "eth1")
-        wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=60,
-                 what=f"{primary} to take its primaries back after the hold-down")
+        wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=60,
+                   what=f"{primary} to take its primaries back after the hold-down", interval=0.2)
         time.sleep(1.0)
         events.append((f"{primary} returns (hold-down, take-back)", t0, time.time()))
         _say(f"draining {primary} (`egressgw gateway drain`): withdraw, wait for the router, then stop")

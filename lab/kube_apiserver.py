@@ -22,6 +22,7 @@ Why the flags: ``--token-auth-file`` with one ``system:masters`` token (no certi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -29,14 +30,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from appliance.core.waiting import poll_until
 from lab.kube_http import CrdError, apply_crd_files, probe_ready
 
 ENSURE_HINT = "run scripts/ensure-kube-apiserver.sh (builds and caches it, about 5 minutes the first time)"
@@ -254,15 +257,14 @@ class ApiServer:
             if ok and self._apiserver is not None and self._apiserver.poll() is None:
                 return
         else:
-            deadline = time.monotonic() + self.config.ready_timeout
-            while time.monotonic() < deadline:
-                if self._apiserver is not None and self._apiserver.poll() is not None:
-                    break
-                if self._etcd is not None and self._etcd.poll() is not None:
-                    break
-                if probe_ready(self.url, self.token):
-                    return
-                time.sleep(0.2)
+            def ready_or_exited() -> str:
+                """'ready', 'exited' (either process: no point waiting on), or '' (keep polling)."""
+                if any(p is not None and p.poll() is not None for p in (self._apiserver, self._etcd)):
+                    return "exited"
+                return "ready" if probe_ready(self.url, self.token) else ""
+
+            if poll_until(ready_or_exited, timeout=self.config.ready_timeout, interval=0.2) == "ready":
+                return
         raise ApiServerError(
             f"kube-apiserver at {self.url} not ready within {self.config.ready_timeout:.0f} s\n"
             f"--- {self.workdir / 'kube-apiserver.log'} (tail) ---\n{_tail(self.workdir / 'kube-apiserver.log')}\n"
@@ -310,8 +312,6 @@ def start_apiserver(config: ApiServerConfig) -> ApiServer:
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL when the parent thread exits (Linux prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
@@ -336,14 +336,6 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 def _make_rsa_keypair(key: Path, pub: Path) -> None:
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-    except ImportError:
-        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
-        subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
-                       capture_output=True)
-        return
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                           serialization.NoEncryption()))

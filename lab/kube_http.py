@@ -11,7 +11,6 @@ import argparse
 import json
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from appliance.core.waiting import poll_until
 
 
 class CrdError(RuntimeError):
@@ -80,17 +81,22 @@ def apply_crd_files(url: str, token: str, paths: Sequence[Path], timeout: float)
                 status, body = request(f"{url}{CRD_PATH}/{name}", token, "PUT", doc)
             if status not in (200, 201):
                 raise CrdError(f"applying CRD {name} from {path} failed ({status}): {body}")
-    deadline = time.monotonic() + timeout
     pending = list(names)
-    while pending:
-        _, body = request(f"{url}{CRD_PATH}/{pending[0]}", token)
-        conditions = body.get("status", {}).get("conditions") or [] if isinstance(body, dict) else []
-        if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+    conditions: list[Any] = []
+
+    def all_established() -> bool:
+        """Drop the CRDs (in order) the server reports Established; true when none is left."""
+        nonlocal conditions
+        while pending:
+            _, body = request(f"{url}{CRD_PATH}/{pending[0]}", token)
+            conditions = body.get("status", {}).get("conditions") or [] if isinstance(body, dict) else []
+            if not any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                return False
             pending.pop(0)
-            continue
-        if time.monotonic() > deadline:
-            raise CrdError(f"CRD {pending[0]} not Established within {timeout} s: {conditions}")
-        time.sleep(0.1)
+        return True
+
+    if not poll_until(all_established, timeout=timeout, interval=0.1):
+        raise CrdError(f"CRD {pending[0]} not Established within {timeout} s: {conditions}")
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -106,12 +112,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "probe":
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            if probe_ready(args.url, args.token):
-                return 0
-            time.sleep(0.2)
-        return 1
+        return 0 if poll_until(lambda: probe_ready(args.url, args.token), timeout=args.timeout, interval=0.2) else 1
     try:
         apply_crd_files(args.url, args.token, args.files, args.timeout)
     except CrdError as e:

@@ -11,9 +11,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from appliance.core.waiting import poll_until
 
 NETNS_DIR = Path("/run/netns")
 
@@ -93,16 +94,15 @@ def kill_all(pids_: Iterable[int], *, grace: float = 2.0) -> None:
     for pid in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(p) for p in targets):
-        time.sleep(0.02)
+    def all_gone() -> bool:
+        return not any(alive(p) for p in targets)
+
+    poll_until(all_gone, timeout=grace, interval=0.02)
     for pid in targets:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and any(alive(p) for p in targets):
-        time.sleep(0.02)
+    poll_until(all_gone, timeout=2.0, interval=0.02)
 
 
 def kill_namespace(ns: str, *, grace: float = 2.0) -> None:

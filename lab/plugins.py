@@ -13,25 +13,34 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from lab import kube_apiserver as ka
 from lab import netns, state
 
-if TYPE_CHECKING:
-    from lab.runner import Lab
 
-Provider = Callable[["Lab", str, str, Sequence[str]], None]
+class ProviderHost(Protocol):
+    """What a provider needs of the running lab (`lab.runner.Lab` is one; the runner imports this module, never
+    the other way round)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def netns(self, node: str) -> str: ...
+
+    def node_dir(self, node: str) -> Path: ...
+
+
+Provider = Callable[[ProviderHost, str, str, Sequence[str]], None]
 
 KUBE_SUBDIR = "kube"
 
 
-def kubeconfig_path(lab: Lab, node: str) -> Path:
+def kubeconfig_path(lab: ProviderHost, node: str) -> Path:
     return lab.node_dir(node) / KUBE_SUBDIR / "kubeconfig"
 
 
-def kube_apiserver(lab: Lab, node: str, name: str, args: Sequence[str]) -> None:
-    from lab import kube_apiserver as ka
-
+def kube_apiserver(lab: ProviderHost, node: str, name: str, args: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="@kube-apiserver", exit_on_error=False)
     parser.add_argument("--address", default="100.127.0.10")
     parser.add_argument("--port", type=int, default=6443)

@@ -26,12 +26,16 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lab.extserver import DEFAULT_PORT
 
-if TYPE_CHECKING:
-    from lab.runner import Lab
+
+class ProbeHost(Protocol):
+    """What the probes need of a lab: start a process in a node (`lab.runner.Lab` is one). The probe modules run
+    inside pod namespaces as scripts, so they do not import the runner (and its topology parser)."""
+
+    def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,7 +244,7 @@ def run_probe(server: str, *, port: int = DEFAULT_PORT, tcp: bool = False, inter
 class BackgroundProbe:
     """A probe running as `python -m lab.probe` inside a lab node; stop() ends it and returns the report."""
 
-    def __init__(self, lab: Lab, node: str, *, server: str = "203.0.113.2", port: int = DEFAULT_PORT,
+    def __init__(self, lab: ProbeHost, node: str, *, server: str = "203.0.113.2", port: int = DEFAULT_PORT,
                  tcp: bool = False, interval_ms: float = 10.0) -> None:
         self.lab, self.node = lab, node
         self.argv = [sys.executable, "-m", "lab.probe", "--server", server, "--port", str(port),
@@ -256,7 +260,8 @@ class BackgroundProbe:
         return ProbeReport.from_json(stop_for_json(self.proc, self.node, timeout=timeout))
 
 
-def start_sending(lab: Lab, node: str, argv: Sequence[str], *, ready: str, timeout: float) -> subprocess.Popen[str]:
+def start_sending(lab: ProbeHost, node: str, argv: Sequence[str], *, ready: str,
+                  timeout: float) -> subprocess.Popen[str]:
     """Start a probe process in `node` and return once its first stderr line says it is sending (`ready`)."""
     proc = lab.popen(node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr = proc.stderr

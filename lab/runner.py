@@ -27,7 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lab import cleanup, netns, state
+from appliance.core.waiting import poll_until
+from lab import cleanup, netns, plugins, state
 from lab.netns import LabCommandError
 from lab.topology import SWITCH_NODE, Kind, Node, Topology, check_prefix, default_prefix, load
 
@@ -228,8 +229,6 @@ class Lab:
     def _start_declared(self, node: Node, name: str, command: str) -> None:
         argv = [self.expand(node.name, tok) for tok in shlex.split(command)]
         if argv and argv[0].startswith("@"):
-            from lab import plugins
-
             provider = plugins.PROVIDERS.get(argv[0][1:])
             if provider is None:
                 raise LabError(f"node {node.name!r}: unknown daemon provider {argv[0]!r} "
@@ -239,9 +238,10 @@ class Lab:
             self.start_daemon(node.name, name, argv)
 
     def _wait_ready(self, waits: list[tuple[Node, str, str]], *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         pending = list(waits)
-        while pending:
+
+        def all_ready() -> bool:
+            """Run the pending readiness checks once; drop those that pass. A daemon that died ends the wait."""
             still: list[tuple[Node, str, str]] = []
             for node, dname, check in pending:
                 rec = self.daemon(node.name, dname)
@@ -251,12 +251,12 @@ class Lab:
                 argv = [self.expand(node.name, tok) for tok in shlex.split(check)]
                 if self.exec(node.name, argv, check=False, timeout=10).returncode != 0:
                     still.append((node, dname, check))
-            pending = still
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(f"{n.name}/{d}" for n, d, _ in pending)
-                raise LabError(f"not ready after {timeout:.0f}s: {names}")
-            if pending:
-                time.sleep(0.1)
+            pending[:] = still
+            return not pending
+
+        if not poll_until(all_ready, timeout=timeout, interval=0.1):
+            names = ", ".join(f"{n.name}/{d}" for n, d, _ in pending)
+            raise LabError(f"not ready after {timeout:.0f}s: {names}")
 
     # ---- commands and daemons ---------------------------------------------------------------------------------
     def exec(self, node: str, argv: Sequence[str], *, check: bool = True, timeout: float = 30.0,
@@ -309,9 +309,7 @@ class Lab:
         if self.daemon_alive(rec):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, sig)
-            deadline = time.monotonic() + grace
-            while self.daemon_alive(rec) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            poll_until(lambda: not self.daemon_alive(rec), timeout=grace, interval=0.01)
             if self.daemon_alive(rec):
                 netns.kill_all([rec.pid], grace=0)
         child = self._children.pop((node, name), None)

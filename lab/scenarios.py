@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.core.waiting import wait_until
 from lab.probe import BackgroundProbe, ProbeReport
 from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
 
@@ -89,17 +90,6 @@ def demo_pods(system: System) -> list[PodPlacement]:
     return out
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
-
-
 def policy_eips(system: System, namespace: str, name: str) -> tuple[str, str]:
     status = system.get("EgressPolicy", name, namespace).get("status") or {}
     eip = status.get("eip") or {}
@@ -135,7 +125,8 @@ def stable_primary(system: System, eip: str, *, timeout: float = 60.0) -> str:
         carrier = router_next_hop(system, eip)
         return carrier if carrier and carrier == primary_member(system, eip) else ""
 
-    found: str = wait_for(agreed, timeout=timeout, what=f"the router and the status to agree on {eip}'s primary")
+    found: str = wait_until(agreed, timeout=timeout, interval=0.2,
+                            what=f"the router and the status to agree on {eip}'s primary")
     return found
 
 

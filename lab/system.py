@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
+from kubernetes import client, config
 
 from appliance.core.model import IPAddress
+from appliance.core.waiting import poll_until, wait_until
 from lab.netns_forward import ForwardSpec, NetnsForwarder
 from lab.runner import Lab
 
@@ -99,9 +104,6 @@ class System:
     @classmethod
     def _attach(cls, lab: Lab, *, start_services: bool, progress: Callable[[str], None],
                 gateway_overrides: Mapping[str, Any] | None) -> System:
-        import urllib3
-        from kubernetes import client, config
-
         # the lab's API server has a self-signed certificate; the kubeconfig says insecure-skip-tls-verify
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         nodes = lab_nodes(lab)
@@ -328,13 +330,14 @@ class System:
     def wait_source(self, lab_pod: str, expected: str, *, version: int = 4, proto: str = "udp",
                     timeout: float = 30.0) -> str:
         """Poll until the external server sees `expected` from `lab_pod`; returns the last source seen."""
-        deadline = time.monotonic() + timeout
         seen = ""
-        while time.monotonic() < deadline:
+
+        def sees_expected() -> bool:
+            nonlocal seen
             seen = self.seen_source(lab_pod, version=version, proto=proto, timeout=1.0)
-            if seen == expected:
-                return seen
-            time.sleep(0.3)
+            return seen == expected
+
+        poll_until(sees_expected, timeout=timeout, interval=0.3)
         return seen
 
     def router_routes(self, version: int = 4) -> str:
@@ -362,30 +365,28 @@ def system_up(topology: str | Path = DEFAULT_TOPOLOGY, **kwargs: Any) -> Iterato
 def restart_apiserver(system: System, *, down_for: float = 5.0) -> None:
     """Stop the lab's kube-apiserver process for `down_for` seconds, then start it again with the same command
     line (etcd keeps running, so the cluster state survives; watchers get connection errors, then 410s)."""
-    import os
-    import signal
-
     api = next(n for n, v in system.nodes.items() if v.role == "kube-api")
     rec = system.lab.daemon(api, "kube-apiserver")
     if rec is None:
         raise RuntimeError("the lab has no kube-apiserver daemon")
     argv = Path(f"/proc/{rec.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     os.kill(rec.pid, signal.SIGKILL)  # its graceful shutdown can take longer than the outage we want
-    for _ in range(100):
+
+    def gone() -> bool:
         try:  # the lab may have started it from this very process: reap it, or it stays a zombie
-            if os.waitpid(rec.pid, os.WNOHANG)[0] == rec.pid:
-                break
+            return os.waitpid(rec.pid, os.WNOHANG)[0] == rec.pid
         except ChildProcessError:
-            if not Path(f"/proc/{rec.pid}").exists():
-                break
-        time.sleep(0.1)
+            return not Path(f"/proc/{rec.pid}").exists()
+
+    poll_until(gone, timeout=10.0, interval=0.1)
     time.sleep(down_for)
     system.lab.start_daemon(api, "kube-apiserver", [a.decode() for a in argv])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
             system._core.list_namespace(limit=1, _request_timeout=2)
-            return
+            return True
         except Exception:
-            time.sleep(0.5)
-    raise TimeoutError("kube-apiserver did not come back")
+            return False
+
+    wait_until(answers, timeout=60, interval=0.5, what="kube-apiserver to come back (list namespaces)")

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from appliance.datapath.plan.wireguard_keys import PrivateKey, PublicKey, begin_rotation, write_key_file
+from appliance.datapath.apply.wireguard_keyfiles import begin_rotation, write_key_file
+from appliance.datapath.plan.wireguard_keys import PrivateKey, PublicKey
 from lab.system import DEFAULT_TOPOLOGY, System
 
 #: relative to each gateway's config file (its lab node directory): a per-member copy of the instance keys

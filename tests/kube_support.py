@@ -3,17 +3,15 @@
 `Kube`: creates pods (with IPs set by a status merge-patch, as a kubelet would), nodes, gateways and policies;
 cluster-scoped objects created through it are deleted by `finish()` (namespaces are not: they never finish deleting
 on this API server). `lease_namespace_api(apiserver)`: a `KubeApi` on it with the lease namespace created;
-`kube_session(api)`: a `Kube` that is finished afterwards. `wait_for`: poll until a value is truthy.
+`kube_session(api)`: a `Kube` that is finished afterwards. Waiting: `appliance.core.waiting.wait_until`.
 """
 
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi, make_api_client
 from k8s_sync.leases import DEFAULT_NAMESPACE
@@ -21,17 +19,6 @@ from k8s_sync.resources import RESOURCES
 from lab.kube_apiserver import ApiServer
 
 _ids = itertools.count()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Kube:

@@ -18,13 +18,22 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 from types import FrameType
 
+from prometheus_client import REGISTRY
+
+from appliance.agent.datapath import make_worker_datapath
+from appliance.agent.service import AgentDeps, AgentService
 from appliance.core.events import EventLogger, setup_logging
-from appliance.core.snapshot import Snapshot
+from appliance.datapath.apply.wireguard_keyfiles import begin_rotation
 from appliance.runtime.config import AgentConfig, load_agent_config, load_or_exit_code
-from appliance.runtime.reconciling import PassOutcome, Reconciler, full_pass
+from appliance.runtime.datapath_common import DataPathUnavailable, register_datapath_metrics, remove_worker_state
+from appliance.runtime.metrics import LoopMetrics, SkipMetrics, serve_metrics
+from appliance.runtime.underlay import UnderlayError, detect_underlay
+from appliance.runtime.wireguard_common import KubeNodeAnnotator
+from k8s_sync.cluster import ClusterSync
+from k8s_sync.kubeapi import KubeApi, make_api_client
+from k8s_sync.resources import Role
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
 
 def rotate_key(config_path: str | None) -> int:
     """Start a rotation: the next key goes into the agent's state dir; the agent's passes do the rest."""
-    from appliance.datapath.plan.wireguard_keys import begin_rotation
-
     if not config_path:
         print("egressgw agent rotate-key: --config FILE is required", file=sys.stderr)
         return 2
@@ -88,8 +95,6 @@ def cleanup(config_path: str | None) -> int:
             return loaded
         cfg = loaded
     setup_logging(cfg.log if cfg is not None else None)
-    from appliance.runtime.datapath_wiring import DataPathUnavailable, remove_worker_state
-
     log = EventLogger("egressgw.agent")
     try:
         removed = remove_worker_state(cfg)
@@ -101,19 +106,10 @@ def cleanup(config_path: str | None) -> int:
 
 
 def run_agent(cfg: AgentConfig) -> int:
+    """Wire the real pieces (underlay, API client, data path, metrics, cluster sync) into an `AgentService` and run
+    it until SIGTERM/SIGINT."""
     setup_logging(cfg.log)
     log = EventLogger("egressgw.agent", node=cfg.node_name)
-    from prometheus_client import REGISTRY
-
-    from appliance.policy.intent_tracking import IntentTracker
-    from appliance.runtime.datapath_wiring import DataPathUnavailable, make_worker_datapath, register_datapath_metrics
-    from appliance.runtime.metrics import LoopMetrics, serve_metrics
-    from appliance.runtime.underlay import UnderlayError, detect_underlay
-    from appliance.runtime.wireguard_wiring import KubeNodeAnnotator
-    from k8s_sync.cluster import ClusterSync
-    from k8s_sync.kubeapi import KubeApi, make_api_client
-    from k8s_sync.resources import Role
-
     try:
         underlay = detect_underlay(cfg.underlay, what="underlay")
         api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
@@ -128,7 +124,8 @@ def run_agent(cfg: AgentConfig) -> int:
         mtu=underlay.mtu,
         kubeconfig=cfg.kube.kubeconfig or "in-cluster",
     )
-    metrics = LoopMetrics("agent")
+    loop_metrics = LoopMetrics("agent")
+    skip_metrics = SkipMetrics("agent")
     register_datapath_metrics(datapath, REGISTRY, role="agent")
     try:
         listen = serve_metrics(cfg.metrics)
@@ -139,36 +136,19 @@ def run_agent(cfg: AgentConfig) -> int:
         log.info("metrics.listening", address=listen)
 
     sync = ClusterSync(api, role=Role.AGENT, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
-
-    tracker = IntentTracker()
-
-    def run_pass(snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
-        # pod churn: incremental; otherwise a full resolve whose `previous` is what the status writer recorded, so
-        # every agent and member resolves `rr` EIPs the same way
-        intent = tracker.next(snapshot, previous=sync.store.written_intent).intent
-        return datapath.converge(snapshot, intent, full=full_pass(reasons))
-
-    reconciler = Reconciler(
+    deps = AgentDeps(
         source=sync.store,
-        run_pass=run_pass,
-        settings=cfg.reconcile,
-        log=log.bind(loop="agent"),
-        on_pass=metrics.observe,
-        drift_check=datapath.drifted,
+        datapath=datapath,
+        helpers=[sync],
+        previous=sync.store.written_intent,
+        on_pass=loop_metrics.observe,
+        on_skips=skip_metrics.observe,
     )
-    stop = threading.Event()
+    service = AgentService(cfg, deps, log=log)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("agent.stopping", signal=signal.Signals(signum).name, kernel_state="kept")
-        stop.set()
-        reconciler.wake()
+        service.request_stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sync.start()
-    try:
-        reconciler.run(stop)
-    finally:
-        sync.stop()
-    log.info("agent.stopped", passes=reconciler.passes, failed_passes=reconciler.failed_passes)
-    return 0
+    return service.run()

@@ -26,14 +26,34 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from appliance.core.events import EventLogger, setup_logging
+from appliance.datapath.apply import health_checks
+from appliance.datapath.apply.wireguard_keyfiles import publish_public_key
+from appliance.datapath.plan.wireguard_keys import PublicKey
+from appliance.gateway.datapath import make_gateway_datapath
 from appliance.gateway.member_state import AlreadyRunning, StateDir, render_status
+from appliance.gateway.seams import GatewayDataPath, GatewayDeps, Lifecycle
+from appliance.gateway.service import GatewayService
+from appliance.gateway.view import MemberView, Phase
 from appliance.runtime.config import GatewayConfig, load_gateway_config, load_or_exit_code
-from appliance.runtime.underlay import Underlay
-
-if TYPE_CHECKING:
-    from appliance.gateway.service import GatewayDataPath, GatewayService
+from appliance.runtime.datapath_common import DataPathUnavailable, register_datapath_metrics
+from appliance.runtime.metrics import LoopMetrics, SkipMetrics, serve_metrics
+from appliance.runtime.skips import count_by_reason
+from appliance.runtime.underlay import Underlay, UnderlayError, detect_underlay
+from appliance.runtime.wireguard_common import KubeNodeAnnotator
+from bgp.bfd_sidecar import BfdSidecar
+from bgp.health import Check
+from bgp.metrics import BgpMetrics
+from bgp.speaker import BgpSpeaker
+from k8s_sync.cluster import ClusterSync
+from k8s_sync.kubeapi import KubeApi, make_api_client
+from k8s_sync.leases import LeaderElection, MemberIdentity, MemberLease
+from k8s_sync.resources import Role
+from k8s_sync.status_writer import StatusWriter
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -166,8 +186,6 @@ def with_router_id(cfg: GatewayConfig, uplink: Underlay) -> GatewayConfig:
 
 
 def run_gateway(cfg: GatewayConfig) -> int:
-    from appliance.core.events import EventLogger, setup_logging
-
     setup_logging(cfg.log)
     log = EventLogger("egressgw.gateway", node=cfg.node_name)
     state = StateDir(cfg.state_dir)
@@ -201,33 +219,15 @@ def build_gateway_service(
     cfg: GatewayConfig,
     *,
     state: StateDir | None,
-    log: Any = None,
+    log: EventLogger | None = None,
     datapath_factory: Callable[[GatewayConfig, Underlay], GatewayDataPath] | None = None,
-    registry: Any = None,
+    registry: CollectorRegistry | None = None,
 ) -> GatewayService:
     """Wire the real pieces (cluster sync, leases, status writer, ExaBGP, BFD, data path, metrics) into a service.
 
     `datapath_factory` and `registry` exist for integration tests (a recording data path, a private metrics
     registry); the command uses the real data path and the default registry.
     """
-    from prometheus_client import REGISTRY
-
-    from appliance.core.events import EventLogger
-    from appliance.datapath.apply import health_checks
-    from appliance.datapath.plan.wireguard_keys import PublicKey, publish_public_key
-    from appliance.gateway.service import GatewayDeps, GatewayService, Lifecycle
-    from appliance.runtime.datapath_wiring import DataPathUnavailable, make_gateway_datapath, register_datapath_metrics
-    from appliance.runtime.metrics import LoopMetrics, serve_metrics
-    from appliance.runtime.underlay import UnderlayError, detect_underlay
-    from appliance.runtime.wireguard_wiring import KubeNodeAnnotator
-    from bgp.health import Check
-    from bgp.metrics import BgpMetrics
-    from k8s_sync.cluster import ClusterSync
-    from k8s_sync.kubeapi import KubeApi, make_api_client
-    from k8s_sync.leases import LeaderElection, MemberIdentity, MemberLease
-    from k8s_sync.resources import Role
-    from k8s_sync.status_writer import StatusWriter
-
     log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
     registry = registry if registry is not None else REGISTRY
     api = KubeApi(make_api_client(str(cfg.kube.kubeconfig) if cfg.kube.kubeconfig else None))
@@ -261,6 +261,7 @@ def build_gateway_service(
     loop_metrics = LoopMetrics("gateway", registry)
     register_datapath_metrics(datapath, registry, role="gateway")
     bgp_metrics = BgpMetrics(registry)
+    skip_metrics = SkipMetrics("gateway", registry)
     try:
         listen = serve_metrics(cfg.metrics, registry)
     except OSError as e:
@@ -276,20 +277,17 @@ def build_gateway_service(
         api,
         me,
         namespace=cfg.lease_namespace,
-        healthy=lambda: not (service_ref and service_ref[0].phase == "draining"),
+        healthy=lambda: not (service_ref and service_ref[0].view.phase is Phase.DRAINING),
     )
     lease_holder.append(lease)
     leader = LeaderElection(api, cfg.node_name, namespace=cfg.lease_namespace)
     writer = StatusWriter(api, sync.store.raw_objects, is_leader=leader.is_leader, identity=cfg.node_name)
 
-    speaker = bfd = None
+    speaker: BgpSpeaker | None = None
+    bfd: BfdSidecar | None = None
     if cfg.bgp is not None:
-        from bgp.speaker import BgpSpeaker
-
         speaker = BgpSpeaker(cfg.bgp, cfg.state_dir / "bgp")
         if cfg.bgp.bfd.enabled:
-            from bgp.bfd_sidecar import BfdSidecar
-
             bfd = BfdSidecar(cfg.bgp, cfg.state_dir / "bfd")
     probe = cfg.health.upstream_probe
 
@@ -301,18 +299,18 @@ def build_gateway_service(
             )
         return out
 
-    def on_tick(svc: GatewayService) -> None:
-        sp = svc.deps.speaker
-        bfd_states = svc.bfd_states()
+    def on_tick(view: MemberView) -> None:
+        """The metrics from the member's published view (plus the speaker's restart counter)."""
         bgp_metrics.observe(
-            peer_states=sp.peer_states() if sp is not None else {},
-            bfd_states=bfd_states,
-            desired=len(svc.desired),
-            acknowledged=len(sp.acknowledged()) if sp is not None else 0,
-            health=svc.health,
-            now=svc.deps.clock(),
-            restarts=getattr(sp, "restarts", None),
+            peer_states=dict(view.peers),
+            bfd_states=dict(view.bfd) if bfd is not None else None,
+            desired=len(view.desired),
+            acknowledged=len(view.acknowledged),
+            health=view.health,
+            now=view.taken_at,
+            restarts=speaker.restarts if speaker is not None else None,
         )
+        skip_metrics.observe(count_by_reason(view.skipped))
 
     helpers: list[Lifecycle] = [sync, _Releasing(lease), _Releasing(leader), writer]
     deps = GatewayDeps(

@@ -62,14 +62,20 @@ def _plain(value: object) -> object:
     return str(value)
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception as a field value, `Type: message`: the same rendering as the `error` field of `exception()`,
+    so a handled error and a logged traceback read alike."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _fields(record: logging.LogRecord) -> tuple[str, dict[str, object]]:
     event = getattr(record, _EVENT_ATTR, None)
     fields: dict[str, object] = dict(getattr(record, _FIELDS_ATTR, {}) or {})
     if event is None:
         event = "log"
         fields["msg"] = record.getMessage()
-    if record.exc_info and record.exc_info[0] is not None:
-        fields["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+    if record.exc_info and record.exc_info[1] is not None:
+        fields["error"] = error_text(record.exc_info[1])
     return str(event), fields
 
 

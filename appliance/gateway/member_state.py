@@ -5,8 +5,9 @@ shows the last state), survive the service's restart, need no protocol, and are 
 
 - `gateway.pid`: the running service's PID, `flock`ed while it runs (a second service on the same state dir is
   refused; a stale file from a crash is not mistaken for a live service).
-- `status.json`: the member's state (health, announcements desired vs acknowledged, peers, BFD, drain phase), replaced
-  atomically on every health tick; `updated_at` (wall clock) tells its age.
+- `status.json`: the member's state (health, announcements desired vs acknowledged, peers, BFD, drain phase, the
+  planners' skips): the status document of the service's `MemberView`, replaced atomically on every health tick;
+  `updated_at` (wall clock) tells its age.
 - `drain.request`: written by `egressgw gateway drain` before it sends SIGUSR1; the service also polls for it (a lost
   signal cannot lose a drain) and removes a stale one at start (a restart after a drain must not drain again).
 """
@@ -122,6 +123,14 @@ def _age(doc: Mapping[str, Any], now: float) -> str:
     return f"{now - float(updated):.1f}s ago" if isinstance(updated, int | float) else "unknown"
 
 
+def render_skip(skip: Mapping[str, Any]) -> str:
+    """One skip of the status document on one line: `reason  subject  policy ...  (planner)`."""
+    reason = skip.get("reason", "?")
+    rest = [f"{k}={v}" for k, v in skip.items() if k not in ("reason", "planner", "detail")]
+    detail = f"; {skip['detail']}" if skip.get("detail") else ""
+    return f"{reason:<28} {' '.join(rest)}{detail} ({skip.get('planner', '?')})"
+
+
 def render_status(doc: Mapping[str, Any] | None, *, running_pid: int | None, now: float) -> str:
     """Human-readable member status (what `egressgw gateway status` prints)."""
     if doc is None:
@@ -160,6 +169,11 @@ def render_status(doc: Mapping[str, Any] | None, *, running_pid: int | None, now
     bfd = doc.get("bfd") or {}
     for peer, state in sorted(bfd.items()):
         lines.append(f"peer {peer:<22} bfd {state}")
+    skipped = doc.get("skipped") or []
+    if skipped:
+        lines.append(f"skipped:       {len(skipped)} (left out by the planners; see the `plan.skipped` log events)")
+    for skip in skipped:
+        lines.append("  " + render_skip(skip))
     drain = doc.get("drain") or {}
     if drain:
         lines.append(f"drain:         {drain.get('state', '?')} {drain.get('detail', '')}".rstrip())

@@ -6,32 +6,34 @@ are the shapes the real pieces (data path, ExaBGP speaker, BFD sidecar, leases) 
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from appliance.core.intent import Intent
 from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot, SnapshotSource
+from appliance.gateway.view import MemberView, Phase
+from appliance.runtime.lifecycle import Lifecycle
 from appliance.runtime.reconciling import PassOutcome, PassReport
 from bgp.announcing import Announcement
 from bgp.health import Check
 
-if TYPE_CHECKING:
-    from appliance.gateway.service import GatewayService
-
-
-class Phase(enum.StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPED = "stopped"
+__all__ = [
+    "DataPathResult",
+    "GatewayDataPath",
+    "GatewayDeps",
+    "Lifecycle",
+    "Phase",
+    "Sidecar",
+    "Speaker",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataPathResult:
+    #: the pass's changes, failures and the planners' skips (data path and WireGuard)
     outcome: PassOutcome
     #: EIPs whose kernel state is complete on this member (only these may be announced)
     eips_in_place: frozenset[IPAddress] = frozenset()
@@ -74,14 +76,6 @@ class Sidecar(Protocol):
     def stop(self, timeout_s: float = 3.0) -> None: ...
 
 
-class Lifecycle(Protocol):
-    """A background helper with start/stop (member lease, leader election, status writer)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 @dataclass(kw_only=True)
 class GatewayDeps:
     source: SnapshotSource
@@ -97,8 +91,8 @@ class GatewayDeps:
     previous: Callable[[], Intent | None] | None = None
     #: called after each successful pass (the status writer's `submit`; it decides whether it is the leader)
     publish: Callable[[Snapshot, Intent], None] | None = None
-    #: metrics hooks (optional)
+    #: metrics hooks (optional): each pass report; the member's view after each health tick
     on_pass: Callable[[PassReport], None] | None = None
-    on_tick: Callable[[GatewayService], None] | None = None
+    on_tick: Callable[[MemberView], None] | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep

@@ -10,10 +10,14 @@ Order is the product here (DESIGN section 4, "make before break"):
 3. Health (`bgp.health`, rise/fall + failback hold-down) is fed every `health.interval_s` by the checks: uplink up,
    tunnel devices present, our nft table present, reconcile heartbeat fresh, optional upstream probe, maintenance
    file absent, not draining. Unhealthy -> withdraw (or worst preference, per `bgp.withdraw_on_unhealthy`).
-4. Drain (SIGTERM, SIGUSR1 from `egressgw gateway drain`, or the drain file): withdraw everything, wait until
-   ExaBGP acknowledged the withdrawal on every peer (bounded by the drain timeout), keep forwarding for the settle
-   time (packets in flight, routers re-running best path), then stop ExaBGP and BFD, remove our kernel state and
-   exit. A second SIGTERM/SIGINT cuts the waits short.
+4. Drain (SIGTERM, SIGUSR1 from `egressgw gateway drain`, or the drain file): the sequence of `bgp.draining`
+   (withdraw everything, wait until ExaBGP acknowledged the withdrawal on every peer, bounded by the drain timeout;
+   close the sessions when it did not; keep forwarding for the settle time), then stop ExaBGP and BFD, remove our
+   kernel state and exit. A second SIGTERM/SIGINT cuts the waits short.
+5. State out: after every pass, health tick and drain step the service publishes a new frozen `MemberView`
+   (`service.view`, replaced in one assignment); the status file, the metrics hook and the member Lease read it.
+   The planners' skips (data path, WireGuard, announcements) are logged when they change (`plan.skipped`,
+   `plan.skip_cleared`) and shown in the view.
 
 Everything with I/O sits behind a small Protocol (`GatewayDataPath`, `Speaker`, `Sidecar`, `Lifecycle`), so unit
 tests run the whole sequence with fakes and an injected clock; `appliance.cli.gateway` wires the real ones.
@@ -21,9 +25,8 @@ tests run the whole sequence with fakes and an injected clock; `appliance.cli.ga
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
-from typing import Any
 
 from appliance.core.events import EventLogger
 from appliance.core.intent import Intent
@@ -40,10 +43,13 @@ from appliance.gateway.seams import (
     Speaker,
 )
 from appliance.gateway.status import render_announcement, status_document
+from appliance.gateway.view import DrainView, MemberView, ReconcileView
 from appliance.policy.intent_tracking import IntentTracker
 from appliance.runtime.config import GatewayConfig
 from appliance.runtime.reconciling import PassOutcome, Reconciler, Trigger, full_pass
+from appliance.runtime.skips import SkipNote, SkipTracker, announcement_skips
 from bgp.announcing import Announcement, MemberMode, member_mode, plan_announcements
+from bgp.draining import DrainProgress, DrainStage, run_drain
 from bgp.health import Check, HealthConfig, HealthState, heartbeat_ok, initial_health, step_health
 
 __all__ = [
@@ -71,7 +77,7 @@ class GatewayService:
         self.deps = deps
         self.state = state
         self.log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
-        #: guards health, intent, announcements and drain state (health thread, loop thread, status readers)
+        #: guards health, intent, announcements, skips and drain state (health thread, loop thread, drain)
         self.lock = threading.RLock()
         self.phase = Phase.STARTING
         self.health: HealthState = initial_health(deps.clock())
@@ -81,12 +87,15 @@ class GatewayService:
         self.eips_in_place: frozenset[IPAddress] = frozenset()
         self.mode: MemberMode | None = None
         self.desired: frozenset[Announcement] = frozenset()
-        self.drain_state: dict[str, Any] = {}
+        self.drain_view: DrainView | None = None
         self._draining = False
         self._drain_requested = threading.Event()
         self._abort = threading.Event()
         self._drain_reason = ""
         self._bfd_cache: tuple[float, dict[str, str] | None] | None = None
+        self._datapath_skips: frozenset[SkipNote] = frozenset()
+        self._announcement_skips: frozenset[SkipNote] = frozenset()
+        self.skips = SkipTracker(self.log)
         self.tracker = IntentTracker()
         self.reconciler = Reconciler(
             source=deps.source,
@@ -96,6 +105,9 @@ class GatewayService:
             log=self.log.bind(loop="gateway"),
             on_pass=deps.on_pass,
         )
+        self._pid = os.getpid()
+        #: the published state: replaced (never mutated) by `publish_view`
+        self.view: MemberView = self._build_view({}, {}, frozenset())
 
     # ----- the pass: kernel first -----
 
@@ -116,9 +128,11 @@ class GatewayService:
         result = self.deps.datapath.converge(snapshot, intent, full=full_pass(reasons))
         with self.lock:
             self.eips_in_place = result.eips_in_place
+            self._datapath_skips = result.outcome.skipped
         self.update_announcements()
         if result.outcome.ok and self.deps.publish is not None:
             self.deps.publish(snapshot, intent)
+        self.publish_view()
         return result.outcome
 
     # ----- announcements: only what is in place -----
@@ -138,6 +152,8 @@ class GatewayService:
         """Recompute the desired set from intent + health + what is in place, and hand it to the speaker."""
         bgp = self.cfg.bgp
         if bgp is None:
+            with self.lock:
+                self._update_skips()
             return
         now = self.deps.clock()
         with self.lock:
@@ -146,6 +162,7 @@ class GatewayService:
             if intent is None or snapshot is None:
                 mode = member_mode(healthy=health.healthy, draining=draining, in_hold_down=False, settings=bgp)
                 desired: frozenset[Announcement] = frozenset()
+                self._announcement_skips = frozenset()
             else:
                 plan = plan_announcements(
                     instances=intent.instances,
@@ -158,9 +175,11 @@ class GatewayService:
                 )
                 mode = plan.mode
                 desired = frozenset(a for a in plan.announcements if a.eip in in_place)
+                self._announcement_skips = announcement_skips(plan)
                 held_back = sorted(str(a.eip) for a in plan.announcements if a.eip not in in_place)
                 if held_back:
                     self.log.debug("eip.not_in_place", eips=held_back)
+            self._update_skips()
             old, old_mode = self.desired, self.mode
             self.desired, self.mode = desired, mode
             if desired != old and self.deps.speaker is not None:
@@ -185,6 +204,10 @@ class GatewayService:
             if a.prefix not in new_prefixes:
                 self.log.info("eip.withdrawn", eip=a.eip, mode=mode, reason=health.reason)
 
+    def _update_skips(self) -> None:
+        """Hand the union of the planners' skips to the tracker (it logs only changes). Call under the lock."""
+        self.skips.update(self._datapath_skips | self._announcement_skips)
+
     # ----- health -----
 
     def observe_checks(self) -> dict[Check, bool]:
@@ -208,7 +231,7 @@ class GatewayService:
         return results
 
     def health_tick(self) -> None:
-        """One observation: checks -> health machine -> announcements -> status file (+ metrics hook)."""
+        """One observation: checks -> health machine -> announcements -> view -> status file (+ metrics hook)."""
         if self.state is not None and self.state.drain_requested() and not self._drain_requested.is_set():
             self.request_drain("drain file")
         checks = self.observe_checks()
@@ -231,12 +254,54 @@ class GatewayService:
         elif after.failing != before.failing and after.failing:
             self.log.warning("health.check_failed", failing=[str(c) for c in after.failing], status=after.status)
         self.update_announcements()
+        view = self.publish_view()
         self.write_status()
         if self.deps.on_tick is not None:
-            self.deps.on_tick(self)
+            self.deps.on_tick(view)
 
-    def status_doc(self) -> dict[str, Any]:
-        return status_document(self)
+    # ----- the published state -----
+
+    def publish_view(self) -> MemberView:
+        """Build a new `MemberView` and replace the published one (one assignment: readers never see half)."""
+        sp = self.deps.speaker
+        acked = sp.acknowledged() if sp is not None else frozenset()
+        peers = sp.peer_states() if sp is not None else {}
+        bfd = self.bfd_states() or {}
+        with self.lock:
+            view = self._build_view(peers, bfd, acked)
+            self.view = view
+        return view
+
+    def _build_view(
+        self, peers: dict[str, str], bfd: dict[str, str], acked: frozenset[Announcement]
+    ) -> MemberView:
+        r = self.reconciler.last_report
+        reconcile = None
+        if r is not None:
+            reconcile = ReconcileView(
+                ok=r.outcome.ok,
+                duration_s=r.duration_s,
+                passes=self.reconciler.passes,
+                failed_passes=self.reconciler.failed_passes,
+                failures=r.outcome.failures[:5],
+            )
+        return MemberView(
+            node=self.cfg.node_name,
+            pid=self._pid,
+            phase=self.phase,
+            taken_at=self.deps.clock(),
+            health=self.health,
+            checks=tuple(sorted(self.last_checks.items())),
+            mode=self.mode,
+            desired=self.desired,
+            acknowledged=acked,
+            eips_in_place=self.eips_in_place,
+            peers=tuple(sorted(peers.items())),
+            bfd=tuple(sorted(bfd.items())),
+            reconcile=reconcile,
+            drain=self.drain_view,
+            skipped=self.skips.current,
+        )
 
     def bfd_states(self) -> dict[str, str] | None:
         """BFD session state per peer, read from the sidecar at most once a second (it is a `birdc` call, and the
@@ -253,10 +318,11 @@ class GatewayService:
         return self._bfd_cache[1]
 
     def write_status(self) -> None:
+        """Write the published view's status document to the state directory."""
         if self.state is None:
             return
         try:
-            self.state.write_status(self.status_doc())
+            self.state.write_status(status_document(self.view))
         except OSError as e:
             self.log.warning("status.file_write_failed", error=str(e))
 
@@ -275,51 +341,34 @@ class GatewayService:
         self._drain_requested.set()
 
     def drain(self) -> None:
-        """Withdraw, wait for the acks (bounded), settle while still forwarding. Kernel state stays in place."""
-        start = self.deps.clock()
+        """Run the drain sequence (`bgp.draining.run_drain`): withdraw, wait for the acks (bounded), close the
+        sessions when unacknowledged, settle while still forwarding. Kernel state stays in place."""
         with self.lock:
             self.phase = Phase.DRAINING
             self._draining = True
-            self.drain_state = {"state": "withdrawing", "reason": self._drain_reason}
         self.log.info("drain.started", reason=self._drain_reason, timeout_s=self.cfg.drain_timeout_s)
-        self.update_announcements()
-        self.write_status()
-        acked = True
-        if self.deps.speaker is not None:
-            acked = self._wait(lambda left: self.deps.speaker.wait_converged(left) if self.deps.speaker else True)
-        waited = self.deps.clock() - start
-        with self.lock:
-            self.drain_state = {"state": "settling", "reason": self._drain_reason, "acknowledged": acked}
-        self.write_status()
-        self.log.info("drain.withdrawn", acknowledged=acked, waited_ms=round(waited * 1000, 1))
-        if not acked and self.deps.speaker is not None:
-            # no ack in time (a peer down, ExaBGP stuck): closing the sessions is a withdrawal the routers act on
-            self.log.warning("drain.closing_sessions", reason="withdrawal not acknowledged within the drain timeout")
-            self.deps.speaker.stop()
-        if not self._abort.is_set():
-            self._interruptible_sleep(self.cfg.drain_settle_s)
-        with self.lock:
-            self.drain_state = {"state": "done", "reason": self._drain_reason, "acknowledged": acked}
-        self.log.info("drain.done", acknowledged=acked, total_ms=round((self.deps.clock() - start) * 1000, 1))
+        run_drain(
+            _ServiceDrain(self),
+            timeout_s=self.cfg.drain_timeout_s,
+            settle_s=self.cfg.drain_settle_s,
+            clock=self.deps.clock,
+            sleep=self.deps.sleep,
+            hurried=self._abort.is_set,
+            on_progress=self._drain_progress,
+        )
 
-    def _wait(self, step: Callable[[float], bool]) -> bool:
-        """Call `step(max_wait)` in short slices until it returns True, the drain timeout, or an abort."""
-        deadline = self.deps.clock() + self.cfg.drain_timeout_s
-        while not self._abort.is_set():
-            left = deadline - self.deps.clock()
-            if left <= 0:
-                return False
-            if step(min(left, 0.2)):
-                return True
-        return False
-
-    def _interruptible_sleep(self, seconds: float) -> None:
-        end = self.deps.clock() + seconds
-        while not self._abort.is_set():
-            left = end - self.deps.clock()
-            if left <= 0:
-                return
-            self.deps.sleep(min(left, 0.05))
+    def _drain_progress(self, p: DrainProgress) -> None:
+        """Each stage of the drain: the view and status file follow it, and it is logged."""
+        with self.lock:
+            self.drain_view = DrainView(state=str(p.stage), reason=self._drain_reason, acknowledged=p.acknowledged)
+        self.publish_view()
+        if p.stage is DrainStage.DONE:
+            total_ms = round(((p.finished or p.started) - p.started) * 1000, 1)
+            self.log.info("drain.done", acknowledged=p.acknowledged, total_ms=total_ms)
+            return
+        self.write_status()
+        if p.stage is DrainStage.SETTLING:
+            self.log.info("drain.withdrawn", acknowledged=p.acknowledged, waited_ms=round(p.ack_wait_s * 1000, 1))
 
     # ----- the whole life -----
 
@@ -349,6 +398,7 @@ class GatewayService:
                 t.start()
             with self.lock:
                 self.phase = Phase.RUNNING
+            self.publish_view()
             self.log.info("gateway.started", state_dir=self.cfg.state_dir, bgp=self.cfg.bgp is not None)
             while not self._drain_requested.wait(0.5):
                 if health_stop.is_set():
@@ -396,5 +446,33 @@ class GatewayService:
                 self.log.exception("helper.stop_failed", helper=type(helper).__name__)
         with self.lock:
             self.phase = Phase.STOPPED
+        try:
+            self.publish_view()
+        except Exception:
+            self.log.exception("status.view_failed")
         self.write_status()
         self.log.info("gateway.stopped", drained=self._draining)
+
+
+class _ServiceDrain:
+    """The drain sequence's effects on a gateway service (`bgp.draining.DrainIO`)."""
+
+    def __init__(self, svc: GatewayService) -> None:
+        self._svc = svc
+
+    def withdraw(self) -> None:
+        """The member is draining: the planner now plans no announcements (or a de-preferred set)."""
+        self._svc.update_announcements()
+
+    def wait_acknowledged(self, timeout_s: float) -> bool:
+        speaker = self._svc.deps.speaker
+        return True if speaker is None else speaker.wait_converged(timeout_s)
+
+    def close_sessions(self) -> None:
+        """No ack in time (a peer down, ExaBGP stuck): closing the sessions is a withdrawal the routers act on."""
+        speaker = self._svc.deps.speaker
+        if speaker is not None:
+            self._svc.log.warning(
+                "drain.closing_sessions", reason="withdrawal not acknowledged within the drain timeout"
+            )
+            speaker.stop()

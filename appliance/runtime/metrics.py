@@ -8,7 +8,7 @@ failures, the loop's heartbeat. One HTTP server per process serves them all on t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -57,6 +57,29 @@ class LoopMetrics:
         self.failures_in_a_row.labels(role=self.role).set(report.failures_in_a_row)
         self.changes.labels(role=self.role).inc(len(report.outcome.changes))
         self.last_pass.labels(role=self.role).set(wall())
+
+
+class SkipMetrics:
+    """`egressgw_plan_skipped{role,reason}`: how many things the planners currently leave out, per reason.
+
+    Labels are bounded on purpose (role and the planners' reason enums): the pod IPs and policies of the skips are
+    in the logs (`plan.skipped`) and the gateway status, never in a label."""
+
+    def __init__(self, role: str, registry: CollectorRegistry = REGISTRY) -> None:
+        self.role = role
+        self._seen: set[str] = set()
+        self.skipped = Gauge(
+            "egressgw_plan_skipped",
+            "Steerings, peers or announcements the planners currently leave out, by reason (see `plan.skipped`).",
+            ["role", "reason"],
+            registry=registry,
+        )
+
+    def observe(self, counts: Mapping[str, int]) -> None:
+        """Set the current counts; a reason seen before and now absent goes back to 0."""
+        self._seen |= set(counts)
+        for reason in sorted(self._seen):
+            self.skipped.labels(role=self.role, reason=reason).set(counts.get(reason, 0))
 
 
 def serve_metrics(settings: MetricsSettings | None, registry: CollectorRegistry = REGISTRY) -> str | None:

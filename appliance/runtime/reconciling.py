@@ -24,9 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from appliance.core.backoff import BackoffPolicy
+from appliance.core.backoff import backoff_delay as policy_delay
 from appliance.core.events import EventLogger
 from appliance.core.snapshot import Snapshot, SnapshotSource
 from appliance.runtime.config import ReconcileSettings
+from appliance.runtime.skips import SkipNote
 
 #: how often a due pass re-checks `SnapshotSource.synced()` before the first sync
 _UNSYNCED_POLL_S = 0.05
@@ -58,6 +61,8 @@ class PassOutcome:
 
     changes: tuple[str, ...] = ()
     failures: tuple[str, ...] = ()
+    #: what the planners left out on this pass and why (the services log changes of this set, not every pass)
+    skipped: frozenset[SkipNote] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -84,9 +89,9 @@ class PassReport:
 
 
 def backoff_delay(failures_in_a_row: int, settings: ReconcileSettings) -> float:
-    """Exponential backoff: initial, 2x, 4x ... capped at backoff_max_s."""
-    exp = min(failures_in_a_row - 1, 30)
-    return float(min(settings.backoff_max_s, settings.backoff_initial_s * (2**exp)))
+    """Exponential backoff: initial, 2x, 4x ... capped at backoff_max_s (computed by `appliance.core.backoff`)."""
+    policy = BackoffPolicy(initial=settings.backoff_initial_s, maximum=settings.backoff_max_s)
+    return policy_delay(policy, failures_in_a_row)
 
 
 class Reconciler:

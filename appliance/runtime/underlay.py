@@ -5,6 +5,7 @@ while detection reads the running network namespace. The rule is simple and docu
 addresses win; a missing interface is the one carrying the configured address, else the default route's outgoing
 interface (IPv4 first, then IPv6); missing addresses are that interface's global addresses (first of each family).
 Runs in whatever network namespace the process is in (the lab starts the commands with `ip netns exec`).
+Only the service commands import this module (`egressgw validate` checks a config without it, so without netlink).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
+
+from pyroute2 import IPRoute
 
 from appliance.core.model import IPAddress
 from appliance.runtime.config import InterfaceSettings
@@ -52,8 +55,6 @@ def _global_addresses(ipr: Any, index: int) -> list[IPAddress]:
 
 def detect_underlay(settings: InterfaceSettings, *, what: str = "underlay") -> Underlay:
     """Resolve `settings` against the kernel of the current network namespace."""
-    from pyroute2 import IPRoute  # imported here: config validation never needs netlink
-
     with IPRoute() as ipr:
         index: int | None = None
         if settings.interface is not None:

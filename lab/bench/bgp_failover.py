@@ -29,11 +29,12 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
+from appliance.core.waiting import elapsed_until
 from bgp.announcing import Announcement
 from bgp.draining import drain_announcements
 from bgp.settings import DrainSettings
 from bgp.speaker import BgpSpeaker
-from lab.testbeds.bgp import Bed, Testbed, gw_v4, sh, wait_until
+from lab.testbeds.bgp import Bed, Testbed, gw_v4, sh
 
 EIP = "203.0.113.130"
 PORT = 9000
@@ -121,12 +122,13 @@ class Bench:
             if not gw.speaker.wait_peers("up", timeout):
                 raise TimeoutError(f"gw{gw.index} sessions: {gw.speaker.peer_states()}")
         g1 = self.bed.gateways[0]
-        if self.bfd and wait_until(lambda: g1.bfd.peer_states().get("198.51.100.1") == "Up", timeout) is None:
+        if self.bfd and elapsed_until(lambda: g1.bfd.peer_states().get("198.51.100.1") == "Up",
+                                      timeout=timeout) is None:
             raise TimeoutError(f"gw1 BFD: {g1.bfd.peer_states()}")
-        if wait_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(1))], timeout) is None:
+        if elapsed_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(1))], timeout=timeout) is None:
             raise TimeoutError("router does not prefer gw1")
         cmd = f"show route {EIP}/32 all" if tb.router == "bird" else f"show bgp ipv4 unicast {EIP}/32"
-        if wait_until(lambda: str(gw_v4(2)) in tb.router_cli(cmd), timeout) is None:
+        if elapsed_until(lambda: str(gw_v4(2)) in tb.router_cli(cmd), timeout=timeout) is None:
             raise TimeoutError("router has no backup path via gw2")
 
     def fault(self, scenario: str) -> None:
@@ -171,7 +173,8 @@ class Bench:
         time.sleep(fault_at_s)
         t0 = time.monotonic()
         self.fault(scenario)
-        moved = wait_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(2))], probe_s + 5, interval=0.002)
+        moved = elapsed_until(lambda: tb.router_route(f"{EIP}/32") == [str(gw_v4(2))],
+                              timeout=probe_s + 5, interval=0.002)
         fault_ms = (time.monotonic() - t0) * 1000 if scenario == "drain" else None
         out, _ = proc.communicate(timeout=probe_s + 10)
         result.update(json.loads(out.strip().splitlines()[-1]))

@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+
+from appliance.core.waiting import wait_until
 from lab.bench.harness import wait_steady
 from lab.bench.stats import fmt_ms, summarize
 from lab.extserver import DEFAULT_PORT
@@ -131,23 +134,16 @@ class Watcher:
 
 def wait_current(w: Watcher, source: str, *, timeout: float) -> None:
     """Until the watcher's latest answer came from `source`."""
-    deadline = time.monotonic() + timeout
-    while w.current() != source:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{w.lab_pod}: the server still sees {w.current()!r}, not {source}")
-        time.sleep(0.02)
+    wait_until(lambda: w.current() == source, timeout=timeout, interval=0.02,
+               what=f"{w.lab_pod}: the server to see {source}", describe=lambda: f"the server sees {w.current()!r}")
 
 
 def wait_first(w: Watcher, source: str, since: float, *, timeout: float) -> float:
     """Until the watcher saw `source` in an answer to a probe sent at or after `since`; returns that send time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        t = w.first(source, since)
-        if t is not None:
-            return t
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{w.lab_pod}: no answer from {source} within {timeout:.0f} s")
-        time.sleep(0.02)
+    sent = wait_until(lambda: w.first(source, since), timeout=timeout, interval=0.02,
+                      what=f"{w.lab_pod}: an answer from {source}")
+    assert sent is not None  # wait_until returns only a truthy value
+    return sent
 
 
 def first_after(changes: Sequence[tuple[float, str]], source: str, since: float) -> float | None:
@@ -270,8 +266,6 @@ def _summary_json(values: list[float]) -> dict[str, Any] | None:
 
 
 def run_convergence_bench(out_path: Path, *, quick: bool = False) -> dict[str, Any]:
-    from kubernetes import client
-
     rounds = 3 if quick else 25  # x 4 lab pods
     policy_reps = 2 if quick else 10
     extra = 200 if quick else 1000

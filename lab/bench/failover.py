@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.core.waiting import wait_until
 from lab import netns
 from lab.bench.harness import RouteEvent, RouteMonitor, router_of, set_up_workload, wait_steady
 from lab.bench.probes import RawProbe, RawRun, window
 from lab.bench.stats import Summary, fmt_ms, summarize, summary_cells
-from lab.scenarios import router_next_hop, wait_for
+from lab.scenarios import router_next_hop
 from lab.system import DEFAULT_TOPOLOGY, TOPOLOGIES, System
 from lab.tables import render_table
 
@@ -87,7 +88,7 @@ def _start(b: Bench, gw: str) -> None:
     rec = b.system.lab.daemon(gw, "egressgw-gateway")
     if rec is not None and b.system.lab.daemon_alive(rec):
         return
-    wait_for(lambda: not _service_pids(b, gw), timeout=15, interval=0.1, what=f"{gw}'s old processes to exit")
+    wait_until(lambda: not _service_pids(b, gw), timeout=15, interval=0.1, what=f"{gw}'s old processes to exit")
     b.system.start_gateway(gw)
 
 
@@ -112,7 +113,7 @@ def _sigterm(b: Bench, gw: str) -> None:
 
 def _drain(b: Bench, gw: str) -> None:
     b.system.drain(gw)
-    wait_for(lambda: not _service_pids(b, gw), timeout=20, interval=0.05, what=f"{gw} to exit after the drain")
+    wait_until(lambda: not _service_pids(b, gw), timeout=20, interval=0.05, what=f"{gw} to exit after the drain")
 
 
 def _router_daemon(b: Bench) -> str:
@@ -198,7 +199,7 @@ def run_rep(b: Bench, sc: Scenario, rep: int) -> dict[str, Any]:
     acted = time.time()
     time.sleep(sc.after_s)
     if sc.until_route:
-        wait_for(lambda: _route_present(b), timeout=30, interval=0.02, what="the router's route to come back")
+        wait_until(lambda: _route_present(b), timeout=30, interval=0.02, what="the router's route to come back")
         time.sleep(0.5)
     fault_end = time.time()
     counters_after = {g: _eip_unsolicited_drops(b, g) for g in b.system.gateways if g != target}

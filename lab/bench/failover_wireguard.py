@@ -21,24 +21,17 @@ stdout (lab/tables.py). Goal (issue 7): outage <= 1 s at p99; reported, not asse
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.core.waiting import wait_until
 from lab import wireguard_lab as wl
+from lab.bench.stats import percentile
 from lab.probe import BackgroundProbe, ProbeReport
-from lab.scenarios import (
-    DEFAULT_EIP_V4,
-    GATEWAY,
-    gateway_manifest,
-    policy_manifest,
-    primary_member,
-    router_next_hop,
-    wait_for,
-)
+from lab.scenarios import DEFAULT_EIP_V4, GATEWAY, gateway_manifest, policy_manifest, primary_member, router_next_hop
 from lab.system import DEFAULT_TOPOLOGY, EXTERNAL_V4, System
 from lab.tables import render_table
 
@@ -53,12 +46,6 @@ RETURN_AFTER_S = 2.0  # probing after the primary took the EIP back
 FAILBACK_HOLD_S = 1.0
 TAKE_BACK_S = 60.0  # a primary that has not taken its EIP back by then is reported, the series goes on
 HEADERS = ["phase", "reps", "outage p50 ms", "p95 ms", "max ms", "lost total", "lost max", "EIP kept"]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (every figure reported was really measured; p100 = max)."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100.0 * len(ordered))) - 1]
 
 
 def outage_ms(report: ProbeReport) -> float:
@@ -96,10 +83,10 @@ def _probe(system: System) -> BackgroundProbe:
 
 
 def _steady(system: System, primary: str) -> None:
-    wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=90, interval=0.1,
-             what=f"{primary} carrying the EIP")
-    wait_for(lambda: system.seen_source(LAB_POD, timeout=1.0) == DEFAULT_EIP_V4, timeout=60,
-             what="the pod's traffic leaving with the EIP")
+    wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=90, interval=0.1,
+               what=f"{primary} carrying the EIP")
+    wait_until(lambda: system.seen_source(LAB_POD, timeout=1.0) == DEFAULT_EIP_V4, timeout=60,
+               what="the pod's traffic leaving with the EIP", interval=0.2)
     time.sleep(1.0)
 
 
@@ -120,8 +107,8 @@ def run_rep(system: System, primary: str, rep: int, say: Callable[[str], None]) 
         restored = time.monotonic()
         back_after: float | None = None
         try:
-            wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=TAKE_BACK_S,
-                     interval=0.05, what=f"{primary} taking the EIP back")
+            wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=TAKE_BACK_S,
+                       interval=0.05, what=f"{primary} taking the EIP back")
             back_after = time.monotonic() - restored
         except TimeoutError:
             say(f"  #{rep + 1}: {primary} did not take the EIP back within {TAKE_BACK_S:.0f} s; router routes:\n"
@@ -147,8 +134,8 @@ def set_up(system: System) -> str:
     system.ensure_namespace(NAMESPACE)
     system.create_pod(NAMESPACE, "web", LAB_POD, {"app": "web"})
     system.apply([policy_manifest(NAMESPACE, "p", match_labels={"app": "web"})])
-    wait_for(lambda: system.seen_source(LAB_POD, timeout=1.0) == DEFAULT_EIP_V4, timeout=120,
-             what="the pod's traffic leaving with the EIP through WireGuard")
+    wait_until(lambda: system.seen_source(LAB_POD, timeout=1.0) == DEFAULT_EIP_V4, timeout=120,
+               what="the pod's traffic leaving with the EIP through WireGuard", interval=0.2)
 
     def ranked_primary() -> str:
         # not simply the router's next hop: the member that announced first carries the EIP until the ranked
@@ -156,7 +143,7 @@ def set_up(system: System) -> str:
         primary = primary_member(system, DEFAULT_EIP_V4)
         return primary if primary and router_next_hop(system, DEFAULT_EIP_V4) == primary else ""
 
-    return str(wait_for(ranked_primary, timeout=60, interval=0.1, what="the EIP routed to its ranked primary"))
+    return str(wait_until(ranked_primary, timeout=60, interval=0.1, what="the EIP routed to its ranked primary"))
 
 
 def run_wireguard_failover_bench(out_path: Path, *, quick: bool = False,

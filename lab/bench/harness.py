@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.scenarios import DEFAULT_EIP_V4, demo_pods, gateway_manifest, policy_manifest, wait_for
+from appliance.core.waiting import wait_until
+from lab.scenarios import DEFAULT_EIP_V4, demo_pods, gateway_manifest, policy_manifest
 from lab.system import System
 
 
@@ -148,10 +149,10 @@ def wait_steady(system: System, *, timeout: float = 90.0) -> None:
     """Every gateway member announces with its ranked preference, its BGP and BFD sessions are up, and the router
     holds a path from every member (member status alone is not enough: ExaBGP acknowledges an announcement it
     queued while the router still refuses the new session, e.g. BIRD's `error wait time` after a killed peer)."""
-    wait_for(lambda: all(member_ranked(system, g) for g in system.gateways), timeout=timeout, interval=0.2,
-             what="every gateway member announcing with its ranked preference")
-    wait_for(lambda: router_paths(system) == set(system.gateways), timeout=timeout, interval=0.2,
-             what="the router holding a path from every member")
+    wait_until(lambda: all(member_ranked(system, g) for g in system.gateways), timeout=timeout, interval=0.2,
+               what="every gateway member announcing with its ranked preference")
+    wait_until(lambda: router_paths(system) == set(system.gateways), timeout=timeout, interval=0.2,
+               what="the router holding a path from every member")
     time.sleep(0.5)  # the last UPDATE reaching the router's kernel table
 
 
@@ -180,8 +181,8 @@ def set_up_workload(system: System, *, failback_hold_s: float = 3.0, timeout: fl
     for p in pods:
         system.create_pod(p.namespace, p.name, p.lab_pod, dict(p.labels))
     first = next(p for p in pods if p.selected)
-    wait_for(lambda: system.seen_source(first.lab_pod, timeout=1.0) == DEFAULT_EIP_V4, timeout=timeout,
-             what="the EIP at the external server")
+    wait_until(lambda: system.seen_source(first.lab_pod, timeout=1.0) == DEFAULT_EIP_V4, timeout=timeout,
+               what="the EIP at the external server", interval=0.2)
     return Workload(lab_pod=first.lab_pod, eip=DEFAULT_EIP_V4)
 
 

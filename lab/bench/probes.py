@@ -24,13 +24,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lab.extserver import DEFAULT_PORT
-from lab.probe import ProbeReport, analyse, start_sending, stop_for_json
-
-if TYPE_CHECKING:
-    from lab.runner import Lab
+from lab.probe import ProbeHost, ProbeReport, analyse, start_sending, stop_for_json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,7 +205,7 @@ class _Prober:
 class RawProbe:
     """`python -m lab.bench.probes` inside a lab node; stop() returns every probe's fate."""
 
-    def __init__(self, lab: Lab, node: str, *, server: str = "203.0.113.2", port: int = DEFAULT_PORT,
+    def __init__(self, lab: ProbeHost, node: str, *, server: str = "203.0.113.2", port: int = DEFAULT_PORT,
                  interval_ms: float = 10.0) -> None:
         self.lab, self.node = lab, node
         self.argv = [sys.executable, "-m", "lab.bench.probes", "--server", server, "--port", str(port),
@@ -216,7 +213,7 @@ class RawProbe:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 10.0) -> RawProbe:
-        self.proc = start_sending(self.lab, self.node, self.argv, ready="bench_probe: sending", timeout=timeout)
+        self.proc = start_sending(self.lab, self.node, self.argv, ready="lab.bench.probes: sending", timeout=timeout)
         return self
 
     def stop(self, timeout: float = 30.0) -> RawRun:
@@ -237,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prober = _Prober(args.server, args.port, args.interval_ms / 1000.0)
     signal.signal(signal.SIGTERM, lambda *_: prober.stop.set())
     signal.signal(signal.SIGINT, lambda *_: prober.stop.set())
-    print(f"bench_probe: sending to {args.server}:{args.port}", file=sys.stderr, flush=True)
+    print(f"lab.bench.probes: sending to {args.server}:{args.port}", file=sys.stderr, flush=True)
     prober.run()
     print(json.dumps(prober.dump()))
     return 0

@@ -28,12 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from appliance.core.waiting import wait_until
+from appliance.policy.incremental import pod_added
 from appliance.policy.resolution import resolve
 from k8s_sync.cluster import ClusterSync
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi, make_api_client
 from k8s_sync.parsing import parse_pod_obj
 from k8s_sync.reflector import ReflectorSettings
 from k8s_sync.resources import RESOURCES, Role
+from lab.kube_apiserver import ApiServerConfig, apply_crds, start_apiserver
 
 N_NAMESPACES = 100
 N_APPS = 20
@@ -131,18 +134,8 @@ def _complete(sync: ClusterSync, pods: int, policies: int) -> bool:
     return with_ips >= pods and n_policies >= policies
 
 
-def _wait(pred: Callable[[], bool], timeout: float, poll: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark: the store did not catch up")
-        time.sleep(poll)
-
-
 def run_sync_bench(out_path: Path, *, quick: bool = False, pods: int = 10000, policies: int = 1000, eips: int = 256,
                    nodes: int = 100) -> dict[str, Any]:
-    from lab.kube_apiserver import ApiServerConfig, apply_crds, start_apiserver
-
     if quick:
         pods, policies, eips, nodes = 1000, 100, 64, 20
     figures: dict[str, Any] = {"pods": pods, "policies": policies, "eips": eips, "nodes": nodes}
@@ -155,21 +148,22 @@ def run_sync_bench(out_path: Path, *, quick: bool = False, pods: int = 10000, po
             api = KubeApi(client)
             sync = ClusterSync(api, role=Role.GATEWAY, settings=settings)
             sync.start()
-            _wait(sync.store.synced, 60)
+            wait_until(sync.store.synced, timeout=60, interval=0.02, what="the store's first sync")
             objs = _objects(pods, policies, eips, nodes)
             started = time.monotonic()
             _write_all(api, objs)
             written = time.monotonic()
             del objs  # the generated manifests are the benchmark's, not the store's: keep them out of the RSS
             figures["write_s"] = round(written - started, 3)
-            _wait(lambda: _complete(sync, pods, policies), 300, poll=0.05)
+            wait_until(lambda: _complete(sync, pods, policies), timeout=300, interval=0.05,
+                       what="the watching store to hold every object written")
             sync.store.snapshot()
             figures["watch_catchup_s"] = round(time.monotonic() - written, 3)
 
             cold = ClusterSync(api, role=Role.GATEWAY, settings=settings)
             t0 = time.monotonic()
             cold.start()
-            _wait(cold.store.synced, 300)
+            wait_until(cold.store.synced, timeout=300, interval=0.02, what="a cold list of the whole cluster")
             cold.store.snapshot()
             figures["cold_list_s"] = round(time.monotonic() - t0, 3)
             cold.stop()
@@ -200,8 +194,6 @@ def run_sync_bench(out_path: Path, *, quick: bool = False, pods: int = 10000, po
 
 
 def _incremental(api: KubeApi, sync: ClusterSync, intent: Any) -> dict[str, Any]:
-    from appliance.policy.incremental import pod_added
-
     api_to_store, build, local = [], [], []
     for i in range(20):
         name, ns = f"late-{i}", "bench-000"

@@ -14,18 +14,13 @@ Writes the figures as JSON and prints a table.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from lab.bench.stats import percentile
 from lab.testbeds.wireguard import EXTERNAL, WireguardTestbed, parse_probe
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def _iperf(tb: WireguardTestbed, source: str, seconds: int, *, reverse: bool = False) -> float:
@@ -97,7 +92,7 @@ def run_wireguard_bench(out_path: Path, *, quick: bool = False) -> dict[str, Any
             figures["failover"][f"{interval_ms}msx{misses}"] = {
                 "runs": len(outages), "probe_interval_ms": 10,
                 "liveness": {"interval_ms": interval_ms, "misses": misses},
-                "outage_ms": outages, "p50_ms": _percentile(outages, 50), "p95_ms": _percentile(outages, 95),
+                "outage_ms": outages, "p50_ms": percentile(outages, 50), "p95_ms": percentile(outages, 95),
                 "max_ms": max(outages),
             }
         if not quick:

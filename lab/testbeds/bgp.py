@@ -20,12 +20,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance.core.waiting import wait_until
 from bgp.bfd_sidecar import BfdSidecar
 from bgp.settings import BgpSettings, parse_bgp_settings
 from bgp.speaker import BgpSpeaker
@@ -215,7 +215,7 @@ class Testbed:
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         ))  # fmt: skip
         logf.close()
-        _wait_for(lambda: ctl.exists(), 5.0, "router BIRD control socket")
+        wait_until(lambda: ctl.exists(), timeout=5.0, what="router BIRD control socket")
 
     @property
     def frr_pathspace(self) -> str:
@@ -241,7 +241,7 @@ class Testbed:
                     "-i", str(pid)]  # fmt: skip
             sh(*args)
             self._pidfiles.append(pid)
-            _wait_for(pid.exists, 5.0, f"FRR {daemon} pid file")
+            wait_until(pid.exists, timeout=5.0, what=f"FRR {daemon} pid file")
 
     def _kill_daemons(self) -> None:
         """SIGKILL the router daemons we started (process groups we spawned, daemons that wrote a pid file)."""
@@ -308,24 +308,6 @@ class Testbed:
 
     def restore(self, i: int) -> None:
         sh("ip", "-n", self.router_ns, "link", "set", f"p{i}", "up")
-
-
-def _wait_for(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def wait_until(pred: Any, timeout: float, interval: float = 0.02) -> float | None:
-    """Seconds until `pred()` was true, or None on timeout."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if pred():
-            return time.monotonic() - start
-        time.sleep(interval)
-    return None
 
 
 # ----- gateways on the testbed -----

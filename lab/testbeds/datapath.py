@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from appliance.core.waiting import poll_until
 
 CNI_NFT = """table ip lab_cni {
 \tchain postrouting { type nat hook postrouting priority srcnat; policy accept;
@@ -145,15 +146,13 @@ class Testbed:
         return p
 
     def wait_reachable(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def reachable() -> bool:
             ok4 = "1 received" in self.run("pod1", "ping", "-c1", "-W1", EXT_V4[0], check=False)
             ok6 = "1 received" in self.run("pod1", "ping", "-6", "-c1", "-W1", EXT_V6, check=False)
-            if ok4 and ok6 and self.source("pod1", EXT_V4[0], check=False):
-                return
-            if time.monotonic() > deadline:
-                raise TestbedError("testbed: pod1 cannot reach the external server")
-            time.sleep(0.2)
+            return bool(ok4 and ok6 and self.source("pod1", EXT_V4[0], check=False))
+
+        if not poll_until(reachable, timeout=timeout, interval=0.2):
+            raise TestbedError("testbed: pod1 cannot reach the external server")
 
     def source(self, pod: str, server: str, proto: str = "udp", *, check: bool = True) -> str:
         """The source address the external server saw for a UDP/TCP probe from `pod` ("" on timeout)."""

@@ -27,9 +27,19 @@ from pathlib import Path
 
 from appliance.core.intent import GatewayInstance, Intent, Steering
 from appliance.core.model import IPAddress, Member, Node, PolicyKind, PolicyRef, TunnelSpec, TunnelType
+from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.wireguard import WG_RUN_DIR, Backend, WireguardApplier, detect_backend
-from appliance.datapath.plan.wireguard import WgSettings, WireguardPlan, plan_gateway_wireguard, plan_worker_wireguard
-from appliance.datapath.plan.wireguard_keys import LocalKey, PrivateKey, PublicKey, local_keys, write_key_file
+from appliance.datapath.apply.wireguard_keyfiles import local_keys, write_key_file
+from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, plan_gateway
+from appliance.datapath.plan.wireguard import (
+    WgSettings,
+    WireguardPlan,
+    interface_name,
+    plan_gateway_wireguard,
+    plan_worker_wireguard,
+)
+from appliance.datapath.plan.wireguard_keys import LocalKey, PrivateKey, PublicKey
+from appliance.datapath.plan.worker import WorkerPlan, WorkerSettings, plan_worker
 
 PREFIX = "egt-wg-"
 EIP = IPv4Address("203.0.113.130")
@@ -270,10 +280,6 @@ class WireguardTestbed:
 
     def apply_datapath(self, role: str) -> list[str]:
         """The shared data path on the worker (`wk`) or a member (`gw1`, `gw2`), fed with our WireGuard devices."""
-        from appliance.datapath.apply.applier import DataPathApplier
-        from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, plan_gateway
-        from appliance.datapath.plan.worker import WorkerPlan, WorkerSettings, plan_worker
-
         intent, nodes = self.intent()
         worker_wg, *gateway_wg = self.plans()
         underlay = nodes[0].addresses[0]
@@ -351,8 +357,6 @@ class WireguardTestbed:
         sh("rm", "-rf", str(self.workdir), check=False)
 
     def token_owns(self, ifname: str) -> bool:
-        from appliance.datapath.plan.wireguard import interface_name
-
         nodes = [self.worker, self.member(1), self.member(2)]
         return any(ifname == interface_name(self.settings, n, INSTANCE, s) for n in nodes for s in (0, 1))
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, gateway_manifest, measure_failure, policy_manifest, wait_for
+from appliance.core.waiting import wait_until
+from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, gateway_manifest, measure_failure, policy_manifest
 from lab.system import System
 from tests.e2e.conftest import Scenario
 
@@ -59,7 +60,7 @@ def test_p09_rr_gives_each_policy_its_own_eip(system: System, scenario: Scenario
         b = (system.get("EgressPolicy", "pb", scenario.namespace).get("status") or {}).get("eip", {}).get("ipv4")
         return (a, b) if a and b else None
 
-    a, b = wait_for(eips, timeout=CONVERGE_S, what="rr EIPs in the policies' status")
+    a, b = wait_until(eips, timeout=CONVERGE_S, what="rr EIPs in the policies' status", interval=0.2)
     assert a != b
     expect_source(system, "w1p1", a)
     expect_source(system, "w2p1", b)
@@ -110,8 +111,8 @@ def test_p15_use_node_ip(system: System, scenario: Scenario) -> None:
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"},
                                    egress_ip={"useNodeIP": True}))
     uplinks = {str(system.nodes[g].address(4)) for g in system.gateways}
-    seen = wait_for(lambda: (s := system.seen_source("w2p2")) in uplinks and s, timeout=CONVERGE_S,
-                    what="a gateway member's uplink address")
+    seen = wait_until(lambda: (s := system.seen_source("w2p2")) in uplinks and s, timeout=CONVERGE_S,
+                      what="a gateway member's uplink address", interval=0.2)
     assert seen in uplinks
 
 

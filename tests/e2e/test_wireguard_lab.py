@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from appliance.core.model import WIREGUARD_KEY_ANNOTATION
-from appliance.datapath.plan.wireguard_keys import read_key_file
+from appliance.core.waiting import wait_until
+from appliance.datapath.apply.wireguard_keyfiles import read_key_file
 from lab import wireguard_lab as wl
 from lab.probe import BackgroundProbe
 from lab.scenarios import (
@@ -33,7 +34,6 @@ from lab.scenarios import (
     policy_manifest,
     primary_member,
     router_next_hop,
-    wait_for,
 )
 from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
 from tests.e2e.conftest import Scenario
@@ -104,7 +104,7 @@ def stable_carrier(system: System) -> str:
         primary = primary_member(system, DEFAULT_EIP_V4)
         return primary if primary and router_next_hop(system, DEFAULT_EIP_V4) == primary else ""
 
-    return str(wait_for(settled, timeout=CONVERGE_S, interval=0.1, what="the EIP routed to its primary member"))
+    return str(wait_until(settled, timeout=CONVERGE_S, interval=0.1, what="the EIP routed to its primary member"))
 
 
 def selected_pod(system: System, scenario: Scenario, lab_pod: str = "w1p1") -> str:
@@ -226,7 +226,7 @@ def test_w03_primary_uplink_cut_with_probe_running(system: System, scenario: Sce
     finally:
         system.lab.restore_link(primary, "eth1")
     # the primary takes the EIP back after its hold-down; the worker re-handshakes with it again
-    report = measure_failure(system, "w2p1", lambda: wait_for(
+    report = measure_failure(system, "w2p1", lambda: wait_until(
         lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=60, interval=0.05,
         what=f"{primary} back as primary"), after=2.0)
     print(f"WireGuard failback to {primary}: lost={report.lost} outage={report.longest_gap_ms:.0f} ms")
@@ -246,14 +246,14 @@ def test_w04_key_rotation_on_a_worker_with_traffic_flowing(system: System, scena
         time.sleep(1.0)
         new_key = wl.begin_worker_rotation(system, "worker1")
         # phase 1: both keys published; phase 2: switched (new key first); phase 3: the old key is gone
-        wait_for(lambda: node_annotation(system, "worker1") == f"{old_key},{new_key}", timeout=CONVERGE_S,
-                 interval=0.1, what="both keys published")
+        wait_until(lambda: node_annotation(system, "worker1") == f"{old_key},{new_key}", timeout=CONVERGE_S,
+                   interval=0.1, what="both keys published")
         t1 = time.monotonic()
-        wait_for(lambda: node_annotation(system, "worker1") == f"{new_key},{old_key}", timeout=CONVERGE_S,
-                 interval=0.1, what="the switch to the new key")
+        wait_until(lambda: node_annotation(system, "worker1") == f"{new_key},{old_key}", timeout=CONVERGE_S,
+                   interval=0.1, what="the switch to the new key")
         t2 = time.monotonic()
-        wait_for(lambda: node_annotation(system, "worker1") == new_key, timeout=90, interval=0.2,
-                 what="the old key dropped after the grace period")
+        wait_until(lambda: node_annotation(system, "worker1") == new_key, timeout=90, interval=0.2,
+                   what="the old key dropped after the grace period")
         t3 = time.monotonic()
         time.sleep(2.0)  # the gateways remove the old peer; traffic keeps flowing through the new one
     finally:
@@ -306,7 +306,8 @@ def test_w06_graceful_drain_of_the_primary_costs_one_rehandshake(system: System,
         assert report.sources[-1].count > 50 and report.longest_gap_ms < 3000, report
     finally:
         system.start_gateway(primary)
-    wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=90, what=f"{primary} back")
+    wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary,
+               timeout=90, what=f"{primary} back", interval=0.2)
     expect_source(system, "w2p1", DEFAULT_EIP_V4)
 
 
@@ -323,7 +324,7 @@ def test_w07_every_uplink_cut_then_back_traffic_resumes(system: System, scenario
         for gw in system.gateways:
             system.lab.restore_link(gw, "eth1")
     restored = time.monotonic()
-    wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, interval=0.05, what="EIP route")
+    wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, interval=0.05, what="EIP route")
     routed = time.monotonic() - restored
     expect_source(system, "w1p1", DEFAULT_EIP_V4, timeout=CONVERGE_S)
     resumed = time.monotonic() - restored

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from appliance.core.waiting import wait_until
 from lab.scenarios import (
     DEFAULT_EIP_V4,
     gateway_manifest,
@@ -21,7 +22,6 @@ from lab.scenarios import (
     policy_manifest,
     router_next_hop,
     stable_primary,
-    wait_for,
 )
 from lab.system import System, restart_apiserver
 from tests.e2e.conftest import Scenario
@@ -37,8 +37,8 @@ def test_g14_gateway_node_selector_retargeting(system: System, scenario: Scenari
     only = system.gateways[-1]
     try:
         system.apply([gateway_manifest(node_selector={"kubernetes.io/hostname": only})])
-        wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == only, timeout=CONVERGE_S,
-                 what=f"the router to send the EIP to {only}")
+        wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == only, timeout=CONVERGE_S,
+                   what=f"the router to send the EIP to {only}", interval=0.2)
         expect_source(system, "w1p1", DEFAULT_EIP_V4)
     finally:
         system.apply([gateway_manifest()])
@@ -57,7 +57,7 @@ def test_i01_i05_cluster_info_status_and_extra_cidr(system: System, scenario: Sc
         return (node_ip(system, "w1p1") in node_ips and "100.64.1.0/24" in pod_cidrs
                 and "100.100.0.0/16" in (st.get("clusterIP") or {}).get("ipv4", []))
 
-    wait_for(status_ok, timeout=CONVERGE_S, what="EgressClusterInfo status (I01)")
+    wait_until(status_ok, timeout=CONVERGE_S, what="EgressClusterInfo status (I01)", interval=0.2)
     scenario.pod("web", "w2p2", {"app": "web"})
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, "w2p2", DEFAULT_EIP_V4)
@@ -95,7 +95,7 @@ def test_r08_pool_exhaustion_surplus_policies_pending(system: System, scenario: 
         last = states()
         return sum(v.startswith("203.") for v in last.values()) == 2
     with contextlib.suppress(TimeoutError):
-        wait_for(settled, timeout=CONVERGE_S, what="two rr EIPs allocated")
+        wait_until(settled, timeout=CONVERGE_S, what="two rr EIPs allocated", interval=0.2)
     got = last
     eips = [v for v in got.values() if v.startswith("203.")]
     assert sorted(eips) == ["203.0.113.241", "203.0.113.242"], got
@@ -134,8 +134,8 @@ def test_r05_primary_gateway_power_off(system: System, scenario: Scenario) -> No
     finally:
         system.lab.restore_link(primary, "eth1")
         system.start_gateway(primary)
-    wait_for(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=60,
-             what=f"{primary} back as primary after its hold-down")
+    wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=60,
+               what=f"{primary} back as primary after its hold-down", interval=0.2)
 
 
 def test_r06_all_gateways_down_then_back_fail_closed_no_flapping(system: System, scenario: Scenario) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
-from appliance.datapath.plan.wireguard_keys import CURRENT_KEY_FILE, NEXT_KEY_FILE, key_slot, read_key_file
+from appliance.datapath.apply.wireguard_keyfiles import CURRENT_KEY_FILE, NEXT_KEY_FILE, read_key_file
+from appliance.datapath.plan.wireguard_keys import key_slot
 
 
 def test_rotate_key_writes_the_next_key_in_the_other_slot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from lab.bench.convergence import extra_pod_specs, first_after
 from lab.bench.failover import convergence_ms, summarize_scenario, table_rows
+from lab.bench.failover_wireguard import summarize as summarize_wireguard_phase
 from lab.bench.harness import RouteEvent, parse_route_line, paths_in
 from lab.bench.probes import RawRun, Stream, window
 from lab.bench.stats import percentile, summarize
@@ -44,6 +45,17 @@ def test_summarize() -> None:
     assert (s.n, s.p50, s.p95, s.p99, s.max, s.mean) == (4, 20.0, 40.0, 40.0, 40.0, 25.0)
     assert summarize([]) is None
     assert s.to_json()["p50"] == 20.0
+
+
+def test_the_wireguard_failover_summary_uses_the_shared_nearest_rank_percentiles() -> None:
+    outages = [120.0, 80.0, 300.0, 90.0, 110.0]
+    reps = [{"cut_outage_ms": o, "cut_lost": int(o // 10), "cut_sources": ["203.0.113.200"],
+             "primary_back_after_s": 1.0} for o in outages]
+    s = summarize_wireguard_phase(reps, "cut")
+    assert s["outage_ms"] == {"p50": percentile(outages, 50), "p95": percentile(outages, 95),
+                              "p99": percentile(outages, 99), "max": 300.0}
+    assert (s["outage_ms"]["p50"], s["outage_ms"]["p95"]) == (110.0, 300.0)  # measured values, not interpolated
+    assert (s["n"], s["lost_total"], s["lost_max"], s["eip_kept"]) == (5, 70, 30, True)
 
 
 def _stamp(t: float) -> str:

@@ -1,4 +1,4 @@
-"""Drain helper (fake speaker, fake clock), BIRD BFD session parsing, metrics."""
+"""The drain sequence (state machine; driver over a fake speaker and clock), BIRD BFD session parsing, metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from prometheus_client import CollectorRegistry
 
 from bgp.announcing import Announcement
 from bgp.bfd_sidecar import parse_bfd_sessions
-from bgp.draining import drain_announcements
+from bgp.draining import (
+    DrainResult,
+    DrainStage,
+    ack_wait_s,
+    after_ack_wait,
+    after_settle,
+    begin_drain,
+    drain_announcements,
+    run_drain,
+    settle_wait_s,
+)
 from bgp.health import HealthConfig, initial_health, step_health
 from bgp.metrics import BgpMetrics
 from bgp.settings import DrainSettings
@@ -21,6 +31,7 @@ class FakeSpeaker:
         self.converge_after = converge_after
         self.clock = clock
         self.sets: list[frozenset[Announcement]] = []
+        self.stopped = False
 
     def set_announcements(self, announcements: frozenset[Announcement]) -> None:
         self.sets.append(announcements)
@@ -32,31 +43,83 @@ class FakeSpeaker:
         self.clock[0] += timeout_s
         return False
 
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.stopped = True
 
-def run_drain(converge_after: float | None, **kw: object) -> tuple[object, FakeSpeaker, list[float]]:
+
+def drain_fake(converge_after: float | None, **kw: object) -> tuple[DrainResult, FakeSpeaker, list[float]]:
     clock = [100.0]
     slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock[0] += s
+
     sp = FakeSpeaker(converge_after, clock)
-    res = drain_announcements(sp, DrainSettings(timeout_s=5.0, settle_s=1.0), sleep=slept.append,
+    res = drain_announcements(sp, DrainSettings(timeout_s=5.0, settle_s=1.0), sleep=sleep,
                               clock=lambda: clock[0], **kw)  # type: ignore[arg-type]  # fmt: skip
     return res, sp, slept
 
 
 def test_drain_withdraws_waits_for_acks_then_settles() -> None:
-    res, sp, slept = run_drain(0.2)
-    assert sp.sets == [frozenset()]
-    assert res.acknowledged and abs(res.ack_wait_s - 0.2) < 1e-9  # type: ignore[attr-defined]
-    assert slept == [1.0]
+    res, sp, slept = drain_fake(0.2)
+    assert sp.sets == [frozenset()] and not sp.stopped
+    assert res.acknowledged and abs(res.ack_wait_s - 0.2) < 1e-9
+    assert slept == [1.0] and res.settle_s == 1.0
 
 
 def test_drain_to_a_depreferred_set() -> None:
-    _, sp, _ = run_drain(0.1, target=frozenset({A}))
+    _, sp, _ = drain_fake(0.1, target=frozenset({A}))
     assert sp.sets == [frozenset({A})]
 
 
-def test_drain_timeout_does_not_settle_or_raise() -> None:
-    res, _, slept = run_drain(None)
-    assert not res.acknowledged and slept == []  # type: ignore[attr-defined]
+def test_drain_timeout_closes_the_sessions_then_settles() -> None:
+    res, sp, slept = drain_fake(None)
+    assert not res.acknowledged and abs(res.ack_wait_s - 5.0) < 1e-9
+    assert sp.stopped  # no ack: closing the sessions is the withdrawal the routers act on
+    assert slept == [1.0]  # in-flight packets still arrive while the routers drop our routes
+
+
+def test_drain_state_machine_steps() -> None:
+    p = begin_drain(10.0, timeout_s=3.0, settle_s=0.5)
+    assert p.stage is DrainStage.WITHDRAWING and ack_wait_s(p, 10.0) == 0.2 and ack_wait_s(p, 12.9) < 0.2
+    assert after_ack_wait(p, acked=False, now=11.0) == p  # still within the timeout: keep waiting
+    late = after_ack_wait(p, acked=False, now=13.0)
+    assert late.stage is DrainStage.SETTLING and late.close_sessions and late.settle_until == 13.5
+    ok = after_ack_wait(p, acked=True, now=10.4)
+    assert ok.acknowledged is True and not ok.close_sessions and abs(ok.ack_wait_s - 0.4) < 1e-9
+    assert settle_wait_s(ok, 10.4) == 0.05 and after_settle(ok, now=10.6) == ok
+    done = after_settle(ok, now=10.9)
+    assert done.stage is DrainStage.DONE and done.finished == 10.9
+    hurried = after_ack_wait(p, acked=True, now=10.1, hurried=True)
+    assert hurried.close_sessions and hurried.settle_until == 10.1  # a hurry: unacknowledged, no settle time
+    assert after_settle(hurried, now=10.1).stage is DrainStage.DONE
+
+
+def test_run_drain_reports_each_stage_and_stops_on_a_hurry() -> None:
+    clock = [0.0]
+    seen: list[DrainStage] = []
+    hurry = [False]
+
+    class IO:
+        closed = False
+
+        def withdraw(self) -> None:
+            pass
+
+        def wait_acknowledged(self, timeout_s: float) -> bool:
+            clock[0] += timeout_s
+            hurry[0] = clock[0] >= 1.0  # a second SIGTERM after a second of waiting
+            return False
+
+        def close_sessions(self) -> None:
+            self.closed = True
+
+    io = IO()
+    p = run_drain(io, timeout_s=10.0, settle_s=5.0, clock=lambda: clock[0], sleep=lambda s: None,
+                  hurried=lambda: hurry[0], on_progress=lambda q: seen.append(q.stage))  # fmt: skip
+    assert seen == [DrainStage.WITHDRAWING, DrainStage.SETTLING, DrainStage.DONE]
+    assert io.closed and p.acknowledged is False and clock[0] < 1.5
 
 
 BIRDC = """BIRD 2.0.12 ready.

@@ -15,8 +15,10 @@ from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot
 from appliance.gateway.member_state import StateDir, render_status
 from appliance.gateway.service import DataPathResult, GatewayDeps, GatewayService, Phase
+from appliance.gateway.view import MemberView
 from appliance.runtime.config import GatewayConfig, parse_gateway_config
 from appliance.runtime.reconciling import PassOutcome
+from appliance.runtime.skips import SkipNote
 from bgp.announcing import Announcement, MemberMode
 from bgp.health import Check
 from tests.unit.resolution_builders import gateway, gw_node, ip, node, ns, pod, policy
@@ -57,6 +59,7 @@ class DataPath:
         self.converged: list[Intent] = []
         self.full: list[bool] = []
         self.removed = 0
+        self.skipped: frozenset[SkipNote] = frozenset()
 
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> DataPathResult:
         self.converged.append(intent)
@@ -64,7 +67,7 @@ class DataPath:
         eips: frozenset[IPAddress] = frozenset(e for i in intent.instances for e in i.eips)
         if not self.in_place:
             return DataPathResult(outcome=PassOutcome(failures=("addr add: EPERM",)), eips_in_place=frozenset())
-        return DataPathResult(outcome=PassOutcome(changes=("addr add",)), eips_in_place=eips)
+        return DataPathResult(outcome=PassOutcome(changes=("addr add",), skipped=self.skipped), eips_in_place=eips)
 
     def checks(self) -> Mapping[Check, bool]:
         return {Check.NFT_TABLE: self.table, Check.TUNNEL_DEVICE: True}
@@ -239,7 +242,7 @@ def test_drain_withdraws_waits_for_ack_settles_then_removes(tmp_path: Path) -> N
     svc.drain()
     assert sp.current == frozenset()  # withdrawn
     assert sp.acked == frozenset()  # ...and acknowledged
-    assert svc.drain_state["acknowledged"] is True and not svc._abort.is_set()
+    assert svc.view.drain is not None and svc.view.drain.acknowledged is True and not svc._abort.is_set()
     assert clock.t - start >= 0.5  # settle time spent while the kernel state still forwards
     assert dp.removed == 0
     svc._shutdown([])
@@ -262,7 +265,7 @@ def test_drain_ack_timeout_is_bounded(tmp_path: Path) -> None:
     start = clock.t
     svc.request_drain("test")
     svc.drain()
-    assert svc.drain_state["acknowledged"] is False
+    assert svc.view.drain is not None and svc.view.drain.acknowledged is False
     assert sp.stopped  # sessions closed: the routers withdraw our routes themselves
     assert 3.5 <= clock.t - start <= 3.8  # drain timeout, then the settle time
 
@@ -349,3 +352,30 @@ def test_eip_leaving_the_intent_is_withdrawn_before_the_kernel_pass(tmp_path: Pa
     assert seen_at_converge == [frozenset()]  # withdrawn before the data path removed the EIP
     assert dp.full == [True, False]  # the first pass observes the kernel, an event-driven one trusts its cache
     assert sp.current == frozenset()
+
+
+def test_the_view_is_replaced_not_mutated_and_carries_the_skips(tmp_path: Path) -> None:
+    svc, dp, _sp, clock = make(tmp_path)
+    seen: list[MemberView] = []
+    svc.deps.on_tick = seen.append
+    first = svc.view
+    assert first.phase is Phase.STARTING and first.reconcile is None and first.skipped == frozenset()
+    dp.skipped = frozenset({SkipNote(planner="gateway", reason="UnknownWorker", subject="100.64.9.9",
+                                     subject_kind="pod_ip", detail="node w9")})  # fmt: skip
+    run_pass(svc, clock)
+    tick(svc, clock, 3)
+    assert svc.view is not first and first.reconcile is None  # a new view each time; the old one is unchanged
+    assert seen[-1] is svc.view and len(seen) == 3
+    v = svc.view
+    assert v.reconcile is not None and v.reconcile.ok and v.reconcile.passes == 1
+    assert v.health.healthy and v.eips_in_place == {EIP} and {a.eip for a in v.desired} == {EIP}
+    assert [s.reason for s in v.skipped] == ["UnknownWorker"]
+    doc = StateDir(tmp_path).read_status()
+    assert doc is not None and doc["skipped"] == [
+        {"planner": "gateway", "pod_ip": "100.64.9.9", "reason": "UnknownWorker", "detail": "node w9"}
+    ]
+    dp.skipped = frozenset()
+    svc.reconciler.notify("resync")
+    clock.t += 1.0
+    svc.reconciler.poll(clock.t)
+    assert svc.view.skipped == frozenset() and svc.skips.current == frozenset()

@@ -7,10 +7,15 @@ import ipaddress
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from appliance.core.events import EventLogger, LogFormat, LogLevel, LogSettings, setup_logging
+from bgp.settings import parse_bgp_settings
+from bgp.speaker import BgpSpeaker
+from bgp.speaking import PeerChanged, PeerState
+from k8s_sync.parsing import parse_calico_pool
 
 
 @pytest.fixture
@@ -65,3 +70,26 @@ def test_exception_becomes_error_field(restore_root: None) -> None:
         EventLogger("x").exception("reconcile.pass_crashed")
     doc = json.loads(out.getvalue())
     assert doc["error"] == "RuntimeError: netlink gone"
+
+
+def test_bgp_and_k8s_sync_lines_carry_their_event_and_fields(restore_root: None, tmp_path: Path) -> None:
+    """bgp/ and k8s_sync/ log named events with typed fields, not printf text (`event=log`, `msg=...`)."""
+    out = io.StringIO()
+    setup_logging(LogSettings(format=LogFormat.JSON), stream=out)
+    settings = parse_bgp_settings({"local_asn": 64513, "router_id": "198.51.100.11",
+                                   "peers": [{"address": "198.51.100.1", "asn": 64512}]})  # fmt: skip
+    speaker = BgpSpeaker(settings, tmp_path)
+    try:
+        speaker._report(PeerChanged(peer=ipaddress.ip_address("198.51.100.1"), state=PeerState.DOWN,
+                                    reason="hold timer expired"))  # fmt: skip
+    finally:
+        speaker.stop()
+    assert parse_calico_pool({"metadata": {"name": "pool-a"}, "spec": {"cidr": "10.0.0.0/33"}}) == ()
+    bgp_doc, sync_doc = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (bgp_doc["event"], bgp_doc["logger"]) == ("bgp.peer_changed", "bgp.speaker")
+    assert (bgp_doc["peer"], bgp_doc["state"], bgp_doc["reason"]) == ("198.51.100.1", "down", "hold timer expired")
+    assert "msg" not in bgp_doc
+    assert (sync_doc["event"], sync_doc["logger"], sync_doc["level"]) == ("store.parse_failed", "k8s_sync.parsing",
+                                                                          "warning")
+    assert (sync_doc["kind"], sync_doc["object"], sync_doc["cidr"]) == ("IPPool", "pool-a", "10.0.0.0/33")
+    assert "msg" not in sync_doc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import stat
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_network
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from appliance.core.intent import GatewayInstance, Intent, Steering
 from appliance.core.model import IPAddress, Member, Node, PolicyKind, PolicyRef, TunnelSpec, TunnelType
+from appliance.datapath.apply import wireguard_keyfiles as wkf
 from appliance.datapath.plan import wireguard as pw
 from appliance.datapath.plan import wireguard_keys as wk
 
@@ -220,41 +222,39 @@ def test_rfc7748_x25519_vector() -> None:
     # RFC 7748 section 6.1 (Alice's key pair)
     alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
     expected = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
-    import base64
-
     assert wk.PrivateKey(alice).public_key() == base64.b64encode(expected).decode()
 
 
 def test_private_key_never_in_repr_or_plan(tmp_path: Path) -> None:
     key = wk.PrivateKey.generate()
     assert key.to_base64() not in repr(key) and key.to_base64() not in str(key)
-    path = tmp_path / wk.CURRENT_KEY_FILE
-    wk.write_key_file(path, key)
-    (lk,) = wk.local_keys(tmp_path)
+    path = tmp_path / wkf.CURRENT_KEY_FILE
+    wkf.write_key_file(path, key)
+    (lk,) = wkf.local_keys(tmp_path)
     plan = pw.plan_worker_wireguard(intent(steer("100.64.1.10", "w1")), node=WORKER1, local_keys=(lk,),
                                     settings=SETTINGS)
     assert plan.interfaces and key.to_base64() not in repr(plan) and key.to_base64() not in repr(lk)
 
 
 def test_key_file_mode_0600_and_stable_across_restarts(tmp_path: Path) -> None:
-    first = wk.local_keys(tmp_path / "state")
-    path = tmp_path / "state" / wk.CURRENT_KEY_FILE
+    first = wkf.local_keys(tmp_path / "state")
+    path = tmp_path / "state" / wkf.CURRENT_KEY_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert wk.local_keys(tmp_path / "state") == first
+    assert wkf.local_keys(tmp_path / "state") == first
     path.chmod(0o644)
     with pytest.raises(PermissionError):
-        wk.local_keys(tmp_path / "state")
+        wkf.local_keys(tmp_path / "state")
 
 
 def test_rotation_phases(tmp_path: Path) -> None:
-    (old,) = wk.local_keys(tmp_path)
-    new = wk.begin_rotation(tmp_path)
-    assert new.slot != old.slot and wk.begin_rotation(tmp_path) == new
-    assert [k.public_key for k in wk.local_keys(tmp_path)] == [old.public_key, new.public_key]
-    wk.switch_rotation(tmp_path)
-    assert [k.public_key for k in wk.local_keys(tmp_path)] == [new.public_key, old.public_key]
-    wk.end_rotation(tmp_path)
-    assert [k.public_key for k in wk.local_keys(tmp_path)] == [new.public_key]
+    (old,) = wkf.local_keys(tmp_path)
+    new = wkf.begin_rotation(tmp_path)
+    assert new.slot != old.slot and wkf.begin_rotation(tmp_path) == new
+    assert [k.public_key for k in wkf.local_keys(tmp_path)] == [old.public_key, new.public_key]
+    wkf.switch_rotation(tmp_path)
+    assert [k.public_key for k in wkf.local_keys(tmp_path)] == [new.public_key, old.public_key]
+    wkf.end_rotation(tmp_path)
+    assert [k.public_key for k in wkf.local_keys(tmp_path)] == [new.public_key]
 
 
 def test_published_keys_round_trip_and_invalid_entries_dropped() -> None:
@@ -273,10 +273,10 @@ class FakeNodes:
 
 def test_publish_public_key() -> None:
     fake = FakeNodes()
-    wk.publish_public_key(fake, "w1", (W1, W2))
+    wkf.publish_public_key(fake, "w1", (W1, W2))
     assert fake.calls == [("w1", {"egressgw.io/wireguard-public-key": f"{W1},{W2}"})]
     with pytest.raises(ValueError):
-        wk.publish_public_key(fake, "w1", (wk.PublicKey("nope"),))
+        wkf.publish_public_key(fake, "w1", (wk.PublicKey("nope"),))
 
 
 def test_gateway_mtu_for_ipv4_only_endpoints() -> None:

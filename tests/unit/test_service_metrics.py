@@ -8,7 +8,7 @@ import urllib.request
 from prometheus_client import CollectorRegistry
 
 from appliance.runtime.config import MetricsSettings
-from appliance.runtime.datapath_wiring import register_datapath_metrics
+from appliance.runtime.datapath_common import register_datapath_metrics
 from appliance.runtime.metrics import LoopMetrics, serve_metrics
 from appliance.runtime.reconciling import PassOutcome, PassReport
 

@@ -9,8 +9,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from appliance.core.backoff import Backoff
 from k8s_sync.kubeapi import ApiError
-from k8s_sync.reflector import Backoff, Reflector, ReflectorSettings, WatchSpec, trim_pod
+from k8s_sync.reflector import Reflector, ReflectorSettings, WatchSpec, reconnect_backoff, trim_pod
 from k8s_sync.resources import RESOURCES
 from k8s_sync.store import Store
 
@@ -125,7 +126,7 @@ def test_list_failure_is_retried_before_the_first_sync() -> None:
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
-    b = Backoff(0.2, 5.0, random.Random(7))
+    b = Backoff(reconnect_backoff(ReflectorSettings(backoff_initial=0.2, backoff_max=5.0)), random.Random(7))
     delays = [b.next() for _ in range(10)]
     assert 0.1 <= delays[0] <= 0.2
     assert all(d <= 5.0 for d in delays) and delays[-1] >= 2.5

@@ -1,11 +1,16 @@
-"""Status planning (pure): raw objects -> store -> resolve -> planned status, conditions, merge patches and events."""
+"""Status planning (pure): raw objects -> store -> resolve -> planned status, conditions, merge patches and events,
+and the Degraded condition naming the selected pod IPs the gateway members skip."""
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 from typing import Any
 
+from appliance.core.model import PolicyKind, PolicyRef
+from appliance.datapath.plan.gateway import GatewaySkip, GatewaySkipReason
 from appliance.policy.resolution import resolve
+from k8s_sync.not_carried import SkipCount, skips_by_policy
 from k8s_sync.oneshot import intent_from_status
 from k8s_sync.status_planning import INT64_MAX, EventReason, merge_patch, plan_status, prune
 from k8s_sync.store import Store
@@ -168,3 +173,76 @@ def test_intent_from_status_restores_written_eips() -> None:
     previous = intent_from_status(raw["EgressPolicy"])
     (o,) = previous.outcomes
     assert str(o.policy) == "EgressPolicy/a/web" and str(o.eip_v4) == "203.0.113.128" and o.gateway == "gw"
+
+
+# ----- Degraded: the selected pod IPs the gateway members skip, and why -----
+
+
+def worker_node(name: str, address: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "resourceVersion": "1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": address}]}}
+
+
+def web_pod(name: str, ip: str, node: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "a", "labels": {"app": "web"}, "resourceVersion": "1"},
+            "spec": {"nodeName": node}, "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+
+
+def replace(store: Store, raw: dict[str, list[Any]], kind: str, objects: list[dict[str, Any]]) -> None:
+    raw[kind] = objects
+    store.replace(kind, objects, "2")
+
+
+def test_a_pod_on_a_worker_without_address_makes_the_policy_degraded_until_the_worker_is_known() -> None:
+    store, raw = world([policy("web")])  # the pod runs on w1, which has no Node object (no InternalIP)
+    first = plan(store, raw, T1)
+    (st,) = [w.status for w in first.writes if w.ref.name == "web"]
+    assert cond(st, "Ready")["status"] == "True"
+    degraded = cond(st, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "UnknownWorker")
+    assert degraded["message"] == "1 selected pod IP is not carried: UnknownWorker 1 (100.64.1.10)"
+    assert "skippedIPs" not in st  # a condition only: older versions' schemas accept it
+    (ev,) = [e for e in first.events if e.reason is EventReason.PODS_NOT_CARRIED]
+    assert ev.ref.name == "web" and "UnknownWorker 1" in ev.message
+    apply_plan(raw, first)
+    assert plan(store, raw, T2).writes == ()  # stable while nothing changes
+    replace(store, raw, "Node", [*raw["Node"], worker_node("w1", "192.0.2.21")])
+    (w,) = [w for w in plan(store, raw, T2).writes if w.ref.name == "web"]
+    assert (cond(w.status, "Degraded")["status"], cond(w.status, "Degraded")["reason"]) == ("False", "AllCarried")
+
+
+def test_a_pod_ip_on_two_workers_is_reported_with_bounded_examples() -> None:
+    store, raw = world([policy("web")])
+    replace(store, raw, "Node", [*raw["Node"], worker_node("w1", "192.0.2.21"), worker_node("w2", "192.0.2.22")])
+    pods = [web_pod("dup-a", "100.64.1.10", "w1"), web_pod("dup-b", "100.64.1.10", "w2")]
+    pods += [web_pod(f"lost-{i}", f"100.64.9.{i}", "w9") for i in range(5)]  # w9: no Node object
+    replace(store, raw, "Pod", pods)
+    (st,) = [w.status for w in plan(store, raw).writes if w.ref.name == "web"]
+    degraded = cond(st, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "UnknownWorker"  # the most common reason first
+    assert degraded["message"] == ("6 selected pod IPs are not carried: "
+                                   "UnknownWorker 5 (100.64.9.0, 100.64.9.1, 100.64.9.2, ...), "
+                                   "PodIPOnTwoWorkers 1 (100.64.1.10)")
+
+
+def test_a_policy_that_is_not_ready_is_not_degraded() -> None:
+    store, raw = world([policy("p", {"egressGatewayName": "nope"})])
+    (w,) = [w for w in plan(store, raw).writes if w.ref.name == "p"]
+    assert (cond(w.status, "Degraded")["status"], cond(w.status, "Degraded")["reason"]) == ("False", "NotReady")
+
+
+def test_skips_are_counted_per_policy_and_reason_by_distinct_pod_ip() -> None:
+    web = PolicyRef(kind=PolicyKind.NAMESPACED, namespace="a", name="web")
+    other = PolicyRef(kind=PolicyKind.CLUSTER, namespace="", name="all")
+    ip = ipaddress.ip_address
+    skips = [GatewaySkip(pod_ip=ip(f"10.0.0.{i}"), node="w9", reason=GatewaySkipReason.UNKNOWN_WORKER, policy=web)
+             for i in (9, 1, 5, 3)]
+    skips += [GatewaySkip(pod_ip=ip("10.0.0.2"), node=n, reason=GatewaySkipReason.OVERLAPPING_DESTINATION,
+                          policy=other) for n in ("w1", "w2")]  # one pod IP, two skips: counted once
+    skips.append(GatewaySkip(pod_ip=ip("10.0.0.7"), node="w1", reason=GatewaySkipReason.UNKNOWN_WORKER))  # no policy
+    assert skips_by_policy(skips) == {
+        web: (SkipCount(reason=GatewaySkipReason.UNKNOWN_WORKER, count=4,
+                        examples=(ip("10.0.0.1"), ip("10.0.0.3"), ip("10.0.0.5"))),),
+        other: (SkipCount(reason=GatewaySkipReason.OVERLAPPING_DESTINATION, count=1, examples=(ip("10.0.0.2"),)),),
+    }

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from appliance.core.events import KeyValueFormatter
+from appliance.datapath.apply.wireguard_keyfiles import CURRENT_KEY_FILE, read_key_file
 from appliance.datapath.apply.wireguard_node import GatewayWireguard, WorkerWireguard
 from appliance.datapath.plan.wireguard import WgSettings, WgSkip, WgSkipReason, WireguardPlan
-from appliance.datapath.plan.wireguard_keys import CURRENT_KEY_FILE, read_key_file
 
 
 class NoChanges:

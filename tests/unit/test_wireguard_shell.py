@@ -8,6 +8,7 @@ from pathlib import Path
 
 from appliance.core.intent import GatewayInstance, Intent, Steering
 from appliance.core.model import WIREGUARD_KEY_ANNOTATION, Member, Node, PolicyKind, PolicyRef, TunnelSpec, TunnelType
+from appliance.datapath.apply import wireguard_keyfiles as wkf
 from appliance.datapath.apply.wireguard import format_endpoint, parse_dump
 from appliance.datapath.apply.wireguard_liveness import SessionWatch
 from appliance.datapath.apply.wireguard_node import RotationStep, WorkerWireguard
@@ -118,7 +119,7 @@ def test_rotation_driver_switches_when_new_tunnel_answers_and_ends_after_grace(t
     w.reconcile(_intent(), node)
     assert w.advance_rotation() is RotationStep.IDLE
     (old,) = w.current_keys()
-    new = wk.begin_rotation(tmp_path)
+    new = wkf.begin_rotation(tmp_path)
     plan = w.reconcile(_intent(), node)
     assert nodes.values[-1] == f"{old.public_key},{new.public_key}" and len(plan.interfaces) == 2
     assert w.advance_rotation() is RotationStep.WAITING_FOR_NEW_TUNNEL

@@ -6,12 +6,14 @@ import ipaddress
 from dataclasses import replace
 from pathlib import Path
 
+from appliance.agent.wireguard import WorkerWireguardHook
 from appliance.core.intent import Intent
 from appliance.core.model import TunnelSpec, TunnelType
 from appliance.core.snapshot import Snapshot
+from appliance.gateway.wireguard import GatewayWireguardHook
 from appliance.policy.resolution import resolve
 from appliance.runtime.underlay import Underlay
-from appliance.runtime.wireguard_wiring import GatewayWireguardHook, WorkerWireguardHook, uses_wireguard
+from appliance.runtime.wireguard_common import uses_wireguard
 from tests.unit.resolution_builders import gateway, gw_node, node, ns, pod, policy
 
 UNDERLAY = Underlay(interface="eth1", index=2, addresses=(ipaddress.ip_address("100.127.0.11"),), mtu=1500)

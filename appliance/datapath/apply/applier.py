@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from appliance.datapath.apply.netlink import ApplyResult, NetlinkApplier, Shell
-from appliance.datapath.apply.nft import NftApplier, ObservedTable, as_observed
+from appliance.datapath.apply.nft import NftApplier, as_observed
 from appliance.datapath.plan.gateway import GatewayPlan
 from appliance.datapath.plan.kernel_model import Change, KernelState, Sysctl, diff_phases
+from appliance.datapath.plan.kernel_parsing import ObservedTable
 from appliance.datapath.plan.nft_rendering import NftTable, gateway_table, worker_table
 from appliance.datapath.plan.worker import WorkerPlan
 

@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from appliance.core.model import IPAddress
 
 _IFF_UP = 0x1
@@ -22,8 +24,6 @@ _IFF_LOWER_UP = 0x10000
 
 def link_up(name: str) -> bool:
     """Administratively up with carrier (operstate UP, or UNKNOWN with lower-up for drivers that do not report)."""
-    from pyroute2 import IPRoute
-
     try:
         with IPRoute() as ipr:
             links = ipr.get_links(ifname=name)
@@ -44,8 +44,6 @@ def links_present(names: Iterable[str]) -> bool:
     wanted = set(names)
     if not wanted:
         return True
-    from pyroute2 import IPRoute
-
     try:
         with IPRoute() as ipr:
             present = {str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}

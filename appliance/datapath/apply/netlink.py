@@ -11,21 +11,16 @@ metric OWN_METRIC on `lo`, permanent neighbours on `egw-*`, routes and rules wit
 
 from __future__ import annotations
 
-import functools
-import json
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, ip_address, ip_network
 from typing import Any
 
 from appliance.datapath.plan.kernel_model import (
     LINK_PREFIX,
-    MAIN_TABLE,
     OWN_METRIC,
     OWN_PROTO,
     Change,
-    Encap,
     KernelState,
     LocalAddress,
     Neighbour,
@@ -35,6 +30,16 @@ from appliance.datapath.plan.kernel_model import (
     Sysctl,
     TunnelLink,
     diff,
+)
+from appliance.datapath.plan.kernel_parsing import (
+    addr_infos,
+    load_ip_json,
+    parse_local_addresses,
+    parse_neighbours,
+    parse_routes,
+    parse_rules,
+    parse_sysctls,
+    parse_tunnel_link,
 )
 
 
@@ -62,17 +67,8 @@ class Shell:
         return proc.returncode, proc.stdout, proc.stderr
 
     def json(self, argv: Sequence[str]) -> list[dict[str, Any]]:
-        """`ip -json` output; a repeated key (a route's encap `dst`) is kept as `<key>_2`."""
-        _, out, _ = self.run(argv)
-
-        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-            d: dict[str, Any] = {}
-            for k, v in items:
-                d[f"{k}_2" if k in d else k] = v
-            return d
-
-        data = json.loads(out or "[]", object_pairs_hook=pairs)
-        return data if isinstance(data, list) else []
+        """`ip -json` output, decoded by `kernel_parsing.load_ip_json` (which keeps a route's encap `dst`)."""
+        return load_ip_json(self.run(argv)[1])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,25 +80,6 @@ class ApplyResult:
         return ApplyResult(changes=self.changes + other.changes, failures=self.failures + other.failures)
 
 
-def _table(value: object) -> int:
-    if value in (None, "main"):
-        return MAIN_TABLE
-    return int(str(value))
-
-
-@functools.lru_cache(maxsize=65536)
-def _net(dst: str, version: int) -> Any:
-    if dst == "default":
-        return ip_network("0.0.0.0/0" if version == 4 else "::/0")
-    return ip_network(dst)
-
-
-@functools.lru_cache(maxsize=65536)
-def _addr(text: str) -> Any:
-    """Parsing addresses is the slow part of observing 10k routes; a steady state parses the same strings."""
-    return ip_address(text)
-
-
 class NetlinkApplier:
     """Observe / diff / apply our links, addresses, neighbours, routes, rules and sysctls in one namespace."""
 
@@ -112,79 +89,34 @@ class NetlinkApplier:
     # ----- observe -----
 
     def observe(self, sysctl_keys: Iterable[str] = ()) -> KernelState:
+        """What we own in the namespace right now (the parsing is `appliance.datapath.plan.kernel_parsing`)."""
         sh = self.shell
-        links: set[TunnelLink] = set()
-        for d in sh.json(["ip", "-d", "-j", "link", "show"]):
-            name = str(d.get("ifname", ""))
-            if not name.startswith(LINK_PREFIX):
-                continue
-            info = d.get("linkinfo", {}).get("info_data", {})
-            external = bool(info.get("external")) and d.get("linkinfo", {}).get("info_kind") == "vxlan"
-            up = "UP" in d.get("flags", [])
-            addr4 = next(
-                (a for a in self._addresses(name) if a.get("family") == "inet"), None
-            )
-            address = IPv4Interface(f"{addr4['local']}/{addr4['prefixlen']}") if addr4 else IPv4Interface("0.0.0.0/32")
-            links.add(
-                TunnelLink(
-                    name=name, port=int(info.get("port", 0)) if external else -1, mac=str(d.get("address", "")),
-                    mtu=int(d.get("mtu", 0)) if up else -1, address=address,
-                )
-            )
-        addresses = {
-            LocalAddress(ip=ip_address(a["local"]))
-            for a in self._addresses("lo")
-            if a.get("metric") == OWN_METRIC
-        }
-        neighbours = {
-            Neighbour(dev=str(n["dev"]), ip=ip_address(n["dst"]), mac=str(n.get("lladdr", "")))
-            for n in sh.json(["ip", "-j", "neigh", "show", "nud", "permanent"])
-            if str(n.get("dev", "")).startswith(LINK_PREFIX)
-        }
+        links = [
+            parse_tunnel_link(d, self._addresses(str(d["ifname"])))
+            for d in sh.json(["ip", "-d", "-j", "link", "show"])
+            if str(d.get("ifname", "")).startswith(LINK_PREFIX)
+        ]
         routes: set[Route] = set()
         rules: set[Rule] = set()
         for version in (4, 6):
-            for r in sh.json(["ip", "-j", f"-{version}", "route", "show", "table", "all", "proto", str(OWN_PROTO)]):
-                via = r.get("gateway") or r.get("via", {}).get("host")
-                encap = Encap(vni=int(r.get("id", 0)), dst=_addr(r["dst_2"])) if "dst_2" in r else None
-                routes.add(
-                    Route(
-                        table=_table(r.get("table")), dst=_net(str(r["dst"]), version), dev=str(r.get("dev", "")),
-                        via=_addr(str(via)) if via else None, encap=encap,
-                    )
-                )
-            for r in sh.json(["ip", "-j", f"-{version}", "rule", "show"]):
-                if str(r.get("protocol", "")) != str(OWN_PROTO):
-                    continue
-                has_mark = "fwmark" in r
-                rules.add(
-                    Rule(
-                        family=version, priority=int(r["priority"]), fwmark=int(str(r.get("fwmark", "0")), 16),
-                        mask=int(str(r.get("fwmask", "0xffffffff" if has_mark else "0")), 16),
-                        table=_table(r["table"]) if "table" in r else 0, iif=str(r.get("iif", "")),
-                        invert="not" in r, goto=int(r.get("goto", 0)), nop="nop" in r,
-                    )
-                )
+            routes |= parse_routes(
+                sh.json(["ip", "-j", f"-{version}", "route", "show", "table", "all", "proto", str(OWN_PROTO)]), version
+            )
+            rules |= parse_rules(sh.json(["ip", "-j", f"-{version}", "rule", "show"]), version)
         return KernelState(
-            links=frozenset(links), addresses=frozenset(addresses), neighbours=frozenset(neighbours),
-            routes=frozenset(routes), rules=frozenset(rules), sysctls=frozenset(self._sysctls(sysctl_keys)),
+            links=frozenset(links), addresses=parse_local_addresses(self._addresses("lo")),
+            neighbours=parse_neighbours(sh.json(["ip", "-j", "neigh", "show", "nud", "permanent"])),
+            routes=frozenset(routes), rules=frozenset(rules), sysctls=self._sysctls(sysctl_keys),
         )
 
     def _addresses(self, dev: str) -> list[dict[str, Any]]:
-        found = self.shell.json(["ip", "-j", "addr", "show", "dev", dev])
-        return [a for d in found for a in d.get("addr_info", [])]
+        return addr_infos(self.shell.json(["ip", "-j", "addr", "show", "dev", dev]))
 
-    def _sysctls(self, keys: Iterable[str]) -> set[Sysctl]:
+    def _sysctls(self, keys: Iterable[str]) -> frozenset[Sysctl]:
         keys = sorted(set(keys))
         if not keys:
-            return set()
-        _, out, _ = self.shell.run(["sysctl", "-e", *keys], check=False)
-        found = set()
-        for line in out.splitlines():
-            k, sep, v = line.partition(" = ")
-            if sep:
-                found.add(Sysctl(key=k.strip(), value=v.strip()))
-        return found
+            return frozenset()
+        return parse_sysctls(self.shell.run(["sysctl", "-e", *keys], check=False)[1])
 
     # ----- apply -----
 

@@ -11,53 +11,9 @@ Nothing outside our table is read or written: the host firewall and the CNI's ta
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
-from typing import Any
-
 from appliance.datapath.apply.netlink import ApplyResult, Shell
-from appliance.datapath.plan.nft_rendering import FAMILY, TABLE, Contents, Element, NftTable, render_delta, render_full
-
-_COMMENT = re.compile(r'^\s*comment "(?P<c>[^"]*)"', re.M)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ObservedTable:
-    comment: str
-    contents: Contents
-    #: chain name -> number of rules
-    rule_counts: dict[str, int]
-    #: counter name -> (packets, bytes)
-    counter_values: dict[str, tuple[int, int]]
-
-
-def _canon_part(part: Any, typ: str = "") -> str:
-    """nft JSON -> our canonical element text, without parsing addresses (nft prints them canonically already:
-    dotted quad / RFC 5952, which is also what Python's ipaddress prints); this runs for every element."""
-    if typ == "mark":
-        return f"{int(part):#010x}"
-    if isinstance(part, dict):
-        if "prefix" in part:
-            a, n = part["prefix"]["addr"], int(part["prefix"]["len"])
-            return a if n == (128 if ":" in a else 32) else f"{a}/{n}"
-        if "range" in part:
-            return "-".join(str(x) for x in part["range"])
-    return str(part)
-
-
-def _canon_key(key: Any, types: list[str]) -> str:
-    if isinstance(key, dict) and "concat" in key:
-        return " . ".join(_canon_part(p, t) for p, t in zip(key["concat"], types, strict=False))
-    return _canon_part(key, types[0] if types else "")
-
-
-def _canon_value(data_type: str | None, value: Any) -> str | None:
-    if data_type is None:
-        return None
-    if data_type == "mark":
-        return f"{int(value):#010x}"
-    return _canon_part(value)
+from appliance.datapath.plan.kernel_parsing import ObservedTable, parse_nft_counters, parse_nft_table, table_comment
+from appliance.datapath.plan.nft_rendering import FAMILY, TABLE, Contents, NftTable, render_delta, render_full
 
 
 def expected_rule_counts(table: NftTable) -> dict[str, int]:
@@ -78,43 +34,12 @@ class NftApplier:
         self.shell = shell or Shell()
 
     def observe(self) -> ObservedTable | None:
+        """Our table as listed now, or None when it does not exist (parsing: `kernel_parsing.parse_nft_table`)."""
         rc, text, _ = self.shell.run(["nft", "-t", "list", "table", FAMILY, TABLE], check=False)
         if rc != 0:
             return None
-        m = _COMMENT.search(text)
         _, out, _ = self.shell.run(["nft", "-j", "list", "table", FAMILY, TABLE])
-        elements: dict[str, frozenset[Element]] = {}
-        counters: dict[str, tuple[int, int]] = {}
-        rules: dict[str, int] = {}
-        for item in json.loads(out).get("nftables", []):
-            if "counter" in item:
-                c = item["counter"]
-                counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
-            elif "chain" in item:
-                rules.setdefault(item["chain"]["name"], 0)
-            elif "rule" in item:
-                name = item["rule"]["chain"]
-                rules[name] = rules.get(name, 0) + 1
-            else:
-                s = item.get("set") or item.get("map")
-                if s is None:
-                    continue
-                data_type = s.get("map")
-                types = s.get("type", [])
-                types = [types] if isinstance(types, str) else list(types)
-                elems = set()
-                for e in s.get("elem", []):
-                    if isinstance(e, list):
-                        elems.add((_canon_key(e[0], types), _canon_value(data_type, e[1])))
-                    else:
-                        elems.add((_canon_key(e, types), None))
-                elements[s["name"]] = frozenset(elems)
-        return ObservedTable(
-            comment=m.group("c") if m else "",
-            contents=Contents(elements=elements, counters=frozenset(counters)),
-            rule_counts=rules,
-            counter_values=counters,
-        )
+        return parse_nft_table(out, comment=table_comment(text))
 
     def plan(self, table: NftTable, observed: ObservedTable | None) -> tuple[str, int, bool]:
         """(nft -f text, number of changes, full replacement?) for converging `observed` to `table`."""
@@ -148,12 +73,7 @@ class NftApplier:
         rc, out, _ = self.shell.run(["nft", "-j", "list", "counters", "table", FAMILY, TABLE], check=False)
         if rc != 0:
             return {}
-        found = {}
-        for item in json.loads(out).get("nftables", []):
-            if "counter" in item:
-                c = item["counter"]
-                found[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
-        return found
+        return parse_nft_counters(out)
 
     def exists(self) -> bool:
         return self.shell.run(["nft", "list", "table", FAMILY, TABLE], check=False)[0] == 0

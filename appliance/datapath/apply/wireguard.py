@@ -16,7 +16,6 @@ namespace (it daemonises; deleting the link ends it). The choice is detected onc
 from __future__ import annotations
 
 import enum
-import json
 import os
 import shutil
 import socket
@@ -24,12 +23,13 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
+from ipaddress import IPv4Interface, IPv6Interface, ip_address
 from pathlib import Path
 
 from appliance.core.events import EventLogger
+from appliance.datapath.apply.wireguard_keyfiles import read_key_file
+from appliance.datapath.plan.kernel_parsing import load_ip_json, parse_device_routes, parse_interface_addresses
 from appliance.datapath.plan.wireguard import WgInterface, WgPeer, WgRoute, WireguardPlan
-from appliance.datapath.plan.wireguard_keys import read_key_file
 
 log = EventLogger("egressgw.wireguard")
 
@@ -150,31 +150,26 @@ class WireguardApplier:
     # ----- observation -----
 
     def our_links(self) -> dict[str, dict[str, object]]:
-        links = json.loads(self.shell.ip("-j", "-d", "link", "show") or "[]")
+        links = load_ip_json(self.shell.ip("-j", "-d", "link", "show"))
         return {str(li["ifname"]): li for li in links if str(li["ifname"]).startswith(self.prefix)}
 
     def observe(self) -> dict[str, ObservedInterface]:
         found: dict[str, ObservedInterface] = {}
-        addrs = {str(a["ifname"]): a for a in json.loads(self.shell.ip("-j", "addr", "show") or "[]")}
+        addrs = parse_interface_addresses(load_ip_json(self.shell.ip("-j", "addr", "show")))
         for name, link in self.our_links().items():
             dump = self.shell.inside("wg", "show", name, "dump", check=False)
             public, port, peers = parse_dump(dump)
-            infos = addrs.get(name, {}).get("addr_info", [])
-            ours = tuple(ip_interface(f"{a['local']}/{a['prefixlen']}") for a in infos
-                         if a.get("family") in ("inet", "inet6"))
             found[name] = ObservedInterface(
                 name=name, public_key=public, listen_port=port, peers=peers, mtu=int(str(link["mtu"])),
-                up="UP" in (link.get("flags") or []), addresses=ours)  # type: ignore[operator]
+                up="UP" in (link.get("flags") or []), addresses=addrs.get(name, ()))  # type: ignore[operator]
         return found
 
     def observe_routes(self) -> set[tuple[str, str]]:
         routes: set[tuple[str, str]] = set()
-        for family in ("-4", "-6"):
-            out = self.shell.ip("-j", family, "route", "show", "table", self.route_table, "proto", str(ROUTE_PROTO))
-            for r in json.loads(out or "[]"):
-                dst = str(r["dst"])
-                routes.add((str(ip_network(dst if "/" in dst else f"{dst}/{32 if family == '-4' else 128}")),
-                            str(r["dev"])))
+        for version in (4, 6):
+            out = self.shell.ip("-j", f"-{version}", "route", "show", "table", self.route_table, "proto",
+                                str(ROUTE_PROTO))
+            routes |= parse_device_routes(load_ip_json(out), version)
         return routes
 
     # ----- convergence -----

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from appliance.core.events import EventLogger
+from appliance.datapath.apply.wireguard import WireguardApplier
 from appliance.datapath.plan.wireguard import GATEWAY_PROBE_ADDRESS
 
 log = EventLogger("egressgw.wireguard.liveness")
@@ -202,8 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--misses", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    from appliance.datapath.apply.wireguard import WireguardApplier
-
     applier = WireguardApplier(prefix="")
     prober = LivenessProber(applier.reset_peer, interval=args.interval, misses=args.misses)
     prober.set_targets([(dev, key) for dev, _, key in (t.partition("=") for t in args.targets)])

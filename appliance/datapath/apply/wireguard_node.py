@@ -23,6 +23,16 @@ from typing import Protocol
 from appliance.core.events import EventLogger
 from appliance.core.intent import Intent
 from appliance.core.model import Node
+from appliance.datapath.apply.wireguard_keyfiles import (
+    NEXT_KEY_FILE,
+    PREVIOUS_KEY_FILE,
+    NodeAnnotator,
+    local_keys,
+    publish_public_key,
+    read_key_file,
+    switch_rotation,
+)
+from appliance.datapath.apply.wireguard_keyfiles import end_rotation as _end_rotation
 from appliance.datapath.plan.wireguard import (
     WgSettings,
     WireguardPlan,
@@ -30,19 +40,7 @@ from appliance.datapath.plan.wireguard import (
     plan_worker_wireguard,
     summary,
 )
-from appliance.datapath.plan.wireguard_keys import (
-    NEXT_KEY_FILE,
-    PREVIOUS_KEY_FILE,
-    LocalKey,
-    NodeAnnotator,
-    PublicKey,
-    key_slot,
-    local_keys,
-    publish_public_key,
-    read_key_file,
-    switch_rotation,
-)
-from appliance.datapath.plan.wireguard_keys import end_rotation as _end_rotation
+from appliance.datapath.plan.wireguard_keys import LocalKey, PublicKey, key_slot
 
 log = EventLogger("egressgw.wireguard")
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from appliance.core.intent import Intent, Steering
-from appliance.core.model import IPAddress, IPNetwork, TunnelType
+from appliance.core.model import IPAddress, IPNetwork, PolicyRef, TunnelType
 from appliance.datapath.plan.kernel_model import Encap, KernelState, LocalAddress, Neighbour, Route, Rule, Sysctl
 from appliance.datapath.plan.tunnel import (
     GATEWAY_MAC,
@@ -96,6 +96,8 @@ class GatewaySkip:
     pod_ip: IPAddress
     node: str
     reason: GatewaySkipReason
+    #: the policy whose steering was skipped (the status planner reports skips per policy)
+    policy: PolicyRef | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,7 +148,8 @@ def _add_snat(
         if dest.version != pod[0]:
             continue
         if not add_disjoint(accepted, pod, dest):
-            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.OVERLAPPING_DESTINATION))
+            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.OVERLAPPING_DESTINATION,
+                                       policy=s.policy))
             continue
         name = "nodeip" if s.eip is None else addr_token(s.eip)
         snat.append(SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name))
@@ -204,11 +207,13 @@ def plan_gateway(
             _add_snat(s, pod, snat, accepted, skipped)
             continue
         if s.node not in slots:
-            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.UNKNOWN_WORKER))
+            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.UNKNOWN_WORKER,
+                                       policy=s.policy))
             continue
         seen = pod_worker.setdefault(pod, s.node)
         if seen != s.node:
-            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.POD_ON_TWO_WORKERS))
+            skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.POD_ON_TWO_WORKERS,
+                                       policy=s.policy))
             continue
         if pod not in pods:
             pods[pod] = (node_mark[s.node], s.pod_ip)

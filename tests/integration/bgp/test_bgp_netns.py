@@ -15,10 +15,11 @@ import pytest
 
 from appliance.core.intent import GatewayInstance
 from appliance.core.model import IPPool, IPRange, Member
+from appliance.core.waiting import elapsed_until
 from bgp.announcing import Announcement, announcements_for
 from bgp.draining import drain_announcements
 from bgp.settings import DrainSettings
-from lab.testbeds.bgp import Bed, gateway_settings, gw_v4, gw_v6, sh, wait_until
+from lab.testbeds.bgp import Bed, gateway_settings, gw_v4, gw_v6, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 
@@ -38,8 +39,8 @@ def test_session_announce_filter_withdraw(bed: Bed) -> None:
     gw.speaker.set_announcements(anns(100, EIP6, OUTSIDE) | {tagged})
     assert gw.speaker.wait_peers("up", 20), gw.speaker.peer_states()
     assert gw.speaker.wait_converged(5)
-    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
-    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], 5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=5) is not None
     # the gateway spec's communities arrive at the router
     cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
     detail = bed.tb.router_cli(cmd)
@@ -55,13 +56,13 @@ def test_session_announce_filter_withdraw(bed: Bed) -> None:
     else:
         assert "203.0.113" not in bed.tb.router_cli(f"show bgp ipv4 unicast neighbors {gw_v4(1)} advertised-routes")
     # BFD is up on both sides
-    assert wait_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, 10), gw.bfd.peer_states()
+    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=10), gw.bfd.peer_states()
     router_bfd = bed.tb.router_cli("show bfd sessions" if bed.tb.router == "bird" else "show bfd peers brief")
     assert any(str(gw_v4(1)) in line and ("Up" in line or " up" in line) for line in router_bfd.splitlines())
     # withdrawal removes the routes
     gw.speaker.set_announcements(frozenset())
     assert gw.speaker.wait_converged(5)
-    assert wait_until(lambda: not bed.tb.router_route(EIP4) and not bed.tb.router_route(EIP6), 5) is not None
+    assert elapsed_until(lambda: not bed.tb.router_route(EIP4) and not bed.tb.router_route(EIP6), timeout=5) is not None
 
 
 def _two_gateways(bed: Bed, *, bfd: bool = True) -> None:
@@ -71,11 +72,11 @@ def _two_gateways(bed: Bed, *, bfd: bool = True) -> None:
     for g in (g1, g2):
         assert g.speaker.wait_peers("up", 20), g.speaker.peer_states()
         assert g.speaker.wait_converged(5)
-    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
-    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], 5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=5) is not None
     # both paths are held by the router: the backup is there before anything fails
     cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
-    assert wait_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), 5) is not None
+    assert elapsed_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), timeout=5) is not None
 
 
 def test_better_preference_wins_and_exabgp_kill_fails_over_and_back(bed: Bed) -> None:
@@ -84,25 +85,25 @@ def test_better_preference_wins_and_exabgp_kill_fails_over_and_back(bed: Bed) ->
     pid = g1.speaker.exabgp_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    moved = wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], 5, interval=0.005)
+    moved = elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], timeout=5, interval=0.005)
     assert moved is not None
     print(f"\n[{bed.tb.router}] ExaBGP SIGKILL -> router moved {EIP4} to gw2 in {moved * 1000:.0f} ms")
     # the speaker respawns ExaBGP and resends everything: gw1 takes the primary back
-    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 20) is not None
-    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], 5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=20) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=5) is not None
     assert g1.speaker.restarts >= 1
 
 
 def test_bfd_detects_a_cut_link(bed: Bed) -> None:
     _two_gateways(bed)
     g1 = bed.gateways[0]
-    assert wait_until(lambda: set(g1.bfd.peer_states().values()) == {"Up"}, 10), g1.bfd.peer_states()
+    assert elapsed_until(lambda: set(g1.bfd.peer_states().values()) == {"Up"}, timeout=10), g1.bfd.peer_states()
     bed.tb.cut(1)
-    moved = wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], 5, interval=0.005)
+    moved = elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], timeout=5, interval=0.005)
     assert moved is not None
     print(f"\n[{bed.tb.router}] link cut -> router moved {EIP4} to gw2 in {moved * 1000:.0f} ms (BFD 50 ms x 3)")
     assert moved < 2.5, "slower than the BGP hold time: BFD did not detect the failure"
-    assert wait_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(2))], 2) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(2))], timeout=2) is not None
 
 
 def test_drain_moves_traffic_before_the_session_closes(bed: Bed) -> None:
@@ -121,27 +122,28 @@ def test_bfd_sidecar_is_respawned_and_the_route_comes_back(bed: Bed) -> None:
     gw = bed.gateway(1)
     gw.speaker.set_announcements(anns(100, EIP4))
     assert gw.speaker.wait_peers("up", 20)
-    assert wait_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, 10), gw.bfd.peer_states()
-    proc = gw.bfd._proc
-    assert proc is not None
-    os.kill(proc.pid, signal.SIGKILL)
+    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=10), gw.bfd.peer_states()
+    pid = gw.bfd.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
     # the router notices the BFD loss (and may drop the session); the supervisor respawns BIRD and all recovers
-    assert wait_until(lambda: gw.bfd.restarts >= 1, 5) is not None
-    assert wait_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, 15), gw.bfd.peer_states()
-    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 15) is not None
+    assert elapsed_until(lambda: gw.bfd.restarts >= 1, timeout=5) is not None
+    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=15), gw.bfd.peer_states()
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=15) is not None
 
 
 def test_router_restart_sessions_and_routes_recover(bed: Bed) -> None:
     gw = bed.gateway(1)
     gw.speaker.set_announcements(anns(100, EIP4, EIP6))
     assert gw.speaker.wait_peers("up", 20)
-    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
     bed.tb.stop_router()
-    assert wait_until(lambda: set(gw.speaker.peer_states().values()) == {"down"}, 10), gw.speaker.peer_states()
+    assert elapsed_until(lambda: set(gw.speaker.peer_states().values()) == {"down"},
+                         timeout=10), gw.speaker.peer_states()
     bed.tb.start_router()
     # ExaBGP 5 resets its reconnect back-off after a good session, so it re-peers within seconds
-    back = wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))] and bed.tb.router_route(EIP6) == [
-        str(gw_v6(1))], 20)  # fmt: skip
+    back = elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))] and bed.tb.router_route(EIP6) == [
+        str(gw_v6(1))], timeout=20)  # fmt: skip
     assert back is not None
     print(f"\n[{bed.tb.router}] router restart -> routes back after {back:.1f} s")
 
@@ -152,7 +154,7 @@ def test_tcp_md5_session(md5_bed: Bed) -> None:
     good.speaker.set_announcements(anns(100, EIP4))
     bad.speaker.set_announcements(anns(90, EIP4))
     assert good.speaker.wait_peers("up", 20), good.speaker.peer_states()
-    assert wait_until(lambda: md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
+    assert elapsed_until(lambda: md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
     # a wrong password never gets a session (the better MED of gw2 never wins)
     assert not bad.speaker.wait_peers("up", 3)
     assert md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))]
@@ -178,7 +180,8 @@ def test_returning_member_in_hold_down_does_not_take_the_primary(bed: Bed) -> No
     for g in (g1, g2):
         assert g.speaker.wait_peers("up", 20) and g.speaker.wait_converged(5)
     cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
-    assert wait_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), 5) is not None
-    assert bed.tb.router_route(EIP4) == [str(gw_v4(2))]
+    assert elapsed_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), timeout=5) is not None
+    # FRR may briefly keep the first path received before it re-runs best path (MED): wait for the decision
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], timeout=5) is not None
     g1.speaker.set_announcements(plan("gw1", hold=False))  # hold-down over: gw1 takes its primary back
-    assert wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], 5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,14 +70,6 @@ def start_exabgp(lab: Lab, gateway: str, routes4: list[str], routes6: list[str])
     env = {"exabgp_daemon_user": "root", "exabgp_daemon_drop": "false",
            "exabgp_api_pipename": f"egtlb{os.getpid()}{gateway}", "exabgp_log_destination": "stdout"}
     lab.start_daemon(gateway, "exabgp", [str(EXABGP), "server", str(conf)], env=env)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 GATEWAY_BIRD_CONF = """\

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from labtest_support import start_exabgp, start_gateway_bird, wait_for
+from labtest_support import start_exabgp, start_gateway_bird
 
+from appliance.core.waiting import wait_until
 from lab.runner import Lab
 
 IN_POOL_4, OUT_4, WIDE_4 = "203.0.113.200/32", "203.0.113.5/32", "203.0.113.128/25"
@@ -28,8 +29,10 @@ def test_router_installs_only_pool_host_routes(router_lab: str, request: pytest.
     lab: Lab = request.getfixturevalue(router_lab)
     start_exabgp(lab, "gw1", [IN_POOL_4, OUT_4, WIDE_4], [IN_POOL_6, OUT_6])
     try:
-        wait_for(lambda: "203.0.113.200 " in routes(lab, "-4"), 20, f"{IN_POOL_4} in the router's kernel")
-        wait_for(lambda: "2001:db8:e1::5 " in routes(lab, "-6"), 20, f"{IN_POOL_6} in the router's kernel")
+        wait_until(lambda: "203.0.113.200 " in routes(lab, "-4"),
+                   timeout=20, what=f"{IN_POOL_4} in the router's kernel", interval=0.1)
+        wait_until(lambda: "2001:db8:e1::5 " in routes(lab, "-6"),
+                   timeout=20, what=f"{IN_POOL_6} in the router's kernel", interval=0.1)
         v4, v6 = routes(lab, "-4"), routes(lab, "-6")
         line4 = next(line for line in v4.splitlines() if line.startswith("203.0.113.200 "))
         assert "via 198.51.100.11" in line4
@@ -44,8 +47,10 @@ def test_router_installs_only_pool_host_routes(router_lab: str, request: pytest.
         assert "100.64.1.0/24 via 100.127.0.11" in v4
     finally:
         lab.stop_daemon("gw1", "exabgp")
-    wait_for(lambda: "203.0.113.200 " not in routes(lab, "-4"), 10, "the route to be removed after the speaker stopped")
-    wait_for(lambda: "2001:db8:e1::5 " not in routes(lab, "-6"), 10, "the IPv6 route to be removed")
+    wait_until(lambda: "203.0.113.200 " not in routes(lab, "-4"),
+               timeout=10, what="the route to be removed after the speaker stopped", interval=0.1)
+    wait_until(lambda: "2001:db8:e1::5 " not in routes(lab, "-6"),
+               timeout=10, what="the IPv6 route to be removed", interval=0.1)
 
 
 @pytest.mark.lab
@@ -55,7 +60,7 @@ def test_external_server_reaches_an_eip_via_the_announcing_gateway(bird_lab: Lab
     lab.exec("gw1", ["ip", "addr", "add", "203.0.113.201/32", "dev", "lo"])
     start_exabgp(lab, "gw1", ["203.0.113.201/32"], [])
     try:
-        wait_for(lambda: "203.0.113.201 " in routes(lab, "-4"), 20, "the EIP route")
+        wait_until(lambda: "203.0.113.201 " in routes(lab, "-4"), timeout=20, what="the EIP route", interval=0.1)
         out = lab.exec("ext", ["ping", "-c", "1", "-W", "2", "203.0.113.201"], check=False)
         assert out.returncode == 0, out.stdout + out.stderr
     finally:
@@ -79,11 +84,13 @@ def test_bfd_detects_a_silent_gateway_before_the_hold_timer(router_lab: str, req
     lab: Lab = request.getfixturevalue(router_lab)
     start_gateway_bird(lab, "gw2", "203.0.113.202/32")
     try:
-        wait_for(lambda: "203.0.113.202 " in routes(lab, "-4"), 20, "the route from the BIRD stub gateway")
-        wait_for(lambda: bfd_up(lab, router_lab), 10, "the BFD session to gw2 (50 ms)")
+        wait_until(lambda: "203.0.113.202 " in routes(lab, "-4"),
+                   timeout=20, what="the route from the BIRD stub gateway", interval=0.1)
+        wait_until(lambda: bfd_up(lab, router_lab), timeout=10, what="the BFD session to gw2 (50 ms)", interval=0.1)
         lab.cut_link("gw2", "eth1")
         started = time.monotonic()
-        wait_for(lambda: "203.0.113.202 " not in routes(lab, "-4"), 5, "the route to be withdrawn")
+        wait_until(lambda: "203.0.113.202 " not in routes(lab, "-4"),
+                   timeout=5, what="the route to be withdrawn", interval=0.1)
         elapsed = time.monotonic() - started
         assert elapsed < 2.5, f"route removed after {elapsed:.2f}s: BFD did not act before the hold timer"
     finally:

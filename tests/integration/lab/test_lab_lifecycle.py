@@ -10,8 +10,9 @@ import sys
 import time
 
 import pytest
-from labtest_support import PREFIX, ROOT, TOPOLOGIES, lab_leftovers, require, wait_for
+from labtest_support import PREFIX, ROOT, TOPOLOGIES, lab_leftovers, require
 
+from appliance.core.waiting import wait_until
 from lab import netns, state
 from lab.runner import Lab
 
@@ -84,7 +85,7 @@ def test_down_after_sigkill_during_bring_up() -> None:
     runner = subprocess.Popen([EGRESSGW, "lab", "up", str(TOPOLOGIES / "default.clab.yml"), "--name-prefix", prefix,
                                "--without", "api"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(lab_leftovers(prefix)) >= 3, 10, "bring-up to be under way")
+        wait_until(lambda: len(lab_leftovers(prefix)) >= 3, timeout=10, what="bring-up to be under way", interval=0.1)
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait(timeout=5)
         assert lab_leftovers(prefix)
@@ -105,7 +106,7 @@ def test_interrupted_bring_up_removes_what_it_created(sig: signal.Signals) -> No
     runner = subprocess.Popen([EGRESSGW, "lab", "up", str(TOPOLOGIES / "default.clab.yml"), "--name-prefix", prefix,
                                "--without", "api"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(lab_leftovers(prefix)) >= 3, 10, "bring-up to be under way")
+        wait_until(lambda: len(lab_leftovers(prefix)) >= 3, timeout=10, what="bring-up to be under way", interval=0.1)
         runner.send_signal(sig)
         _, err = runner.communicate(timeout=30)
         assert runner.returncode == 130, err

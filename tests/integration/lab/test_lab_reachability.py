@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from labtest_support import wait_for
 
+from appliance.core.waiting import wait_until
 from lab import netns
 from lab.probe import BackgroundProbe
 from lab.runner import Lab
@@ -68,7 +68,7 @@ def test_cut_and_restore_a_switch_port(bird_lab: Lab) -> None:
         assert ping(bird_lab, "router", "198.51.100.12")
     finally:
         bird_lab.restore_link("gw1", "eth1")
-    wait_for(lambda: ping(bird_lab, "router", "198.51.100.11"), 5, "gw1 reachable again")
+    wait_until(lambda: ping(bird_lab, "router", "198.51.100.11"), timeout=5, what="gw1 reachable again", interval=0.1)
 
 
 @pytest.mark.lab
@@ -104,7 +104,8 @@ def test_probe_sees_an_outage_when_the_node_is_cut_off(bird_lab: Lab) -> None:
 def test_kill_node_and_daemon_status(bird_lab: Lab) -> None:
     proc = bird_lab.popen("w2p2", ["sleep", "60"])
     try:
-        wait_for(lambda: len(netns.pids(bird_lab.netns("w2p2"))) == 1, 5, "the sleeper in w2p2")
+        wait_until(lambda: len(netns.pids(bird_lab.netns("w2p2"))) == 1,
+                   timeout=5, what="the sleeper in w2p2", interval=0.1)
         killed = bird_lab.kill_node("w2p2")
         assert killed
         proc.wait(timeout=5)

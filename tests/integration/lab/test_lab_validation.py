@@ -9,6 +9,7 @@ import pytest
 from labtest_support import PREFIX, ROOT, lab_leftovers
 
 from lab import state
+from lab.topology import load
 
 EGRESSGW = str(ROOT / ".venv" / "bin" / "egressgw")
 
@@ -73,8 +74,6 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 @pytest.mark.lab
 def test_shipped_topologies_are_valid() -> None:
-    from lab.topology import load
-
     for path in sorted((ROOT / "lab" / "topologies").glob("*.clab.yml")):
         topo = load(path)
         assert topo.linux_nodes, path

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from appliance.cli.gateway import build_gateway_service
 from appliance.core.intent import Intent
 from appliance.core.snapshot import Snapshot
+from appliance.core.waiting import wait_until
 from appliance.gateway.member_state import StateDir
 from appliance.gateway.service import DataPathResult, GatewayService
 from appliance.runtime.config import GatewayConfig, parse_gateway_config
@@ -21,7 +22,7 @@ from appliance.runtime.reconciling import PassOutcome
 from bgp.health import Check
 from k8s_sync.kubeapi import ApiError, KubeApi
 from lab.kube_apiserver import ApiServer
-from tests.kube_support import Kube, wait_for
+from tests.kube_support import Kube
 
 pytestmark = pytest.mark.apiserver
 
@@ -103,31 +104,31 @@ def test_intent_reaches_the_data_path_and_status_is_written(
     def steered(ip: str) -> bool:
         return bool(dp.intents) and any(str(s.pod_ip) == ip for s in dp.intents[-1].steerings)
 
-    wait_for(lambda: steered("100.64.1.10"), 15, "the first pod in the intent")
+    wait_until(lambda: steered("100.64.1.10"), timeout=15, what="the first pod in the intent")
     assert all(s.revision > 0 for s in dp.snapshots)  # never planned from an unsynced store
     inst = dp.intents[-1].instance(gw)
     assert inst is not None and [str(e) for e in inst.eips] == ["203.0.113.129"]
 
     passes = svc.reconciler.passes
     kube.pod(kube_namespace, "web-1", labels={"app": "web"}, node="worker1", ips=("100.64.1.11",))
-    wait_for(lambda: steered("100.64.1.11"), 10, "the second pod")
+    wait_until(lambda: steered("100.64.1.11"), timeout=10, what="the second pod")
     assert svc.reconciler.passes - passes <= 3  # create + status patch coalesced into few passes
 
-    wait_for(lambda: svc.health.healthy, 10, "member healthy")
+    wait_until(lambda: svc.health.healthy, timeout=10, what="member healthy")
     lease = f"/apis/coordination.k8s.io/v1/namespaces/egressgw-system/leases/egressgw-member-{svc.cfg.node_name}"
-    wait_for(lambda: service_api.get(lease), 10, "member lease")
+    wait_until(lambda: service_api.get(lease), timeout=10, what="member lease")
 
     def policy_ready() -> bool:
         obj = kube.get("EgressPolicy", "p", kube_namespace)
         conds = (obj.get("status") or {}).get("conditions") or []
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
-    wait_for(policy_ready, 15, "policy status Ready written by the leader")
+    wait_until(policy_ready, timeout=15, what="policy status Ready written by the leader")
     doc = StateDir(svc.cfg.state_dir).read_status()
     assert doc is not None and doc["health"]["status"] == "Healthy"
 
     svc.request_drain("test")
-    wait_for(lambda: svc.phase == "stopped", 20, "service stopped after the drain")
+    wait_until(lambda: svc.phase == "stopped", timeout=20, what="service stopped after the drain")
     assert dp.removed == 1
 
     def lease_gone() -> bool:
@@ -137,4 +138,4 @@ def test_intent_reaches_the_data_path_and_status_is_written(
             return e.status == 404
         return False
 
-    wait_for(lease_gone, 10, "member lease deleted by the drain")
+    wait_until(lease_gone, timeout=10, what="member lease deleted by the drain")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.core.waiting import wait_until
 from lab.system import System
 from tests.integration.service.service_lab_support import EIP, carrier, deploy_web_policy
-from tests.kube_support import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns]
 
@@ -56,14 +56,14 @@ def test_agent_restart_keeps_and_adopts_the_data_path(system: System) -> None:
         text = Path(log.log).read_text()[offset:]
         return next((line for line in text.splitlines() if "event=reconcile.pass" in line), "")
 
-    line = wait_for(first_pass, 60, "the restarted agent's first pass")
+    line = wait_until(first_pass, timeout=60, what="the restarted agent's first pass")
     assert "result=ok" in line
     assert "changed=0" in line, f"restart did not adopt the data path: {line}"
     assert system.seen_source("w1p1") == EIP
 
 
 def test_hand_flushed_tables_are_repaired_before_the_resync(system: System) -> None:
-    primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
+    primary = wait_until(lambda: carrier(system), timeout=30, what="a route for the EIP")
     for node in ("worker1", primary):
         start = time.monotonic()
         system.lab.exec(node, ["nft", "delete", "table", "inet", "egressgw"])
@@ -71,13 +71,13 @@ def test_hand_flushed_tables_are_repaired_before_the_resync(system: System) -> N
         def repaired(node: str = node) -> bool:
             return system.lab.exec(node, ["nft", "list", "table", "inet", "egressgw"], check=False).returncode == 0
 
-        wait_for(repaired, 20, f"{node}: our nft table back")
+        wait_until(repaired, timeout=20, what=f"{node}: our nft table back")
         assert time.monotonic() - start < 8  # drift check (agent: 5 s) / health tick (gateway), not the 10 s resync
     assert system.wait_source("w1p1", EIP, timeout=20) == EIP
 
 
 def test_gateway_status_and_maintenance_file(system: System) -> None:
-    primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
+    primary = wait_until(lambda: carrier(system), timeout=30, what="a route for the EIP")
     rc, out = egressgw(system, primary, "gateway", "status", "--config", gw_config(system, primary))
     assert rc == 0, out
     assert "Healthy" in out and "bgp up" in out and "bfd Up" in out and f"{EIP}/32" in out
@@ -85,7 +85,8 @@ def test_gateway_status_and_maintenance_file(system: System) -> None:
     maintenance = system.lab.node_dir(primary) / "egressgw" / "maintenance"
     maintenance.touch()
     try:
-        wait_for(lambda: carrier(system) == other, 15, "the EIP moved away from the member in maintenance")
+        wait_until(lambda: carrier(system) == other,
+                   timeout=15, what="the EIP moved away from the member in maintenance")
         assert system.seen_source("w1p1") == EIP
         rc, out = egressgw(system, primary, "gateway", "status", "--config", gw_config(system, primary))
         assert "Disabled" in out
@@ -93,7 +94,7 @@ def test_gateway_status_and_maintenance_file(system: System) -> None:
         maintenance.unlink()
     # back after rise + hold-down (1 s): it takes its primary back
     try:
-        wait_for(lambda: carrier(system) == primary, 30, "the EIP back on its primary")
+        wait_until(lambda: carrier(system) == primary, timeout=30, what="the EIP back on its primary")
     except AssertionError:
         states = [
             egressgw(system, g, "gateway", "status", "--config", gw_config(system, g))[1] for g in system.gateways
@@ -103,7 +104,7 @@ def test_gateway_status_and_maintenance_file(system: System) -> None:
 
 
 def test_sigterm_drains_then_cleanup(system: System) -> None:
-    primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
+    primary = wait_until(lambda: carrier(system), timeout=30, what="a route for the EIP")
     other = next(g for g in system.gateways if g != primary)
     rec = system.lab.daemon(primary, "egressgw-gateway")
     assert rec is not None

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from appliance.core.model import WIREGUARD_KEY_ANNOTATION
-from appliance.datapath.plan.wireguard_keys import PrivateKey, write_key_file
+from appliance.core.waiting import wait_until
+from appliance.datapath.apply.wireguard_keyfiles import write_key_file
+from appliance.datapath.plan.wireguard_keys import PrivateKey
 from lab.system import System
 from tests.integration.service.service_lab_support import EIP, carrier, deploy_web_policy
-from tests.kube_support import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns]
 
@@ -40,7 +41,7 @@ def test_eip_through_wireguard_and_drain_failover(system: System) -> None:
     dump = system.lab.exec("worker1", ["wg", "show", "all", "dump"]).stdout
     assert f"{EIP}:" in dump  # the worker's peer endpoint is the EIP itself
 
-    primary = wait_for(lambda: carrier(system), 30, "a route for the EIP")
+    primary = wait_until(lambda: carrier(system), timeout=30, what="a route for the EIP")
     system.stop_service(primary, sig=signal.SIGTERM, grace=30)
     assert system.wait_source("w1p1", EIP, timeout=30) == EIP  # the other member, new WireGuard session
     system.start_gateway(primary)

@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from appliance.core.waiting import wait_until
 from k8s_sync.cluster import ClusterSync
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi
 from k8s_sync.resources import Role
 from k8s_sync.service_cidr import detect_service_cidrs, parse_range_message
 from k8s_sync.status_writer import StatusWriter
-from tests.kube_support import Kube, wait_for
+from tests.kube_support import Kube
 from tests.status_support import StatusService
 
 pytestmark = pytest.mark.apiserver
@@ -56,7 +57,7 @@ def info_status(kube: Kube, check: Callable[[JSON], bool], timeout: float = 15.0
         return last[0] if check(last[0]) else None
 
     try:
-        result: JSON = wait_for(probe, timeout, "EgressClusterInfo status")
+        result: JSON = wait_until(probe, timeout=timeout, what="EgressClusterInfo status")
     except AssertionError:
         raise AssertionError(f"cluster info status never matched; last: {last[0]}") from None
     return result
@@ -114,7 +115,7 @@ def test_calico_pools_are_read_when_the_crd_exists(writing_sync: Callable[[], Cl
     """I06: with Calico's IPPool CRD served, podCidrMode auto takes the pools, and follows their edits."""
     sync_api.create(CRD_PATH, CALICO_CRD)
     try:
-        wait_for(lambda: _served(sync_api), 15, "Calico CRD served")
+        wait_until(lambda: _served(sync_api), timeout=15, what="Calico CRD served")
         pools = "/apis/crd.projectcalico.org/v1/ippools"
         sync_api.create(pools, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
                                 "metadata": {"name": "default-v4"}, "spec": {"cidr": "100.96.0.0/16"}})
@@ -128,7 +129,7 @@ def test_calico_pools_are_read_when_the_crd_exists(writing_sync: Callable[[], Cl
         info_status(kube, lambda s: s["podCIDR"]["calico"].get("ipv6") == ["2001:db8:96::/112"])
     finally:
         sync_api.delete(f"{CRD_PATH}/ippools.crd.projectcalico.org")
-        wait_for(lambda: not _served(sync_api), 30, "Calico CRD gone")
+        wait_until(lambda: not _served(sync_api), timeout=30, what="Calico CRD gone")
 
 
 def _served(api: KubeApi) -> bool:

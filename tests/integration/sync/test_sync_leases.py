@@ -14,6 +14,7 @@ import yaml
 
 from appliance.core.intent import Intent
 from appliance.core.snapshot import Snapshot
+from appliance.core.waiting import wait_until
 from k8s_sync.kubeapi import KubeApi, make_api_client
 from k8s_sync.leases import (
     APPLIANCE_ADDRESS_ANNOTATION,
@@ -28,7 +29,7 @@ from k8s_sync.oneshot import read_cluster
 from k8s_sync.resources import Role
 from k8s_sync.status_writer import StatusWriter
 from lab.kube_apiserver import kubeconfig
-from tests.kube_support import Kube, wait_for
+from tests.kube_support import Kube
 from tests.status_support import start_status_writing
 
 pytestmark = pytest.mark.apiserver
@@ -135,7 +136,7 @@ def test_submit_never_blocks_while_the_api_is_away(tmp_path: Path) -> None:
         for _ in range(100):
             writer.submit(Snapshot(), empty)
         assert time.monotonic() - t0 < 0.1
-        wait_for(lambda: writer.last_report.failed >= 1, 10, "a failed write")
+        wait_until(lambda: writer.last_report.failed >= 1, timeout=10, what="a failed write")
     finally:
         writer.stop()
 
@@ -144,11 +145,11 @@ def test_two_members_one_status_writer(start_sync: Any, sync_api: KubeApi, kube:
     sync = start_sync(Role.GATEWAY)
     started = [start_status_writing(sync_api, sync.store, identity=f"member-{i}") for i in range(2)]
     try:
-        wait_for(lambda: sum(e.is_leader() for _, e in started) == 1, 10, "one leader")
+        wait_until(lambda: sum(e.is_leader() for _, e in started) == 1, timeout=10, what="one leader")
         kube.policy(kube_namespace, "p", {"egressGatewayName": "nowhere",
                                           "appliedTo": {"podSelector": {"matchLabels": {"a": "b"}}}})
-        wait_for(lambda: (kube.get("EgressPolicy", "p", kube_namespace).get("status") or {}).get("conditions"),
-                 10, "status written")
+        wait_until(lambda: (kube.get("EgressPolicy", "p", kube_namespace).get("status") or {}).get("conditions"),
+                   timeout=10, what="status written")
         # exactly one member wrote (which one may be decided by a renewal race under load, so do not ask
         # who is leader *now*: ask who wrote)
         writers = [i for i, (s, _) in enumerate(started) if s.writer.totals["written"] >= 1]

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
+from appliance.core.waiting import wait_until
 from k8s_sync.kubeapi import JSON, KubeApi
 from k8s_sync.reflector import Gone, Reflector, WatchSpec
 from k8s_sync.resources import RESOURCES, Role
 from k8s_sync.store import Store
 from lab.kube_apiserver import ApiServer
-from tests.kube_support import Kube, wait_for
+from tests.kube_support import Kube
 
 from .conftest import FAST
 
@@ -59,7 +60,7 @@ def test_events_arrive_in_order_from_the_lists_resource_version(sync_api: KubeAp
             kube.pod(kube_namespace, f"p{i}")
         kube.patch("Pod", "p1", {"metadata": {"labels": {"x": "y"}}}, kube_namespace)
         kube.delete("Pod", "p0", kube_namespace)
-        wait_for(lambda: any(e[0] == "DELETED" for e in rec.events()), what="the DELETED event")
+        wait_until(lambda: any(e[0] == "DELETED" for e in rec.events()), timeout=10, what="the DELETED event")
         events = rec.events()
         seen = [(e[0], e[1]) for e in events]
         # a deletion may first show as MODIFIED (deletionTimestamp set), then DELETED
@@ -86,7 +87,7 @@ def test_stale_resource_version_relists(sync_api: KubeApi, kube: Kube, kube_name
     r2 = Reflector(sync_api, pod_spec(kube_namespace), rec, settings=FAST, resource_version=stale)
     r2.start()
     try:
-        wait_for(lambda: any(c[0] == "LIST" and c[1] == ["new"] for c in rec.calls), what="relist")
+        wait_until(lambda: any(c[0] == "LIST" and c[1] == ["new"] for c in rec.calls), timeout=10, what="relist")
         assert r2.stats["relists"] >= 1
     finally:
         r2.stop()
@@ -101,11 +102,11 @@ def test_apiserver_restart_keeps_state_and_resumes(sync_api: KubeApi, kube: Kube
     try:
         assert r.wait_synced(10)
         apiserver.stop_apiserver()
-        wait_for(lambda: r.stats["errors"] >= 1, what="a connection error")
+        wait_until(lambda: r.stats["errors"] >= 1, timeout=10, what="a connection error")
         assert [p["metadata"]["name"] for p in store.raw_objects("Pod")] == ["a"]  # last good state kept
         apiserver.restart_apiserver()
         kube.pod(kube_namespace, "b")
-        wait_for(lambda: len(store.raw_objects("Pod")) == 2, timeout=20, what="pod b after the restart")
+        wait_until(lambda: len(store.raw_objects("Pod")) == 2, timeout=20, what="pod b after the restart")
     finally:
         r.stop()
 
@@ -137,18 +138,18 @@ def test_pod_lifecycle_is_followed_by_the_snapshot(start_sync: Any, kube: Kube, 
         return next((p for p in sync.store.snapshot().pods if p.namespace == kube_namespace), None)
 
     kube.pod(kube_namespace, "web", labels={"app": "web"}, node="worker-x")
-    created = wait_for(pod, what="pod in the snapshot")
+    created = wait_until(pod, timeout=10, what="pod in the snapshot")
     assert created.ips == () and created.node_name == "worker-x"
     kube.set_pod_ips(kube_namespace, "web", ("100.64.1.10", "2001:db8:64:1::10"))
-    running = wait_for(lambda: (p := pod()) is not None and p.ips and p, what="pod IPs")
+    running = wait_until(lambda: (p := pod()) is not None and p.ips and p, timeout=10, what="pod IPs")
     assert running.ips == (ipaddress.ip_address("100.64.1.10"), ipaddress.ip_address("2001:db8:64:1::10"))
     assert running.phase == "Running" and running.label_map == {"app": "web"}
     kube.set_pod_ips(kube_namespace, "web", ("100.64.1.10",), phase="Succeeded")  # finished: filtered by the server
-    wait_for(lambda: pod() is None, what="finished pod gone")
+    wait_until(lambda: pod() is None, timeout=10, what="finished pod gone")
     kube.pod(kube_namespace, "db", node="worker-x", ips=("100.64.1.11",))
-    wait_for(pod, what="second pod")
+    wait_until(pod, timeout=10, what="second pod")
     kube.delete("Pod", "db", kube_namespace)
-    wait_for(lambda: pod() is None, what="deleted pod gone")
+    wait_until(lambda: pod() is None, timeout=10, what="deleted pod gone")
 
 
 def test_agent_sees_only_its_nodes_pods(start_sync: Any, kube: Kube, kube_namespace: str) -> None:
@@ -156,5 +157,5 @@ def test_agent_sees_only_its_nodes_pods(start_sync: Any, kube: Kube, kube_namesp
     sync = start_sync(Role.AGENT, node_name=node)
     kube.pod(kube_namespace, "mine", node=node, ips=("100.64.1.20",))
     kube.pod(kube_namespace, "other", node="somewhere-else", ips=("100.64.2.20",))
-    wait_for(lambda: any(p.name == "mine" for p in sync.store.snapshot().pods), what="own pod")
+    wait_until(lambda: any(p.name == "mine" for p in sync.store.snapshot().pods), timeout=10, what="own pod")
     assert [p.name for p in sync.store.snapshot().pods if p.namespace == kube_namespace] == ["mine"]

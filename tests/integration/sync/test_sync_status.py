@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from appliance.core.waiting import wait_until
 from k8s_sync.cluster import ClusterSync
 from k8s_sync.kubeapi import JSON, KubeApi
 from k8s_sync.leases import MemberIdentity, MemberLease
 from k8s_sync.resources import Role
 from k8s_sync.status_writer import StatusWriter
-from tests.kube_support import Kube, wait_for
+from tests.kube_support import Kube
 from tests.status_support import StatusService
 
 pytestmark = pytest.mark.apiserver
@@ -47,7 +48,7 @@ def wait_status(kube: Kube, kind: str, name: str, ns: str | None, check: Callabl
         return obj if check(obj) else None
 
     try:
-        result: JSON = wait_for(probe, timeout, f"status of {kind} {name}")
+        result: JSON = wait_until(probe, timeout=timeout, what=f"status of {kind} {name}")
     except AssertionError:
         raise AssertionError(f"{kind} {name}: status never matched; last: {last[0].get('status')}") from None
     return result
@@ -158,7 +159,7 @@ def test_rr_allocation_and_pool_exhaustion(status_sync: ClusterSync, kube: Kube,
             settled[name] = obj
         return True
 
-    wait_for(all_settled, 15, "every rr policy Ready or Pending")
+    wait_until(all_settled, timeout=15, what="every rr policy Ready or Pending")
     ready_eips = [o["status"]["eip"]["ipv4"] for o in settled.values() if ready(o)]
     pending = [o for o in settled.values() if cond(o, "Pending").get("status") == "True"]
     assert sorted(ready_eips) == ["203.0.113.141", "203.0.113.142", "203.0.113.143"]  # one-to-one

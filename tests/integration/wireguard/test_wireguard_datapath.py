@@ -11,8 +11,8 @@ from ipaddress import ip_address
 
 import pytest
 
+from appliance.datapath.apply import wireguard_keyfiles as wkf
 from appliance.datapath.apply.applier import DataPathApplier
-from appliance.datapath.plan import wireguard_keys as wk
 from lab.testbeds.wireguard import EIP, EIP6, WireguardTestbed, parse_probe
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -86,18 +86,18 @@ def test_rotation_through_the_shared_data_path(dp_testbed: WireguardTestbed) -> 
     (old,) = tb.worker_keys()
     probe = tb.probe_udp(duration=4.0)
     time.sleep(0.5)
-    new = wk.begin_rotation(tb.state_dir)
+    new = wkf.begin_rotation(tb.state_dir)
     tb.apply_all()
     worker, _, _ = tb.plans()
     new_dev = next(i.name for i in worker.interfaces if i.slot == new.slot)
     deadline = time.monotonic() + 3
     while "1 received" not in tb.run("wk", "ping", "-c", "1", "-W", "0.2", f"fe80::1%{new_dev}", check=False):
         assert time.monotonic() < deadline, "the new key's tunnel never answered"
-    wk.switch_rotation(tb.state_dir)
+    wkf.switch_rotation(tb.state_dir)
     changes = tb.apply_all()
     assert any(new_dev in c for c in changes["wk"]), "the endpoint table must now route into the new device"
     time.sleep(0.3)
-    wk.end_rotation(tb.state_dir)
+    wkf.end_rotation(tb.state_dir)
     tb.apply_all()
     out, _ = probe.communicate(timeout=30)
     result = parse_probe(out)

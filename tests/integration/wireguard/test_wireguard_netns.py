@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.datapath.apply import wireguard_keyfiles as wkf
 from appliance.datapath.apply.wireguard import WireguardApplyError
 from appliance.datapath.plan import wireguard_keys as wk
 from appliance.datapath.plan.wireguard import WgInterface, WgPeer, probe_address
@@ -104,7 +105,7 @@ def test_unknown_key_and_disallowed_source_are_dropped(testbed: WireguardTestbed
     assert not _external_sees(testbed, "100.64.1.11")
     # unknown key: an interface with a key no node published, toward the instance endpoint
     rogue_key = testbed.workdir / "rogue.key"
-    wk.write_key_file(rogue_key, wk.PrivateKey.generate())
+    wkf.write_key_file(rogue_key, wk.PrivateKey.generate())
     rogue = WgInterface(name=f"egt-wg-{testbed.token}r", instance=INSTANCE, slot=0, private_key_file=rogue_key,
                         listen_port=None, mtu=1420, address=probe_address(testbed.worker),
                         peers=(WgPeer(public_key=testbed.instance_key.public_key(),
@@ -116,7 +117,7 @@ def test_unknown_key_and_disallowed_source_are_dropped(testbed: WireguardTestbed
         testbed.run("wk", "ip", "route", "replace", "default", "dev", rogue.name, "table", "200")
         testbed.run("wk", "ip", "rule", "add", "pref", "102", "from", "100.64.1.12", "lookup", "200")
         assert not _external_sees(testbed, "100.64.1.12")
-        rogue_pub = wk.read_key_file(rogue_key).public_key()
+        rogue_pub = wkf.read_key_file(rogue_key).public_key()
         assert rogue_pub not in testbed.wg_dump("gw1", gw_dev)
     finally:
         applier.delete_interface(rogue.name)
@@ -154,7 +155,7 @@ def test_key_rotation_with_traffic_flowing(testbed: WireguardTestbed) -> None:
     (old,) = testbed.worker_keys()
     probe = testbed.probe_udp(duration=5.0)
     time.sleep(0.5)
-    new = wk.begin_rotation(testbed.state_dir)
+    new = wkf.begin_rotation(testbed.state_dir)
     assert new.slot != old.slot
     testbed.apply_all()  # phase 1: published OLD,NEW; both slot interfaces on the worker, NEW peer on gateways
     worker, _, _ = testbed.plans()
@@ -165,10 +166,10 @@ def test_key_rotation_with_traffic_flowing(testbed: WireguardTestbed) -> None:
             break
     else:
         pytest.fail("the new key's tunnel never answered")
-    wk.switch_rotation(testbed.state_dir)
+    wkf.switch_rotation(testbed.state_dir)
     testbed.apply_all()  # phase 2: published NEW,OLD; steering moves to the new interface, returns too
     time.sleep(0.5)
-    wk.end_rotation(testbed.state_dir)
+    wkf.end_rotation(testbed.state_dir)
     testbed.apply_all()  # phase 3: published NEW; the old interface and peer go away
     out, _ = probe.communicate(timeout=30)
     result = parse_probe(out)

@@ -1,0 +1,138 @@
+"""The worker agent's data path: `plan_worker` + apply behind the small `WorkerDataPath` Protocol the service speaks.
+
+Why a separate module: `appliance.agent.service` speaks passes and outcomes; the data path speaks plans and kernel
+steps (`appliance.datapath.plan.worker`, `appliance.datapath.apply`). This is the one place on the worker side that
+knows both, so either side can change its internals without touching the other.
+
+After a successful pass, pods whose steering changed get their conntrack entries deleted
+(`appliance.datapath.apply.conntrack.flush_pod_conntrack`, over netlink, time-bounded): an entry made before the
+change keeps its NAT binding, so such flows must restart. The pass reports what really happened: one change line per
+flushed pod IP plus the number of entries deleted, and each failure (or a timeout) as a failure of the pass; a pod IP
+whose flush did not finish is flushed again on the next pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from appliance.agent.wireguard import WorkerWireguardHook
+from appliance.core.intent import Intent
+from appliance.core.model import IPAddress
+from appliance.core.snapshot import Snapshot
+from appliance.datapath.apply import health_checks
+from appliance.datapath.apply.applier import DataPathApplier
+from appliance.datapath.apply.conntrack import ConntrackFlushResult, flush_pod_conntrack
+from appliance.datapath.apply.incremental import IncrementalWorker
+from appliance.datapath.plan.worker import WorkerSettings
+from appliance.runtime.config import AgentConfig
+from appliance.runtime.datapath_common import require_binaries, table_present
+from appliance.runtime.reconciling import PassOutcome
+from appliance.runtime.skips import SkipNote, worker_skips
+from appliance.runtime.underlay import Underlay
+
+
+class WorkerDataPath(Protocol):
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome:
+        """Plan and apply; the outcome's `skipped` is what the planners (data path and WireGuard) left out."""
+        ...
+
+    def drifted(self) -> bool:
+        """Cheap check that our applied state is gone (nft table, tunnel devices): the loop then repairs at once."""
+        ...
+
+    def remove_all(self) -> tuple[str, ...]: ...
+
+
+def tunnel_source(underlay: Underlay) -> IPAddress:
+    """The worker's tunnel source: its IPv4 underlay address when it has one, else IPv6 (set underlay.addresses to
+    a single IPv6 address for an IPv6 underlay)."""
+    return underlay.address(4) or underlay.addresses[0]
+
+
+class RealWorkerDataPath:
+    """plan_worker + apply, with the pod-churn fast path (`IncrementalWorker`) for event-driven passes."""
+
+    def __init__(self, cfg: AgentConfig, underlay: Underlay, *, annotator: Any | None = None) -> None:
+        self.node = cfg.node_name
+        self.source = tunnel_source(underlay)
+        self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu)
+        self.applier = DataPathApplier()
+        self.incremental = IncrementalWorker(self.applier, node=self.node, underlay=self.source, settings=self.settings)
+        self.tunnel_links: tuple[str, ...] = ()
+        #: pod IP -> what its traffic is steered to, as of the last successful pass (None before the first one)
+        self.steered: dict[IPAddress, frozenset[tuple[str, ...]]] | None = None
+        #: pod IPs whose conntrack flush failed or was cut off by its deadline: retried on the next pass
+        self.unflushed: frozenset[IPAddress] = frozenset()
+        #: the worker plan's skips as of the last pass that planned (a failed apply keeps the previous ones)
+        self.plan_skips: frozenset[SkipNote] = frozenset()
+        self.wireguard = WorkerWireguardHook(
+            node=self.node,
+            state_dir=cfg.state_dir / "wireguard",
+            underlay=underlay,
+            prefix=cfg.wireguard.interface_prefix,
+            annotator=annotator,
+        )
+
+    def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome:
+        devices = self.wireguard.devices(snapshot, intent)
+        result = self.incremental.converge(intent, full=full, wireguard_devices=devices)
+        if self.incremental.plan is not None:
+            self.tunnel_links = self.incremental.plan.tunnel_links
+            self.plan_skips = worker_skips(self.incremental.plan.skipped)
+        changes, failures = result.changes, result.failures
+        if not result.failures:
+            steered = steering_by_pod_ip(intent, self.node)
+            if self.steered is not None:
+                to_flush = changed_pod_ips(self.steered, steered) | self.unflushed
+                if to_flush:
+                    flushed = flush_pod_conntrack(to_flush)
+                    self.unflushed = frozenset(to_flush) - frozenset(flushed.flushed)
+                    changes += conntrack_changes(flushed)
+                    failures += flushed.problems()
+            self.steered = steered
+        return PassOutcome(changes=changes, failures=failures, skipped=self.plan_skips | self.wireguard.skipped)
+
+    def drifted(self) -> bool:
+        return not table_present() or not health_checks.links_present(self.tunnel_links)
+
+    def remove_all(self) -> tuple[str, ...]:
+        result = self.applier.remove_all()
+        return result.changes + tuple(f"FAILED {f}" for f in result.failures)
+
+    def counters(self) -> Mapping[str, tuple[int, int]]:
+        return self.applier.counters()
+
+
+def steering_by_pod_ip(intent: Intent, node: str) -> dict[IPAddress, frozenset[tuple[str, ...]]]:
+    """For each pod IP of this node: the (policy, EIP, destinations) its traffic is steered to."""
+    out: dict[IPAddress, set[tuple[str, ...]]] = {}
+    for s in intent.steerings:
+        if s.node == node:
+            out.setdefault(s.pod_ip, set()).add((str(s.policy), str(s.eip), *map(str, s.destinations)))
+    return {ip: frozenset(v) for ip, v in out.items()}
+
+
+def changed_pod_ips(
+    old: Mapping[IPAddress, frozenset[tuple[str, ...]]], new: Mapping[IPAddress, frozenset[tuple[str, ...]]]
+) -> frozenset[IPAddress]:
+    """Pod IPs whose steering differs between two passes (started, stopped or moved to another EIP)."""
+    return frozenset(ip for ip in old.keys() | new.keys() if old.get(ip) != new.get(ip))
+
+
+def conntrack_changes(result: ConntrackFlushResult) -> tuple[str, ...]:
+    """The change lines of a flush: one per flushed pod IP, then how many entries were deleted (and had already
+    gone on their own) - never a line for a pod IP whose flush failed or did not finish."""
+    if not result.requested:
+        return ()
+    summary = f"conntrack deleted {result.deleted} entries"
+    if result.already_gone:
+        summary += f" ({result.already_gone} already gone)"
+    return (*result.changes(), summary)
+
+
+def make_worker_datapath(cfg: AgentConfig, underlay: Underlay, *, annotator: Any | None = None) -> WorkerDataPath:
+    """`annotator` publishes the WireGuard public keys on the Node
+    (`appliance.runtime.wireguard_common.KubeNodeAnnotator`)."""
+    require_binaries()
+    return RealWorkerDataPath(cfg, underlay, annotator=annotator)

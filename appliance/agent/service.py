@@ -1,0 +1,105 @@
+"""The worker agent service: the reconcile loop `resolve -> plan_worker -> apply`, its helpers and its shutdown.
+
+Symmetric to `appliance.gateway.service.GatewayService`, and smaller: a worker announces nothing and has no health
+machine. What it owns:
+
+1. The reconcile loop (`appliance.runtime.reconciling`): each pass takes the next intent from the `IntentTracker`
+   (pod churn: incremental; otherwise a full resolve whose `previous` is what the status writer recorded, so every
+   agent and member resolves `rr` EIPs the same way) and hands it to the data path. A cheap drift check (our nft
+   table or a tunnel device gone) asks for a repair pass at once.
+2. The planners' skips (worker plan and WireGuard plan): logged when they change (`plan.skipped`,
+   `plan.skip_cleared`) and counted by reason through the `on_skips` hook.
+3. Shutdown: a stop request (SIGTERM/SIGINT) ends the loop and stops the helpers in reverse order, WITHOUT removing
+   kernel state: the data path keeps forwarding while the agent restarts, and the next start adopts the state.
+
+Everything with I/O is injected (`AgentDeps`), so unit tests run the service with a fake data path and snapshot
+source; `appliance.cli.agent` wires the real ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from appliance.agent.datapath import WorkerDataPath
+from appliance.core.events import EventLogger
+from appliance.core.intent import Intent
+from appliance.core.snapshot import Snapshot, SnapshotSource
+from appliance.policy.intent_tracking import IntentTracker
+from appliance.runtime.config import AgentConfig
+from appliance.runtime.lifecycle import Lifecycle
+from appliance.runtime.reconciling import PassOutcome, PassReport, Reconciler, full_pass
+from appliance.runtime.skips import SkipTracker
+
+
+@dataclass(kw_only=True)
+class AgentDeps:
+    source: SnapshotSource
+    datapath: WorkerDataPath
+    #: started before the loop, stopped (in reverse order) at exit: the cluster sync
+    helpers: list[Lifecycle] = field(default_factory=list)
+    #: the `previous` intent for `resolve` (the store's `written_intent()`); None = this service's own last intent
+    previous: Callable[[], Intent | None] | None = None
+    #: metrics hooks (optional): each pass report; the current skip counts by reason when they change
+    on_pass: Callable[[PassReport], None] | None = None
+    on_skips: Callable[[Mapping[str, int]], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+
+
+class AgentService:
+    def __init__(self, cfg: AgentConfig, deps: AgentDeps, *, log: EventLogger | None = None) -> None:
+        self.cfg = cfg
+        self.deps = deps
+        self.log = log or EventLogger("egressgw.agent", node=cfg.node_name)
+        self.tracker = IntentTracker()
+        self.skips = SkipTracker(self.log, on_counts=deps.on_skips)
+        self._stop = threading.Event()
+        self.reconciler = Reconciler(
+            source=deps.source,
+            run_pass=self.run_pass,
+            settings=cfg.reconcile,
+            clock=deps.clock,
+            log=self.log.bind(loop="agent"),
+            on_pass=deps.on_pass,
+            drift_check=deps.datapath.drifted,
+        )
+
+    def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
+        """One pass: next intent, converge the data path, report the skips that changed."""
+        intent = self.tracker.next(snapshot, previous=self.deps.previous).intent
+        outcome = self.deps.datapath.converge(snapshot, intent, full=full_pass(reasons))
+        self.skips.update(outcome.skipped)
+        return outcome
+
+    def request_stop(self, reason: str) -> None:
+        """Thread-safe (signal handlers): end the loop; the kernel state is kept."""
+        self.log.info("agent.stopping", signal=reason, kernel_state="kept")
+        self._stop.set()
+        self.reconciler.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> int:
+        """Start the helpers, run the loop until `request_stop`, stop the helpers. Returns the exit code."""
+        started: list[Lifecycle] = []
+        try:
+            try:
+                for helper in self.deps.helpers:
+                    helper.start()
+                    started.append(helper)
+            except Exception as e:
+                self.log.exception("agent.start_failed", error=f"{type(e).__name__}: {e}")
+                return 1
+            self.reconciler.run(self._stop)
+        finally:
+            for helper in reversed(started):
+                try:
+                    helper.stop()
+                except Exception:
+                    self.log.exception("helper.stop_failed", helper=type(helper).__name__)
+        self.log.info("agent.stopped", passes=self.reconciler.passes, failed_passes=self.reconciler.failed_passes)
+        return 0

@@ -1,0 +1,74 @@
+"""`MemberView`: one immutable picture of a gateway member's state, published by the service and read by everyone else.
+
+Why: the status document, the metrics and the member Lease used to reach into the live service under its lock,
+which tied them to its internals (and made an import cycle). Now the service builds a new `MemberView` whenever its
+state changes and on every health tick, and replaces the old one in a single assignment; readers take
+`service.view` and get a consistent snapshot without a lock. Everything here is frozen and pure.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from appliance.core.model import IPAddress
+from appliance.runtime.skips import SkipNote
+from bgp.announcing import Announcement, MemberMode
+from bgp.health import Check, HealthState
+
+
+class Phase(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconcileView:
+    """The last reconcile pass and the loop's counters."""
+
+    ok: bool
+    duration_s: float
+    passes: int
+    failed_passes: int
+    #: the first failures of the last pass (short, grep-able)
+    failures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainView:
+    """Drain progress: `withdrawing`, `settling`, `done` (see `bgp.draining`)."""
+
+    state: str
+    reason: str
+    #: None while waiting; whether the withdrawal was acknowledged in time
+    acknowledged: bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberView:
+    node: str
+    pid: int
+    phase: Phase
+    #: the service clock when the view was taken (health hold-down is relative to it)
+    taken_at: float
+    health: HealthState
+    #: the last observation of each check, sorted by check
+    checks: tuple[tuple[Check, bool], ...] = ()
+    mode: MemberMode | None = None
+    #: what the planner wants announced (only EIPs in place) vs what ExaBGP acknowledged on every peer
+    desired: frozenset[Announcement] = frozenset()
+    acknowledged: frozenset[Announcement] = frozenset()
+    eips_in_place: frozenset[IPAddress] = frozenset()
+    #: BGP session state per peer, BFD session state per peer (sorted pairs)
+    peers: tuple[tuple[str, str], ...] = ()
+    bfd: tuple[tuple[str, str], ...] = ()
+    reconcile: ReconcileView | None = None
+    drain: DrainView | None = None
+    #: what the planners (data path, WireGuard, announcements) currently leave out, and why
+    skipped: frozenset[SkipNote] = frozenset()
+
+    @property
+    def draining(self) -> bool:
+        return self.phase is Phase.DRAINING
