@@ -124,9 +124,15 @@ def test_policy_and_gateway_status(status_sync: ClusterSync, kube: Kube, kube_na
     assert g["status"]["ipUsage"]["ipv4Total"] == 8 and g["status"]["ipUsage"]["ipv4Free"] == 6
     assert ready(g)
 
-    events = sync_api.get(f"/api/v1/namespaces/{ns}/events")["items"]
-    reasons = {(ev["involvedObject"]["name"], ev["reason"]) for ev in events}
-    assert {("default-eip", "EIPAssigned"), ("default-eip", "PolicyReady"), ("bad", "PolicyInvalid")} <= reasons
+    # the writer records an object's Events after patching its status: wait for them, do not race the writer
+    wanted = {("default-eip", "EIPAssigned"), ("default-eip", "PolicyReady"), ("bad", "PolicyInvalid")}
+
+    def reasons() -> set[tuple[str, str]]:
+        events = sync_api.get(f"/api/v1/namespaces/{ns}/events")["items"]
+        return {(ev["involvedObject"]["name"], ev["reason"]) for ev in events}
+
+    wait_until(lambda: wanted <= reasons(), timeout=10, interval=0.1, what=f"events {sorted(wanted)}",
+               describe=lambda: sorted(reasons()))
 
     # the writer is idempotent: with nothing changing, the status is not rewritten
     rv = kube.get("EgressPolicy", "default-eip", ns)["metadata"]["resourceVersion"]
