@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from appliance.core.intent import Intent
 from appliance.core.model import IPAddress, PolicyRef, TunnelType
 from appliance.core.snapshot import Snapshot
-from appliance.datapath.plan.gateway import GatewaySettings, GatewaySkip, GatewaySkipReason, plan_gateway
+from appliance.datapath.plan.gateway import GatewaySettings, GatewaySkip, GatewaySkipReason, plan_gateway, workers_of
 
 #: example pod IPs per reason in a status (a status must stay small with 10k pods)
 MAX_EXAMPLES = 3
@@ -34,11 +34,6 @@ class SkipCount:
     reason: GatewaySkipReason
     count: int
     examples: tuple[IPAddress, ...]
-
-
-def workers_of(snapshot: Snapshot) -> dict[str, Sequence[IPAddress]]:
-    """Node name -> underlay addresses: the workers the gateway members know (as the gateway service plans)."""
-    return {n.name: n.addresses for n in snapshot.nodes if n.addresses}
 
 
 def gateway_skips(intent: Intent, workers: Mapping[str, Sequence[IPAddress]]) -> frozenset[GatewaySkip]:

@@ -11,7 +11,7 @@ announced only after a pass that installed everything, its SNAT entries included
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from appliance.core.intent import Intent
 from appliance.core.model import IPAddress
@@ -19,7 +19,7 @@ from appliance.core.snapshot import Snapshot
 from appliance.datapath.apply import health_checks
 from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.incremental import IncrementalGateway
-from appliance.datapath.plan.gateway import GatewaySettings, plan_gateway
+from appliance.datapath.plan.gateway import GatewaySettings, plan_gateway, workers_of
 from appliance.gateway.seams import DataPathResult, GatewayDataPath
 from appliance.gateway.wireguard import GatewayWireguardHook
 from appliance.runtime.config import GatewayConfig
@@ -28,11 +28,6 @@ from appliance.runtime.reconciling import PassOutcome
 from appliance.runtime.skips import gateway_skips
 from appliance.runtime.underlay import Underlay
 from bgp.health import Check
-
-
-def workers_of(snapshot: Snapshot) -> Mapping[str, Sequence[IPAddress]]:
-    """Node name -> underlay (InternalIP) addresses: the known VTEPs the gateway accepts tunnels from."""
-    return {n.name: n.addresses for n in snapshot.nodes if n.addresses}
 
 
 class RealGatewayDataPath:

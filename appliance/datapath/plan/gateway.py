@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from appliance.core.intent import Intent, Steering
 from appliance.core.model import IPAddress, IPNetwork, PolicyRef, TunnelType
+from appliance.core.snapshot import Snapshot
 from appliance.datapath.plan.kernel_model import Encap, KernelState, LocalAddress, Neighbour, Route, Rule, Sysctl
 from appliance.datapath.plan.tunnel import (
     GATEWAY_MAC,
@@ -153,6 +154,12 @@ def _add_snat(
             continue
         name = "nodeip" if s.eip is None else addr_token(s.eip)
         snat.append(SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name))
+
+
+def workers_of(snapshot: Snapshot) -> dict[str, Sequence[IPAddress]]:
+    """Node name -> underlay (InternalIP) addresses: the workers whose tunnels a gateway member accepts (`workers`
+    of `plan_gateway`; the gateway service and the policies' status planning both take it from here)."""
+    return {n.name: n.addresses for n in snapshot.nodes if n.addresses}
 
 
 def plan_gateway(
