@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from appliance.agent.datapath import WorkerDataPath
-from appliance.core.events import EventLogger
+from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.snapshot import Snapshot, SnapshotSource
 from appliance.policy.intent_tracking import IntentTracker
@@ -92,7 +92,7 @@ class AgentService:
                     helper.start()
                     started.append(helper)
             except Exception as e:
-                self.log.exception("agent.start_failed", error=f"{type(e).__name__}: {e}")
+                self.log.exception("agent.start_failed", error=error_text(e))
                 return 1
             self.reconciler.run(self._stop)
         finally:

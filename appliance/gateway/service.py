@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 
-from appliance.core.events import EventLogger
+from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot
@@ -389,7 +389,7 @@ class GatewayService:
                     self.deps.speaker.start()
                     self.deps.speaker.set_announcements(frozenset())
             except Exception as e:
-                self.log.exception("gateway.start_failed", error=f"{type(e).__name__}: {e}")
+                self.log.exception("gateway.start_failed", error=error_text(e))
                 return 1
             threads.append(threading.Thread(target=self.reconciler.run, args=(loop_stop,), name="reconcile"))
             threads.append(threading.Thread(target=self._health_loop, args=(health_stop,), name="health"))

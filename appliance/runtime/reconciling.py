@@ -26,7 +26,7 @@ from typing import Protocol
 
 from appliance.core.backoff import BackoffPolicy
 from appliance.core.backoff import backoff_delay as policy_delay
-from appliance.core.events import EventLogger
+from appliance.core.events import EventLogger, error_text
 from appliance.core.snapshot import Snapshot, SnapshotSource
 from appliance.runtime.config import ReconcileSettings
 from appliance.runtime.skips import SkipNote
@@ -228,7 +228,7 @@ class Reconciler:
             outcome = self._run_pass(snapshot, reasons)
         except Exception as e:  # a failed pass must never kill the loop
             self._log.exception("reconcile.pass_crashed", reasons=sorted(reasons))
-            outcome = PassOutcome(failures=(f"{type(e).__name__}: {e}",))
+            outcome = PassOutcome(failures=(error_text(e),))
         end = self._clock()
         self.passes += 1
         with self._cond:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
+from appliance.core.events import error_text
 from appliance.core.model import IPAddress
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -183,7 +184,7 @@ def _source(entry: ConntrackEntryLike) -> IPAddress | None:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, NetlinkError):
         return f"netlink error {exc.code}: {errno.errorcode.get(exc.code, '?')}"
-    return f"{type(exc).__name__}: {exc}"
+    return error_text(exc)
 
 
 async def _delete_entries(ct: ConntrackSocket, pod_ip: IPAddress, entries: Sequence[Any], progress: _Progress) -> None:
