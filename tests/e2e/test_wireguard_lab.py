@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from appliance.core.model import WIREGUARD_KEY_ANNOTATION
-from appliance.core.waiting import wait_until
+from appliance.core.waiting import poll_until, wait_until
 from appliance.datapath.apply.wireguard_keyfiles import read_key_file
 from lab import wireguard_lab as wl
 from lab.probe import BackgroundProbe
@@ -176,9 +176,16 @@ def test_w02_unknown_key_and_spoofed_source_are_dropped(system: System, scenario
             res = system.lab.exec("worker2", ["wg", "show", rogue, "dump"])
             peer_line = str(res.stdout).splitlines()[1].split("\t")
             latest_handshake, rx, tx = int(peer_line[4]), int(peer_line[5]), int(peer_line[6])
-            # the initiations did reach the member carrying the EIP (its conntrack saw them), unanswered
-            flows = str(system.lab.exec(carrier, ["conntrack", "-L", "-p", "udp", "-s", worker2, "-d", DEFAULT_EIP_V4,
-                                                  "--dport", str(port)], check=False).stdout)
+            # the initiations did reach the member carrying the EIP (its conntrack saw them), unanswered; wait for
+            # the entry (WireGuard repeats an unanswered initiation every 5 s) instead of reading it once
+
+            def carrier_flow(port: int = port) -> str:
+                """The carrier's conntrack lines of the initiations toward `port` ('' while there are none)."""
+                out = str(system.lab.exec(carrier, ["conntrack", "-L", "-p", "udp", "-s", worker2, "-d",
+                                                    DEFAULT_EIP_V4, "--dport", str(port)], check=False).stdout)
+                return out if f"dport={port}" in out else ""
+
+            flows = poll_until(carrier_flow, timeout=12, interval=0.2) or ""
             print(f"\nunknown key -> {DEFAULT_EIP_V4}:{port}: sent {tx} bytes, latest handshake {latest_handshake}, "
                   f"rx {rx} bytes; on {carrier}: {flows.strip() or 'no flow'}")
             assert tx > 0 and latest_handshake == 0 and rx == 0, peer_line
