@@ -205,6 +205,7 @@ class Reflector:
         with self._lock:
             self._stream = stream
         self.stats["watches"] += 1
+        read_to_end = False
         try:
             if self._stop.is_set():
                 return rv
@@ -212,9 +213,16 @@ class Reflector:
                 rv = self._handle(event, rv)
                 if self._stop.is_set():
                     break
+            else:
+                read_to_end = True
         finally:
             with self._lock:
                 self._stream = None
+            if not read_to_end:
+                # A watch cut short (error, stop, shut down) still has a response attached to its connection: handed
+                # back to the shared pool as is, the next request on it (a lease renewal, a status patch) would fail
+                # with ResponseNotReady. Close the connection; the pool opens a new one.
+                stream.close()
             stream.release_conn()
         return rv
 

@@ -83,6 +83,10 @@ def test_stale_resource_version_relists(sync_api: KubeApi, kube: Kube, kube_name
     apiserver.restart_apiserver()  # the watch cache restarts at etcd's current revision: `stale` is now too old
     with pytest.raises(Gone):
         r._watch(stale)
+    # the watch cut short by the 410 must not hand a connection with a pending response back to the shared pool:
+    # the next requests of the process (lease renewals, status patches) would fail with ResponseNotReady
+    for _ in range(3):
+        assert kube.get("Pod", "new", kube_namespace)["metadata"]["name"] == "new"
     # the running loop turns that into a relist: the deleted pod disappears, the new one appears
     r2 = Reflector(sync_api, pod_spec(kube_namespace), rec, settings=FAST, resource_version=stale)
     r2.start()
