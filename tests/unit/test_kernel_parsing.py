@@ -15,6 +15,7 @@ import pytest
 
 from appliance.datapath.apply.nft import expected_rule_counts
 from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, plan_gateway
+from appliance.datapath.plan.gateway_nft import gateway_table
 from appliance.datapath.plan.kernel_model import MAIN_TABLE, Encap, KernelState, LocalAddress, Route, Sysctl
 from appliance.datapath.plan.kernel_parsing import (
     addr_infos,
@@ -32,8 +33,9 @@ from appliance.datapath.plan.kernel_parsing import (
     parse_tunnel_link,
     table_comment,
 )
-from appliance.datapath.plan.nft_rendering import NftTable, gateway_table, worker_table
+from appliance.datapath.plan.nft_rendering import NftTable
 from appliance.datapath.plan.worker import WorkerPlan, WorkerSettings, plan_worker
+from appliance.datapath.plan.worker_nft import worker_table
 from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent, worker_addresses
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"

@@ -16,10 +16,12 @@ import pytest
 
 from appliance.core.model import NoGatewayAction
 from appliance.datapath.plan.gateway import GatewaySettings, GatewaySkipReason, plan_gateway
+from appliance.datapath.plan.gateway_nft import gateway_table
 from appliance.datapath.plan.kernel_model import KernelState, Op, diff
-from appliance.datapath.plan.nft_rendering import Contents, gateway_table, render_delta, render_full, worker_table
+from appliance.datapath.plan.nft_rendering import Contents, render_delta, render_full
 from appliance.datapath.plan.tunnel import MARK_BASE, assign_slots
 from appliance.datapath.plan.worker import SkipReason, WorkerSettings, plan_worker
+from appliance.datapath.plan.worker_nft import worker_table
 from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent, worker_addresses
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -25,6 +25,7 @@ def obj(name: str, rv: str) -> dict[str, Any]:
 class FakeStream:
     def __init__(self, events: list[dict[str, Any]]) -> None:
         self.lines = [json.dumps(e).encode() + b"\n" for e in events]
+        self.closed = self.released = False
 
     def stream(self, amt: Any = None, decode_content: bool = True) -> Iterator[bytes]:
         # split lines across chunks to exercise the line reassembly
@@ -32,8 +33,11 @@ class FakeStream:
         for i in range(0, len(data), 7):
             yield data[i:i + 7]
 
+    def close(self) -> None:
+        self.closed = True
+
     def release_conn(self) -> None:
-        pass
+        self.released = True
 
     def shutdown(self) -> None:
         pass
@@ -46,6 +50,7 @@ class FakeApi:
         self.lists, self.watches, self.done = lists, watches, done
         self.list_queries: list[dict[str, Any]] = []
         self.watch_queries: list[dict[str, Any]] = []
+        self.streams: list[FakeStream] = []
 
     def get(self, path: str, query: dict[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
         self.list_queries.append(dict(query or {}))
@@ -63,7 +68,9 @@ class FakeApi:
         item = self.watches.pop(0)
         if isinstance(item, Exception):
             raise item
-        return FakeStream(item)
+        stream = FakeStream(item)
+        self.streams.append(stream)
+        return stream
 
 
 def run_script(lists: list[Any], watches: list[Any]) -> tuple[Store, Reflector, FakeApi]:
@@ -104,9 +111,18 @@ def test_relist_on_http_410_and_on_error_event_410() -> None:
              {"items": [obj("c", "12")], "metadata": {"resourceVersion": "12"}}]
     watches = [ApiError(410, "Gone"),
                [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}]]
-    store, r, _ = run_script(lists, watches)
+    store, r, api = run_script(lists, watches)
     assert names(store) == ["c"]  # each relist replaced the set: a and b are gone
     assert r.stats["relists"] == 2 and r.stats["lists"] == 3
+    # the watch cut short by the 410 event still had a response on its connection: closed, not handed back as is
+    assert [(s.closed, s.released) for s in api.streams] == [(True, True)]
+
+
+def test_a_watch_read_to_its_end_hands_its_connection_back_open() -> None:
+    lists = [{"items": [obj("a", "1")], "metadata": {"resourceVersion": "5"}}]
+    store, r, api = run_script(lists, [[{"type": "ADDED", "object": obj("b", "6")}]])
+    assert names(store) == ["a", "b"]
+    assert [(s.closed, s.released) for s in api.streams] == [(False, True)]
 
 
 def test_connection_errors_keep_state_and_resume_from_the_last_version() -> None:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from appliance.datapath.apply.netlink import ApplyResult, NetlinkApplier, Shell
 from appliance.datapath.apply.nft import NftApplier, as_observed
 from appliance.datapath.plan.gateway import GatewayPlan
+from appliance.datapath.plan.gateway_nft import gateway_table
 from appliance.datapath.plan.kernel_model import Change, KernelState, Sysctl, diff_phases
 from appliance.datapath.plan.kernel_parsing import ObservedTable
-from appliance.datapath.plan.nft_rendering import NftTable, gateway_table, worker_table
+from appliance.datapath.plan.nft_rendering import NftTable
 from appliance.datapath.plan.worker import WorkerPlan
+from appliance.datapath.plan.worker_nft import worker_table
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

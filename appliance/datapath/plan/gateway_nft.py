@@ -1,0 +1,126 @@
+"""Pure rendering of a gateway plan into our nftables table: tunnel admission (input), per-worker anti-spoofing and
+selection checks (forward), SNAT to the EIPs (postrouting), per-EIP accounting. See docs/datapath.md."""
+
+from __future__ import annotations
+
+from appliance.datapath.plan.gateway import GatewayPlan
+from appliance.datapath.plan.nft_rendering import NftSet, NftTable, addr, mark, net, split_families
+from appliance.datapath.plan.tunnel import addr_token
+
+#: drop counters by reason (metric label `reason` = the name without `drop_`)
+GATEWAY_DROPS = (
+    "drop_unknown_vtep",
+    "drop_tunnel_to_local",
+    "drop_eip_unsolicited",
+    "drop_spoofed",
+    "drop_cluster_destination",
+    "drop_unselected",
+    "drop_no_snat",
+)
+
+
+def gateway_table(plan: GatewayPlan) -> NftTable:
+    m = plan.marks
+    base, mask = mark(m.mark_base), mark(m.mark_mask)
+    c4, c6 = split_families(plan.cluster_cidrs)
+
+    def fam(v: int) -> str:
+        return "ipv4_addr" if v == 4 else "ipv6_addr"
+
+    sets: list[NftSet] = [
+        NftSet(name="tunnel_ports", key_type="inet_service",
+               elements=frozenset((str(p), None) for p in plan.tunnel_ports)),
+        NftSet(name="tunnel_links", key_type="ifname",
+               elements=frozenset((n, None) for n in plan.tunnel_links)),
+        NftSet(name="wg_ports", key_type="inet_service",
+               elements=frozenset((str(p), None) for p in plan.wireguard_ports)),
+        NftSet(name="wg_links", key_type="ifname",
+               elements=frozenset((n, None) for n in plan.wireguard_links)),
+    ]
+    for v, c in ((4, c4), (6, c6)):
+        sets += [
+            NftSet(name=f"vteps{v}", key_type=fam(v), data_type="mark",
+                   elements=frozenset((addr(t.address), mark(t.mark)) for t in plan.vteps if t.address.version == v)),
+            NftSet(name=f"pods{v}", key_type=f"mark . {fam(v)}",
+                   elements=frozenset((f"{mark(mk)} . {addr(ip)}", None) for mk, ip in plan.pods if ip.version == v)),
+            NftSet(name=f"eips{v}", key_type=fam(v),
+                   elements=frozenset((addr(e), None) for e in plan.eips if e.version == v)),
+            NftSet(name=f"cluster{v}", key_type=fam(v), interval=True, elements=frozenset((net(n), None) for n in c)),
+        ]
+        entries = [e for e in plan.snat if e.pod_ip.version == v]
+        sets += [
+            NftSet(name=f"snat{v}", key_type=f"{fam(v)} . {fam(v)}", data_type=fam(v), interval=True,
+                   elements=frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", addr(e.eip))
+                                      for e in entries if e.eip is not None)),
+            NftSet(name=f"masq{v}", key_type=f"{fam(v)} . {fam(v)}", interval=True,
+                   elements=frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", None)
+                                      for e in entries if e.eip is None)),
+        ]
+        counted = [(e, f"{addr_token(e)}") for e in plan.eips if e.version == v]
+        if plan.uplink is not None and plan.uplink.version == v and "nodeip" in plan.counters:
+            counted.append((plan.uplink, "nodeip"))
+        sets += [
+            NftSet(name=f"eipcount{v}", key_type=fam(v), data_type="counter",
+                   elements=frozenset((addr(a), f"eip_{t}") for a, t in counted)),
+            NftSet(name=f"eipconn{v}", key_type=fam(v), data_type="counter",
+                   elements=frozenset((addr(a), f"conn_{t}") for a, t in counted)),
+        ]
+    chains = f"""\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tudp dport @tunnel_ports meta mark set ip saddr map @vteps4 accept
+\t\tudp dport @tunnel_ports meta mark set ip6 saddr map @vteps6 accept
+\t\tudp dport @tunnel_ports counter name drop_unknown_vtep drop
+\t\tudp dport @wg_ports accept
+\t\tiifname @tunnel_links counter name drop_tunnel_to_local drop
+\t\tiifname @wg_links ip6 daddr fe80::1 icmpv6 type echo-request accept
+\t\tiifname @wg_links counter name drop_tunnel_to_local drop
+\t\tip daddr @eips4 ct state new,invalid counter name drop_eip_unsolicited drop
+\t\tip6 daddr @eips6 ct state new,invalid counter name drop_eip_unsolicited drop
+\t}}
+\tchain prerouting {{
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tct direction reply ct mark & {mask} == {base} meta mark set ct mark
+\t\tct direction reply ct mark & {mask} == {base} counter name ip daddr map @eipcount4
+\t\tct direction reply ct mark & {mask} == {base} counter name ip6 daddr map @eipcount6
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname @tunnel_links jump from_tunnel
+\t\tiifname @wg_links jump from_wireguard
+\t\toifname @tunnel_links tcp flags syn tcp option maxseg size set rt mtu
+\t\toifname @wg_links tcp flags syn tcp option maxseg size set rt mtu
+\t}}
+\tchain from_wireguard {{
+\t\tip daddr @cluster4 counter name drop_cluster_destination drop
+\t\tip6 daddr @cluster6 counter name drop_cluster_destination drop
+\t\tmeta nfproto ipv4 ip saddr . ip daddr != @snat4 ip saddr . ip daddr != @masq4 counter name drop_unselected drop
+\t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
+\t\tct state new ct mark set {base}
+\t}}
+\tchain from_tunnel {{
+\t\tmeta nfproto ipv4 meta mark . ip saddr != @pods4 counter name drop_spoofed drop
+\t\tmeta nfproto ipv6 meta mark . ip6 saddr != @pods6 counter name drop_spoofed drop
+\t\tip daddr @cluster4 counter name drop_cluster_destination drop
+\t\tip6 daddr @cluster6 counter name drop_cluster_destination drop
+\t\tmeta nfproto ipv4 ip saddr . ip daddr != @snat4 ip saddr . ip daddr != @masq4 counter name drop_unselected drop
+\t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
+\t\tct state new ct mark set meta mark
+\t}}
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat - 10; policy accept;
+\t\tct mark & {mask} != {base} return
+\t\tip saddr . ip daddr @masq4 masquerade
+\t\tip6 saddr . ip6 daddr @masq6 masquerade
+\t\tsnat ip to ip saddr . ip daddr map @snat4
+\t\tsnat ip6 to ip6 saddr . ip6 daddr map @snat6
+\t\tcounter name drop_no_snat drop
+\t}}
+\tchain accounting {{
+\t\ttype filter hook postrouting priority srcnat + 10; policy accept;
+\t\tct direction original ct mark & {mask} == {base} counter name ip saddr map @eipcount4
+\t\tct direction original ct mark & {mask} == {base} counter name ip6 saddr map @eipcount6
+\t\tct state new ct direction original ct mark & {mask} == {base} counter name ip saddr map @eipconn4
+\t\tct state new ct direction original ct mark & {mask} == {base} counter name ip6 saddr map @eipconn6
+\t}}"""
+    counters = set(GATEWAY_DROPS) | {f"eip_{c}" for c in plan.counters} | {f"conn_{c}" for c in plan.counters}
+    return NftTable(role="gateway", chains=chains, sets=tuple(sets), counters=frozenset(counters))
