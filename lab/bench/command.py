@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "failover-wireguard": ("lab.bench.failover_wireguard", "run_wireguard_failover_bench",
                            "uplink-cut failover of a WireGuard gateway instance in the lab"),
     "convergence": ("lab.bench.convergence", "run_convergence_bench", "pod IP written -> first packet with EIP"),
+    "faults": ("lab.bench.faults", "run_faults_bench",
+               "lost/outage per fault: API partitions, API server down, ExaBGP crashes, SIGKILLs, bad input"),
 }
 
 
