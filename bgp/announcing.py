@@ -9,7 +9,9 @@ router never sees a tie among them:
 
 - unhealthy: withdraw, or announce with the worst preference when `withdraw_on_unhealthy` is false;
 - draining: withdraw (a drain ends with this member gone; the backups are already in the router's table);
-- in failback hold-down: worst preference, so a returning member does not take its primaries back at once.
+- in failback hold-down: worst preference, so a returning member does not take its primaries back at once;
+- stepped back (its cluster view is stale while another member of the instance has a fresh one, `bgp.freshness`):
+  the stale preference, a band below even the worst one, for the EIPs of that instance.
 
 Only EIPs inside the instance's pools of an enabled family are announced; everything else is skipped with a reason.
 Communities come from the gateway spec (`EgressGateway.bgp`).
@@ -89,16 +91,19 @@ def member_mode(*, healthy: bool, draining: bool, in_hold_down: bool, settings: 
     return MemberMode.HOLD_DOWN if in_hold_down else MemberMode.RANKED
 
 
-def preference(position: int, *, worst: bool, pref: PreferenceSettings) -> tuple[int | None, int]:
-    """(MED, prepends) for a ranking position; `worst` shifts the whole ranking below every ranked member."""
+def preference(position: int, *, worst: bool, pref: PreferenceSettings, stale: bool = False) -> tuple[int | None, int]:
+    """(MED, prepends) for a ranking position; `worst` shifts the whole ranking below every ranked member, `stale`
+    below every member that is not stale too (the order inside each band still follows the ranking)."""
     use_med = pref.mode in (PreferenceMode.MED, PreferenceMode.BOTH)
     use_prepend = pref.mode in (PreferenceMode.AS_PATH_PREPEND, PreferenceMode.BOTH)
     med: int | None = None
     prepends = 0
     if use_med:
-        med = (pref.worst_med if worst else pref.base_med) + pref.med_step * min(position, 999)
+        base = pref.stale_med if stale else pref.worst_med if worst else pref.base_med
+        med = base + pref.med_step * min(position, 999)
     if use_prepend:
-        prepends = pref.max_prepends + 1 if worst else min(position, pref.max_prepends)
+        band = 2 if stale else 1 if worst else 0
+        prepends = pref.max_prepends + band if band else min(position, pref.max_prepends)
     return med, prepends
 
 
@@ -123,8 +128,12 @@ def plan_announcements(
     draining: bool,
     in_hold_down: bool,
     settings: BgpSettings,
+    stepped_back: frozenset[str] = frozenset(),
 ) -> AnnouncementPlan:
     """Whole desired announcement set of member `me` over the instances it belongs to (deterministic).
+
+    `stepped_back`: names of the instances in which this member's cluster view is stale while another member's is
+    fresh (`bgp.freshness.steps_back`); their EIPs get the stale preference.
 
     Pools and communities come from `gateways[instance.name]` when `gateways` is given, else from the instance
     itself (`GatewayInstance.ipv4_pool/ipv6_pool/bgp`, filled by the resolution from the same EgressGateway).
@@ -157,7 +166,8 @@ def plan_announcements(
                 continue
             ranking = inst.rank_of(eip)
             position = ranking.index(me) if me in ranking else len(inst.members)
-            med, prepends = preference(position, worst=mode is not MemberMode.RANKED, pref=settings.preference)
+            med, prepends = preference(position, worst=mode is not MemberMode.RANKED, pref=settings.preference,
+                                       stale=inst.name in stepped_back)  # fmt: skip
             out[prefix] = Announcement(
                 prefix=prefix,
                 med=med,
@@ -177,6 +187,7 @@ def announcements_for(
     draining: bool,
     in_hold_down: bool,
     settings: BgpSettings,
+    stepped_back: frozenset[str] = frozenset(),
 ) -> frozenset[Announcement]:
     """Just the announcement set (see `plan_announcements` for the mode and the skipped EIPs)."""
     return plan_announcements(
@@ -187,4 +198,5 @@ def announcements_for(
         draining=draining,
         in_hold_down=in_hold_down,
         settings=settings,
+        stepped_back=stepped_back,
     ).announcements

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -119,7 +121,11 @@ class BfdSidecar:
         return self.workdir / "bird-bfd.ctl"
 
     def start(self, timeout_s: float = 5.0) -> None:
-        """Start BIRD and a supervisor thread that respawns it (a dead sidecar makes the router drop our session)."""
+        """Start BIRD and a supervisor thread that respawns it (a dead sidecar makes the router drop our session).
+
+        The first BIRD is spawned by the supervisor thread too, and `start` waits for it (raising what the spawn
+        raised): the parent-death signal is bound to the spawning thread, so a BIRD started by a caller's short-lived
+        thread would be SIGTERMed when that thread ends."""
         if not self.settings.bfd.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -127,9 +133,16 @@ class BfdSidecar:
         kill_stale(self.workdir / "bird-bfd.pid", str(conf))  # a previous run that died without stopping BIRD
         conf.write_text(render_bird_bfd_config(self.settings))
         self._stop.clear()
-        self._bird.start(lambda: self._spawn(timeout_s))
-        self._watcher = threading.Thread(target=self._supervise, name="bfd-sidecar", daemon=True)
+        first: list[BaseException] = []
+        started = threading.Event()
+        self._watcher = threading.Thread(target=self._supervise, args=(timeout_s, started, first),
+                                         name="bfd-sidecar", daemon=True)  # fmt: skip
         self._watcher.start()
+        started.wait()
+        if first:
+            self._watcher.join()
+            self._watcher = None
+            raise first[0]
 
     def _spawn(self, timeout_s: float = _SPAWN_TIMEOUT_S) -> subprocess.Popen[bytes]:
         """Start BIRD (it writes its own pid file) and wait for its control socket: up means answering `birdc`.
@@ -147,7 +160,14 @@ class BfdSidecar:
             time.sleep(0.05)
         return proc
 
-    def _supervise(self) -> None:
+    def _supervise(self, timeout_s: float, started: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            self._bird.start(lambda: self._spawn(timeout_s))
+        except BaseException as exc:  # handed to start(), which raises it in the caller's thread
+            failure.append(exc)
+            return
+        finally:
+            started.set()
         pause = _TICK_S
         while not self._stop.wait(pause):
             self._bird.tick()
@@ -176,10 +196,22 @@ class BfdSidecar:
         return {str(p.address): sessions[str(p.address)].state if str(p.address) in sessions else "Unknown"
                 for p in self.settings.peers}  # fmt: skip
 
-    def stop(self, timeout_s: float = 3.0) -> None:
+    def stop(self, timeout_s: float = 3.0, *, abrupt: bool = False) -> None:
+        """Stop BIRD. Politely (SIGTERM), BIRD tells the routers `AdminDown`, which they must not take for a
+        failure (RFC 5882): with graceful restart they then keep our routes for the restart time. `abrupt` (SIGKILL)
+        sends nothing: the routers' BFD times out and they drop our routes at once, which is what a hard stop that
+        could not withdraw (drain not acknowledged) needs."""
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout_s + 6.0)
             self._watcher = None
+        if abrupt:
+            proc = self._bird.child
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                log.warning("bfd.sidecar_killed", reason="hard stop: the routers' BFD must see us fail")
+            return
         if self._bird.stop(timeout_s):
             log.info("bfd.sidecar_stopped")

@@ -2,7 +2,8 @@
 
 ExaBGP holds no routes of its own in our design: every announcement comes through its API process (our bridge,
 `bgp.api_bridge`), so the config only describes the sessions: router id, ASNs, hold time, TCP-MD5, families, and the
-`api` block that subscribes the bridge to neighbor up/down events. The text encoder is used because its acks
+`api` block that subscribes the bridge to neighbor up/down events, and the graceful-restart capability (with
+`manual-eor`: the speaker sends End-of-RIB itself, after the resent routes). The text encoder is used because its acks
 (`done`/`error`) and neighbor events (`neighbor X up`, `neighbor X down - reason`) are one short line each, and
 because ExaBGP 5.0 only acknowledges in text anyway. The rendering is deterministic (golden-file tested).
 """
@@ -44,6 +45,12 @@ def _neighbor(settings: BgpSettings, peer: PeerSettings) -> list[str]:
     ]
     if peer.md5_password is not None:
         lines.append(f'    md5-password "{peer.md5_password}";')
+    gr = settings.graceful_restart
+    if gr.enabled:
+        # the routers keep our routes while ExaBGP restarts; they flush the stale ones at our End-of-RIB, which
+        # the speaker sends itself once the session's routes are acknowledged (ExaBGP would send it right after
+        # the OPEN, before the API has resent anything: the routers would drop every route for that moment)
+        lines += ["    manual-eor true;", "    capability {", f"        graceful-restart {gr.restart_time_s};", "    }"]
     lines.append("    family {")
     lines += [f"        {_FAMILY_LINE[f]}" for f in peer.families]
     lines += [

@@ -82,6 +82,11 @@ class PreferenceSettings:
     max_prepends: int = 3
 
     @property
+    def stale_med(self) -> int:
+        """MED of a member whose cluster view is stale (`bgp.freshness`): below even the worst-preference band."""
+        return self.base_med + self.med_step * 2000
+
+    @property
     def worst_med(self) -> int:
         """MED used for 'announce with worst preference' (unhealthy, hold-down): far above any ranked MED."""
         return self.base_med + self.med_step * 1000
@@ -107,6 +112,41 @@ class DrainSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GracefulRestartSettings:
+    """BGP graceful restart (RFC 4724) as the restarting speaker: ExaBGP advertises the capability, so routers that
+    act as helpers keep our routes (marked stale) while ExaBGP restarts, instead of dropping every path when ExaBGP
+    dies on every member at once. A real member failure is still BFD's: a BFD-detected failure is a hard down on
+    the routers (BIRD `bfd on`, FRR without `check-control-plane-failure`), see docs/routers.md."""
+
+    enabled: bool = True
+    #: how long a router keeps our stale routes waiting for the session to come back. It bounds the outage of a
+    #: member that dies *without* BFD noticing (BFD disabled, or a service stopped hard while its kernel state stays
+    #: up); ExaBGP is respawned within about a second and a crash loop backs off to 10 s, so 30 s leaves room
+    restart_time_s: int = 30
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaleViewSettings:
+    """Stale members step back (see `bgp.freshness`): a member whose cluster view is older than `grace_s` (watch down
+    or never synced) announces below every member with a fresh view, unless no member of its instance is fresh.
+    Members tell each other their view age with a small UDP heartbeat on the uplink (no API server involved)."""
+
+    enabled: bool = True
+    #: view age beyond which a member steps back. Longer than a watch reconnect after an API-server restart (a few
+    #: seconds), short enough that a pod selected during a partition is carried within grace + BGP convergence
+    grace_s: float = 10.0
+    #: UDP port of the member heartbeat (on the members' uplink addresses)
+    port: int = 4790
+    #: heartbeat period; a peer's report older than `peer_timeout_s` is ignored (that member may be down: BFD and
+    #: the routers deal with it, its view does not count as fresh)
+    interval_s: float = 1.0
+    peer_timeout_s: float = 3.5
+    #: shared secret for the heartbeat's HMAC-SHA256; None = heartbeats are accepted from any member address
+    #: of the instance (validated by source address and member name only)
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BgpSettings:
     local_asn: int
     router_id: ipaddress.IPv4Address
@@ -123,6 +163,8 @@ class BgpSettings:
     failback_hold_s: float | None = None
     #: ExaBGP 5.0.x from the same venv (5.0 resets its reconnect back-off after a session; 4.2 does not)
     exabgp_binary: Path = Path(sys.executable).parent / "exabgp"
+    graceful_restart: GracefulRestartSettings = GracefulRestartSettings()
+    stale_view: StaleViewSettings = StaleViewSettings()
 
     def failback_hold(self, spec_seconds: float) -> float:
         return spec_seconds if self.failback_hold_s is None else self.failback_hold_s
@@ -132,7 +174,7 @@ class BgpSettings:
 
 _TOP_KEYS = {
     "local_asn", "router_id", "local_address", "peers", "families", "preference", "withdraw_on_unhealthy",
-    "bfd", "drain", "failback_hold_s", "exabgp_binary",
+    "bfd", "drain", "failback_hold_s", "exabgp_binary", "graceful_restart", "stale_view",
 }  # fmt: skip
 _PEER_KEYS = {
     "address", "asn", "md5_password", "hold_time", "passive", "local_address", "families", "next_hop_ipv4",
@@ -235,8 +277,8 @@ def _preference(raw: Any, path: str) -> PreferenceSettings:
         raise ConfigError(f"{path}.mode", "must be one of med, as-path-prepend, both") from None
     base = integer(m.get("base_med", 100), f"{path}.base_med", 0, 2**31)
     step = integer(m.get("med_step", 10), f"{path}.med_step", 1, 2**20)
-    if base + step * 1000 > _ASN_MAX:
-        raise ConfigError(f"{path}.med_step", "base_med + 1000 * med_step must fit in 32 bits")
+    if base + step * 3000 > _ASN_MAX:  # three bands of 1000 positions: ranked, worst, stale view
+        raise ConfigError(f"{path}.med_step", "base_med + 3000 * med_step must fit in 32 bits")
     prepends = integer(m.get("max_prepends", 3), f"{path}.max_prepends", 1 if mode is not PreferenceMode.MED else 0, 10)
     return PreferenceSettings(mode=mode, base_med=base, med_step=step, max_prepends=prepends)
 
@@ -258,6 +300,37 @@ def _drain(raw: Any, path: str) -> DrainSettings:
     if settle > timeout:
         raise ConfigError(f"{path}.settle_s", "must not exceed drain.timeout_s")
     return DrainSettings(timeout_s=timeout, settle_s=settle)
+
+
+#: ExaBGP's (and RFC 4724's) largest restart time: 12 bits
+_GR_MAX_S = 4095
+
+
+def _graceful_restart(raw: Any, path: str) -> GracefulRestartSettings:
+    m = _mapping(raw, path, {"enabled", "restart_time_s"})
+    return GracefulRestartSettings(
+        enabled=_bool(m.get("enabled", True), f"{path}.enabled"),
+        restart_time_s=integer(m.get("restart_time_s", 30), f"{path}.restart_time_s", 1, _GR_MAX_S),
+    )
+
+
+def _stale_view(raw: Any, path: str) -> StaleViewSettings:
+    m = _mapping(raw, path, {"enabled", "grace_s", "port", "interval_s", "peer_timeout_s", "secret"})
+    interval = number(m.get("interval_s", 1.0), f"{path}.interval_s", 0.05, 60.0)
+    timeout = number(m.get("peer_timeout_s", 3.5 * interval), f"{path}.peer_timeout_s", 0.1, 600.0)
+    if timeout <= interval:
+        raise ConfigError(f"{path}.peer_timeout_s", "must be longer than interval_s (several heartbeats)")
+    secret = m.get("secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 8):
+        raise ConfigError(f"{path}.secret", "must be a string of at least 8 characters")
+    return StaleViewSettings(
+        enabled=_bool(m.get("enabled", True), f"{path}.enabled"),
+        grace_s=number(m.get("grace_s", 10.0), f"{path}.grace_s", 0.5, 3600.0),
+        port=integer(m.get("port", 4790), f"{path}.port", 1, 65535),
+        interval_s=interval,
+        peer_timeout_s=timeout,
+        secret=secret,
+    )
 
 
 def parse_bgp_settings(raw: Mapping[str, Any], path: str = "bgp") -> BgpSettings:
@@ -299,4 +372,6 @@ def parse_bgp_settings(raw: Mapping[str, Any], path: str = "bgp") -> BgpSettings
         drain=_drain(m.get("drain", {}), f"{path}.drain"),
         failback_hold_s=None if hold_s is None else number(hold_s, f"{path}.failback_hold_s", 0.0, 86400.0),
         exabgp_binary=Path(binary) if binary else Path(sys.executable).parent / "exabgp",
+        graceful_restart=_graceful_restart(m.get("graceful_restart", {}), f"{path}.graceful_restart"),
+        stale_view=_stale_view(m.get("stale_view", {}), f"{path}.stale_view"),
     )

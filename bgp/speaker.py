@@ -6,10 +6,14 @@ reconcile loop). Public methods only take a lock and poke the thread; all I/O ha
     ExaBGP (child, current netns or `command_prefix`)  --runs-->  python -m bgp.api_bridge SOCKET
         bridge <-- unix socket (workdir/api.sock) --> BgpSpeaker thread <-> Announcer (pure)
 
-ExaBGP is supervised by `appliance.host.supervision.Supervisor`, ticked from the background thread: respawned with
-exponential back-off (0.5 s .. 10 s, reset after 30 s of uptime) when it exits; every new bridge connection resends
-the whole desired set. `stop()` terminates ExaBGP: it closes its sessions with a
-NOTIFICATION, so the routers withdraw our routes at once (that is not a drain; see `bgp.draining`).
+ExaBGP is supervised by `appliance.host.supervision.Supervisor`, ticked from the background thread: respawned at
+once when it exits (with a back-off only for a crash loop: several exits in a row without a session reaching
+Established; a session up marks it healthy); every new bridge connection resends the whole desired set, and a
+session that comes up gets its End-of-RIB only after its routes were acknowledged (`manual-eor`), so routers that
+kept our routes through a graceful restart never flush them early. `stop()` terminates ExaBGP: without graceful
+restart it closes its sessions with a NOTIFICATION (the routers withdraw our routes at once); with graceful restart
+negotiated it closes them silently and the routers keep our routes for the restart time (that is not a drain; see
+`bgp.draining`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from appliance.host.supervision import ChildEvents, Supervisor, Tick, kill_stale
 from bgp.announcing import Announcement
 from bgp.exabgp_config import exabgp_environment, render_exabgp_config
 from bgp.settings import BgpSettings
-from bgp.speaking import AckTimeout, Announcer, CommandFailed, Event, ExabgpShutdown, PeerChanged
+from bgp.speaking import AckTimeout, Announcer, CommandFailed, Event, ExabgpShutdown, PeerChanged, PeerState
 
 log = EventLogger(logging.getLogger(__name__))
 
@@ -59,7 +63,8 @@ class BgpSpeaker:
         self._clock = clock
         self._on_event = on_event
         self._lock = threading.Condition()
-        self._announcer = Announcer(peers=settings.peers, local_asn=settings.local_asn, ack_timeout_s=ack_timeout_s)
+        self._announcer = Announcer(peers=settings.peers, local_asn=settings.local_asn, ack_timeout_s=ack_timeout_s,
+                                    manual_eor=settings.graceful_restart.enabled)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._exabgp = Supervisor(spawn=self._spawn, stop=stop_group, events=_EXABGP_EVENTS,
@@ -230,6 +235,8 @@ class BgpSpeaker:
             events = self._announcer.receive(line, now=self._clock())
             self._lock.notify_all()
         for ev in events:
+            if isinstance(ev, PeerChanged) and ev.state is PeerState.UP:
+                self._exabgp.mark_healthy()  # this ExaBGP did its job: a crash after this is not a crash loop
             self._report(ev)
 
     def _flush(self, sel: selectors.BaseSelector) -> None:

@@ -11,7 +11,11 @@ reports when the API channel (re)connects or breaks. This module owns the logic:
   of its routes resent; a new channel (ExaBGP or the bridge restarted) resends everything and withdraws whatever
   ExaBGP may still hold that is no longer desired;
 - an ack missing for `ack_timeout_s` means ExaBGP is stuck: `poll()` reports it and the shell restarts ExaBGP;
-- a failed command is retried after `retry_s` (a failed withdraw counts as done: the route is not there).
+- a failed command is retried after `retry_s` (a failed withdraw counts as done: the route is not there);
+- with `manual_eor` (graceful restart, ExaBGP's `manual-eor`): a peer that came up gets `neighbor <peer> announce eor
+  <afi> <safi>` for each of its families once its routes are acknowledged (or `eor_wait_s` after it came up, so a
+  route ExaBGP keeps refusing cannot hold the End-of-RIB back for ever). A router that kept our routes as stale
+  through our restart flushes the ones we did not resend when the End-of-RIB arrives, not before.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 
 from appliance.core.model import IPAddress, IPNetwork
 from bgp.announcing import Announcement, announcement_sort_key
-from bgp.settings import PeerSettings
+from bgp.settings import Family, PeerSettings
 
 
 class PeerState(enum.StrEnum):
@@ -65,9 +69,12 @@ Key = tuple[IPAddress, IPNetwork]  # (peer, prefix)
 @dataclass(slots=True, kw_only=True)
 class _InFlight:
     command: str
-    key: Key
-    value: Announcement | None  # None = withdraw
+    key: Key | None  # None = an End-of-RIB
+    value: Announcement | None  # None = withdraw (or End-of-RIB)
     sent_at: float
+
+
+_EOR_FAMILY = {Family.IPV4_UNICAST: "ipv4 unicast", Family.IPV6_UNICAST: "ipv6 unicast"}
 
 
 def render_announce(peer: PeerSettings, ann: Announcement, *, local_asn: int) -> str:
@@ -89,6 +96,10 @@ def render_withdraw(peer: PeerSettings, prefix: IPNetwork) -> str:
     return f"neighbor {peer.address} withdraw route {prefix}"
 
 
+def render_eor(peer: PeerSettings, family: Family) -> str:
+    return f"neighbor {peer.address} announce eor {_EOR_FAMILY[family]}"
+
+
 @dataclass(slots=True)
 class Announcer:
     """Desired vs. acknowledged announcements per peer; see the module docstring."""
@@ -97,6 +108,10 @@ class Announcer:
     local_asn: int
     ack_timeout_s: float = 5.0
     retry_s: float = 1.0
+    #: send End-of-RIB ourselves after a session came up and its routes were acknowledged (graceful restart)
+    manual_eor: bool = False
+    #: send it anyway this long after the session came up
+    eor_wait_s: float = 5.0
     _desired: frozenset[Announcement] = frozenset()
     _acked: dict[Key, Announcement] = field(default_factory=dict)
     #: keys ExaBGP may hold although not acknowledged on this channel (after a reconnect): withdraw if undesired
@@ -105,6 +120,8 @@ class Announcer:
     _retry_at: dict[Key, float] = field(default_factory=dict)
     _peer_state: dict[IPAddress, PeerState] = field(default_factory=dict)
     _connected: bool = False
+    #: peers whose session came up and still wait for their End-of-RIB -> when they came up
+    _eor_due: dict[IPAddress, float] = field(default_factory=dict)
 
     # ----- inputs -----
 
@@ -127,7 +144,7 @@ class Announcer:
             return self._ack(text == "done")
         words = text.split()
         if len(words) >= 3 and words[0] == "neighbor":
-            return self._neighbor_event(words)
+            return self._neighbor_event(words, now)
         if words and words[0] == "shutdown":
             self.channel_down()
             return [ExabgpShutdown(line=text)]
@@ -158,6 +175,7 @@ class Announcer:
                 key = (peer.address, prefix)
                 if expected.get(key) != ann and self._retry_at.get(key, 0.0) <= now:
                     commands.append(self._send(render_announce(peer, ann, local_asn=self.local_asn), key, ann, now))
+            commands += self._eor(peer, want, now)
         return commands, []
 
     # ----- observations -----
@@ -176,7 +194,7 @@ class Announcer:
 
     def converged(self) -> bool:
         """Every desired route acknowledged on every carrying peer, nothing else held, nothing in flight."""
-        if not self._connected or self._inflight or self._maybe:
+        if not self._connected or self._inflight or self._maybe or self._eor_due:
             return False
         want = {(p.address, a.prefix): a for p in self.peers for a in self._desired if a.family in p.families}
         return want == self._acked
@@ -194,11 +212,34 @@ class Announcer:
 
     # ----- internals -----
 
+    def _eor(self, peer: PeerSettings, want: dict[IPNetwork, Announcement], now: float) -> list[str]:
+        """The End-of-RIB commands for `peer` when they are due: its session came up, and its routes are all
+        acknowledged (nothing in flight or unknown for it) or `eor_wait_s` passed."""
+        up_at = self._eor_due.get(peer.address)
+        if up_at is None:
+            return []
+        settled = (
+            not any(f.key is not None and f.key[0] == peer.address for f in self._inflight)
+            and not any(k[0] == peer.address for k in self._maybe)
+            and all(self._acked.get((peer.address, p)) == a for p, a in want.items())
+        )
+        if not settled and now - up_at < self.eor_wait_s:
+            return []
+        del self._eor_due[peer.address]
+        out = []
+        for fam in peer.families:
+            cmd = render_eor(peer, fam)
+            self._inflight.append(_InFlight(command=cmd, key=None, value=None, sent_at=now))
+            out.append(cmd)
+        return out
+
     def _expected(self) -> dict[Key, Announcement | None]:
         """What ExaBGP will hold once everything in flight is acknowledged (None = maybe held, unknown)."""
         exp: dict[Key, Announcement | None] = {k: None for k in self._maybe}
         exp.update(self._acked)
         for f in self._inflight:
+            if f.key is None:
+                continue
             if f.value is None:
                 exp.pop(f.key, None)
             else:
@@ -214,6 +255,8 @@ class Announcer:
         if not self._inflight:
             return []
         f = self._inflight.popleft()
+        if f.key is None:  # an End-of-RIB: an error means the session went down meanwhile (its up event re-arms it)
+            return [] if ok else [CommandFailed(command=f.command)]
         if f.value is None:
             # a failed withdraw means ExaBGP does not hold the route: the outcome is the same
             self._acked.pop(f.key, None)
@@ -226,7 +269,7 @@ class Announcer:
         self._retry_at[f.key] = f.sent_at + self.retry_s
         return [CommandFailed(command=f.command)]
 
-    def _neighbor_event(self, words: list[str]) -> list[Event]:
+    def _neighbor_event(self, words: list[str], now: float) -> list[Event]:
         try:
             peer = ipaddress.ip_address(words[1])
         except ValueError:
@@ -236,6 +279,10 @@ class Announcer:
         state = PeerState(words[2])
         reason = " ".join(words[4:]) if state is PeerState.DOWN else ""
         self._peer_state[peer] = state
+        if state is PeerState.UP and self.manual_eor:
+            self._eor_due[peer] = now
+        elif state is PeerState.DOWN:
+            self._eor_due.pop(peer, None)
         if state is PeerState.UP:
             # ExaBGP replays its RIB to the new session itself; resending anyway makes us independent of that
             for key in [k for k in self._acked if k[0] == peer]:
@@ -244,8 +291,9 @@ class Announcer:
         return [PeerChanged(peer=peer, state=state, reason=reason)]
 
     def _lose_channel(self) -> None:
-        self._maybe |= set(self._acked) | {f.key for f in self._inflight if f.value is not None}
+        self._maybe |= set(self._acked) | {f.key for f in self._inflight if f.key is not None and f.value is not None}
         self._acked.clear()
         self._inflight.clear()
         self._retry_at.clear()
         self._peer_state.clear()
+        self._eor_due.clear()

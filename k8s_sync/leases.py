@@ -8,6 +8,11 @@
 - **Leader election** (`egressgw-status-writer`): a Lease held by one member; others take it over only after it
   expired. Every write carries the resourceVersion read, so two candidates cannot both win (409 = lost the race).
   Only the leader writes status, so members never fight over it.
+- **Failing fast and saying so**: every lease call uses `LEASE_TIMEOUT` (2 s connect, 5 s read; no urllib3 retries,
+  see `k8s_sync.kubeapi`), so a renewal toward an unreachable API server fails within the renewal period instead of
+  hanging in connect retries; failures are logged as `lease.renew_failed` (the first at once, then at most one line
+  per `FAILURE_LOG_EVERY_S` with the count and the time since the last success) and the first success after them as
+  `lease.renew_recovered`.
 
 The pure helpers (`lease_alive`, `member_name_of_lease`, `micro_time`) are what the store uses.
 """
@@ -25,7 +30,7 @@ from typing import Any
 
 from appliance.core.events import EventLogger, error_text
 from appliance.core.model import APPLIANCE_ADDRESS_ANNOTATION, APPLIANCE_LEASE_LABEL, WIREGUARD_KEY_ANNOTATION
-from k8s_sync.kubeapi import JSON, ApiError, KubeApi, Resource
+from k8s_sync.kubeapi import CONNECT_TIMEOUT_S, JSON, ApiError, KubeApi, Resource, is_network_error
 
 log = EventLogger(logging.getLogger(__name__))
 
@@ -33,6 +38,10 @@ LEASES = Resource(kind="Lease", group="coordination.k8s.io", version="v1", plura
 MEMBER_PREFIX = "egressgw-member-"
 LEADER_LEASE = "egressgw-status-writer"
 DEFAULT_NAMESPACE = "egressgw-system"
+#: (connect, read) timeout of every lease call: a renewal must fail well within the lease duration, not hang
+LEASE_TIMEOUT = (CONNECT_TIMEOUT_S, 5.0)
+#: while renewals keep failing, one `lease.renew_failed` line per this many seconds (the first one at once)
+FAILURE_LOG_EVERY_S = 30.0
 
 
 def micro_time(t: float) -> str:
@@ -90,13 +99,45 @@ def member_lease_body(me: MemberIdentity, *, namespace: str, duration: int, now:
     }
 
 
+class FailureLog:
+    """Rate-limited logging of a loop's consecutive failures: the first at once, then one line per `every` seconds
+    (with how many failed and since when), and one `recovered` line at the first success after them."""
+
+    def __init__(self, event: str, *, every: float = FAILURE_LOG_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic, **context: Any) -> None:
+        self.event, self.every, self._clock, self.context = event, every, clock, context
+        self.failures = 0
+        self._first: float | None = None
+        self._last_logged: float | None = None
+
+    def failed(self, error: BaseException) -> bool:
+        """Count a failure; returns True when it was logged."""
+        now = self._clock()
+        self.failures += 1
+        if self._first is None:
+            self._first = now
+        if self._last_logged is not None and now - self._last_logged < self.every:
+            return False
+        self._last_logged = now
+        log.warning(self.event, failures=self.failures, failing_for_s=round(now - self._first, 1),
+                    network=is_network_error(error), error=error_text(error), **self.context)
+        return True
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info(self.event.replace("_failed", "_recovered"), failures=self.failures,
+                     failed_for_s=round(self._clock() - (self._first or self._clock()), 1), **self.context)
+        self.failures, self._first, self._last_logged = 0, None, None
+
+
 class _Loop:
-    """A daemon thread calling `step()` every `period` seconds until stopped."""
+    """A daemon thread calling `step()` every `period` seconds until stopped; failures go to `FailureLog`."""
 
     def __init__(self, name: str, period: float) -> None:
         self._name, self._period = name, period
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failures = FailureLog("lease.renew_failed", loop=name)
 
     def step(self) -> None:
         raise NotImplementedError
@@ -110,7 +151,9 @@ class _Loop:
             try:
                 self.step()
             except Exception as e:  # API away: try again next period
-                log.warning("lease.renew_failed", loop=self._name, error=error_text(e))
+                self.failures.failed(e)
+            else:
+                self.failures.succeeded()
             self._stop.wait(self._period)
 
     def stop(self) -> None:
@@ -144,18 +187,18 @@ class MemberLease(_Loop):
         body = member_lease_body(self.me, namespace=self.namespace, duration=self.duration, now=self._clock())
         try:
             self.api.merge_patch(self.path, {"metadata": {k: body["metadata"][k] for k in ("labels", "annotations")},
-                                             "spec": body["spec"]})
+                                             "spec": body["spec"]}, timeout=LEASE_TIMEOUT)
         except ApiError as e:
             if e.status != 404:
                 raise
-            self.api.create(LEASES.path(self.namespace), body)
+            self.api.create(LEASES.path(self.namespace), body, timeout=LEASE_TIMEOUT)
             log.info("lease.created", member=self.me.name, namespace=self.namespace)
 
     def release(self) -> None:
         """Stop renewing and delete the lease (planned drain: the member is gone at once, not after expiry)."""
         self.stop()
         with contextlib.suppress(ApiError):
-            self.api.delete(self.path)
+            self.api.delete(self.path, timeout=LEASE_TIMEOUT)
 
 
 class LeaderElection(_Loop):
@@ -182,7 +225,7 @@ class LeaderElection(_Loop):
         path = LEASES.path(self.namespace, self.name)
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration, "renewTime": micro_time(now)}
         try:
-            current = self.api.get(path)
+            current = self.api.get(path, timeout=LEASE_TIMEOUT)
         except ApiError as e:
             if e.status != 404:
                 raise
@@ -192,7 +235,7 @@ class LeaderElection(_Loop):
                 body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                         "metadata": {"name": self.name, "namespace": self.namespace},
                         "spec": {**spec, "acquireTime": micro_time(now), "leaseTransitions": 0}}
-                self.api.create(LEASES.path(self.namespace), body)
+                self.api.create(LEASES.path(self.namespace), body, timeout=LEASE_TIMEOUT)
             else:
                 cur = current.get("spec") or {}
                 holder = cur.get("holderIdentity")
@@ -204,7 +247,8 @@ class LeaderElection(_Loop):
                     spec["acquireTime"] = micro_time(now)
                     spec["leaseTransitions"] = int(cur.get("leaseTransitions") or 0) + 1
                 current["spec"] = {**cur, **spec}
-                self.api.replace(path, current)  # carries metadata.resourceVersion: 409 if someone else wrote
+                # carries metadata.resourceVersion: 409 if someone else wrote
+                self.api.replace(path, current, timeout=LEASE_TIMEOUT)
         except ApiError as e:
             if e.status in (409, 422) or (e.status == 409 and current is None):
                 self._set(False, 0.0)
@@ -229,8 +273,8 @@ class LeaderElection(_Loop):
             return
         with contextlib.suppress(ApiError):
             path = LEASES.path(self.namespace, self.name)
-            current = self.api.get(path)
+            current = self.api.get(path, timeout=LEASE_TIMEOUT)
             if (current.get("spec") or {}).get("holderIdentity") == self.identity:
                 current["spec"]["holderIdentity"] = ""
-                self.api.replace(path, current)
+                self.api.replace(path, current, timeout=LEASE_TIMEOUT)
         self._set(False, 0.0)

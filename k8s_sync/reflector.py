@@ -9,8 +9,17 @@ This is client-go's reflector, in a thread (the official client is blocking):
    (`apply`) in the order the server sent it; bookmarks only move our resourceVersion forward.
 3. **410 Gone** (an HTTP 410, or an ERROR event with code 410 - our resourceVersion is older than the server's
    watch window, e.g. after an apiserver restart): relist (`watch.relisted`).
-4. **Connection errors / 5xx / 429**: keep the last good state (the sink is never cleared), wait an exponential
-   backoff with jitter, and watch again from the last resourceVersion (`watch.reconnecting`).
+4. **Errors the API server answers (5xx, 429, ...)**: keep the last good state (the sink is never cleared), wait an
+   exponential backoff with jitter, and watch again from the last resourceVersion (`watch.reconnecting`).
+5. **Network-level failures** (refused, reset, timed out, a connection cut short): same, but retried after a short
+   bounded interval (`network_retry_s`, with jitter) instead of the back-off: the server did not say it is
+   overloaded, the network was away, and a member must learn within ~2 s of the API server becoming reachable again.
+   Each attempt is cheap (one TCP connect with a 2 s timeout, `k8s_sync.kubeapi`).
+6. **A watch must not sit on a dead connection**: the client sockets have short TCP keepalive (a silent partition
+   breaks the watch within seconds), and when any call of the same client gets an answer again after a network
+   failure (`KubeApi.connectivity` recovers: a lease renewal, another reflector), every watch that has delivered
+   nothing since the failures began is restarted at once from its resourceVersion (`watch.restarted`) instead of
+   waiting for the server's TCP retransmissions.
 
 Server-side filtering is expressed by `WatchSpec.label_selector` / `field_selector`; `WatchSpec.trim` drops fields
 nobody reads before objects are stored (pods: only metadata, nodeName, hostNetwork, IPs, phase).
@@ -22,13 +31,14 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance.core.backoff import Backoff, BackoffPolicy
 from appliance.core.events import EventLogger, error_text
-from k8s_sync.kubeapi import JSON, ApiError, KubeApi, Resource, iter_json_lines
+from k8s_sync.kubeapi import JSON, ApiError, KubeApi, Resource, is_network_error, iter_json_lines
 
 log = EventLogger(logging.getLogger(__name__))
 
@@ -69,7 +79,11 @@ class ReflectorSettings:
     #: the API server may be away for minutes (upgrade); do not hammer it, but come back within half a minute
     backoff_max: float = 30.0
     #: seconds without any byte on a watch (bookmarks come about every minute) before the connection is presumed dead
+    #: (a silently dead connection is noticed much earlier by TCP keepalive, `k8s_sync.kubeapi.KEEPALIVE`)
     read_timeout_slack: float = 30.0
+    #: retry interval after a network-level failure (jitter: uniform in [r/2, r]); bounded and short on purpose:
+    #: with the 2 s connect timeout a member notices the API server's return within ~2.5 s
+    network_retry_s: float = 0.5
 
 
 class Gone(Exception):
@@ -100,8 +114,14 @@ class Reflector:
         self._thread: threading.Thread | None = None
         self._stream: Any = None
         self._lock = threading.Lock()
+        #: monotonic time of the last event (or the watch's opening) on the current stream
+        self._last_event = 0.0
+        #: set when the stream was shut down on purpose (connectivity came back): reconnect at once, no pause
+        self._restart = False
+        self._connectivity = getattr(api, "connectivity", None)
         self.resource_version = resource_version
-        self.stats: dict[str, int] = {"lists": 0, "watches": 0, "events": 0, "relists": 0, "errors": 0}
+        self.stats: dict[str, int] = {"lists": 0, "watches": 0, "events": 0, "relists": 0, "errors": 0,
+                                      "restarts": 0}
 
     @property
     def has_synced(self) -> bool:
@@ -112,11 +132,26 @@ class Reflector:
         return self._synced.wait(timeout)
 
     def start(self) -> None:
+        if self._connectivity is not None:
+            self._connectivity.on_recovered(self.connectivity_recovered)
         self._thread = threading.Thread(target=self.run, name=f"reflector-{self.spec.key}", daemon=True)
         self._thread.start()
 
+    def connectivity_recovered(self, since: float) -> None:
+        """The client reached the API server again after network failures that began at `since` (monotonic): a
+        watch that delivered nothing since then may sit on a dead connection - restart it now (thread-safe)."""
+        with self._lock:
+            stream = self._stream
+            if stream is None or self._last_event >= since:
+                return
+            self._restart = True
+        with contextlib.suppress(Exception):
+            stream.shutdown()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._connectivity is not None:
+            self._connectivity.remove_callback(self.connectivity_recovered)
         with self._lock:
             stream = self._stream
         if stream is not None:
@@ -145,18 +180,38 @@ class Reflector:
                     log.info("watch.relisted", kind=self.spec.key, resource_version=rv)
                     rv = ""
                     continue
-                self._pause("api_error", e)
+                if is_network_error(e):  # status 0: no answer (TLS failure, cut short)
+                    self._pause("network_error", e, delay=self._network_delay())
+                else:
+                    self._pause("api_error", e)
             except Exception as e:  # connection refused/reset, protocol errors, bad JSON: keep state, retry
                 if self._stop.is_set():
                     break
-                self._pause("connection_error", e)
+                with self._lock:
+                    restart, self._restart = self._restart, False
+                if restart:
+                    self.stats["restarts"] += 1
+                    log.info("watch.restarted", kind=self.spec.key, cause="connectivity_recovered",
+                             resource_version=rv)
+                    continue
+                if is_network_error(e):
+                    if self._connectivity is not None:
+                        self._connectivity.failed(e)
+                    self._pause("network_error", e, delay=self._network_delay())
+                else:
+                    self._pause("connection_error", e)
 
-    def _pause(self, what: str, error: BaseException) -> None:
+    def _network_delay(self) -> float:
+        r = self.settings.network_retry_s
+        return self._rng.uniform(r / 2, r)
+
+    def _pause(self, what: str, error: BaseException, *, delay: float | None = None) -> None:
         self.stats["errors"] += 1
         disconnected = getattr(self.sink, "disconnected", None)
         if disconnected is not None:  # optional sink hook: the store freezes lease liveness while blind
             disconnected(self.spec.key)
-        delay = self._backoff.next()
+        if delay is None:
+            delay = self._backoff.next()
         log.warning("watch.reconnecting", kind=self.spec.key, cause=what, error=error_text(error),
                     delay_s=round(delay, 3))
         self._stop.wait(delay)
@@ -202,14 +257,20 @@ class Reflector:
                  "timeoutSeconds": timeout}
         stream = self.api.open_stream(spec.resource.path(spec.namespace), query,
                                       read_timeout=timeout + self.settings.read_timeout_slack)
+        watching = getattr(self.sink, "watching", None)
+        if watching is not None:  # optional sink hook: the watch is back, the store's view is current again
+            watching(spec.key)
         with self._lock:
             self._stream = stream
+            self._last_event = time.monotonic()
+            self._restart = False
         self.stats["watches"] += 1
         read_to_end = False
         try:
             if self._stop.is_set():
                 return rv
             for event in iter_json_lines(stream):
+                self._last_event = time.monotonic()
                 rv = self._handle(event, rv)
                 if self._stop.is_set():
                     break
@@ -218,6 +279,8 @@ class Reflector:
         finally:
             with self._lock:
                 self._stream = None
+                # shut down on purpose, a stream may still end "normally": its connection is not reusable either
+                read_to_end = read_to_end and not self._restart
             if not read_to_end:
                 # A watch cut short (error, stop, shut down) still has a response attached to its connection: handed
                 # back to the shared pool as is, the next request on it (a lease renewal, a status patch) would fail

@@ -8,7 +8,8 @@
   new status field: a status field unknown to an older version's schema would make that version refuse the policy
   during a rolling upgrade, while a new condition type is valid for every version.
 - Gateways: `members [{name, kind, healthy, eips}]`, `eips [{ip, primary, backups}]`, `ipUsage`, conditions.
-- EgressClusterInfo: the content of `appliance.policy.cluster_cidrs.cluster_info_status` plus conditions.
+- EgressClusterInfo: the content of `appliance.policy.cluster_cidrs.cluster_info_status` plus conditions
+  (`PodCIDRsIncomplete` when pod IPs fall outside every detected pod CIDR: `pod_ip_coverage`).
 
 Every condition carries `observedGeneration`; its `lastTransitionTime` is kept from the object while its status
 does not change, so re-planning an unchanged world yields exactly what is already there and nothing is written.
@@ -26,8 +27,9 @@ from typing import Any
 
 from appliance.core.intent import GatewayInstance, Intent, PolicyOutcome, PolicyState
 from appliance.core.model import IPAddress, PolicyKind, PolicyRef
-from appliance.core.snapshot import ObjectRef, Problem, Snapshot
-from appliance.policy.cluster_cidrs import cluster_info_status
+from appliance.core.snapshot import ObjectRef, Problem, Reason, Snapshot
+from appliance.datapath.plan.gateway import GatewaySkipReason
+from appliance.policy.cluster_cidrs import cluster_info_status, pod_ip_coverage
 from appliance.policy.placement import node_ip_member, primary
 from k8s_sync.not_carried import SkipCount, not_carried
 
@@ -35,6 +37,46 @@ JSON = dict[str, Any]
 INT64_MAX = 2**63 - 1
 POLICY_KINDS = (PolicyKind.NAMESPACED.value, PolicyKind.CLUSTER.value)
 STATUS_KINDS = ("EgressGateway", *POLICY_KINDS, "EgressClusterInfo")
+
+
+class ConditionType(enum.StrEnum):
+    READY = "Ready"
+    INVALID = "Invalid"
+    PENDING = "Pending"
+    DEGRADED = "Degraded"
+    POD_CIDRS_INCOMPLETE = "PodCIDRsIncomplete"
+
+
+#: the condition types written per kind, in this order (docs/api.md lists them; tests/unit/test_api_docs.py checks)
+CONDITION_TYPES: Mapping[str, tuple[ConditionType, ...]] = {
+    **{kind: (ConditionType.READY, ConditionType.INVALID, ConditionType.PENDING, ConditionType.DEGRADED)
+       for kind in POLICY_KINDS},
+    "EgressGateway": (ConditionType.READY, ConditionType.INVALID),
+    "EgressClusterInfo": (ConditionType.READY, ConditionType.INVALID, ConditionType.POD_CIDRS_INCOMPLETE),
+}
+
+
+class StatusReason(enum.StrEnum):
+    """Reasons status planning writes of its own. The others: `Reason` (validation and resolution), the gateway
+    planner's skip reasons (Degraded) and the pod CIDR coverage (`appliance.policy.cluster_cidrs.pod_ip_coverage`)."""
+
+    READY = "Ready"  # Ready True
+    NOT_RESOLVED = "NotResolved"  # Ready/Pending before the first resolution pass decided about a policy
+    VALID = "Valid"  # Invalid False
+    NOT_PENDING = "NotPending"  # Pending False
+    ALL_CARRIED = "AllCarried"  # Degraded False: every selected pod IP is carried
+    NOT_READY = "NotReady"  # Degraded False: the policy is not Ready (nothing to carry)
+
+
+#: the reasons a Degraded condition can carry: what the gateway planner skips a pod IP for (NotVxlan is not
+#: a per-pod skip)
+DEGRADED_REASONS = tuple(r for r in GatewaySkipReason if r.value != "NotVxlan")
+
+
+def condition_reasons() -> frozenset[str]:
+    """Every reason the conditions planned here can carry, except the pod CIDR coverage's (cluster_cidrs owns those).
+    docs/api.md lists exactly these (tests/unit/test_api_docs.py)."""
+    return frozenset({*StatusReason, *Reason, *DEGRADED_REASONS})
 
 
 class EventType(enum.StrEnum):
@@ -90,7 +132,7 @@ def condition(ctype: str, status: bool, reason: str, message: str, *, generation
     value = "True" if status else "False"
     old = next((c for c in previous if c.get("type") == ctype), None)
     since = old.get("lastTransitionTime") if old is not None and old.get("status") == value else None
-    return {"type": ctype, "status": value, "reason": reason, "message": message,
+    return {"type": str(ctype), "status": value, "reason": str(reason), "message": message,
             "lastTransitionTime": since or now, "observedGeneration": generation}
 
 
@@ -159,6 +201,8 @@ def policy_status(outcome: PolicyOutcome | None, problems: Sequence[Problem], in
     """The status of one policy; `skipped`: its pod IPs the gateway members skip (reported only while Ready)."""
     state = outcome.state if outcome is not None else PolicyState.PENDING
     reason = str(outcome.reason) if outcome is not None and outcome.reason else ""
+    if outcome is None:
+        reason = StatusReason.NOT_RESOLVED
     message = outcome.message if outcome is not None else "not resolved yet"
     status: JSON = {}
     if outcome is not None and state is PolicyState.READY:
@@ -179,10 +223,13 @@ def policy_status(outcome: PolicyOutcome | None, problems: Sequence[Problem], in
     invalid_message = message if state is PolicyState.INVALID else _problem_text(refused)
     kw: Any = {"generation": generation, "now": now, "previous": previous}
     status["conditions"] = [
-        condition("Ready", state is PolicyState.READY,
-                  reason or ("Ready" if state is PolicyState.READY else str(state)), message, **kw),
-        condition("Invalid", invalid, invalid_reason or "Valid", invalid_message if invalid else "", **kw),
-        condition("Pending", state is PolicyState.PENDING, reason if state is PolicyState.PENDING else "NotPending",
+        condition(ConditionType.READY, state is PolicyState.READY,
+                  reason or (StatusReason.READY if state is PolicyState.READY else StatusReason.NOT_RESOLVED),
+                  message, **kw),
+        condition(ConditionType.INVALID, invalid, invalid_reason or StatusReason.VALID,
+                  invalid_message if invalid else "", **kw),
+        condition(ConditionType.PENDING, state is PolicyState.PENDING,
+                  (reason or StatusReason.NOT_RESOLVED) if state is PolicyState.PENDING else StatusReason.NOT_PENDING,
                   message if state is PolicyState.PENDING else "", **kw),
         _degraded(state, skipped, kw),
     ]
@@ -193,10 +240,10 @@ def _degraded(state: PolicyState, skipped: Sequence[SkipCount], kw: Any) -> JSON
     """`Degraded`: True while a Ready policy has selected pod IPs the gateways skip; the reason is the most common
     skip reason, the message counts them per reason with a few example pod IPs."""
     if state is not PolicyState.READY:
-        return condition("Degraded", False, "NotReady", "", **kw)
+        return condition(ConditionType.DEGRADED, False, StatusReason.NOT_READY, "", **kw)
     if not skipped:
-        return condition("Degraded", False, "AllCarried", "", **kw)
-    return condition("Degraded", True, str(skipped[0].reason), _skipped_text(skipped), **kw)
+        return condition(ConditionType.DEGRADED, False, StatusReason.ALL_CARRIED, "", **kw)
+    return condition(ConditionType.DEGRADED, True, str(skipped[0].reason), _skipped_text(skipped), **kw)
 
 
 def gateway_status(inst: GatewayInstance | None, problems: Sequence[Problem], snapshot: Snapshot,
@@ -205,10 +252,10 @@ def gateway_status(inst: GatewayInstance | None, problems: Sequence[Problem], sn
     kw: Any = {"generation": generation, "now": now, "previous": previous}
     if inst is None:
         text = _problem_text(problems) or "not accepted"
-        reason = str(sorted(problems)[0].reason) if problems else "Invalid"
+        reason = str(sorted(problems)[0].reason) if problems else Reason.INVALID
         return {"members": [], "eips": [], "ipUsage": {},
-                "conditions": [condition("Ready", False, reason, text, **kw),
-                               condition("Invalid", True, reason, text, **kw)]}
+                "conditions": [condition(ConditionType.READY, False, reason, text, **kw),
+                               condition(ConditionType.INVALID, True, reason, text, **kw)]}
     node_names = {n.name for n in snapshot.nodes}
     primaries: dict[str, list[str]] = {}
     eips = []
@@ -233,14 +280,17 @@ def gateway_status(inst: GatewayInstance | None, problems: Sequence[Problem], sn
         usage[f"ipv{v}Free"] = min(total - len(used[v]), INT64_MAX)
     alive = [m for m in inst.members if m.name in inst.alive]
     if not inst.members:
-        ready = condition("Ready", False, "NoMembers", "no node matches spec.nodeSelector and no appliance is "
-                          "registered", **kw)
+        ready = condition(ConditionType.READY, False, Reason.NO_MEMBERS, "no node matches spec.nodeSelector and no "
+                          "appliance is registered", **kw)
     elif not alive:
-        ready = condition("Ready", False, "NoMembers", f"none of {len(inst.members)} members is alive", **kw)
+        ready = condition(ConditionType.READY, False, Reason.NO_MEMBERS, f"none of {len(inst.members)} members is "
+                          "alive", **kw)
     else:
-        ready = condition("Ready", True, "Ready", f"{len(alive)} of {len(inst.members)} members alive", **kw)
+        ready = condition(ConditionType.READY, True, StatusReason.READY, f"{len(alive)} of {len(inst.members)} "
+                          "members alive", **kw)
     refused = _problem_text(problems)
-    invalid = condition("Invalid", bool(problems), str(sorted(problems)[0].reason) if problems else "Valid",
+    invalid = condition(ConditionType.INVALID, bool(problems),
+                        str(sorted(problems)[0].reason) if problems else StatusReason.VALID,
                         refused, **kw)
     return {"members": members, "eips": eips, "ipUsage": usage, "conditions": [ready, invalid]}
 
@@ -251,9 +301,14 @@ def cluster_info_full_status(snapshot: Snapshot, problems: Sequence[Problem], *,
     status = cluster_info_status(snapshot)
     text = _problem_text(problems)
     status["conditions"] = [
-        condition("Ready", not problems, "Ready" if not problems else "Invalid", text or "detected", **kw),
-        condition("Invalid", bool(problems), str(sorted(problems)[0].reason) if problems else "Valid", text, **kw),
+        condition(ConditionType.READY, not problems, StatusReason.READY if not problems else Reason.INVALID,
+                  text or "detected", **kw),
+        condition(ConditionType.INVALID, bool(problems),
+                  str(sorted(problems)[0].reason) if problems else StatusReason.VALID, text, **kw),
     ]
+    coverage = pod_ip_coverage(snapshot)
+    status["conditions"].append(condition(ConditionType.POD_CIDRS_INCOMPLETE, coverage.incomplete, coverage.reason,
+                                          coverage.message, **kw))
     return status
 
 

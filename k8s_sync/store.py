@@ -75,6 +75,8 @@ class Store:
         #: (watch failed, watch back) of the last Lease watch outage: leases not renewed since it ended get the
         #: blind time added, so their holders keep the rest of their lease to renew after the API server returns
         self._lease_blind: tuple[float, float] | None = None
+        #: since when the view has been incomplete, for `view_age` before the first full list
+        self._created = clock()
 
     # ----- ReflectorSink -----
 
@@ -136,12 +138,31 @@ class Store:
         with self._lock:
             return self._expected - self._listed
 
+    def view_age(self) -> float:
+        """Seconds this view has possibly been out of date: 0 while every kind is listed and no watch is down; else
+        the time since the first watch that is still down failed (or since the store was created, before the first
+        full list). The gateway's stale-member step-back (`bgp.freshness`) compares it with its grace."""
+        now = self._clock()
+        with self._lock:
+            if not self._expected <= self._listed:
+                since = self._created
+            elif self._disconnected_at:
+                since = min(self._disconnected_at.values())
+            else:
+                return 0.0
+        return max(0.0, now - since)
+
     def disconnected(self, key: str) -> None:
         """The reflector of `key` lost its watch. While member Leases cannot be watched, their liveness is judged
         at the moment the watch failed: an API server that is away must not make every member look dead (workers
         would fail closed and drop all selected traffic); renewals we cannot see are not expiries."""
         with self._lock:
             self._disconnected_at.setdefault(key, self._clock())
+
+    def watching(self, key: str) -> None:
+        """The reflector of `key` has its watch open again (it resumes from its resourceVersion, or relists)."""
+        with self._lock:
+            self._reconnected(key)
 
     def _reconnected(self, key: str) -> None:
         failed = self._disconnected_at.pop(key, None)
@@ -284,7 +305,7 @@ class Store:
         objects: list[JSON] = []
         for kind in EGRESS_KINDS:
             objects.extend(o for _, o in sorted(self._raw.get(kind, {}).items()))
-        result = validate_all(objects, accepted=self._accepted)
+        result = validate_all(objects, accepted=self._accepted, gateways_complete=True)  # the whole cluster
         self._accepted = {policy_object_ref(p): p for p in result.policies}
         self._validated = (egress_rev, result)
         return result

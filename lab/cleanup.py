@@ -3,6 +3,10 @@
 Order matters: first every process inside the lab's namespaces (found by the kernel, `ip netns pids`, not only the
 recorded daemons), then the namespaces (their veth pairs and bridges vanish with them), then the host-side files
 daemons keep outside the state dir (FRR's per-pathspace directories), then the state dir itself.
+
+Three scopes: one lab by name (`down_lab`), every lab of the machine (`down_all`, what `egressgw lab down` without a
+name does), and every lab and namespace under one namespace prefix (`down_prefix`: the test suite removes its own
+`egt-` leftovers this way and never touches a user's `egl-` labs).
 """
 
 from __future__ import annotations
@@ -75,6 +79,27 @@ def down_all() -> dict[str, list[str]]:
     """Remove every lab that has a state dir, then any namespace left with the default prefix `egl-`."""
     removed = {name: down_lab(name) for name in state.list_labs()}
     strays = [ns for ns in netns.list_namespaces() if ns.startswith(DEFAULT_PREFIX_ROOT)]
+    if strays:
+        remove_namespaces(strays)
+        removed["(leftovers)"] = strays
+    return removed
+
+
+def _in_scope(name: str, prefix: str) -> bool:
+    """Lab `name` belongs under `prefix` when its namespace prefix does (its name, when the record is lost)."""
+    meta = state.read_meta(name)
+    return (meta.prefix if meta is not None else f"{name}-").startswith(prefix)
+
+
+def down_prefix(prefix: str) -> dict[str, list[str]]:
+    """Remove every lab whose namespace prefix starts with `prefix`, then any namespace left with that prefix that no
+    other lab records. Labs under any other prefix (a user's `egl-` lab next to the tests' `egt-` ones) are
+    untouched."""
+    if not prefix:
+        raise ValueError("an empty prefix would match every lab: use down_all() for that")
+    removed = {name: down_lab(name) for name in state.list_labs() if _in_scope(name, prefix)}
+    claimed = {ns for other in state.list_labs() for ns in _recorded(other)}
+    strays = [ns for ns in netns.list_namespaces() if ns.startswith(prefix) and ns not in claimed]
     if strays:
         remove_namespaces(strays)
         removed["(leftovers)"] = strays

@@ -1,7 +1,8 @@
 """`egressgw lab ...`: bring labs up and down, show their status, run commands inside their nodes.
 
 Subcommands: `up FILE [--name-prefix P] [--name N] [--without NODE...]`, `down [NAME]` (no name: every lab found,
-and leftover `egl-*` namespaces), `status [NAME]`, `exec [--lab NAME] NODE -- CMD...`, and `demo` (implemented in
+and leftover `egl-*` namespaces), `down --prefix P` (only the labs and namespaces under prefix P: what the test suite
+uses on its own `egt-` prefix), `status [NAME]`, `exec [--lab NAME] NODE -- CMD...`, and `demo` (implemented in
 `lab/demo.py` by the end-to-end work; dispatched lazily when that module exists).
 Exit codes: 0 ok, 1 runtime failure, 2 invalid topology or usage.
 """
@@ -37,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.set_defaults(func=run_up)
     down = sub.add_parser("down", help="remove a lab (or every lab): processes, namespaces, links, state")
     down.add_argument("name", nargs="?")
+    down.add_argument("--prefix", help="instead of a name: every lab and leftover namespace whose namespace prefix "
+                                       "starts with PREFIX (e.g. egt- for the test suite's); nothing else")
     down.set_defaults(func=run_down)
     st = sub.add_parser("status", help="nodes, namespaces, daemons and router sessions")
     st.add_argument("name", nargs="?")
@@ -83,7 +86,18 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
-    removed = {args.name: cleanup.down_lab(args.name)} if args.name else cleanup.down_all()
+    if args.name and args.prefix is not None:
+        print("egressgw lab down: give a NAME or --prefix, not both", file=sys.stderr)
+        return 2
+    if args.prefix is not None and not args.prefix:
+        print("egressgw lab down: --prefix must not be empty (that would be every lab: omit it)", file=sys.stderr)
+        return 2
+    if args.name:
+        removed = {args.name: cleanup.down_lab(args.name)}
+    elif args.prefix:
+        removed = cleanup.down_prefix(args.prefix)
+    else:
+        removed = cleanup.down_all()
     for name, namespaces in removed.items():
         print(f"removed {name}: {len(namespaces)} namespaces")
     if not removed:

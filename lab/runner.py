@@ -2,8 +2,9 @@
 
 `Lab.up(path)` creates, in this order: the state record, one namespace per linux node (`<prefix><node>`) plus one
 switch namespace for all bridge nodes, per-namespace sysctls, the bridges, one veth pair per link (created directly
-in the two namespaces: nothing ever appears in the host namespace), the nodes' `exec` lines, then the daemons, and
-waits for their readiness checks. Any failure, or Ctrl-C, tears everything down again.
+in the two namespaces: nothing ever appears in the host namespace), the nodes' `exec` lines, strict uRPF on the
+routers (`lab.urpf`; `set_router_urpf(lab, False)` turns it off), then the daemons, and waits for their readiness
+checks. Any failure, or Ctrl-C, tears everything down again.
 
 Placeholders in daemon commands, readiness checks and exec lines (only these names are replaced, so nft's `{ }`
 sets pass through untouched): `{python}`, `{topodir}`, `{state}`, `{nodedir}`, `{netns}`, `{node}`, `{lab}`,
@@ -28,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from appliance.core.waiting import poll_until
-from lab import cleanup, netns, plugins, state
+from lab import cleanup, netns, plugins, state, urpf
 from lab.netns import LabCommandError
 from lab.topology import SWITCH_NODE, Kind, Node, Topology, check_prefix, default_prefix, load
 
@@ -208,6 +209,7 @@ class Lab:
         with ThreadPoolExecutor(max_workers=8) as pool:
             for future in [pool.submit(self._run_exec_lines, node) for node in topo.linux_nodes]:
                 future.result()
+        urpf.set_router_urpf(self, True)  # strict uRPF on the routers, as docs/routers.md asks of a real network
         waits: list[tuple[Node, str, str]] = []
         for node in topo.linux_nodes:
             if node.name in self.meta.without:

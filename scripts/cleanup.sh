@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Removes what an interrupted test run or lab may have left: every lab (`egressgw lab down`) and every test
-# namespace (prefix egt-) with the processes inside it. Touches nothing else.
+# Removes what an interrupted test run may have left, and nothing else: the labs and network namespaces under the test
+# suite's own prefix (egt-, or $EGRESSGW_TEST_PREFIX) with the processes inside them
+# (`egressgw lab down --prefix`). A user's labs (egl-*, e.g. a running `egressgw lab demo --keep`) are never touched:
+# this script must not call `egressgw lab down` without a name or prefix.
 set -u
 cd "$(dirname "$0")/.."
-.venv/bin/egressgw lab down >/dev/null 2>&1 || true
-for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^egt-'); do
-  for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-  ip netns del "$ns" 2>/dev/null || true
-done
+prefix="${EGRESSGW_TEST_PREFIX:-egt-}"
+case "$prefix" in
+  egt-*) ;;
+  *) echo "cleanup.sh: refusing prefix '$prefix' (test prefixes start with egt-)" >&2; exit 2 ;;
+esac
+.venv/bin/egressgw lab down --prefix "$prefix" >/dev/null || echo "cleanup.sh: lab down --prefix $prefix failed" >&2
 exit 0

@@ -10,7 +10,7 @@ echo "== mypy --strict"
 .venv/bin/mypy
 echo "== import-linter (layers, pure modules, no cycles: .importlinter)"
 .venv/bin/lint-imports --no-cache
-# leftovers of an earlier, killed run must not disturb this one
+# leftovers of an earlier, killed run must not disturb this one (only the suite's own egt- labs: a user's egl- lab stays)
 bash scripts/cleanup.sh
 echo "== pytest"
 set +e

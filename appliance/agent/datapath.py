@@ -9,6 +9,13 @@ After a successful pass, pods whose steering changed get their conntrack entries
 change keeps its NAT binding, so such flows must restart. The pass reports what really happened: one change line per
 flushed pod IP plus the number of entries deleted, and each failure (or a timeout) as a failure of the pass; a pod IP
 whose flush did not finish is flushed again on the next pass.
+
+Source binding (docs/datapath.md "Source binding"): each pass discovers which pod address lives behind which
+host-side interface (`appliance.datapath.apply.pod_interfaces`; pod-churn passes read only new interfaces), turns
+it into bindings with the planner's `check_sources`, converges the bridge binding table (`worker_guards`) and hands
+the bindings to the full plan, which is forced whenever the set of unbound pod IPs (strict mode) changes. Each pass
+also lists the nat chains that would run before our identity SNAT and reports each as a note
+(`NatChainBeforeIdentitySnat`), so a CNI or firewall that could masquerade steered packets is never silent.
 """
 
 from __future__ import annotations
@@ -24,7 +31,19 @@ from appliance.datapath.apply import health_checks
 from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.conntrack import ConntrackFlushResult, flush_pod_conntrack
 from appliance.datapath.apply.incremental import IncrementalWorker
-from appliance.datapath.plan.worker import WorkerSettings
+from appliance.datapath.apply.netlink import ApplyResult, CommandError
+from appliance.datapath.apply.pod_interfaces import PodInterfaceDiscovery
+from appliance.datapath.apply.worker_guards import BridgeBindingApplier, foreign_nat_chains
+from appliance.datapath.plan.nat_order import NatChain
+from appliance.datapath.plan.worker import (
+    SOURCE_SKIPS,
+    SourceBinding,
+    SourceCheck,
+    SourceValidation,
+    WorkerSettings,
+    check_sources,
+)
+from appliance.datapath.plan.worker_nft import worker_bridge_table
 from appliance.runtime.config import AgentConfig
 from appliance.runtime.datapath_common import require_binaries, table_present
 from appliance.runtime.reconciling import PassOutcome
@@ -56,8 +75,15 @@ class RealWorkerDataPath:
     def __init__(self, cfg: AgentConfig, underlay: Underlay, *, annotator: Any | None = None) -> None:
         self.node = cfg.node_name
         self.source = tunnel_source(underlay)
-        self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu)
+        self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu,
+                                       source_validation=cfg.source_validation)
         self.applier = DataPathApplier()
+        self.discovery = PodInterfaceDiscovery()
+        self.bridge = BridgeBindingApplier()
+        #: strict mode: the unbound pod IPs the inet table holds (a change forces a full plan)
+        self.unbound: tuple[IPAddress, ...] | None = None
+        #: the nat chains that ran at or before our identity SNAT at the last pass
+        self.nat_chains: tuple[NatChain, ...] = ()
         self.incremental = IncrementalWorker(self.applier, node=self.node, underlay=self.source, settings=self.settings)
         self.tunnel_links: tuple[str, ...] = ()
         #: pod IP -> what its traffic is steered to, as of the last successful pass (None before the first one)
@@ -76,11 +102,21 @@ class RealWorkerDataPath:
 
     def converge(self, snapshot: Snapshot, intent: Intent, *, full: bool = True) -> PassOutcome:
         devices = self.wireguard.devices(snapshot, intent)
-        result = self.incremental.converge(intent, full=full, wireguard_devices=devices)
+        bindings, guard = self._discover(refresh=full)
+        sources = check_sources(intent, node=self.node, mode=self.settings.source_validation, bindings=bindings)
+        if sources.unbound != self.unbound:
+            full = True
+        # the bridge bindings first: a pod is bound to its port before its traffic is steered
+        guard += self._converge_bridge(sources)
+        result = self.incremental.converge(intent, full=full, wireguard_devices=devices, source_bindings=bindings)
+        self.unbound = None if result.failures else sources.unbound
         if self.incremental.plan is not None:
             self.tunnel_links = self.incremental.plan.tunnel_links
-            self.plan_skips = worker_skips(self.incremental.plan.skipped)
-        changes, failures = result.changes, result.failures
+            self.plan_skips = worker_skips(
+                [s for s in self.incremental.plan.skipped if s.reason not in SOURCE_SKIPS] + list(sources.skipped)
+            )
+        self.nat_chains = foreign_nat_chains()
+        changes, failures = result.changes + guard.changes, result.failures + guard.failures
         if not result.failures:
             steered = steering_by_pod_ip(intent, self.node)
             if self.steered is not None:
@@ -91,17 +127,45 @@ class RealWorkerDataPath:
                     changes += conntrack_changes(flushed)
                     failures += flushed.problems()
             self.steered = steered
-        return PassOutcome(changes=changes, failures=failures, skipped=self.plan_skips | self.wireguard.skipped)
+        skipped = self.plan_skips | self.wireguard.skipped | nat_chain_notes(self.nat_chains)
+        return PassOutcome(changes=changes, failures=failures, skipped=skipped)
+
+    def _discover(self, *, refresh: bool) -> tuple[tuple[SourceBinding, ...] | None, ApplyResult]:
+        """This node's pod interfaces (None when source validation is off). A discovery failure is a failure of
+        the pass and leaves every steered pod IP unbound (strict mode: their steered traffic is dropped)."""
+        if self.settings.source_validation is SourceValidation.OFF:
+            return None, ApplyResult()
+        try:
+            return self.discovery.discover(refresh=refresh), ApplyResult()
+        except (CommandError, ValueError, OSError) as e:
+            return (), ApplyResult(failures=(f"pod interface discovery: {e}",))
+
+    def _converge_bridge(self, sources: SourceCheck) -> ApplyResult:
+        if self.settings.source_validation is SourceValidation.OFF:
+            return self.bridge.remove()
+        return self.bridge.apply(worker_bridge_table(sources.bridged))
 
     def drifted(self) -> bool:
-        return not table_present() or not health_checks.links_present(self.tunnel_links)
+        bridge_gone = self.settings.source_validation is not SourceValidation.OFF and not self.bridge.exists()
+        return not table_present() or not health_checks.links_present(self.tunnel_links) or bridge_gone
 
     def remove_all(self) -> tuple[str, ...]:
-        result = self.applier.remove_all()
+        result = self.bridge.remove() + self.applier.remove_all()
         return result.changes + tuple(f"FAILED {f}" for f in result.failures)
 
     def counters(self) -> Mapping[str, tuple[int, int]]:
-        return self.applier.counters()
+        return {**self.applier.counters(), **self.bridge.counters()}
+
+
+def nat_chain_notes(chains: tuple[NatChain, ...]) -> frozenset[SkipNote]:
+    """Each foreign nat chain at or before our identity SNAT, as a note (logged `plan.skipped` when it appears,
+    counted in `egressgw_plan_skipped{reason="NatChainBeforeIdentitySnat"}`): such a chain may masquerade steered
+    packets inside the tunnel, which the gateway then drops as spoofed (`drop_spoofed`)."""
+    return frozenset(
+        SkipNote(planner="worker", reason="NatChainBeforeIdentitySnat", subject=c.name, subject_kind="nat_chain",
+                 detail=f"priority {c.priority}")
+        for c in chains
+    )
 
 
 def steering_by_pod_ip(intent: Intent, node: str) -> dict[IPAddress, frozenset[tuple[str, ...]]]:

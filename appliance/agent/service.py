@@ -7,9 +7,13 @@ machine. What it owns:
    (pod churn: incremental; otherwise a full resolve whose `previous` is what the status writer recorded, so every
    agent and member resolves `rr` EIPs the same way) and hands it to the data path. A cheap drift check (our nft
    table or a tunnel device gone) asks for a repair pass at once.
-2. The planners' skips (worker plan and WireGuard plan): logged when they change (`plan.skipped`,
+2. Data-path liveness (`appliance.agent.endpoint_liveness`, optional): each pass's intent is judged by the probes
+   of the tunnel endpoints before it is planned, so whether a steering goes into a tunnel or fails open/closed
+   depends on whether some member answers at the endpoint, not on Lease expiry alone; a state change of an endpoint
+   wakes the loop for a pass that only touches the affected steer entries.
+3. The planners' skips (worker plan and WireGuard plan): logged when they change (`plan.skipped`,
    `plan.skip_cleared`) and counted by reason through the `on_skips` hook.
-3. Shutdown: a stop request (SIGTERM/SIGINT) ends the loop and stops the helpers in reverse order, WITHOUT removing
+4. Shutdown: a stop request (SIGTERM/SIGINT) ends the loop and stops the helpers in reverse order, WITHOUT removing
    kernel state: the data path keeps forwarding while the agent restarts, and the next start adopts the state.
 
 Everything with I/O is injected (`AgentDeps`), so unit tests run the service with a fake data path and snapshot
@@ -24,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from appliance.agent.datapath import WorkerDataPath
+from appliance.agent.endpoint_liveness import LIVENESS_REASON, EndpointLiveness
 from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.snapshot import Snapshot, SnapshotSource
@@ -46,6 +51,8 @@ class AgentDeps:
     on_pass: Callable[[PassReport], None] | None = None
     on_skips: Callable[[Mapping[str, int]], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    #: the endpoint probes judging each pass's intent (None = Leases alone decide); start/stop it as a helper
+    liveness: EndpointLiveness | None = None
 
 
 class AgentService:
@@ -64,11 +71,16 @@ class AgentService:
             log=self.log.bind(loop="agent"),
             on_pass=deps.on_pass,
             drift_check=deps.datapath.drifted,
+            run_always=frozenset({LIVENESS_REASON}),
         )
+        if deps.liveness is not None:
+            deps.liveness.subscribe(self.reconciler.notify)
 
     def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
         """One pass: next intent, converge the data path, report the skips that changed."""
         intent = self.tracker.next(snapshot, previous=self.deps.previous).intent
+        if self.deps.liveness is not None:
+            intent = self.deps.liveness.effective(intent)
         outcome = self.deps.datapath.converge(snapshot, intent, full=full_pass(reasons))
         self.skips.update(outcome.skipped)
         return outcome

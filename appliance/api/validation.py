@@ -3,16 +3,19 @@
 `validate_all(objects)` takes raw objects (any mix of kinds; objects of other API groups are ignored) and returns the
 valid ones as typed models plus one `Problem` per defect, naming the field path. An invalid object is skipped; the
 others are unaffected. Steps, per object: identify (apiVersion/kind/name), the structural schema shared with the CRDs
-(types, enums, ranges and unknown fields - the 1.20 API server would prune those silently), the per-object semantic
-rules (`appliance.api.manifests`); then across objects, in a deterministic order (older first, then by name): duplicate
-objects, an address in two gateways' pools, a second clusterDefault gateway, a policy EIP outside the pools of the
-gateway it names (a gateway that does not exist is *not* a problem here: resolution reports the policy Pending), and
-changes to immutable policy fields against `accepted` (the previously accepted versions; the accepted version stays
-in effect). Pure.
+(types, enums, ranges and unknown fields - the 1.20 API server would prune those silently), fields the API server
+did prune (`pruned_fields`: found through kubectl's last-applied-configuration annotation), the per-object semantic
+rules (`appliance.api.manifests`); then across objects, in a deterministic order (older first, then by name):
+duplicate objects, an address in two gateways' pools, a second clusterDefault gateway, a policy's explicit EIP outside
+the pool of the gateway it names or, when `gateways_complete` (the objects are the whole cluster, as in the service),
+outside every valid gateway's pool (a gateway that does not exist is *not* a problem by itself: resolution reports
+the policy Pending), and changes to immutable policy fields against `accepted` (the previously accepted versions; the
+accepted version stays in effect). Pure.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,35 @@ _HINTS = {
     ("EgressPolicy", "spec.appliedTo.namespaceSelector"):
         "namespaceSelector is only allowed in an EgressClusterPolicy (an EgressPolicy applies to its own namespace)",
 }
+
+#: what `kubectl apply` records of the manifest it sent: the only trace of fields the API server pruned
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+UNKNOWN_FIELD = "unknown field"
+
+
+def pruned_fields(obj: Mapping[str, Any], schema: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) per field the user wrote but the API server dropped: unknown to the schema, present in the
+    object's `kubectl.kubernetes.io/last-applied-configuration`, absent from the object itself. The 1.20 API server
+    prunes unknown fields silently, so a typo (`egressIp`) or a field of another kind (`namespaceSelector` on an
+    EgressPolicy) would otherwise leave a policy doing something else than what was written. Objects written without
+    `kubectl apply` carry no such record: nothing can be detected for them."""
+    meta = obj.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    text = annotations.get(LAST_APPLIED) if isinstance(annotations, Mapping) else None
+    if not isinstance(text, str):
+        return []
+    try:
+        applied = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(applied, Mapping) or (applied.get("apiVersion"), applied.get("kind")) != (
+            obj.get("apiVersion"), obj.get("kind")):
+        return []  # a record of something else (the object was re-created from another manifest): not evidence
+    kept = {f for f, m in check(obj, schema) if m == UNKNOWN_FIELD}
+    return [(f, f"dropped by the API server: {_HINTS.get((str(obj.get('kind')), f), 'not in the schema')} "
+                f"(it is in {LAST_APPLIED}, not in the stored object): remove it or fix its name")
+            for f, m in check(applied, schema)
+            if m == UNKNOWN_FIELD and f not in kept and not f.startswith("status")]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,8 +130,9 @@ def _check_one(obj: Any, index: int, problems: list[Problem]) -> tuple[ObjectRef
         issues.append(("metadata.name", f"{ref.name!r} is not a valid object name (lowercase DNS subdomain)"))
     else:
         issues.extend(check(obj, object_schema(ref.kind)))
+        issues.extend(pruned_fields(obj, object_schema(ref.kind)))
     for field, message in issues:
-        if message == "unknown field":
+        if message == UNKNOWN_FIELD:
             message = _HINTS.get((ref.kind, field), "unknown field (not in the egressgw.io/v1alpha1 schema)")
         problems.append(Problem(ref=ref, field=field, reason=Reason.INVALID, message=message))
     return None if issues else (ref, obj)
@@ -138,9 +171,33 @@ def _show(value: object) -> str:
     return "unset" if value is None or value == "" else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _eips_outside(policy: EgressPolicy, gw: EgressGateway | None, gateways: Sequence[EgressGateway],
+                  gateways_complete: bool) -> list[tuple[str, str]]:
+    """(field, message) per explicit EIP that no pool can hold: not in the named gateway's pool, or (when every
+    gateway is known) in no gateway's pool at all. A spec error: the policy is Invalid and the EIP never allocated."""
+    out: list[tuple[str, str]] = []
+    for ip in (policy.egress_ip.ipv4, policy.egress_ip.ipv6):
+        if ip is None:
+            continue
+        field = f"spec.egressIP.ipv{ip.version}"
+        if gw is not None:
+            if ip not in gw.pool(ip.version):
+                out.append((field, f"{ip} is not in the ipv{ip.version} pool of EgressGateway {gw.name}"))
+        elif gateways_complete and not any(ip in g.pool(ip.version) for g in gateways):
+            named = (f" (EgressGateway {policy.egress_gateway_name} does not exist or is invalid)"
+                     if policy.egress_gateway_name else "")
+            out.append((field, f"{ip} is not in the ipv{ip.version} pool of any EgressGateway{named}"))
+    return out
+
+
 def validate_all(objects: Sequence[Mapping[str, Any]], *,
-                 accepted: Mapping[ObjectRef, EgressPolicy] | None = None) -> ValidationResult:
-    """Validate every object, alone and against the others. Deterministic, independent of input order."""
+                 accepted: Mapping[ObjectRef, EgressPolicy] | None = None,
+                 gateways_complete: bool = False) -> ValidationResult:
+    """Validate every object, alone and against the others. Deterministic, independent of input order.
+
+    `gateways_complete`: `objects` hold every gateway there is (the service's view of the cluster), so an explicit EIP
+    in no gateway's pool is refused even when the policy names no gateway or a missing one. Off for files checked on
+    their own (`egressgw validate policy.yaml` knows nothing of the cluster's gateways)."""
     problems: list[Problem] = []
     checked: list[tuple[ObjectRef, Any]] = []
     seen: set[ObjectRef] = set()
@@ -197,11 +254,7 @@ def validate_all(objects: Sequence[Mapping[str, Any]], *,
         if policy is None:
             continue
         gw = by_name.get(policy.egress_gateway_name) if policy.egress_gateway_name else None
-        outside = [(f"spec.egressIP.ipv{ip.version}", f"{ip} is not in the ipv{ip.version} pool of EgressGateway "
-                                                      f"{gw.name}")
-                   for ip in (policy.egress_ip.ipv4, policy.egress_ip.ipv6)
-                   if gw is not None and ip is not None and ip not in gw.pool(ip.version)]
-        if outside:
+        if outside := _eips_outside(policy, gw, gateways, gateways_complete):
             report(ref, outside, Reason.EIP_NOT_IN_POOL)
             continue
         policies.append(policy)

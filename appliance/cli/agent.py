@@ -22,7 +22,8 @@ from types import FrameType
 
 from prometheus_client import REGISTRY
 
-from appliance.agent.datapath import make_worker_datapath
+from appliance.agent.datapath import make_worker_datapath, tunnel_source
+from appliance.agent.endpoint_liveness import EndpointLiveness, LivenessCollector
 from appliance.agent.service import AgentDeps, AgentService
 from appliance.core.events import EventLogger, setup_logging
 from appliance.datapath.apply.wireguard_keyfiles import begin_rotation
@@ -136,10 +137,14 @@ def run_agent(cfg: AgentConfig) -> int:
         log.info("metrics.listening", address=listen)
 
     sync = ClusterSync(api, role=Role.AGENT, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
+    liveness = EndpointLiveness(node=cfg.node_name, source=tunnel_source(underlay), settings=cfg.liveness,
+                                state_dir=cfg.state_dir)
+    REGISTRY.register(LivenessCollector(liveness))
     deps = AgentDeps(
         source=sync.store,
         datapath=datapath,
-        helpers=[sync],
+        helpers=[liveness, sync],
+        liveness=liveness,
         previous=sync.store.written_intent,
         on_pass=loop_metrics.observe,
         on_skips=skip_metrics.observe,

@@ -47,6 +47,7 @@ from appliance.runtime.underlay import Underlay, UnderlayError, detect_underlay
 from appliance.runtime.wireguard_common import KubeNodeAnnotator
 from bgp.bfd_sidecar import BfdSidecar
 from bgp.health import Check
+from bgp.heartbeat import MemberHeartbeat
 from bgp.metrics import BgpMetrics
 from bgp.speaker import BgpSpeaker
 from k8s_sync.cluster import ClusterSync
@@ -313,11 +314,16 @@ def build_gateway_service(
         skip_metrics.observe(count_by_reason(view.skipped))
 
     helpers: list[Lifecycle] = [sync, _Releasing(lease), _Releasing(leader), writer]
+    heartbeat: MemberHeartbeat | None = None
+    if cfg.bgp is not None and cfg.bgp.stale_view.enabled:  # stale members step back (bgp.freshness)
+        heartbeat = MemberHeartbeat(me=cfg.node_name, settings=cfg.bgp.stale_view, view_age=sync.store.view_age)
+        helpers.append(heartbeat)
     deps = GatewayDeps(
         source=sync.store,
         datapath=datapath,
         speaker=speaker,
         bfd=bfd,
+        freshness=heartbeat,
         helpers=helpers,
         host_checks=host_checks,
         publish=writer.submit,

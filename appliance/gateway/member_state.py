@@ -174,6 +174,10 @@ def render_status(doc: Mapping[str, Any] | None, *, running_pid: int | None, now
         lines.append(f"skipped:       {len(skipped)} (left out by the planners; see the `plan.skipped` log events)")
     for skip in skipped:
         lines.append("  " + render_skip(skip))
+    for cond in doc.get("conditions") or []:
+        if cond.get("status") == "True":
+            what = f"{cond.get('type', '?')} ({cond.get('reason', '?')})"
+            lines.append(f"condition:     {what}: {cond.get('message', '')}")
     drain = doc.get("drain") or {}
     if drain:
         lines.append(f"drain:         {drain.get('state', '?')} {drain.get('detail', '')}".rstrip())

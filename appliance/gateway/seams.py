@@ -7,11 +7,11 @@ are the shapes the real pieces (data path, ExaBGP speaker, BFD sidecar, leases) 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.core.intent import Intent
+from appliance.core.intent import GatewayInstance, Intent
 from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot, SnapshotSource
 from appliance.gateway.view import MemberView, Phase
@@ -22,6 +22,7 @@ from bgp.health import Check
 
 __all__ = [
     "DataPathResult",
+    "Freshness",
     "GatewayDataPath",
     "GatewayDeps",
     "Lifecycle",
@@ -73,7 +74,16 @@ class Sidecar(Protocol):
 
     def peer_states(self) -> dict[str, str]: ...
 
-    def stop(self, timeout_s: float = 3.0) -> None: ...
+    def stop(self, timeout_s: float = 3.0, *, abrupt: bool = False) -> None: ...
+
+
+class Freshness(Protocol):
+    """Stale members step back (`bgp.heartbeat.MemberHeartbeat`): told the instances of each pass, it answers in
+    which of them this member's cluster view is stale while another member's is fresh."""
+
+    def set_instances(self, instances: Iterable[GatewayInstance]) -> None: ...
+
+    def stepped_back(self) -> frozenset[str]: ...
 
 
 @dataclass(kw_only=True)
@@ -82,6 +92,8 @@ class GatewayDeps:
     datapath: GatewayDataPath
     speaker: Speaker | None = None
     bfd: Sidecar | None = None
+    #: stale-member step-back (None = off); its heartbeat is started and stopped as one of the `helpers`
+    freshness: Freshness | None = None
     #: started before the loop, stopped (in reverse order) at exit: cluster sync, member lease, leader election...
     helpers: list[Lifecycle] = field(default_factory=list)
     #: host checks that are not the data path's: uplink, upstream probe (check -> passed)

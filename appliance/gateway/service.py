@@ -43,7 +43,7 @@ from appliance.gateway.seams import (
     Speaker,
 )
 from appliance.gateway.status import render_announcement, status_document
-from appliance.gateway.view import DrainView, MemberView, ReconcileView
+from appliance.gateway.view import DrainView, MemberCondition, MemberView, ReconcileView
 from appliance.policy.intent_tracking import IntentTracker
 from appliance.runtime.config import GatewayConfig
 from appliance.runtime.reconciling import PassOutcome, Reconciler, Trigger, full_pass
@@ -93,6 +93,8 @@ class GatewayService:
         self._abort = threading.Event()
         self._drain_reason = ""
         self._bfd_cache: tuple[float, dict[str, str] | None] | None = None
+        #: instances in which this member steps back (stale cluster view), see `bgp.freshness`
+        self._stepped_back: frozenset[str] = frozenset()
         self._datapath_skips: frozenset[SkipNote] = frozenset()
         self._announcement_skips: frozenset[SkipNote] = frozenset()
         self.skips = SkipTracker(self.log)
@@ -114,6 +116,8 @@ class GatewayService:
     def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
         intent = self.tracker.next(snapshot, previous=self.deps.previous).intent
         me = self.cfg.node_name
+        if self.deps.freshness is not None:
+            self.deps.freshness.set_instances(intent.instances)
         kept = frozenset(e for i in intent.instances if any(m.name == me for m in i.members) for e in i.eips)
         with self.lock:
             leaving = self.eips_in_place - kept
@@ -156,7 +160,13 @@ class GatewayService:
                 self._update_skips()
             return
         now = self.deps.clock()
+        stepped_back = self.deps.freshness.stepped_back() if self.deps.freshness is not None else frozenset()
         with self.lock:
+            if stepped_back != self._stepped_back:
+                # our cluster view is stale while another member's is fresh (or fresh again): bgp.freshness
+                self.log.warning("member.stepped_back" if stepped_back else "member.stepped_forward",
+                                 instances=sorted(stepped_back), previous=sorted(self._stepped_back))
+                self._stepped_back = stepped_back
             health, draining, intent, snapshot = self.health, self._draining, self.intent, self.snapshot
             in_place = self.eips_in_place
             if intent is None or snapshot is None:
@@ -172,6 +182,7 @@ class GatewayService:
                     draining=draining,
                     in_hold_down=health.in_hold_down(now),
                     settings=bgp,
+                    stepped_back=stepped_back,
                 )
                 mode = plan.mode
                 desired = frozenset(a for a in plan.announcements if a.eip in in_place)
@@ -301,7 +312,13 @@ class GatewayService:
             reconcile=reconcile,
             drain=self.drain_view,
             skipped=self.skips.current,
+            conditions=self._datapath_conditions(),
         )
+
+    def _datapath_conditions(self) -> tuple[MemberCondition, ...]:
+        """The data path's member conditions (`WorkerTrafficSpoofed`); data paths without any (fakes) have none."""
+        conditions = getattr(self.deps.datapath, "conditions", None)
+        return tuple(conditions()) if conditions is not None else ()
 
     def bfd_states(self) -> dict[str, str] | None:
         """BFD session state per peer, read from the sidecar at most once a second (it is a `birdc` call, and the
@@ -476,3 +493,7 @@ class _ServiceDrain:
                 "drain.closing_sessions", reason="withdrawal not acknowledged within the drain timeout"
             )
             speaker.stop()
+        if self._svc.deps.bfd is not None:
+            # with graceful restart the closed sessions leave our routes stale on the routers: a BFD that stops
+            # without AdminDown makes them drop the routes now (docs/routers.md, graceful restart)
+            self._svc.deps.bfd.stop(abrupt=True)

@@ -50,6 +50,11 @@ def status_document(view: MemberView) -> dict[str, Any]:
         "bfd": dict(view.bfd),
         "drain": {},
         "skipped": [skip_entry(s) for s in sorted(view.skipped)],
+        "conditions": [
+            {"type": c.type, "status": "True" if c.status else "False", "reason": c.reason, "message": c.message,
+             "subjects": list(c.subjects)}
+            for c in view.conditions
+        ],
     }
     if view.drain is not None:
         drain: dict[str, Any] = {"state": view.drain.state, "reason": view.drain.reason}

@@ -46,6 +46,18 @@ class DrainView:
     acknowledged: bool | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class MemberCondition:
+    """A condition of the member that is not health (it does not withdraw anything), e.g. `WorkerTrafficSpoofed`."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+    #: what the condition is about (worker node names for `WorkerTrafficSpoofed`), sorted
+    subjects: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemberView:
     node: str
@@ -68,6 +80,8 @@ class MemberView:
     drain: DrainView | None = None
     #: what the planners (data path, WireGuard, announcements) currently leave out, and why
     skipped: frozenset[SkipNote] = frozenset()
+    #: conditions reported by the data path (`WorkerTrafficSpoofed`)
+    conditions: tuple[MemberCondition, ...] = ()
 
     @property
     def draining(self) -> bool:

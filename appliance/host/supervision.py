@@ -1,10 +1,16 @@
 """Supervising the daemons the services run as children (ExaBGP, the BIRD BFD sidecar): one implementation.
 
 What every child needs, and why:
-- respawn with back-off when it exits (0.5 s doubling to 10 s; back to 0.5 s once a child ran for 30 s): a crashing
-  daemon must come back quickly, but a crash loop must not burn a CPU;
+- respawn at once when it exits, back-off only for a crash loop: a daemon that crashed once (ExaBGP SIGKILLed on every
+  member at once) must come back within its start time, because every second without it is a second the routers run
+  on stale routes or none; but a daemon that keeps dying before it ever did its job must not burn a CPU. So the
+  first `QUICK_RESPAWNS` exits in a row are respawned immediately, further ones after a back-off (0.5 s doubling to
+  10 s); the owner calls `mark_healthy()` when the child did its job (ExaBGP: a BGP session reached Established),
+  which ends the crash loop; a child that ran `STABLE_UPTIME_S` counts as healthy too (for owners that cannot tell);
 - `parent_death_signal()`: the kernel SIGTERMs the child when the thread that spawned it dies, so a service that
-  dies without running its shutdown code does not leave ExaBGP announcing our EIPs with nobody driving it;
+  dies without running its shutdown code (SIGKILL, OOM) does not leave ExaBGP or BIRD running with nobody driving
+  them; every long-running child is started with `spawn_child`, which sets it, from a thread that lives as long as
+  the child should (the owner's supervising thread, never a short-lived caller's);
 - `kill_stale(pidfile, marker)`: a restarted service first kills the daemon a previous run left behind (else two
   ExaBGPs talk to the same routers), but only when that pid's command line still carries `marker` (our config
   path), so a recycled pid of an unrelated process is never touched;
@@ -37,10 +43,14 @@ from appliance.core.events import EventLogger, error_text
 
 log = EventLogger(logging.getLogger(__name__))
 
-#: the respawn back-off of every supervised daemon
+#: the respawn back-off of a daemon in a crash loop
 RESPAWN_BACKOFF = BackoffPolicy(initial=0.5, maximum=10.0)
-#: a child that ran this long is healthy again: its next exit starts the back-off from the beginning
+#: a child that ran this long counts as healthy (its exit is not part of a crash loop) even if never marked so
 STABLE_UPTIME_S = 30.0
+#: exits in a row without a healthy run in between that are respawned at once; the next ones back off. Three: a
+#: crash, a second one while the routers still hold the session's last state, and one more, cost at most three
+#: start times; a daemon that cannot start at all is then retried at 0.5, 1, 2 ... 10 s
+QUICK_RESPAWNS = 3
 
 _PR_SET_PDEATHSIG = 1
 try:  # loaded once here, at import: a dlopen in the forked child of a threaded process could deadlock
@@ -163,7 +173,8 @@ SPAWN_ERRORS: tuple[type[Exception], ...] = (OSError, RuntimeError)
 
 
 class Supervisor(Generic[C]):
-    """Keeps one child running: spawns it when due, notices its exit, respawns it after a back-off.
+    """Keeps one child running: spawns it when due, notices its exit, respawns it (at once, or after a back-off when
+    it is in a crash loop).
 
     Not thread-safe and without a thread: one owner loop calls `tick()` (and `start()` once, optionally). `stop()`
     stops the current child; the owner stops ticking first when it means "for good" (else the next tick respawns,
@@ -172,12 +183,15 @@ class Supervisor(Generic[C]):
 
     def __init__(self, *, spawn: Callable[[], C], stop: Callable[[C | None, float], bool], events: ChildEvents,
                  policy: BackoffPolicy = RESPAWN_BACKOFF, stable_uptime_s: float = STABLE_UPTIME_S,
-                 clock: Callable[[], float] = time.monotonic, logger: EventLogger | None = None,
-                 rng: random.Random | None = None) -> None:
+                 quick_respawns: int = QUICK_RESPAWNS, clock: Callable[[], float] = time.monotonic,
+                 logger: EventLogger | None = None, rng: random.Random | None = None) -> None:
         self._spawn = spawn
         self._stop = stop
         self._events = events
         self._stable_uptime_s = stable_uptime_s
+        self._quick_respawns = quick_respawns
+        #: exits (and failed spawns) since the child was last healthy: the crash-loop counter
+        self._unhealthy_exits = 0
         self._clock = clock
         self._log = logger or log
         self._backoff = Backoff(policy, rng)
@@ -224,8 +238,9 @@ class Supervisor(Generic[C]):
                 return Tick.IDLE
             uptime = now - self._started_at
             if uptime >= self._stable_uptime_s:
-                self._backoff.reset()
-            delay = self._backoff.next()
+                self.mark_healthy()
+            self._unhealthy_exits += 1
+            delay = 0.0 if self._unhealthy_exits <= self._quick_respawns else self._backoff.next()
             self._child = None
             self._next_spawn = now + delay
             self.restarts += 1
@@ -237,12 +252,24 @@ class Supervisor(Generic[C]):
         try:
             child = self._spawn()
         except SPAWN_ERRORS as exc:
+            self._unhealthy_exits += 1
             delay = self._backoff.next()
             self._next_spawn = now + delay
             self._log.error(self._events.spawn_failed, error=error_text(exc), retry_in_s=round(delay, 3))
             return Tick.SPAWN_FAILED
         self._adopt(child)
         return Tick.SPAWNED
+
+    def mark_healthy(self) -> None:
+        """The child did its job (e.g. ExaBGP established a session): whatever exits next is not a crash loop, and is
+        respawned at once. Call from the thread that ticks."""
+        self._unhealthy_exits = 0
+        self._backoff.reset()
+
+    @property
+    def crash_loop(self) -> bool:
+        """True while exits are being respawned after a back-off (more than `quick_respawns` without a healthy run)."""
+        return self._unhealthy_exits > self._quick_respawns
 
     def stop(self, timeout_s: float) -> bool:
         """Stop the current child (see `stop_group`); False when none was running."""

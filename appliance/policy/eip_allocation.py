@@ -7,7 +7,9 @@ Ready by itself when the gateway appears.
 
 EIPs, per family and independently:
 - `useNodeIP`: no EIP for either family; the member masquerades to its own address;
-- an explicit `egressIP.ipv4` / `ipv6`: used as is, must be inside that family's pool (else Pending EIPNotInPool);
+- an explicit `egressIP.ipv4` / `ipv6`: used as is, must be inside that family's pool (else Invalid EIPNotInPool: a
+  spec error, never allocated; validation already refuses one outside the named gateway's or every pool, this catches
+  one outside the pool of a default gateway);
 - `allocatorPolicy: default`: the gateway's `ipv4DefaultEIP` / `ipv6DefaultEIP`, or the pool's first address when
   unset (shared by every such policy);
 - `allocatorPolicy: rr`: one pool index per policy, never shared, the same index for IPv4 and IPv6 (a dual-stack
@@ -18,7 +20,7 @@ EIPs, per family and independently:
   when nobody else uses it. When no index is left the
   policy is Pending (PoolExhausted). A dual-stack rr policy can use indices below the smaller pool's size.
 A family without an EIP is not steered for that policy; with no family at all the policy is Pending
-(NoPoolForFamily).
+(NoPoolForFamily). Every message names the `spec.`-rooted field it is about.
 """
 
 from __future__ import annotations
@@ -68,17 +70,20 @@ def choose_gateway(
         name = policy.egress_gateway_name
         if name in gateways:
             return name, None, "egressGatewayName"
-        return "", Reason.GATEWAY_NOT_FOUND, f"EgressGateway {name!r} does not exist (or is invalid)"
+        return "", Reason.GATEWAY_NOT_FOUND, (f"spec.egressGatewayName: EgressGateway {name!r} does not exist "
+                                              "(or is invalid)")
     if policy.ref.kind is PolicyKind.NAMESPACED and NS_DEFAULT_LABEL in ns_labels:
         name = ns_labels[NS_DEFAULT_LABEL]
         if name in gateways:
             return name, None, f"namespace label {NS_DEFAULT_LABEL}"
         return "", Reason.GATEWAY_NOT_FOUND, (
-            f"namespace {policy.ref.namespace!r} default gateway {name!r} does not exist (or is invalid)"
+            f"spec.egressGatewayName: empty, and the default gateway {name!r} of namespace {policy.ref.namespace!r} "
+            "does not exist (or is invalid)"
         )
     if cluster_default is not None:
         return cluster_default, None, "cluster default gateway"
-    return "", Reason.NO_DEFAULT_GATEWAY, "no egressGatewayName, no namespace default and no cluster default gateway"
+    return "", Reason.NO_DEFAULT_GATEWAY, ("spec.egressGatewayName: empty, and there is no namespace default nor "
+                                           "cluster default gateway")
 
 
 def _pending(policy: EgressPolicy, gateway: str, reason: Reason, message: str) -> Assignment:
@@ -97,8 +102,9 @@ def _fixed(policy: EgressPolicy, gw: EgressGateway) -> tuple[Assignment, tuple[i
         pool = gw.pool(v)
         if explicit is not None:
             if explicit not in pool:
-                return _pending(policy, gw.name, Reason.EIP_NOT_IN_POOL, (
-                    f"egressIP.ipv{v} {explicit} is not in the IPv{v} pool of EgressGateway {gw.name!r}"
+                return Assignment(policy=policy, gateway=gw.name, state=PolicyState.INVALID,
+                                  reason=Reason.EIP_NOT_IN_POOL, message=(
+                    f"spec.egressIP.ipv{v}: {explicit} is not in the IPv{v} pool of EgressGateway {gw.name!r}"
                 )), ()
             eips[v] = explicit
         elif pool.size == 0:
@@ -110,7 +116,7 @@ def _fixed(policy: EgressPolicy, gw: EgressGateway) -> tuple[Assignment, tuple[i
             eips[v] = default if default is not None else pool.nth(0)
     if not eips and not rr:
         return _pending(policy, gw.name, Reason.NO_POOL_FOR_FAMILY, (
-            f"EgressGateway {gw.name!r} has no pool for any family this policy could use"
+            f"spec.egressIP: EgressGateway {gw.name!r} has no pool for any family this policy could use"
         )), ()
     families = frozenset(eips) | frozenset(rr)
     return Assignment(policy=policy, gateway=gw.name, eips=eips, families=families, notes=tuple(notes)), tuple(rr)
@@ -180,7 +186,7 @@ def _allocate_rr(
             cursor[fams] = i
             if i >= cap:
                 out.append(_pending(a.policy, gw.name, Reason.POOL_EXHAUSTED, (
-                    f"every address of EgressGateway {gw.name!r} usable by allocatorPolicy rr is taken"
+                    f"spec.egressIP.allocatorPolicy: every address of EgressGateway {gw.name!r} usable by rr is taken"
                 )))
                 continue
             take(ref, i)

@@ -17,6 +17,7 @@ from typing import Any
 from appliance.core.intent import Intent, PolicyOutcome, PolicyState, Steering
 from appliance.core.model import EgressPolicy, IPAddress, IPNetwork, PolicyRef
 from appliance.core.snapshot import Snapshot
+from appliance.policy.cluster_cidrs import internal_reason
 from appliance.policy.placement import primary
 from appliance.policy.precedence import destinations
 from appliance.policy.selection import Ineligible, ineligibility, ip_mismatch
@@ -84,6 +85,8 @@ class Explanation:
     ineligible: Ineligible | None = None
     dest: IPAddress | None = None
     dest_cluster_internal: bool = False
+    #: which cluster-internal source covers `dest` (`cluster_cidrs.internal_reason`)
+    dest_internal_reason: str = ""
     ips: tuple[IPExplanation, ...] = ()
 
 
@@ -122,7 +125,7 @@ def _verdict(
     mine: dict[PolicyRef, Steering],
     dest: IPAddress | None,
     winner: Steering | None,
-    internal: bool,
+    internal: str,
 ) -> PolicyVerdict:
     ref = outcome.policy
     if outcome.state is PolicyState.INVALID or policy is None:
@@ -149,7 +152,7 @@ def _verdict(
     if any(dest in n for n in won):
         if internal:
             return PolicyVerdict(policy=ref, verdict=Verdict.CLUSTER_INTERNAL,
-                                 detail=f"{dest} is cluster-internal: never sent to a gateway")
+                                 detail=f"{dest} is cluster-internal ({internal}): never sent to a gateway")
         return PolicyVerdict(policy=ref, verdict=Verdict.APPLIES, detail=f"destinations {_nets(won)}")
     by = f" (taken by {winner.policy})" if winner is not None else ""
     return PolicyVerdict(policy=ref, verdict=Verdict.LOWER_PRECEDENCE, detail=f"{dest}{by}")
@@ -161,8 +164,10 @@ def explain(snapshot: Snapshot, intent: Intent, namespace: str, pod: str, dest: 
     if found is None:
         return Explanation(namespace=namespace, pod=pod, found=False, dest=dest)
     internal = dest is not None and any(dest in n for n in intent.cluster_cidrs if n.version == dest.version)
+    why = (internal_reason(snapshot, dest) or "cluster CIDRs") if internal and dest is not None else ""
     base = Explanation(namespace=namespace, pod=pod, found=True, node=found.node_name,
-                       ineligible=ineligibility(found), dest=dest, dest_cluster_internal=internal)
+                       ineligible=ineligibility(found), dest=dest, dest_cluster_internal=internal,
+                       dest_internal_reason=why)
     if base.ineligible is not None:
         return base
     ns_labels = next((dict(n.labels) for n in snapshot.namespaces if n.name == namespace), {})
@@ -176,14 +181,14 @@ def explain(snapshot: Snapshot, intent: Intent, namespace: str, pod: str, dest: 
             winner = next((s for s in mine.values() if any(dest in n for n in s.destinations)), None)
         wanted = dest if dest is not None and dest.version == ip.version else None
         verdicts = tuple(
-            _verdict(policies.get(o.policy), o, ip, labels, namespace, mine, wanted, winner, internal)
+            _verdict(policies.get(o.policy), o, ip, labels, namespace, mine, wanted, winner, why)
             for o in intent.outcomes
         )
         routes = tuple(_route(intent, s, policies.get(s.policy)) for s in sorted(mine.values(), key=lambda s: s.rank))
         chosen = _route(intent, winner, policies.get(winner.policy)) if winner is not None and not internal else None
         ips.append(IPExplanation(pod_ip=ip, routes=routes, chosen=chosen, verdicts=verdicts))
     return Explanation(namespace=namespace, pod=pod, found=True, node=found.node_name, dest=dest,
-                       dest_cluster_internal=internal, ips=tuple(ips))
+                       dest_cluster_internal=internal, dest_internal_reason=why, ips=tuple(ips))
 
 
 def _route_dict(r: Route | None) -> dict[str, Any] | None:
@@ -212,6 +217,7 @@ def to_dict(e: Explanation) -> dict[str, Any]:
         "ineligible": str(e.ineligible) if e.ineligible else None,
         "dest": str(e.dest) if e.dest is not None else None,
         "destClusterInternal": e.dest_cluster_internal,
+        "destInternalReason": e.dest_internal_reason or None,
         "ips": [
             {
                 "podIP": str(x.pod_ip),
@@ -240,7 +246,7 @@ def render_text(e: Explanation) -> str:
         lines.append(f"not selectable by any policy: {e.ineligible}")
         return "\n".join(lines) + "\n"
     if e.dest is not None and e.dest_cluster_internal:
-        lines.append(f"destination {e.dest} is cluster-internal: never sent to a gateway")
+        lines.append(f"destination {e.dest} is cluster-internal ({e.dest_internal_reason}): never sent to a gateway")
     for x in e.ips:
         lines.append("")
         lines.append(f"pod IP {x.pod_ip}")

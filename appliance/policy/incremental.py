@@ -1,10 +1,12 @@
 """Incremental resolution for pod churn (pure): a pod added, removed or changed, without a full `resolve`.
 
 Why: pods come and go far more often than policies or gateways change, and a pod only affects its own steerings and
-the policies' `selected_ips` counts; gateways, EIP assignment, instances and cluster CIDRs do not depend on pods.
-So given the Intent resolved from a snapshot, the Intent after one pod event is computed by matching that pod against
-the Ready policies only. The result equals a full `resolve(new_snapshot, previous=intent)` (a tested property);
-anything else (policies, gateways, namespaces, nodes, cluster info) still needs a full `resolve`.
+the policies' `selected_ips` counts; gateways, EIP assignment and instances do not depend on pods, and the cluster
+CIDRs only on pods with an IP outside every detected source (`cluster_cidrs_after_pod_event`: unchanged, the same
+tuple, for every other pod, so the data path's fast path still applies). So given the Intent resolved from a
+snapshot, the Intent after one pod event is computed by matching that pod against the Ready policies only. The
+result equals a full `resolve(new_snapshot, previous=intent)` (a tested property); anything else (policies,
+gateways, namespaces, nodes, cluster info) still needs a full `resolve`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import replace
 from appliance.core.intent import Intent, PolicyOutcome, PolicyState, Steering
 from appliance.core.model import EgressPolicy, IPAddress, Pod, PolicyRef
 from appliance.core.snapshot import Snapshot
+from appliance.policy.cluster_cidrs import cluster_cidrs_after_pod_event
 from appliance.policy.placement import endpoints_of, node_ip_member
 from appliance.policy.precedence import disjoint, policy_key
 from appliance.policy.selection import ineligibility, ip_mismatch
@@ -46,14 +49,6 @@ def _remove(steerings: list[Steering], pod: Pod, delta: dict[PolicyRef, int]) ->
             if (s.namespace, s.pod) == pod.key:
                 delta[s.policy] = delta.get(s.policy, 0) - 1
         steerings[lo:hi] = keep
-
-
-def pod_removed(intent: Intent, pod: Pod) -> Intent:
-    """The intent without the steerings of `pod` (as it was last seen: its IPs locate the steerings)."""
-    steerings = list(intent.steerings)
-    delta: dict[PolicyRef, int] = {}
-    _remove(steerings, pod, delta)
-    return _with_counts(intent, steerings, delta) if delta else intent
 
 
 _RANKS: dict[str, tuple[object, frozenset[PolicyRef], dict[int, dict[PolicyRef, int]]]] = {}
@@ -93,7 +88,9 @@ def pod_changed(snapshot: Snapshot, intent: Intent, old: Pod | None, new: Pod | 
         for s in _steer(snapshot, intent, new):
             delta[s.policy] = delta.get(s.policy, 0) + 1
             bisect.insort_right(steerings, s, key=_sort_key)
-    return _with_counts(intent, steerings, {k: v for k, v in delta.items() if v}) if delta else intent
+    result = _with_counts(intent, steerings, {k: v for k, v in delta.items() if v}) if delta else intent
+    cidrs = cluster_cidrs_after_pod_event(snapshot, intent.cluster_cidrs, old, new)
+    return result if cidrs is intent.cluster_cidrs else replace(result, cluster_cidrs=cidrs)
 
 
 def pod_added(snapshot: Snapshot, intent: Intent, pod: Pod) -> Intent:

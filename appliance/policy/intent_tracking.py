@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from appliance.core.intent import Intent
 from appliance.core.model import Pod
 from appliance.core.snapshot import Snapshot
+from appliance.policy.cluster_cidrs import is_stray
 from appliance.policy.incremental import pod_changed
 from appliance.policy.resolution import resolve
 
@@ -71,7 +72,10 @@ class IntentTracker:
         result: NextIntent | None = None
         if old_snap is not None and old_intent is not None and only_pods_differ(old_snap, snapshot):
             changes = pod_changes(old_snap, snapshot)
-            if len(changes) <= self.max_pod_changes:
+            # a pod with an IP outside every detected cluster CIDR changes the cluster CIDRs (an O(pods) step each):
+            # one full resolve is cheaper than many such steps, and the data path re-plans in full anyway
+            if len(changes) <= self.max_pod_changes and not any(
+                    p is not None and is_stray(snapshot, p) for change in changes for p in change):
                 intent = old_intent
                 for before, after in changes:
                     intent = pod_changed(snapshot, intent, before, after)

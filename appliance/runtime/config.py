@@ -28,6 +28,9 @@ from appliance.core.config_fields import abs_path, integer, ip, mapping, number,
 from appliance.core.errors import ConfigError
 from appliance.core.events import LogFormat, LogLevel, LogSettings
 from appliance.core.model import IPAddress
+from appliance.datapath.plan.endpoint_liveness import ProbeSettings
+from appliance.datapath.plan.gateway import TunnelSourceCheck
+from appliance.datapath.plan.worker import SourceValidation
 from bgp.settings import BgpSettings, parse_bgp_settings
 
 #: stands in for `bgp.router_id` until the uplink address is known (never sent: replaced at start)
@@ -131,6 +134,11 @@ class CommonConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig(CommonConfig):
     underlay: InterfaceSettings = InterfaceSettings()
+    #: how a steered packet's source is checked against the pod that owns it (docs/datapath.md "Source binding");
+    #: strict by default: a pod whose interface cannot be found never leaves with an EIP
+    source_validation: SourceValidation = SourceValidation.STRICT
+    #: `liveness`: the data-path probes of the tunnel endpoints (docs/datapath.md "Who decides")
+    liveness: ProbeSettings = ProbeSettings()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +155,9 @@ class GatewayConfig(CommonConfig):
     #: taken from `bgp.drain` when a `bgp:` section exists (that is where they belong), else from here
     drain_timeout_s: float = 10.0
     drain_settle_s: float = 1.0
+    #: `security.tunnel_source_check`: reverse-path check of VXLAN outer sources (docs/security.md): strict by
+    #: default (a gateway must not relay for a spoofed worker address arriving on another interface)
+    tunnel_source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
 
     @property
     def disable_file(self) -> Path:
@@ -159,8 +170,8 @@ _COMMON_KEYS = {
     "node_name", "kubeconfig", "tunnel", "metrics", "lease_namespace", "reconcile", "state_dir",
     "log",
 }  # fmt: skip
-_AGENT_KEYS = _COMMON_KEYS | {"underlay", "wireguard"}
-_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain", "wireguard"}
+_AGENT_KEYS = _COMMON_KEYS | {"underlay", "wireguard", "source_validation", "liveness"}
+_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain", "wireguard", "security"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
@@ -340,7 +351,37 @@ def parse_agent_config(raw: Any, *, source: Path, env: Mapping[str, str] | None 
         **common,
         underlay=_interface(m.get("underlay"), "underlay"),
         wireguard=_wireguard(m.get("wireguard"), "wireguard", source.parent, gateway=False),
+        source_validation=_source_validation(m.get("source_validation"), "source_validation"),
+        liveness=_liveness(m.get("liveness"), "liveness"),
     )
+
+
+def _liveness(raw: Any, path: str) -> ProbeSettings:
+    d = ProbeSettings()
+    if raw is None:
+        return d
+    m = mapping(raw, path, {"enabled", "interval_s", "fall", "rise", "max_rate_per_s"})
+    enabled = m.get("enabled", d.enabled)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{path}.enabled", f"must be true or false: {enabled!r}")
+    return ProbeSettings(
+        enabled=enabled,
+        interval_s=number(m.get("interval_s", d.interval_s), f"{path}.interval_s", 0.05, 10.0),
+        fall=integer(m.get("fall", d.fall), f"{path}.fall", 1, 100),
+        rise=integer(m.get("rise", d.rise), f"{path}.rise", 1, 100),
+        max_rate_per_s=number(m.get("max_rate_per_s", d.max_rate_per_s), f"{path}.max_rate_per_s", 0.1, 1000.0),
+    )
+
+
+def _source_validation(raw: Any, path: str) -> SourceValidation:
+    if raw is None:
+        return SourceValidation.STRICT
+    value = string(raw, path)
+    try:
+        return SourceValidation(value)
+    except ValueError:
+        allowed = ", ".join(v.value for v in SourceValidation)
+        raise ConfigError(path, f"must be one of {allowed}: {value!r}") from None
 
 
 def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -372,8 +413,14 @@ def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | Non
         timeout, settle = bgp.drain.timeout_s, bgp.drain.settle_s
     elif settle > timeout:
         raise ConfigError("drain.settle_s", "must not exceed drain.timeout_s")
+    security = mapping(m.get("security"), "security", {"tunnel_source_check"})
+    check = security.get("tunnel_source_check", TunnelSourceCheck.STRICT.value)
+    if check not in {c.value for c in TunnelSourceCheck}:
+        raise ConfigError("security.tunnel_source_check",
+                          f"must be one of {', '.join(c.value for c in TunnelSourceCheck)}, got {check!r}")
     return GatewayConfig(
         **common,
+        tunnel_source_check=TunnelSourceCheck(check),
         uplink=_interface(m.get("uplink"), "uplink"),
         wireguard=_wireguard(m.get("wireguard"), "wireguard", source.parent, gateway=True),
         bgp=bgp,

@@ -15,6 +15,7 @@ from appliance.datapath.apply import health_checks
 from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.metrics import register
 from appliance.datapath.apply.wireguard import WireguardApplier
+from appliance.datapath.apply.worker_guards import BridgeBindingApplier
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE
 from appliance.datapath.plan.wireguard import WgSettings
 from appliance.runtime.config import AgentConfig, GatewayConfig
@@ -46,11 +47,12 @@ def register_datapath_metrics(datapath: object, registry: CollectorRegistry, *, 
 
 
 def remove_state(cfg: AgentConfig | GatewayConfig | None) -> tuple[str, ...]:
-    """Everything ours in the current namespace: our nft table, rules, routes, neighbours, EIPs, VXLAN links, and
-    our WireGuard interfaces when WireGuard exists here (the configured `wireguard.interface_prefix`: a node whose
-    services name them differently must get them removed too; the default prefix without a config)."""
+    """Everything ours in the current namespace: our nft tables (`inet`, the worker's `bridge`), rules, routes,
+    neighbours, EIPs, VXLAN links, and our WireGuard interfaces when WireGuard exists here (the configured
+    `wireguard.interface_prefix`: a node whose services name them differently must get them removed too; the default
+    prefix without a config)."""
     require_binaries()
-    result = DataPathApplier().remove_all()
+    result = BridgeBindingApplier().remove() + DataPathApplier().remove_all()
     out = result.changes + tuple(f"FAILED {f}" for f in result.failures)
     return out + _remove_wireguard(cfg.wireguard.interface_prefix if cfg is not None else None)
 

@@ -110,6 +110,7 @@ class Reconciler:
         skip_unchanged: bool = True,
         drift_check: Callable[[], bool] | None = None,
         drift_check_s: float = 5.0,
+        run_always: frozenset[str] = frozenset(),
     ) -> None:
         self._source = source
         self._run_pass = run_pass
@@ -121,6 +122,9 @@ class Reconciler:
         #: skip event-triggered passes whose snapshot equals the last successfully applied one (resync, retry and
         #: start always run): lease renewals arrive every few seconds per member and change nothing we plan from
         self._skip_unchanged = skip_unchanged
+        #: event reasons that run a pass even over an unchanged snapshot, still trusting the appliers' caches (an
+        #: input that is not in the snapshot changed: e.g. the agent's endpoint probes)
+        self._run_always = _LOOP_TRIGGERS | run_always
         #: a cheap "is our kernel state still there?" probe, run every drift_check_s once a pass succeeded
         self._drift_check = drift_check
         self._drift_check_s = drift_check_s
@@ -217,7 +221,7 @@ class Reconciler:
         if (
             self._skip_unchanged
             and self._last_ok is not None
-            and not reasons & _LOOP_TRIGGERS
+            and not reasons & self._run_always
             and (snapshot is self._last_ok or snapshot == self._last_ok)
         ):
             # events that changed nothing we plan from (a lease renewal, our own status write): no pass

@@ -96,9 +96,10 @@ def _anns(med: int) -> frozenset[Announcement]:
 
 
 class Bench:
-    def __init__(self, router: str, workdir: Path, *, bfd: bool = True) -> None:
+    def __init__(self, router: str, workdir: Path, *, bfd: bool = True, graceful_restart: bool = False) -> None:
         self.bfd = bfd
-        self.bed = Bed(Testbed(workdir=workdir, router=router, bfd=bfd))  # type: ignore[arg-type]
+        self.bed = Bed(Testbed(workdir=workdir, router=router, bfd=bfd,  # type: ignore[arg-type]
+                               graceful_restart=graceful_restart))  # fmt: skip
         self._echo: list[subprocess.Popen[bytes]] = []
 
     def up(self) -> None:

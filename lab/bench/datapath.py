@@ -5,6 +5,7 @@ Figures (all from one run on the same testbed, so ratios compare like with like)
   (unselected pod, CNI masquerade) - ratio, goal >= 0.7;
 - the same tunnel throughput with 1,000 policies / 10,000 selected pod IPs / 256 EIPs in the maps and rules vs
   with 1 policy - ratio, goal >= 0.95 (the per-packet cost must not grow with the policies);
+- the same tunnel throughput with the gateway's tunnel source check (strict reverse path) on vs off - ratio;
 - plan + apply time of a full worker and gateway state (10k pods / 1k policies / 256 EIPs) from empty - goal <= 1 s
   - and of one added pod on top of it - goal <= 50 ms.
 Both ends share the machine's cores, so absolute Gbit/s are relative figures only.
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 from appliance.core.intent import Intent
 from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.incremental import IncrementalGateway, IncrementalWorker
-from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, plan_gateway
+from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, TunnelSourceCheck, plan_gateway
 from appliance.datapath.plan.worker import WorkerPlan, WorkerSettings, plan_worker
 from lab.testbeds.datapath import EXT_V4, GATEWAY_ADDR, WORKER_ADDR, Testbed
 from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent, scale_intent
@@ -96,6 +97,14 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
         _apply(appliers, *_plans(one))
         direct = _iperf(bed, "pod2", seconds, "direct")
         tunnel_1 = _iperf(bed, "pod1", seconds, "tunnel_1")
+        # the gateway's tunnel source check (strict reverse path, the default) off vs on, same state otherwise;
+        # off and on alternate so a load change during the run does not favour one side
+        check_off = GatewaySettings(source_check=TunnelSourceCheck.OFF)
+        checks: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(1 if quick else 2):
+            for mode, settings in (("off", check_off), ("on", GatewaySettings())):
+                appliers["g1"].apply(plan_gateway(one, member="gw1", workers=WORKERS, settings=settings))
+                checks[mode].append(_iperf(bed, "pod1", seconds, f"tunnel_checks_{mode}"))
         # full state from empty: plan + apply of worker and gateway
         for a in appliers.values():
             a.remove_all()
@@ -138,8 +147,11 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
         server.terminate()
         figures["throughput_gbps"] = {"direct": direct, "tunnel_snat_1_policy": tunnel_1,
                                       "tunnel_snat_many_policies": tunnel_many}
+        on, off = sum(checks["on"]) / len(checks["on"]), sum(checks["off"]) / len(checks["off"])
+        figures["throughput_gbps"] |= {"tunnel_source_check_on": on, "tunnel_source_check_off": off}
         figures["ratios"] = {"tunnel_vs_direct": tunnel_1 / direct if direct else 0.0,
-                             "many_vs_1_policy": tunnel_many / tunnel_1 if tunnel_1 else 0.0}
+                             "many_vs_1_policy": tunnel_many / tunnel_1 if tunnel_1 else 0.0,
+                             "source_check_on_vs_off": on / off if off else 0.0}
         figures["time_s"] = {
             "plan_full": plan_s, "apply_full": apply_s, "plan_apply_full": plan_s + apply_s,
             "plan_one_pod_added": plan1_s, "apply_one_pod_added": apply1_s,
@@ -171,6 +183,7 @@ def _print(f: dict[str, Any]) -> None:
          f"{t['tunnel_snat_many_policies']:.2f}", ""),
         ("ratio tunnel / direct", f"{r['tunnel_vs_direct']:.2f}", ">= 0.7"),
         ("ratio many / 1 policy", f"{r['many_vs_1_policy']:.2f}", ">= 0.95"),
+        ("ratio tunnel source check on / off", f"{r['source_check_on_vs_off']:.2f}", ">= 0.95"),
         ("plan + apply, full state: wall (cpu) s", f"{s['plan_apply_full']:.3f} ({c['plan_apply_full']:.3f})", "<= 1"),
         ("  of which plan / apply (s)", f"{s['plan_full']:.3f} / {s['apply_full']:.3f}", ""),
         ("one pod added, fast path: wall (cpu) s",

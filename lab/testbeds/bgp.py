@@ -14,12 +14,15 @@ sessions and installs the best path in its kernel.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any, Literal
 
 from appliance.core.waiting import wait_until
 from bgp.bfd_sidecar import BfdSidecar
+from bgp.heartbeat import udp_socket
 from bgp.settings import BgpSettings, parse_bgp_settings
 from bgp.speaker import BgpSpeaker
 
@@ -63,7 +67,8 @@ def gw_v6(i: int) -> IPv6Address:
 
 
 def bird_router_config(
-    n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3, md5: str | None = None
+    n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3, md5: str | None = None,
+    graceful_restart: bool = False,
 ) -> str:
     lines = [
         f'log "{log}" all;',
@@ -82,7 +87,9 @@ def bird_router_config(
                 f"    local as {ROUTER_ASN}; neighbor {addr} as {GATEWAY_ASN};",
                 "    passive on; hold time 3; keepalive time 1; error wait time 1, 5;",
                 *([f'    password "{md5}";'] if md5 else []),
+                # `bfd on`, not `bfd graceful`: a BFD-detected failure is a hard down even with graceful restart
                 f"    bfd {'on' if bfd else 'off'};",
+                f"    graceful restart {'on' if graceful_restart else 'off'};",
                 f"    ipv{ver} {{ import filter {filt}; export none; }};",
                 "}",
             ]
@@ -90,7 +97,8 @@ def bird_router_config(
 
 
 def frr_router_configs(
-    n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3, md5: str | None = None
+    n: int, log: Path, *, bfd: bool, interval_ms: int = 50, multiplier: int = 3, md5: str | None = None,
+    graceful_restart: bool = False,
 ) -> dict[str, str]:
     """One config file per FRR daemon (a shared file makes each daemon stumble over the others' sections)."""
     head = ["frr defaults datacenter", "hostname egt-bg-router", f"log file {log}"]
@@ -104,6 +112,7 @@ def frr_router_configs(
         "exit",
         f"router bgp {ROUTER_ASN}",
         f" bgp router-id {ROUTER_V4}",
+        " bgp graceful-restart" if graceful_restart else " bgp graceful-restart-disable",
         " no bgp ebgp-requires-policy",
         " no bgp default ipv4-unicast",
         " neighbor GW4 peer-group",
@@ -142,6 +151,9 @@ class Testbed:
     bfd: bool = True
     #: TCP-MD5 password on the router's sessions (None = none)
     md5: str | None = None
+    #: the router keeps a restarting gateway's routes (BGP graceful restart helper; BFD down is still a hard down).
+    #: Off by default so the other tests see a speaker's death as the routers did before (routes dropped)
+    graceful_restart: bool = False
     prefix: str = "egt-bg-"
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -204,7 +216,8 @@ class Testbed:
     def _start_bird_router(self) -> None:
         conf = self.workdir / "router-bird.conf"
         log = self.workdir / "router-bird.log"
-        conf.write_text(bird_router_config(self.n_gateways, log, bfd=self.bfd, md5=self.md5))
+        conf.write_text(bird_router_config(self.n_gateways, log, bfd=self.bfd, md5=self.md5,
+                                           graceful_restart=self.graceful_restart))
         ctl = self.workdir / "router-bird.ctl"
         with contextlib.suppress(FileNotFoundError):
             ctl.unlink()
@@ -228,7 +241,8 @@ class Testbed:
         for d in (etc, run):
             d.mkdir(parents=True, exist_ok=True)
             shutil.chown(d, "frr", "frr")
-        configs = frr_router_configs(self.n_gateways, self.workdir / "router-frr.log", bfd=self.bfd, md5=self.md5)
+        configs = frr_router_configs(self.n_gateways, self.workdir / "router-frr.log", bfd=self.bfd, md5=self.md5,
+                                     graceful_restart=self.graceful_restart)
         (self.workdir / "router-frr.log").touch()
         shutil.chown(self.workdir / "router-frr.log", "frr", "frr")
         os.chmod(self.workdir, 0o755)
@@ -308,6 +322,35 @@ class Testbed:
 
     def restore(self, i: int) -> None:
         sh("ip", "-n", self.router_ns, "link", "set", f"p{i}", "up")
+
+
+_CLONE_NEWNET = 0x40000000
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def udp_socket_in(ns: str, family: int, port: int) -> socket.socket:
+    """A UDP socket bound inside namespace `ns` (for the member heartbeat of a gateway whose Python side runs in the
+    host namespace): a helper thread enters the namespace, binds, and ends; the socket stays in the namespace."""
+    out: list[socket.socket | BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+            try:
+                if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {ns}")
+                out.append(udp_socket(family, port))
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # handed to the caller
+            out.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
 
 
 # ----- gateways on the testbed -----

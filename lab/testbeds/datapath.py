@@ -1,8 +1,13 @@
 """A small namespace topology for data-path integration tests and the data-path benchmark (lab address plan).
 
     pod1, pod2 --(cni0 veths)-- w1 --+                       +-- g1 --+
+    [pod4 --(routed veth r-pod4)-- w1]
     pod3       --(cni0 veth)--- w2 --+-- r (router) ---------+-- g2 --+   (point-to-point veths to r)
                                                              +-- ext (203.0.113.2, .34; 2001:db8:203::2)
+
+`Testbed(routed=True)` adds pod4, attached the way routed CNIs (Calico, Cilium) attach pods: its own host-side veth
+without a bridge, a /32 and /128 route to the pod on it, and the pod's default route via 169.254.1.1 (IPv4, proxy
+ARP on the host veth) and fe80::1 (IPv6, a link-local address on the host veth).
 
 The router has plain static routes (standing in for BGP): pod CIDRs -> workers, each EIP /32 (/128) -> a gateway
 (`route_eip`). Workers run the stand-in CNI masquerade (`ip lab_cni` / `ip6 lab_cni`) so an unselected pod shows
@@ -42,6 +47,8 @@ PODS = {  # pod -> (worker, v4, v6, gateway v4, gateway v6)
     "pod2": ("w1", "100.64.1.11", "2001:db8:64:1::11"),
     "pod3": ("w2", "100.64.2.10", "2001:db8:64:2::10"),
 }
+#: pods attached like a routed CNI's (`Testbed(routed=True)`): pod -> (worker, v4, v6)
+ROUTED_PODS = {"pod4": ("w1", "100.64.1.20", "2001:db8:64:1::20")}
 WORKER_ADDR = {"w1": ("100.127.0.11", "2001:db8:127::11"), "w2": ("100.127.0.12", "2001:db8:127::12")}
 GATEWAY_ADDR = {"g1": ("198.51.100.11", "2001:db8:198::11"), "g2": ("198.51.100.12", "2001:db8:198::12")}
 #: the second address answers TCP only (the UDP echo replies from the primary address)
@@ -66,6 +73,8 @@ class Testbed:
 
     prefix: str = "egt-dp-t"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: also create the routed pods (ROUTED_PODS)
+    routed: bool = False
 
     def ns(self, node: str) -> str:
         return f"{self.prefix}{node}"
@@ -78,7 +87,7 @@ class Testbed:
 
     @property
     def nodes(self) -> list[str]:
-        return [*PODS, "w1", "w2", "r", "g1", "g2", "ext"]
+        return [*PODS, *(ROUTED_PODS if self.routed else ()), "w1", "w2", "r", "g1", "g2", "ext"]
 
     def up(self) -> None:
         self.down()
@@ -125,6 +134,8 @@ class Testbed:
             self.ip(pod, "link", "set", "eth0", "up")
             self.ip(pod, "route", "add", "default", "via", a4.rsplit(".", 1)[0] + ".1")
             self.ip(pod, "-6", "route", "add", "default", "via", a6.rsplit(":", 1)[0] + ":1")
+        for pod, (w, a4, a6) in (ROUTED_PODS if self.routed else {}).items():
+            self._routed_pod(pod, w, a4, a6)
         self.ip("r", "link", "add", "ext", "type", "veth", "peer", "name", "eth0", "netns", self.ns("ext"))
         for a in ("203.0.113.1/28", "203.0.113.33/28"):
             self.ip("r", "addr", "add", a, "dev", "ext")
@@ -138,6 +149,21 @@ class Testbed:
         self.ip("ext", "-6", "route", "add", "default", "via", "2001:db8:203::1")
         self.start("ext", [sys.executable, "-m", "lab.extserver", "--port", "7000"])
         self.wait_reachable()
+
+    def _routed_pod(self, pod: str, w: str, a4: str, a6: str) -> None:
+        host = f"r-{pod}"
+        self.ip(pod, "link", "add", "eth0", "type", "veth", "peer", "name", host, "netns", self.ns(w))
+        self.run(w, "sysctl", "-qw", f"net.ipv4.conf.{host}.proxy_arp=1")
+        self.ip(w, "addr", "add", "fe80::1/64", "dev", host, "nodad")
+        self.ip(w, "link", "set", host, "up")
+        self.ip(w, "route", "add", f"{a4}/32", "dev", host)
+        self.ip(w, "-6", "route", "add", f"{a6}/128", "dev", host)
+        self.ip(pod, "addr", "add", f"{a4}/32", "dev", "eth0")
+        self.ip(pod, "addr", "add", f"{a6}/128", "dev", "eth0", "nodad")
+        self.ip(pod, "link", "set", "eth0", "up")
+        self.ip(pod, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        self.ip(pod, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        self.ip(pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
 
     def start(self, node: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(["ip", "netns", "exec", self.ns(node), *argv], stdout=subprocess.DEVNULL,

@@ -2,19 +2,26 @@
 
 G14 nodeSelector retargeting, I01/I05 cluster info and extraCidr, R08 pool exhaustion, R07 API server restart,
 R05 primary gateway power-off, R06 all gateways down then back. Outages are measured and printed; the assertions
-are on behaviour (EIP unchanged, traffic resumes, nothing lost where nothing may be lost), timing figures belong
-to `egressgw bench failover`.
+are on behaviour (EIP unchanged, traffic resumes, the stream keeps flowing where nothing may interrupt it), timing
+figures belong to `egressgw bench failover` and `egressgw bench faults`.
+
+"Keeps flowing" is judged against a control: the same 10 ms probe, from the same pod, run just before the event with
+nothing happening. On a busy machine a probe can lose a datagram or two to scheduling alone; the event may lose no
+more than the control's rate predicts, plus 1% of the probes. An interruption of the data path (fail-closed while
+the API server restarts, a route flapping away) costs hundreds of probes and cannot hide in that margin.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from appliance.core.waiting import wait_until
+from appliance.datapath.apply.applier import DataPathApplier
+from lab.probe import ProbeReport
 from lab.scenarios import (
     DEFAULT_EIP_V4,
     gateway_manifest,
@@ -28,6 +35,28 @@ from tests.e2e.conftest import Scenario
 from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
+
+
+def measure_against_control(system: System, lab_pod: str, act: Callable[[], None], *,
+                            after: float) -> tuple[ProbeReport, ProbeReport]:
+    """(control, event): the probe with nothing happening, then the same probe around `act`."""
+    control = measure_failure(system, lab_pod, lambda: None, after=after)
+    return control, measure_failure(system, lab_pod, act, after=after)
+
+
+def assert_kept_flowing(control: ProbeReport, event: ProbeReport) -> None:
+    expected = control.lost / max(control.sent, 1) * event.sent
+    allowed = expected + max(3, event.sent // 100)
+    assert event.sent > 0 and event.lost <= allowed, (
+        f"lost {event.lost} of {event.sent} probes, more than the control's rate allows ({control.lost} of "
+        f"{control.sent} -> {allowed:.0f}): {event}")
+    assert event.received > 0 and event.outage_end is not None, event  # answers came back after the event
+
+
+def drops_no_gateway(system: System, worker: str) -> int:
+    """Packets the worker's fail-closed rule counted (our nft counter `drop_no_gateway`)."""
+    counters = DataPathApplier(system.lab.netns(worker)).counters()
+    return counters["drop_no_gateway"][0] if "drop_no_gateway" in counters else 0
 
 
 def test_g14_gateway_node_selector_retargeting(system: System, scenario: Scenario) -> None:
@@ -106,9 +135,10 @@ def test_r07_api_server_restart_does_not_interrupt_egress(system: System, scenar
     scenario.pod("web", "w1p2", {"app": "web"})
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, "w1p2", DEFAULT_EIP_V4)
-    report = measure_failure(system, "w1p2", lambda: restart_apiserver(system, down_for=5.0), after=3.0)
-    print(f"\nR07 API server restart: sent={report.sent} lost={report.lost}")
-    assert report.lost == 0, report
+    control, report = measure_against_control(system, "w1p2", lambda: restart_apiserver(system, down_for=5.0),
+                                              after=3.0)
+    print(f"\nR07 API server restart: sent={report.sent} lost={report.lost} (control: {control.lost}/{control.sent})")
+    assert_kept_flowing(control, report)
     assert {s.source for s in report.sources} == {DEFAULT_EIP_V4}
     # and the control plane still works afterwards: a policy change takes effect
     system.delete("EgressPolicy", "p", scenario.namespace)
@@ -128,7 +158,8 @@ def test_r05_primary_gateway_power_off(system: System, scenario: Scenario) -> No
     try:
         report = measure_failure(system, "w2p1", power_off, after=3.0)
         print(f"\nR05 power-off of {primary}: lost={report.lost} outage={report.longest_gap_ms:.0f} ms")
-        assert router_next_hop(system, DEFAULT_EIP_V4) not in ("", primary)
+        wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) not in ("", primary), timeout=30, interval=0.2,
+                   what=f"the router to send the EIP to a member other than {primary}")
         assert report.sources and report.sources[-1].source == DEFAULT_EIP_V4
         assert {s.source for s in report.sources} == {DEFAULT_EIP_V4}, "the EIP changed during the failover"
     finally:
@@ -142,12 +173,25 @@ def test_r06_all_gateways_down_then_back_fail_closed_no_flapping(system: System,
     scenario.pod("web", "w1p1", {"app": "web"})
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, "w1p1", DEFAULT_EIP_V4)
+    worker = system.nodes["w1p1"].worker
     for gw in system.gateways:
         system.stop_service(gw)
-    # fail-closed (the default): selected traffic must not leave with the node IP while no member is healthy
-    time.sleep(3)
-    seen = {system.seen_source("w1p1", timeout=1.0) for _ in range(3)}
-    assert seen == {""}, f"traffic left while every gateway was down: {seen}"
+    # fail-closed (the default): selected traffic must not leave with the node IP while no member is healthy. No
+    # fixed wait: the agent's switch is observed, as its drop rule counting this pod's requests
+    before = drops_no_gateway(system, worker)
+    seen: list[str] = []
+
+    def dropped_by_us() -> bool:
+        seen.append(system.seen_source("w1p1", timeout=1.0))
+        return drops_no_gateway(system, worker) > before
+
+    wait_until(dropped_by_us, timeout=60, interval=0.2, what=f"{worker}'s fail-closed rule to drop w1p1's traffic",
+               describe=lambda: seen[-3:])
+    assert set(seen) <= {"", DEFAULT_EIP_V4}, f"traffic left with another source while the gateways went down: {seen}"
+    counted = drops_no_gateway(system, worker)
+    after = {system.seen_source("w1p1", timeout=1.0) for _ in range(3)}
+    assert after == {""}, f"traffic left while every gateway was down: {after}"
+    assert drops_no_gateway(system, worker) >= counted + 3, "the requests were not dropped by our fail-closed rule"
     first, *rest = system.gateways
     system.start_gateway(first)
     expect_source(system, "w1p1", DEFAULT_EIP_V4)
@@ -158,6 +202,6 @@ def test_r06_all_gateways_down_then_back_fail_closed_no_flapping(system: System,
         for gw in rest:
             system.start_gateway(gw)
 
-    report = measure_failure(system, "w1p1", bring_back, after=2.0)
-    assert report.lost == 0, report
+    control, report = measure_against_control(system, "w1p1", bring_back, after=2.0)
+    assert_kept_flowing(control, report)
     assert router_next_hop(system, DEFAULT_EIP_V4) == carrying

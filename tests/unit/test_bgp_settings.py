@@ -36,6 +36,8 @@ def test_defaults() -> None:
     assert s.drain.settle_s == 1.0
     assert s.failback_hold(30.0) == 30.0
     assert s.exabgp_binary.name == "exabgp" and s.exabgp_binary.is_absolute()
+    assert s.graceful_restart.enabled and s.graceful_restart.restart_time_s == 30
+    assert s.stale_view.enabled and s.stale_view.grace_s == 10.0 and s.stale_view.peer_timeout_s == 3.5
 
 
 def test_full() -> None:
@@ -115,6 +117,12 @@ BAD = [
     ({"failback_hold_s": -1}, "bgp.failback_hold_s"),
     ({"exabgp_binary": "exabgp"}, "bgp.exabgp_binary"),
     ({"typo": 1}, "bgp.typo"),
+    ({"graceful_restart": {"restart_time_s": 4096}}, "bgp.graceful_restart.restart_time_s"),
+    ({"graceful_restart": {"enabled": "on"}}, "bgp.graceful_restart.enabled"),
+    ({"stale_view": {"interval_s": 2, "peer_timeout_s": 1}}, "bgp.stale_view.peer_timeout_s"),
+    ({"stale_view": {"grace_s": 0}}, "bgp.stale_view.grace_s"),
+    ({"stale_view": {"secret": "short"}}, "bgp.stale_view.secret"),
+    ({"stale_view": {"port": 0}}, "bgp.stale_view.port"),
 ]  # fmt: skip
 
 

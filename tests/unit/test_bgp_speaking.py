@@ -244,3 +244,72 @@ def test_converges_to_the_desired_set_after_any_history(history: list[Step], fin
     assert ann.converged()
     assert ann.acknowledged() == frozenset(by_prefix.values())
     assert ann.poll(now=now + 1) == ([], [])  # idempotent: nothing left to do
+
+
+# ----- End-of-RIB after a session came up (graceful restart, ExaBGP's manual-eor) -----
+
+
+def eor_announcer() -> Announcer:
+    ann = Announcer(peers=SETTINGS.peers, local_asn=64513, ack_timeout_s=5.0, retry_s=1.0, manual_eor=True,
+                    eor_wait_s=5.0)  # fmt: skip
+    ann.channel_up()
+    return ann
+
+
+def test_end_of_rib_follows_the_resent_routes_of_a_session_that_came_up() -> None:
+    """A restarted ExaBGP: the new channel resends, the session comes up, the routes are acknowledged again, and
+    only then the End-of-RIB goes out (a router that kept our routes as stale flushes at End-of-RIB)."""
+    ann = eor_announcer()
+    ann.set_desired({A, B})
+    ack_all(ann, len(ann.poll(now=0)[0]))
+    assert ann.converged()
+    ann.receive(f"neighbor {P4} up", now=1)
+    assert not ann.converged()  # the End-of-RIB is due
+    cmds, _ = ann.poll(now=1)
+    assert cmds == [
+        f"neighbor {P4} announce route 203.0.113.130/32 next-hop self med 100",
+        f"neighbor {P4} announce route 203.0.113.131/32 next-hop self med 120 as-path [ 64513 64513 64513 ] "
+        "community [ 65000:1 ] large-community [ 65000:1:2 ]",
+    ]  # the End-of-RIB waits for their acks
+    ann.receive("done", now=1.1)
+    assert ann.poll(now=1.1) == ([], [])
+    ann.receive("done", now=1.2)
+    assert ann.poll(now=1.2)[0] == [f"neighbor {P4} announce eor ipv4 unicast"]
+    assert not ann.converged()
+    ann.receive("done", now=1.3)
+    assert ann.converged()
+    assert ann.poll(now=2) == ([], [])  # sent once per session up
+
+
+def test_end_of_rib_is_sent_anyway_after_eor_wait_s() -> None:
+    ann = eor_announcer()
+    ann.set_desired({A})
+    ann.receive(f"neighbor {P4} up", now=0)
+    ann.receive(f"neighbor {P6} up", now=0)
+    cmds, _ = ann.poll(now=0)
+    # IPv6 has nothing to announce: its End-of-RIB goes at once; IPv4's waits for the ack of A
+    assert cmds == [f"neighbor {P4} announce route 203.0.113.130/32 next-hop self med 100",
+                    f"neighbor {P6} announce eor ipv6 unicast"]  # fmt: skip
+    ann.receive("error", now=0.1)  # ExaBGP refuses A (retried after 1 s, refused again ...)
+    ann.receive("done", now=0.1)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        cmds, _ = ann.poll(now=t)
+        assert f"neighbor {P4} announce eor ipv4 unicast" not in cmds
+        ann.receive("error", now=t)
+    cmds, _ = ann.poll(now=5.0)
+    assert f"neighbor {P4} announce eor ipv4 unicast" in cmds
+
+
+def test_no_end_of_rib_without_manual_eor_or_after_the_session_went_down() -> None:
+    ann = fresh()  # manual_eor off: ExaBGP sends its own End-of-RIB
+    ann.set_desired({A})
+    ann.receive(f"neighbor {P4} up", now=0)
+    cmds, _ = ann.poll(now=0)
+    ack_all(ann, len(cmds))
+    assert ann.converged() and ann.poll(now=10) == ([], [])
+    ann = eor_announcer()
+    ann.set_desired({A})
+    ann.receive(f"neighbor {P4} up", now=0)
+    ann.receive(f"neighbor {P4} down - peer reset", now=0)
+    cmds, _ = ann.poll(now=10)
+    assert not any("eor" in c for c in cmds)

@@ -1,6 +1,7 @@
 """Child-process supervision: kill_stale kills a previous run's daemon only when its command line still names our
 config; stop_group: TERM, then KILL after the timeout, for the whole process group; Supervisor: respawn with back-off
-(0.5 s doubling to 10 s, reset after a stable uptime), driven here by fake children and a fake clock."""
+(at once, then 0.5 s doubling to 10 s in a crash loop; reset by a healthy run or a stable uptime), driven here by fake
+children and a fake clock; a real child dies with its parent (parent-death signal)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.core.waiting import wait_until
 from appliance.host.supervision import (
+    QUICK_RESPAWNS,
     STABLE_UPTIME_S,
     ChildEvents,
     Supervisor,
@@ -154,20 +157,39 @@ def test_first_tick_spawns_and_a_running_child_is_left_alone() -> None:
     assert sup.tick() is Tick.IDLE and len(host.children) == 1
 
 
-def test_a_crash_loop_backs_off_from_half_a_second_to_ten() -> None:
+def test_a_crash_is_respawned_at_once_and_a_crash_loop_backs_off_from_half_a_second_to_ten() -> None:
     host = FakeHost()
     sup = supervisor(host)
     sup.start()
-    assert respawn_delays(host, sup, 7, uptime=1.0) == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert sup.restarts == 7 and len(host.children) == 8
+    quick = [0.0] * QUICK_RESPAWNS
+    assert respawn_delays(host, sup, QUICK_RESPAWNS + 7, uptime=1.0) == [*quick, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert sup.crash_loop
+    assert sup.restarts == QUICK_RESPAWNS + 7 and len(host.children) == QUICK_RESPAWNS + 8
 
 
-def test_stable_uptime_resets_the_back_off() -> None:
+def test_a_healthy_run_ends_the_crash_loop() -> None:
+    """ExaBGP killed again and again, but every time after its session came up: never a back-off."""
     host = FakeHost()
     sup = supervisor(host)
     sup.start()
-    assert respawn_delays(host, sup, 3, uptime=1.0) == [0.5, 1.0, 2.0]
-    assert respawn_delays(host, sup, 2, uptime=STABLE_UPTIME_S) == [0.5, 0.5]
+    delays = []
+    for _ in range(QUICK_RESPAWNS + 5):
+        sup.mark_healthy()  # the owner saw the child do its job (a BGP session up)
+        delays += respawn_delays(host, sup, 1, uptime=1.0)
+    assert delays == [0.0] * (QUICK_RESPAWNS + 5) and not sup.crash_loop
+    # a loop that never gets healthy backs off (the last crash above is the first in a row); one healthy run starts
+    # the count again
+    assert respawn_delays(host, sup, QUICK_RESPAWNS + 1, uptime=1.0) == [0.0] * (QUICK_RESPAWNS - 1) + [0.5, 1.0]
+    sup.mark_healthy()
+    assert respawn_delays(host, sup, QUICK_RESPAWNS + 1, uptime=1.0) == [0.0] * QUICK_RESPAWNS + [0.5]
+
+
+def test_stable_uptime_counts_as_healthy() -> None:
+    host = FakeHost()
+    sup = supervisor(host)
+    sup.start()
+    assert respawn_delays(host, sup, QUICK_RESPAWNS + 3, uptime=1.0)[-3:] == [0.5, 1.0, 2.0]
+    assert respawn_delays(host, sup, 2, uptime=STABLE_UPTIME_S) == [0.0, 0.0]
 
 
 def test_a_failed_spawn_is_retried_with_the_back_off() -> None:
@@ -196,8 +218,43 @@ def test_stop_stops_the_child_and_the_next_tick_respawns_it() -> None:
     sup.start()
     assert sup.stop(1.0) is True and not sup.running()
     assert sup.tick() is Tick.EXITED and sup.restarts == 1  # a stuck daemon is restarted this way
-    host.now += 0.5
     assert sup.tick() is Tick.SPAWNED and sup.pid == 1001
+
+
+PARENT = """
+import sys, time
+from pathlib import Path
+from appliance.host.supervision import spawn_child
+child = spawn_child([sys.executable, "-c", "import time; time.sleep(60)"], log_path=Path(sys.argv[1]))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_spawned_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """SIGKILL of the service process (no shutdown code runs): the kernel's parent-death signal ends the child."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "child.log")], stdout=subprocess.PIPE,
+                              cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert Path(f"/proc/{child_pid}").exists()
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: not _running(child_pid), timeout=10, what="the child to die with its parent")
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def test_exits_and_failures_are_logged_as_events(caplog: pytest.LogCaptureFixture) -> None:
@@ -212,8 +269,8 @@ def test_exits_and_failures_are_logged_as_events(caplog: pytest.LogCaptureFixtur
         sup.tick()
     events = [(r.egressgw_event, r.egressgw_fields) for r in caplog.records]  # type: ignore[attr-defined]
     assert [e for e, _ in events] == ["test.started", "test.exited", "test.spawn_failed"]
-    assert events[1][1] == {"pid": 1000, "rc": 3, "uptime_s": 0.0, "respawn_in_s": 0.5}
-    assert events[2][1] == {"error": "FileNotFoundError: no such binary", "retry_in_s": 1.0}
+    assert events[1][1] == {"pid": 1000, "rc": 3, "uptime_s": 0.0, "respawn_in_s": 0.0}
+    assert events[2][1] == {"error": "FileNotFoundError: no such binary", "retry_in_s": 0.5}
 
 
 def test_spawn_child_writes_the_pid_file_and_the_log(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ def base(n: int) -> Snapshot:
         gateways=(gateway("egw"),),
         policies=(policy("p1", gateway="egw", app="web", eip4="203.0.113.130"),),
         namespaces=(ns("default"),),
-        nodes=(gw_node("gw1", "198.51.100.11"), node("w1", "100.127.0.11")),
+        nodes=(gw_node("gw1", "198.51.100.11"), node("w1", "100.127.0.11", pod_cidrs=("100.64.1.0/24",))),
         pods=tuple(pod("default", f"web-{i}", f"100.64.1.{10 + i}", lbl={"app": "web"}) for i in range(n)),
     )
 

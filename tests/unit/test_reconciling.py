@@ -12,7 +12,7 @@ import pytest
 
 from appliance.core.snapshot import Snapshot
 from appliance.runtime.config import ReconcileSettings
-from appliance.runtime.reconciling import PassOutcome, Reconciler, backoff_delay
+from appliance.runtime.reconciling import PassOutcome, Reconciler, backoff_delay, full_pass
 
 
 class FakeSource:
@@ -245,3 +245,18 @@ def test_drift_check_triggers_a_full_pass_over_an_unchanged_snapshot() -> None:
     flushed[0] = True  # someone ran `nft flush ruleset`
     advance(r, clock, 5.0, step=0.1)
     assert rec.calls and "drift" in rec.calls[0][1]
+
+
+def test_a_run_always_reason_runs_over_an_unchanged_snapshot_without_a_full_pass() -> None:
+    src, clock, rec = FakeSource(), Clock(), Recorder()
+    r = Reconciler(source=src, run_pass=rec, settings=SETTINGS, clock=clock,
+                   run_always=frozenset({"endpoint_liveness"}))
+    advance(r, clock, 0.1)
+    rec.calls.clear()
+    r.notify("endpoint_liveness")  # an input outside the snapshot changed (the agent's endpoint probes)
+    advance(r, clock, 0.1)
+    assert [reasons for _, reasons in rec.calls] == [frozenset({"endpoint_liveness"})]
+    assert not full_pass(rec.calls[0][1])
+    r.notify("Lease/MODIFIED")
+    advance(r, clock, 0.1)
+    assert len(rec.calls) == 1 and r.skipped == 1

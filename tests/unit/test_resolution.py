@@ -84,7 +84,6 @@ def test_cluster_policy_ignores_namespace_default() -> None:
         ((gateway("gw"),), (ns_default("default", "nope"),), policy("p"), Reason.GATEWAY_NOT_FOUND),
         ((gateway("gw"),), (ns("default"),), policy("p"), Reason.NO_DEFAULT_GATEWAY),
         ((), (ns("default"),), policy("p", cluster=True), Reason.NO_DEFAULT_GATEWAY),
-        ((gateway("gw"),), (ns("default"),), policy("p", gateway="gw", eip4="198.51.100.99"), Reason.EIP_NOT_IN_POOL),
         ((gateway("gw", v4=()),), (ns("default"),), policy("p", gateway="gw"), Reason.NO_POOL_FOR_FAMILY),
     ],
 )
@@ -94,6 +93,17 @@ def test_missing_pieces_make_the_policy_pending_never_invalid(gateways, namespac
     assert (o.state, o.reason) == (PolicyState.PENDING, reason)
     assert o.message
     assert resolve(s).steerings == ()
+
+
+def test_explicit_eip_outside_the_resolved_gateways_pool_is_invalid_never_allocated() -> None:
+    """A spec error, not something to wait for: validation refuses an EIP outside the named gateway's pool; this is
+    the same rule for a gateway chosen by default (cluster default here)."""
+    s = snap(gateways=(gateway("gw", cluster_default=True),), namespaces=(ns("default"),),
+             policies=(policy("p", eip4="198.51.100.99"),), pods=(pod("default", "x", "100.64.1.10"),))
+    o = resolve(s).outcomes[0]
+    assert (o.state, o.reason) == (PolicyState.INVALID, Reason.EIP_NOT_IN_POOL)
+    assert o.message.startswith("spec.egressIP.ipv4: 198.51.100.99 ")
+    assert o.eip_v4 is None and resolve(s).steerings == ()
 
 
 def test_p08_default_eip_configured_and_implicit_first_address() -> None:

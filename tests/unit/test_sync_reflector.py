@@ -1,21 +1,26 @@
 """The reflector loop against a scripted fake API: paginated list, ordered events, bookmarks, relist on 410 (HTTP and
-ERROR event), backoff on connection errors with the last good state kept, and Backoff's bounds."""
+ERROR event), backoff on errors the server answers and a short retry on network failures, with the last good state
+kept; a watch restarted when the client's connectivity comes back; Backoff's bounds."""
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from appliance.core.backoff import Backoff
-from k8s_sync.kubeapi import ApiError
+from appliance.core.waiting import wait_until
+from k8s_sync.kubeapi import ApiError, Connectivity
 from k8s_sync.reflector import Reflector, ReflectorSettings, WatchSpec, reconnect_backoff, trim_pod
 from k8s_sync.resources import RESOURCES
 from k8s_sync.store import Store
 
-FAST = ReflectorSettings(backoff_initial=0.001, backoff_max=0.002)
+FAST = ReflectorSettings(backoff_initial=0.001, backoff_max=0.002, network_retry_s=0.002)
 
 
 def obj(name: str, rv: str) -> dict[str, Any]:
@@ -120,7 +125,7 @@ def test_relist_on_http_410_and_on_error_event_410() -> None:
 
 def test_a_watch_read_to_its_end_hands_its_connection_back_open() -> None:
     lists = [{"items": [obj("a", "1")], "metadata": {"resourceVersion": "5"}}]
-    store, r, api = run_script(lists, [[{"type": "ADDED", "object": obj("b", "6")}]])
+    store, _, api = run_script(lists, [[{"type": "ADDED", "object": obj("b", "6")}]])
     assert names(store) == ["a", "b"]
     assert [(s.closed, s.released) for s in api.streams] == [(False, True)]
 
@@ -161,3 +166,109 @@ def test_trim_pod_keeps_what_planners_read() -> None:
     assert t["metadata"] == {"name": "p", "namespace": "n", "labels": {"a": "b"}, "resourceVersion": "3"}
     assert t["spec"] == {"nodeName": "w1", "hostNetwork": False}
     assert set(t["status"]) == {"podIP", "podIPs", "phase"}
+
+
+def reconnect_events(caplog: pytest.LogCaptureFixture) -> list[tuple[str, float]]:
+    return [(r.egressgw_fields["cause"], r.egressgw_fields["delay_s"])  # type: ignore[attr-defined]
+            for r in caplog.records if getattr(r, "egressgw_event", "") == "watch.reconnecting"]
+
+
+def test_network_failures_retry_on_a_short_interval_server_errors_back_off(caplog: pytest.LogCaptureFixture) -> None:
+    settings = ReflectorSettings(backoff_initial=0.2, backoff_max=0.2, network_retry_s=0.01)
+    lists = [{"items": [obj("a", "1")], "metadata": {"resourceVersion": "5"}}]
+    watches: list[Any] = [ConnectionRefusedError("refused"), TimeoutError("connect timed out"),
+                          ApiError(0, "SSLError"), ApiError(503, "Service Unavailable"),
+                          ConnectionResetError("reset"), [{"type": "ADDED", "object": obj("b", "6")}]]
+    done = threading.Event()
+    api = FakeApi(lists, watches, done)
+    store = Store(["Namespace"])
+    r = Reflector(api, WatchSpec(key="Namespace", resource=RESOURCES["Namespace"]), store,  # type: ignore[arg-type]
+                  settings=settings, rng=random.Random(3))
+    with caplog.at_level(logging.INFO):
+        r.start()
+        assert done.wait(10)
+        r.stop()
+    events = reconnect_events(caplog)
+    assert [cause for cause, _ in events][:5] == ["network_error"] * 3 + ["api_error", "network_error"]
+    # the network failures wait within [r/2, r]; the 503 waits the back-off (>= initial/2), never the short retry
+    assert all(0.005 <= d <= 0.01 for c, d in events if c == "network_error")
+    assert [d >= 0.1 for c, d in events if c == "api_error"] == [True]
+    assert names(store) == ["a", "b"] and r.stats["lists"] == 1
+
+
+class BlockingStream(FakeStream):
+    """A watch that delivers nothing until it is shut down (a connection that died silently)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.down = threading.Event()
+        self.shut = False
+
+    def stream(self, amt: Any = None, decode_content: bool = True) -> Iterator[bytes]:
+        self.down.wait(10)
+        if self.shut:
+            raise ConnectionResetError("shut down")
+        yield from ()
+
+    def shutdown(self) -> None:
+        self.shut = True
+        self.down.set()
+
+
+class ConnectedApi(FakeApi):
+    def __init__(self, lists: list[Any], watches: list[Any], done: threading.Event) -> None:
+        super().__init__(lists, watches, done)
+        self.connectivity = Connectivity()
+
+    def open_stream(self, path: str, query: dict[str, Any], read_timeout: float) -> FakeStream:
+        if self.watches and isinstance(self.watches[0], BlockingStream):
+            self.watch_queries.append(dict(query))
+            stream: FakeStream = self.watches.pop(0)
+            self.streams.append(stream)
+            return stream
+        return super().open_stream(path, query, read_timeout)
+
+
+def test_a_silent_watch_is_restarted_when_the_client_reaches_the_server_again() -> None:
+    lists = [{"items": [obj("a", "1")], "metadata": {"resourceVersion": "5"}}]
+    silent = BlockingStream()
+    watches: list[Any] = [silent, [{"type": "ADDED", "object": obj("b", "6")}]]
+    done = threading.Event()
+    api = ConnectedApi(lists, watches, done)
+    store = Store(["Namespace"])
+    r = Reflector(api, WatchSpec(key="Namespace", resource=RESOURCES["Namespace"]), store,  # type: ignore[arg-type]
+                  settings=FAST, rng=random.Random(1))
+    r.start()
+    try:
+        wait_until(lambda: api.streams == [silent], timeout=5, what="the first watch to be open")
+        # another call of the same client fails at the network level, then gets an answer: the silent watch has
+        # delivered nothing since the failure began, so it is restarted at once from its resourceVersion
+        api.connectivity.failed(ConnectionResetError("partition"))
+        assert not api.connectivity.reachable
+        api.connectivity.answered()
+        assert done.wait(5)
+    finally:
+        r.stop()
+    assert silent.shut and silent.closed  # shut down on purpose: closed, never handed back to the pool as is
+    assert r.stats["restarts"] == 1 and r.stats["lists"] == 1
+    assert [q["resourceVersion"] for q in api.watch_queries][:2] == ["5", "5"]
+    assert names(store) == ["a", "b"]
+
+
+def test_a_watch_that_delivered_since_the_failures_began_is_left_alone() -> None:
+    conn = Connectivity(clock=lambda: 0.0)  # failures "began" at monotonic 0, before the watch's last event
+    lists = [{"items": [], "metadata": {"resourceVersion": "5"}}]
+    silent = BlockingStream()
+    done = threading.Event()
+    api = ConnectedApi(lists, [silent], done)
+    api.connectivity = conn
+    r = Reflector(api, WatchSpec(key="Namespace", resource=RESOURCES["Namespace"]), Store(["Namespace"]),  # type: ignore[arg-type]
+                  settings=FAST, rng=random.Random(1))
+    r.start()
+    try:
+        wait_until(lambda: api.streams == [silent], timeout=5, what="the watch to be open")
+        conn.failed(ConnectionResetError("x"))
+        conn.answered()
+        assert not silent.shut and r.stats["restarts"] == 0
+    finally:
+        r.stop()

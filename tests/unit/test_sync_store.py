@@ -176,3 +176,24 @@ def test_service_cidrs_and_calico_pools_reach_the_snapshot() -> None:
     snap = s.snapshot()
     assert snap.service_cidrs == (ipaddress.ip_network("100.100.0.0/16"),)
     assert snap.calico_pools == (ipaddress.ip_network("100.96.0.0/16"),)
+
+
+def test_view_age_counts_from_the_first_watch_that_is_still_down() -> None:
+    """The gateway's stale-member step-back reads this: 0 while everything is listed and watched."""
+    now = [1_000_000.0]
+    s = Store(["Pod", "Lease"], clock=lambda: now[0])
+    now[0] += 4
+    assert s.view_age() == 4.0  # never synced: as old as the store
+    s.replace("Pod", [], "1")
+    s.replace("Lease", [], "1")
+    assert s.view_age() == 0.0
+    s.disconnected("Pod")
+    now[0] += 3
+    s.disconnected("Lease")
+    s.disconnected("Pod")  # a retry that failed again does not move the start of the outage
+    now[0] += 5
+    assert s.view_age() == 8.0
+    s.watching("Pod")  # the Pod watch is open again; the Lease watch is still down
+    assert s.view_age() == 5.0
+    s.watching("Lease")
+    assert s.view_age() == 0.0

@@ -24,7 +24,7 @@ from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, plan_g
 from appliance.datapath.plan.kernel_model import Change, Encap, Op, Route
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE, addr, mark, net
 from appliance.datapath.plan.tunnel import WORKER_NH4, WORKER_NH6, link_name, pick_family
-from appliance.datapath.plan.worker import WorkerPlan, WorkerSettings, plan_worker
+from appliance.datapath.plan.worker import SourceBinding, WorkerPlan, WorkerSettings, plan_worker
 
 
 class NotIncremental(Exception):
@@ -98,7 +98,10 @@ class IncrementalWorker:
         self.wireguard: dict[str, str] = {}
 
     def converge(self, intent: Intent, *, full: bool = True,
-                 wireguard_devices: Mapping[str, str] | None = None) -> ApplyResult:
+                 wireguard_devices: Mapping[str, str] | None = None,
+                 source_bindings: Sequence[SourceBinding] | None = None) -> ApplyResult:
+        """`source_bindings` only reach the full plan: the caller forces `full` when they change what the inet
+        table holds (`WorkerPlan.unbound`)."""
         wg = dict(wireguard_devices or {})
         if not full and self.intent is not None and self.plan is not None and wg == self.wireguard:
             try:
@@ -106,7 +109,7 @@ class IncrementalWorker:
             except NotIncremental:
                 pass
         plan = plan_worker(intent, node=self.node, underlay=self.underlay, settings=self.settings,
-                           wireguard_devices=wg)
+                           wireguard_devices=wg, source_bindings=source_bindings)
         result = self.applier.apply(plan, observe=full)
         self.intent, self.plan, self.wireguard = (intent, plan, wg) if not result.failures else (None, None, {})
         return result
@@ -250,6 +253,11 @@ class IncrementalGateway:
                         elements.put(op, f"masq{v}", key)
                     else:
                         elements.put(op, f"snat{v}", key if op is Op.DELETE else f"{key} : {addr(s.eip)}")
+        # a pod IP that moved (another worker or instance) has its old route deleted and the new one added: the
+        # add is a `route replace` and a delete matches by destination, so the delete would remove the new route
+        replaced = {(c.item.table, c.item.dst) for c in routes if c.op is Op.ADD and isinstance(c.item, Route)}
+        routes = [c for c in routes if not (c.op is Op.DELETE and isinstance(c.item, Route)
+                                            and (c.item.table, c.item.dst) in replaced)]
         result = _apply(self.applier, routes, elements)
         self.intent = new if not result.failures else None
         return result

@@ -8,7 +8,8 @@ added on top), so Prometheus' rate() stays correct.
 
 Exported (all counters): egressgw_datapath_eip_packets_total{eip}, egressgw_datapath_eip_bytes_total{eip},
 egressgw_datapath_snat_connections_total{eip}, egressgw_datapath_endpoint_packets_total{endpoint,vni},
-egressgw_datapath_endpoint_bytes_total{endpoint,vni}, egressgw_datapath_dropped_packets_total{role,reason}.
+egressgw_datapath_endpoint_bytes_total{endpoint,vni}, egressgw_datapath_dropped_packets_total{role,reason},
+egressgw_datapath_spoofed_packets_total{worker} (gateway: `spoofed_<node>` counters of the workers it knows now).
 `eip="nodeip"` counts useNodeIP traffic (masqueraded to the member's uplink address).
 """
 
@@ -60,12 +61,14 @@ class DatapathCollector:
         self._read = read
         self._role = role
         self._totals = MonotonicCounters()
+        self._last_read: Readings = {}
 
     def describe(self) -> list[Any]:
         return []  # unchecked collector: metric families depend on the counters present
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        totals = self._totals.update(self._read())
+        self._last_read = self._read()
+        totals = self._totals.update(self._last_read)
         eip_p = CounterMetricFamily("egressgw_datapath_eip_packets", "Packets through the gateway per EIP "
                                     "(both directions)", labels=["eip"])
         eip_b = CounterMetricFamily("egressgw_datapath_eip_bytes", "Bytes through the gateway per EIP", labels=["eip"])
@@ -77,6 +80,10 @@ class DatapathCollector:
                                    "endpoint", labels=["endpoint", "vni"])
         drops = CounterMetricFamily("egressgw_datapath_dropped_packets", "Packets dropped by the data path, by reason",
                                     labels=["role", "reason"])
+        spoofed = CounterMetricFamily("egressgw_datapath_spoofed_packets", "Tunnel packets a gateway dropped as "
+                                      "spoofed, per worker (inner source not a pod of that worker); only workers "
+                                      "the gateway currently knows", labels=["worker"])
+        readings = self._last_read
         for name, (packets, octets) in sorted(totals.items()):
             kind, _, rest = name.partition("_")
             if kind == "eip":
@@ -90,7 +97,11 @@ class DatapathCollector:
                 ep_b.add_metric([token_to_address(token), vni], octets)
             elif kind == "drop":
                 drops.add_metric([self._role, rest], packets)
+            elif kind == "spoofed" and name in readings:  # bounded label: current workers only
+                spoofed.add_metric([rest], packets)
         yield from (eip_p, eip_b, conns, ep_p, ep_b, drops)
+        if self._role == "gateway":
+            yield spoofed
 
 
 def register(registry: Any, read: Callable[[], Readings], *, role: str) -> DatapathCollector:

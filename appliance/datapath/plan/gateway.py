@@ -57,6 +57,23 @@ GATEWAY_SYSCTLS = (
 )
 
 
+class TunnelSourceCheck(enum.StrEnum):
+    """How the gateway checks where a VXLAN packet claiming a worker's underlay address came from (docs/security.md).
+
+    STRICT: the route back to the outer source must leave through the interface the packet came in on (strict
+    reverse path, `fib saddr . iif oif missing`): a packet from another interface (an external uplink, a second
+    LAN) is dropped even when the upstream router lacks uRPF. Breaks only asymmetric topologies where a worker's
+    tunnel traffic arrives on another interface than the one the gateway routes back to it (ECMP over several
+    uplinks, policy routing on the underlay): use LOOSE there.
+    LOOSE: the outer source must be routable at all (`fib saddr oif missing`): only bogus sources are dropped.
+    OFF: no check (the outer source is still matched against the known workers).
+    """
+
+    STRICT = "strict"
+    LOOSE = "loose"
+    OFF = "off"
+
+
 class GatewaySkipReason(enum.StrEnum):
     NOT_VXLAN = "NotVxlan"
     UNKNOWN_WORKER = "UnknownWorker"
@@ -71,6 +88,9 @@ class GatewaySettings:
     #: the member's override of the inner MTU (wins over TunnelSpec.mtu)
     tunnel_mtu: int | None = None
     marks: MarkSettings = field(default_factory=MarkSettings)
+    #: the reverse-path check of a tunnel packet's outer source (config `tunnel.source_check`); strict by default:
+    #: a gateway must not relay for a spoofed worker address from another interface (docs/security.md)
+    source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -123,6 +143,7 @@ class GatewayPlan:
     #: this member's WireGuard interfaces and listen ports (WireGuard instances only)
     wireguard_links: tuple[str, ...] = ()
     wireguard_ports: tuple[int, ...] = ()
+    source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
 
 
 def ip_key(ip: IPAddress) -> tuple[int, int]:
@@ -267,5 +288,47 @@ def plan_gateway(
         uplink=own,
         wireguard_links=tuple(sorted(wireguard_devices)) if wg else (),
         wireguard_ports=tuple(sorted({p for i in wg.values() for p in (i.tunnel.udp_port, i.tunnel.udp_port + 1)})),
-        skipped=tuple(skipped),
+        skipped=tuple(skipped), source_check=settings.source_check,
+    )
+
+
+#: what one pod IP's traffic is bound to on a gateway member: the pod IP, the worker node(s) ("" for WireGuard),
+#: then the (instance, EIP as (version, int) or None for useNodeIP, destination as (int, prefix length)) triples
+PodBinding = tuple[IPAddress, str, tuple[tuple[str, tuple[int, int] | None, tuple[int, int]], ...]]
+#: pod IP as (version, int): hashing ipaddress objects dominated this at 10k pods
+PodKey = tuple[int, int]
+
+
+def pod_bindings(intent: Intent, *, member: str) -> dict[PodKey, PodBinding]:
+    """For each pod IP steered to one of `member`'s instances: where its traffic comes from and leaves as.
+
+    Two passes comparing their bindings find the pod IPs whose steering on this member ended, started, or moved
+    (another EIP, destination, worker or instance): their conntrack entries must go (docs/datapath.md, "Steering
+    changes and existing flows"). Linear in the steerings, with integer keys.
+    """
+    mine = {i.name: i.tunnel.type for i in intent.instances if any(m.name == member for m in i.members)}
+    nodes: dict[PodKey, set[str]] = {}
+    ips: dict[PodKey, IPAddress] = {}
+    out: dict[PodKey, list[tuple[str, tuple[int, int] | None, tuple[int, int]]]] = {}
+    for s in intent.steerings:
+        kind = mine.get(s.gateway)
+        if kind is None:
+            continue
+        key = (s.pod_ip.version, int(s.pod_ip))
+        ips[key] = s.pod_ip
+        nodes.setdefault(key, set()).add(s.node if kind is TunnelType.VXLAN else "")
+        eip = None if s.eip is None else (s.eip.version, int(s.eip))
+        out.setdefault(key, []).extend(
+            (s.gateway, eip, (int(d.network_address), d.prefixlen)) for d in s.destinations
+        )
+    return {
+        k: (ips[k], ",".join(sorted(nodes[k])), tuple(sorted(v, key=lambda t: (t[0], t[1] or (0, 0), t[2]))))
+        for k, v in out.items()
+    }
+
+
+def changed_bindings(old: Mapping[PodKey, PodBinding], new: Mapping[PodKey, PodBinding]) -> frozenset[IPAddress]:
+    """Pod IPs whose binding differs between two passes (steering started, ended or moved)."""
+    return frozenset(
+        (old.get(k) or new[k])[0] for k in old.keys() | new.keys() if old.get(k) != new.get(k)
     )

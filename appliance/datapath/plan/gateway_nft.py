@@ -3,7 +3,7 @@ selection checks (forward), SNAT to the EIPs (postrouting), per-EIP accounting. 
 
 from __future__ import annotations
 
-from appliance.datapath.plan.gateway import GatewayPlan
+from appliance.datapath.plan.gateway import GatewayPlan, TunnelSourceCheck
 from appliance.datapath.plan.nft_rendering import NftSet, NftTable, addr, mark, net, split_families
 from appliance.datapath.plan.tunnel import addr_token
 
@@ -16,13 +16,43 @@ GATEWAY_DROPS = (
     "drop_cluster_destination",
     "drop_unselected",
     "drop_no_snat",
+    "drop_tunnel_source",
+    "drop_unsteered_reply",
 )
+
+#: per-worker spoofed-drop counters: `spoofed_<node>` (metric egressgw_datapath_spoofed_packets_total{worker})
+SPOOFED_PREFIX = "spoofed_"
+#: nft object names are at most 255 bytes; node names are DNS subdomains of at most 253
+_MAX_NAME = 250
+
+
+#: echo requests to an EIP from a known worker (VTEP) are answered so a worker can learn, without the API server,
+#: whether some member carries the EIP; the rate is per source address (a dynamic set keyed by the worker's
+#: address; only known VTEPs get an entry, so it holds at most one entry per worker); beyond the rate they are
+#: dropped as unsolicited like every other new packet to an EIP
+PROBE_RATE = "10/second burst 20 packets"
+PROBE_METER_TIMEOUT = 10
+
+
+def spoofed_counter(node: str) -> str:
+    """The name of a worker's spoofed-drop counter (Kubernetes node names are valid nft identifiers after a
+    letter prefix; an absurdly long one is cut, which only shortens its metric label)."""
+    return (SPOOFED_PREFIX + node)[:_MAX_NAME]
+
+
+def _source_check(plan: GatewayPlan) -> str:
+    if plan.source_check is TunnelSourceCheck.STRICT:
+        return "\t\tudp dport @tunnel_ports fib saddr . iif oif missing counter name drop_tunnel_source drop\n"
+    if plan.source_check is TunnelSourceCheck.LOOSE:
+        return "\t\tudp dport @tunnel_ports fib saddr oif missing counter name drop_tunnel_source drop\n"
+    return ""
 
 
 def gateway_table(plan: GatewayPlan) -> NftTable:
     m = plan.marks
     base, mask = mark(m.mark_base), mark(m.mark_mask)
     c4, c6 = split_families(plan.cluster_cidrs)
+    workers = {v.mark: v.node for v in plan.vteps}
 
     def fam(v: int) -> str:
         return "ipv4_addr" if v == 4 else "ipv6_addr"
@@ -36,8 +66,11 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
                elements=frozenset((str(p), None) for p in plan.wireguard_ports)),
         NftSet(name="wg_links", key_type="ifname",
                elements=frozenset((n, None) for n in plan.wireguard_links)),
+        NftSet(name="spoofcount", key_type="mark", data_type="counter",
+               elements=frozenset((mark(mk), spoofed_counter(node)) for mk, node in workers.items())),
     ]
     for v, c in ((4, c4), (6, c6)):
+        sets.append(NftSet(name=f"probe{v}", key_type=fam(v), dynamic_timeout=PROBE_METER_TIMEOUT))
         sets += [
             NftSet(name=f"vteps{v}", key_type=fam(v), data_type="mark",
                    elements=frozenset((addr(t.address), mark(t.mark)) for t in plan.vteps if t.address.version == v)),
@@ -65,15 +98,19 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
             NftSet(name=f"eipconn{v}", key_type=fam(v), data_type="counter",
                    elements=frozenset((addr(a), f"conn_{t}") for a, t in counted)),
         ]
+    probe4 = f"update @probe4 {{ ip saddr limit rate {PROBE_RATE} }}"
+    probe6 = f"update @probe6 {{ ip6 saddr limit rate {PROBE_RATE} }}"
     chains = f"""\tchain input {{
 \t\ttype filter hook input priority filter; policy accept;
-\t\tudp dport @tunnel_ports meta mark set ip saddr map @vteps4 accept
+{_source_check(plan)}\t\tudp dport @tunnel_ports meta mark set ip saddr map @vteps4 accept
 \t\tudp dport @tunnel_ports meta mark set ip6 saddr map @vteps6 accept
 \t\tudp dport @tunnel_ports counter name drop_unknown_vtep drop
 \t\tudp dport @wg_ports accept
 \t\tiifname @tunnel_links counter name drop_tunnel_to_local drop
 \t\tiifname @wg_links ip6 daddr fe80::1 icmpv6 type echo-request accept
 \t\tiifname @wg_links counter name drop_tunnel_to_local drop
+\t\tip daddr @eips4 icmp type echo-request ip saddr @vteps4 {probe4} accept
+\t\tip6 daddr @eips6 icmpv6 type echo-request ip6 saddr @vteps6 {probe6} accept
 \t\tip daddr @eips4 ct state new,invalid counter name drop_eip_unsolicited drop
 \t\tip6 daddr @eips6 ct state new,invalid counter name drop_eip_unsolicited drop
 \t}}
@@ -85,6 +122,7 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
+\t\tct direction reply ct mark & {mask} == {base} ct mark != {base} jump to_tunnel_reply
 \t\tiifname @tunnel_links jump from_tunnel
 \t\tiifname @wg_links jump from_wireguard
 \t\toifname @tunnel_links tcp flags syn tcp option maxseg size set rt mtu
@@ -97,14 +135,22 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
 \t\tct state new ct mark set {base}
 \t}}
+\tchain to_tunnel_reply {{
+\t\tmeta nfproto ipv4 meta mark . ip daddr != @pods4 counter name drop_unsteered_reply drop
+\t\tmeta nfproto ipv6 meta mark . ip6 daddr != @pods6 counter name drop_unsteered_reply drop
+\t}}
 \tchain from_tunnel {{
-\t\tmeta nfproto ipv4 meta mark . ip saddr != @pods4 counter name drop_spoofed drop
-\t\tmeta nfproto ipv6 meta mark . ip6 saddr != @pods6 counter name drop_spoofed drop
+\t\tmeta nfproto ipv4 meta mark . ip saddr != @pods4 jump spoofed
+\t\tmeta nfproto ipv6 meta mark . ip6 saddr != @pods6 jump spoofed
 \t\tip daddr @cluster4 counter name drop_cluster_destination drop
 \t\tip6 daddr @cluster6 counter name drop_cluster_destination drop
 \t\tmeta nfproto ipv4 ip saddr . ip daddr != @snat4 ip saddr . ip daddr != @masq4 counter name drop_unselected drop
 \t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
 \t\tct state new ct mark set meta mark
+\t}}
+\tchain spoofed {{
+\t\tcounter name meta mark map @spoofcount
+\t\tcounter name drop_spoofed drop
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat - 10; policy accept;
@@ -123,4 +169,5 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tct state new ct direction original ct mark & {mask} == {base} counter name ip6 saddr map @eipconn6
 \t}}"""
     counters = set(GATEWAY_DROPS) | {f"eip_{c}" for c in plan.counters} | {f"conn_{c}" for c in plan.counters}
+    counters |= {spoofed_counter(node) for node in workers.values()}
     return NftTable(role="gateway", chains=chains, sets=tuple(sets), counters=frozenset(counters))

@@ -31,6 +31,11 @@ class NftSet:
     data_type: str | None = None
     interval: bool = False
     elements: frozenset[Element] = frozenset()
+    #: > 0: a set the ruleset fills itself (`update @set { ... }`, e.g. a per-source rate meter) whose entries expire
+    #: after this many seconds; it has no desired elements and the applier never touches its contents
+    dynamic_timeout: int = 0
+    #: maximum number of entries of a dynamic set
+    size: int = 65535
 
     @property
     def kind(self) -> str:
@@ -39,6 +44,8 @@ class NftSet:
     def declaration(self) -> str:
         typ = f"{self.key_type} : {self.data_type}" if self.data_type else self.key_type
         flags = " flags interval;" if self.interval else ""
+        if self.dynamic_timeout:
+            flags = f" size {self.size}; flags dynamic,timeout; timeout {self.dynamic_timeout}s;"
         return f"{self.kind} {self.name} {{ type {typ};{flags} }}"
 
 
@@ -134,6 +141,8 @@ def render_delta(observed: Contents, table: NftTable) -> tuple[str, int]:
     lines += [f"add counter {FAMILY} {TABLE} {c}" for c in sorted(new_counters)]
     changes += len(new_counters)
     for s in table.sets:
+        if s.dynamic_timeout:
+            continue
         have = observed.elements.get(s.name, frozenset())
         have_keys = {k: v for k, v in have}
         want_keys = {k: v for k, v in s.elements}

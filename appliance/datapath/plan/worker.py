@@ -14,12 +14,19 @@ packet itself, which keeps the inner packet's mark, by the main table (else it w
 
 When a gateway instance has no alive member: FailClosed (default) marks the traffic with the drop mark (counted
 and dropped), FailOpen leaves it unsteered (it leaves with the node IP).
+
+Source validation (`SourceValidation`, docs/datapath.md "Source binding"): steering matches on the source address,
+so a steered packet must also come from the interface that owns that address, else any pod of the node could send
+with a selected pod's IP (raw socket) and leave with the EIP. Routed pod interfaces (a /32 or /128 route per pod)
+are checked by a strict reverse-path lookup; pods on a Linux bridge by their (pod IP, bridge port) binding, which the
+applier discovers in the pods' network namespaces (`appliance.datapath.apply.pod_interfaces`) and `check_sources`
+turns into the bridge table's elements. Discovery is imperative; everything here is pure.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
@@ -57,6 +64,60 @@ class SkipReason(enum.StrEnum):
     NO_ENDPOINT_FOR_UNDERLAY = "NoEndpointForUnderlayFamily"
     NO_GATEWAY_FAIL_OPEN = "NoGatewayFailOpen"
     OVERLAPPING_DESTINATION = "OverlappingDestination"
+    #: a steered pod IP found on no pod interface of this node (strict: its steered traffic is dropped; rpf: steered
+    #: with the reverse-path check only)
+    SOURCE_BINDING_UNKNOWN = "SourceBindingUnknown"
+    #: a steered pod IP configured on two pod interfaces (a pod claims another pod's address): treated as unknown
+    SOURCE_BINDING_CONFLICT = "SourceBindingConflict"
+    #: a steered pod IP whose host-side interface is enslaved to something that is not a Linux bridge (OVS...): its
+    #: port cannot be checked by the bridge table; treated as unknown
+    SOURCE_BINDING_UNENFORCEABLE = "SourceBindingUnenforceable"
+
+
+#: the skips `check_sources` decides (the agent refreshes them on every pass, also when the plan is not redone)
+SOURCE_SKIPS = frozenset({SkipReason.SOURCE_BINDING_UNKNOWN, SkipReason.SOURCE_BINDING_CONFLICT,
+                          SkipReason.SOURCE_BINDING_UNENFORCEABLE})
+
+
+class SourceValidation(enum.StrEnum):
+    """How a worker checks that a steered packet comes from the pod that owns its source address."""
+
+    #: reverse-path check + bridge-port binding; a steered pod IP without a discovered binding is not allowed to
+    #: leave with the EIP (its steered traffic is dropped and counted, `drop_source_unbound`)
+    STRICT = "strict"
+    #: reverse-path check + the bindings that were discovered; a pod IP without one is still steered (on a bridge,
+    #: the CNI's own anti-spoofing is then what protects the EIP)
+    RPF = "rpf"
+    #: no check (benchmarks of the checks' cost; a CNI that enforces source addresses itself)
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceBinding:
+    """A pod address and the host-side interface it lives behind (discovered in the pod's network namespace).
+
+    `bridge` is the Linux bridge the interface is a port of; "" for a routed interface (own /32 or /128 route);
+    None when the interface is enslaved to something else (an OVS datapath...), where no port check is possible.
+    """
+
+    pod_ip: IPAddress
+    interface: str
+    bridge: str | None = ""
+
+    def order(self) -> tuple[int, int, str, str]:
+        """Sort key (addresses of both families in one list)."""
+        return self.pod_ip.version, int(self.pod_ip), self.interface, self.bridge or ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceCheck:
+    """What `check_sources` decided for this node's steered pod IPs."""
+
+    #: bindings on a bridge port: the bridge table drops a packet with this source from any other port
+    bridged: tuple[SourceBinding, ...] = ()
+    #: strict mode: steered pod IPs without a usable binding (their steered traffic is dropped)
+    unbound: tuple[IPAddress, ...] = ()
+    skipped: tuple[Skip, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +127,8 @@ class WorkerSettings:
     #: the node's override of the inner MTU (wins over TunnelSpec.mtu)
     tunnel_mtu: int | None = None
     marks: MarkSettings = field(default_factory=MarkSettings)
+    #: what a steered packet's source is checked against (see `SourceValidation`)
+    source_validation: SourceValidation = SourceValidation.STRICT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -115,6 +178,19 @@ class WorkerPlan:
     tunnel_ports: tuple[int, ...]
     marks: MarkSettings
     skipped: tuple[Skip, ...] = ()
+    source_validation: SourceValidation = SourceValidation.STRICT
+    #: bridge-port bindings of steered pod IPs (rendered into the bridge table, `worker_nft.worker_bridge_table`)
+    bridged: tuple[SourceBinding, ...] = ()
+    #: strict mode: steered pod IPs without a usable binding
+    unbound: tuple[IPAddress, ...] = ()
+    #: every address a gateway takes tunnel packets on (every instance's EIPs and members, both families, whatever
+    #: the underlay family): a pod's UDP to a tunnel port there is dropped (it would be decapsulated as this node)
+    tunnel_guard: tuple[IPAddress, ...] = ()
+
+    @property
+    def tunnel_devices(self) -> tuple[str, ...]:
+        """Every device steered traffic leaves by and its replies come back on: VXLAN links and WireGuard devices."""
+        return tuple(sorted({*self.tunnel_links, *(e.device for e in self.endpoints if e.device)}))
 
 
 def _no_gateway(instance: GatewayInstance | None, steering: Steering) -> bool:
@@ -135,11 +211,14 @@ def plan_worker(
     underlay: IPAddress,
     settings: WorkerSettings,
     wireguard_devices: Mapping[str, str] | None = None,
+    source_bindings: Sequence[SourceBinding] | None = None,
 ) -> WorkerPlan:
     """The whole desired data path of worker `node` whose underlay (tunnel source) address is `underlay`.
 
     `wireguard_devices`: instance name -> WireGuard device (`WireguardPlan.route_devices`); steerings of WireGuard
     instances are steered like VXLAN ones, their endpoint table routing `dev <device>` instead of encapsulating.
+    `source_bindings`: the pod interfaces discovered on this node (`check_sources`); None = not discovered (the
+    caller checks no bindings: only the reverse-path check applies, unless source validation is off).
     """
     wg = dict(wireguard_devices or {})
     marks = settings.marks
@@ -207,11 +286,66 @@ def plan_worker(
     )
     ports = sorted({e.port for e in endpoints if not e.device})
     kernel = _kernel(endpoints, ports, underlay=underlay, settings=settings, intent=intent)
+    sources = check_sources(intent, node=node, mode=settings.source_validation, bindings=source_bindings)
     return WorkerPlan(
         node=node, underlay=underlay, kernel=kernel, endpoints=tuple(endpoints), steer=entries,
         cluster_cidrs=sorted_nets(intent.cluster_cidrs), tunnel_links=tuple(link_name(p) for p in ports),
-        tunnel_ports=tuple(ports), marks=marks, skipped=tuple(skipped),
+        tunnel_ports=tuple(ports), marks=marks, skipped=tuple(skipped) + sources.skipped,
+        source_validation=settings.source_validation, bridged=sources.bridged, unbound=sources.unbound,
+        tunnel_guard=tunnel_guard(intent),
     )
+
+
+def tunnel_guard(intent: Intent) -> tuple[IPAddress, ...]:
+    """Every gateway-side tunnel address of the cluster (pure): the instances' EIPs, their members' addresses and
+    every steering's endpoints, both families, sorted."""
+    found: set[IPAddress] = set()
+    for inst in intent.instances:
+        found.update(inst.eips)
+        found.update(m.address for m in inst.members)
+    for s in intent.steerings:
+        found.update(s.endpoints)
+    return tuple(sorted(found, key=lambda a: (a.version, int(a))))
+
+
+def check_sources(
+    intent: Intent, *, node: str, mode: SourceValidation, bindings: Iterable[SourceBinding] | None
+) -> SourceCheck:
+    """Match this node's steered pod IPs with the discovered pod interfaces (pure; the agent also calls it on pod
+    churn passes to refresh the bridge table without a full plan).
+
+    A pod IP on one bridge port becomes a bridge binding; on one routed interface it needs nothing more (the
+    reverse-path check binds it); on none, on two, or behind a non-bridge master it is unknown: skipped with a
+    reason, and in strict mode listed in `unbound`. `bindings` None (not discovered) or mode off: no decision.
+    """
+    if mode is SourceValidation.OFF or bindings is None:
+        return SourceCheck()
+    found: dict[IPAddress, list[SourceBinding]] = {}
+    for b in bindings:
+        found.setdefault(b.pod_ip, []).append(b)
+    policy: dict[IPAddress, str] = {}
+    for s in sorted(intent.steerings, key=steering_key):
+        if s.node == node:
+            policy.setdefault(s.pod_ip, str(s.policy))
+    bridged: list[SourceBinding] = []
+    unbound: list[IPAddress] = []
+    skipped: list[Skip] = []
+    for ip in sorted(policy, key=lambda a: (a.version, int(a))):
+        here = sorted(set(found.get(ip, ())), key=SourceBinding.order)
+        reason: SkipReason | None = None
+        if not here:
+            reason = SkipReason.SOURCE_BINDING_UNKNOWN
+        elif len(here) > 1:
+            reason = SkipReason.SOURCE_BINDING_CONFLICT
+        elif here[0].bridge is None:
+            reason = SkipReason.SOURCE_BINDING_UNENFORCEABLE
+        elif here[0].bridge:
+            bridged.append(here[0])
+        if reason is not None:
+            skipped.append(Skip(pod_ip=ip, policy=policy[ip], reason=reason))
+            if mode is SourceValidation.STRICT:
+                unbound.append(ip)
+    return SourceCheck(bridged=tuple(bridged), unbound=tuple(unbound), skipped=tuple(skipped))
 
 
 def _slots(keys: set[EndpointKey]) -> dict[EndpointKey, int]:

@@ -1,20 +1,31 @@
-"""Pure rendering of a worker plan into our nftables table: steering (prerouting), tunnel guards (forward), the
-identity SNAT that keeps the CNI's masquerade off steered packets (postrouting). See docs/datapath.md."""
+"""Pure rendering of a worker plan into our nftables tables: steering and source checks (prerouting), tunnel guards
+(forward), the identity SNAT that keeps the CNI's masquerade off steered packets (postrouting), all in
+`inet egressgw`; and the bridge-port bindings of steered pods in `bridge egressgw` (`worker_bridge_table`). See
+docs/datapath.md."""
 
 from __future__ import annotations
 
-from appliance.datapath.plan.nft_rendering import NftSet, NftTable, addr, mark, net, split_families
-from appliance.datapath.plan.worker import WorkerPlan
+from collections.abc import Iterable
 
-#: drop counters by reason (metric label `reason` = the name without `drop_`)
-WORKER_DROPS = ("drop_no_gateway", "drop_pod_tunnel", "drop_unsteered_flow")
+from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY
+from appliance.datapath.plan.nft_rendering import TABLE, Element, NftSet, NftTable, addr, mark, net, split_families
+from appliance.datapath.plan.worker import SourceBinding, SourceValidation, WorkerPlan
+
+#: drop counters by reason (metric label `reason` = the name without `drop_`), in `inet egressgw`
+WORKER_DROPS = (
+    "drop_no_gateway", "drop_pod_tunnel", "drop_unsteered_flow", "drop_source_rpf", "drop_source_unbound",
+    "drop_tunnel_unsolicited",
+)  # fmt: skip
+#: drop counters of the worker's bridge table (`bridge egressgw`)
+BRIDGE_DROPS = ("drop_source_spoofed",)
+BRIDGE_FAMILY = "bridge"
 
 
 def worker_table(plan: WorkerPlan) -> NftTable:
     m = plan.marks
     base, mask = mark(m.mark_base), mark(m.mark_mask)
     c4, c6 = split_families(plan.cluster_cidrs)
-    gateways = sorted({e.address for e in plan.endpoints}, key=lambda a: (a.version, int(a)))
+    gateways = sorted({*plan.tunnel_guard, *(e.address for e in plan.endpoints)}, key=lambda a: (a.version, int(a)))
     steer4 = frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", mark(e.mark)) for e in plan.steer
                        if e.pod_ip.version == 4)
     steer6 = frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", mark(e.mark)) for e in plan.steer
@@ -32,7 +43,23 @@ def worker_table(plan: WorkerPlan) -> NftTable:
                elements=frozenset((str(p), None) for p in plan.tunnel_ports)),
         NftSet(name="endpoint_counters", key_type="mark", data_type="counter",
                elements=frozenset((mark(e.mark), e.counter) for e in plan.endpoints)),
+        NftSet(name="tunnel_devices", key_type="ifname", elements=frozenset((d, None) for d in plan.tunnel_devices)),
+        NftSet(name="unbound4", key_type="ipv4_addr",
+               elements=frozenset((addr(a), None) for a in plan.unbound if a.version == 4)),
+        NftSet(name="unbound6", key_type="ipv6_addr",
+               elements=frozenset((addr(a), None) for a in plan.unbound if a.version == 6)),
     )
+    ours = f"meta mark & {mask} == {base}"
+    checks = ""
+    if plan.source_validation is SourceValidation.STRICT:
+        checks += f"""
+\t\t{ours} ip saddr @unbound4 counter name drop_source_unbound drop
+\t\t{ours} ip6 saddr @unbound6 counter name drop_source_unbound drop"""
+    if plan.source_validation is not SourceValidation.OFF:
+        # strict reverse path: the pod's own interface must be the route back to its address (routed CNIs: the
+        # pod's /32 (/128) route; bridged pods pass here and are bound to their port by the bridge table)
+        checks += f"""
+\t\t{ours} fib saddr . iif oif missing counter name drop_source_rpf drop"""
     chains = f"""\tchain prerouting {{
 \t\ttype filter hook prerouting priority mangle; policy accept;
 \t\tct direction reply return
@@ -40,10 +67,15 @@ def worker_table(plan: WorkerPlan) -> NftTable:
 \t\tip6 daddr @cluster6 return
 \t\tmeta mark set ip saddr . ip daddr map @steer4
 \t\tmeta mark set ip6 saddr . ip6 daddr map @steer6
-\t\tmeta mark {mark(m.drop_mark)} counter name drop_no_gateway drop
+\t\tmeta mark {mark(m.drop_mark)} counter name drop_no_gateway drop{checks}
+\t}}
+\tchain from_tunnel {{
+\t\tct direction reply ct mark & {mask} == {base} return
+\t\tcounter name drop_tunnel_unsolicited drop
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname @tunnel_devices jump from_tunnel
 \t\tip daddr @gateways4 udp dport @tunnel_ports counter name drop_pod_tunnel drop
 \t\tip6 daddr @gateways6 udp dport @tunnel_ports counter name drop_pod_tunnel drop
 \t\tct direction original ct mark & {mask} == {base} meta mark & {mask} != {base} counter name drop_unsteered_flow drop
@@ -53,10 +85,81 @@ def worker_table(plan: WorkerPlan) -> NftTable:
 \t\tcounter name meta mark map @endpoint_counters
 \t}}
 \tchain postrouting {{
-\t\ttype nat hook postrouting priority srcnat - 10; policy accept;
+\t\ttype nat hook postrouting priority {WORKER_SNAT_PRIORITY}; policy accept;
 \t\tmeta mark & {mask} != {base} return
 \t\tmeta nfproto ipv4 snat ip to ip saddr
 \t\tmeta nfproto ipv6 snat ip6 to ip6 saddr
 \t}}"""
     counters = frozenset(WORKER_DROPS) | {e.counter for e in plan.endpoints}
     return NftTable(role="worker", chains=chains, sets=sets, counters=frozenset(counters))
+
+
+# ----- the bridge table: (pod IP, bridge port) bindings -----
+
+
+def _binding_key(b: SourceBinding) -> str:
+    return f"{addr(b.pod_ip)} . {b.interface}"
+
+
+def worker_bridge_table(bridged: Iterable[SourceBinding]) -> NftTable:
+    """`bridge egressgw`: a frame whose source is a bound (steered, bridged) pod IP, arriving on any bridge port but
+    that pod's, is dropped and counted (`drop_source_spoofed`), whatever its destination.
+
+    Runs at the bridge's prerouting hook, where `iifname` is the port the frame came in by (the inet table only sees
+    the bridge device). Only steered pod IPs are bound: the check protects the EIP, and a stale binding (a pod IP
+    reused by a new pod before the next pass) can only hold up that IP's traffic until the pass that rebinds it.
+    """
+    items = sorted(set(bridged), key=SourceBinding.order)
+    sets = tuple(
+        s
+        for v, key in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+        for s in (
+            NftSet(name=f"bound{v}", key_type=key,
+                   elements=frozenset((addr(b.pod_ip), None) for b in items if b.pod_ip.version == v)),
+            NftSet(name=f"bindings{v}", key_type=f"{key} . ifname",
+                   elements=frozenset((_binding_key(b), None) for b in items if b.pod_ip.version == v)),
+        )
+    )
+    chains = """\tchain prerouting {
+\t\ttype filter hook prerouting priority filter; policy accept;
+\t\tip saddr @bound4 ip saddr . iifname != @bindings4 counter name drop_source_spoofed drop
+\t\tip6 saddr @bound6 ip6 saddr . iifname != @bindings6 counter name drop_source_spoofed drop
+\t}"""
+    return NftTable(role="worker-bridge", chains=chains, sets=sets, counters=frozenset(BRIDGE_DROPS))
+
+
+def bridge_element_text(s: NftSet, e: Element) -> str:
+    """An element as nft input: the interface name of a (pod IP . ifname) key is quoted."""
+    key, _ = e
+    if s.key_type.endswith(". ifname"):
+        ip, _, ifname = key.partition(" . ")
+        return f'{ip} . "{ifname}"'
+    return key
+
+
+def render_bridge_full(table: NftTable) -> str:
+    """One `nft -f` transaction replacing `bridge egressgw` (create-if-missing, delete, create): atomic."""
+    head = f"{BRIDGE_FAMILY} {TABLE}"
+    out = [f"table {head}", f"delete table {head}", f"table {head} {{", f'\tcomment "{table.comment}"']
+    out += [f"\tcounter {c} {{ }}" for c in sorted(table.counters)]
+    for s in table.sets:
+        body = ", ".join(bridge_element_text(s, e) for e in sorted(s.elements))
+        out.append(f"\t{s.declaration()[:-1]}" + (f" elements = {{ {body} }}" if body else "") + " }")
+    out += [table.chains, "}"]
+    return "\n".join(out) + "\n"
+
+
+def render_bridge_elements(table: NftTable, observed: dict[str, frozenset[Element]]) -> tuple[str, int]:
+    """The transaction refreshing the sets whose elements differ (flush + add: atomic, the counter keeps counting);
+    (text, number of sets rewritten)."""
+    lines: list[str] = []
+    changed = 0
+    for s in table.sets:
+        if observed.get(s.name, frozenset()) == s.elements:
+            continue
+        changed += 1
+        lines.append(f"flush set {BRIDGE_FAMILY} {TABLE} {s.name}")
+        if s.elements:
+            body = ", ".join(bridge_element_text(s, e) for e in sorted(s.elements))
+            lines.append(f"add element {BRIDGE_FAMILY} {TABLE} {s.name} {{ {body} }}")
+    return ("\n".join(lines) + "\n" if lines else "", changed)

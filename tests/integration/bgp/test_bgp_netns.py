@@ -15,7 +15,7 @@ import pytest
 
 from appliance.core.intent import GatewayInstance
 from appliance.core.model import IPPool, IPRange, Member
-from appliance.core.waiting import elapsed_until
+from appliance.core.waiting import elapsed_until, wait_until
 from bgp.announcing import Announcement, announcements_for
 from bgp.draining import drain_announcements
 from bgp.settings import DrainSettings
@@ -178,10 +178,15 @@ def test_returning_member_in_hold_down_does_not_take_the_primary(bed: Bed) -> No
     g2.speaker.set_announcements(plan("gw2", hold=False))
     g1.speaker.set_announcements(plan("gw1", hold=True))  # gw1 just came back: hold-down
     for g in (g1, g2):
-        assert g.speaker.wait_peers("up", 20) and g.speaker.wait_converged(5)
+        assert g.speaker.wait_peers("up", 60) and g.speaker.wait_converged(30)
     cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
-    assert elapsed_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), timeout=5) is not None
-    # FRR may briefly keep the first path received before it re-runs best path (MED): wait for the decision
-    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], timeout=5) is not None
+    wait_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), timeout=30,
+               what="both paths in the router's RIB", describe=lambda: bed.tb.router_cli(cmd))
+    # the RIB holding both paths says nothing about the kernel yet (FRR: bgpd runs best path, then zebra installs
+    # it): wait for the kernel route to be the ranked backup's
+    wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], timeout=30,
+               what="the router's kernel route via the ranked backup gw2",
+               describe=lambda: (bed.tb.router_route(EIP4), bed.tb.router_cli(cmd)))
     g1.speaker.set_announcements(plan("gw1", hold=False))  # hold-down over: gw1 takes its primary back
-    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
+    wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=30,
+               what="the router's kernel route back via gw1", describe=lambda: bed.tb.router_route(EIP4))

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from labtest_support import PREFIX, ROOT, TOPOLOGIES, lab_leftovers, require
@@ -89,7 +88,6 @@ def test_down_after_sigkill_during_bring_up() -> None:
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait(timeout=5)
         assert lab_leftovers(prefix)
-        time.sleep(0.2)
         done = subprocess.run([EGRESSGW, "lab", "down", name], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert_nothing_left(prefix, name, [], links_before)

@@ -1,9 +1,10 @@
 """EgressClusterInfo status against the real API server: I01 consistent with the cluster (node IPs, the Service CIDR
 found by probing the allocator, pod CIDRs, extraCidr), I02-I05 edits followed (clusterIP / nodeIP switches,
-podCidrMode, extraCidr), I06 Calico IPPools when that CRD is served."""
+podCidrMode, extraCidr), I06 Calico IPPools when that CRD is served, I07 pod IPs outside every pod CIDR warned."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -140,3 +141,44 @@ def _served(api: KubeApi) -> bool:
     return any(r.get("name") == "ippools" for r in found.get("resources") or ())
 
 
+
+
+def _uncovered_v6(status: JSON) -> int:
+    """IPv6 pod IPs outside every detected source, from the PodCIDRsIncomplete condition (0 when it is False)."""
+    cond = next((c for c in status.get("conditions") or () if c.get("type") == "PodCIDRsIncomplete"), None)
+    if cond is None or cond.get("status") != "True":
+        return 0
+    m = re.match(r"(\d+) pod IPs \((\d+) IPv4, (\d+) IPv6\)", cond.get("message") or "")
+    assert m is not None and cond["reason"] == "PodIPsOutsidePodCIDRs", cond
+    return int(m.group(3))
+
+
+def test_pod_ips_outside_every_pod_cidr_are_reported(writing_sync: Callable[[], ClusterSync], kube: Kube) -> None:
+    """I07: a node whose podCIDRs list only IPv4 (what the dual-stack lab's API server keeps) and a dual-stack pod on
+    it: the status warns with counts and the pod as an example; extraCidr covering the IPv6 pod network clears it.
+    Counted relative to the start (pods of earlier tests in this API server may be strays too)."""
+    node = kube.unique("ci-node")
+    kube.node(node, ips=("100.127.0.21",), pod_cidrs=("100.64.21.0/24",))
+    kube.create({"apiVersion": "egressgw.io/v1alpha1", "kind": "EgressClusterInfo", "metadata": {"name": "default"},
+                 "spec": {"autoDetect": {"podCidrMode": "k8s"}}})
+    ns = kube.unique("ci-ns")
+    kube.namespace(ns)
+    writing_sync()
+    start = info_status(kube, lambda s: node in (s.get("nodeIP") or {}) and any(
+        c.get("type") == "PodCIDRsIncomplete" for c in s.get("conditions") or ()))
+    before = _uncovered_v6(start)
+    kube.pod(ns, "dual", node=node, ips=("100.64.21.10", "2001:db8:64:21::10"))
+    st = info_status(kube, lambda s: _uncovered_v6(s) == before + 1)
+    [cond] = [c for c in st["conditions"] if c["type"] == "PodCIDRsIncomplete"]
+    assert cond["status"] == "True" and "outside every detected pod CIDR (source: k8s)" in cond["message"]
+    assert "extraCidr" in cond["message"]
+    if before == 0:
+        assert f"2001:db8:64:21::10 ({ns}/dual)" in cond["message"]
+    # the operator covers the IPv6 pod network: this pod is no longer a stray
+    kube.patch("EgressClusterInfo", "default", {"spec": {"extraCidr": ["2001:db8:64:21::/64"]}})
+    info_status(kube, lambda s: _uncovered_v6(s) == before)
+    if before == 0:
+        done = info_status(kube, lambda s: any(c.get("type") == "PodCIDRsIncomplete" and c.get("status") == "False"
+                                               for c in s.get("conditions") or ()))
+        [ok] = [c for c in done["conditions"] if c["type"] == "PodCIDRsIncomplete"]
+        assert ok["reason"] == "AllPodIPsCovered"

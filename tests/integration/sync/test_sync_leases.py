@@ -5,7 +5,6 @@ election (one leader, takeover after release and after expiry), the status write
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +56,20 @@ def test_member_lease_is_created_renewed_and_released(sync_api: KubeApi, kube: K
 
 def test_member_lease_is_not_renewed_while_unhealthy(sync_api: KubeApi, kube: Kube) -> None:
     healthy = [True]
-    lease = MemberLease(sync_api, MemberIdentity(name=kube.unique("m")), healthy=lambda: healthy[0])
+    clock = [1_800_000_000.0]
+    lease = MemberLease(sync_api, MemberIdentity(name=kube.unique("m")), healthy=lambda: healthy[0],
+                        clock=lambda: clock[0])
     lease.step()
     first = sync_api.get(lease.path)["spec"]["renewTime"]
+    # the clock moves on (so a renewal would write a different renewTime), but the member is unhealthy
     healthy[0] = False
-    time.sleep(0.01)
+    clock[0] += 3
     lease.step()
     assert sync_api.get(lease.path)["spec"]["renewTime"] == first
+    # and the same step renews once healthy again: the unchanged renewTime above was the health check's doing
+    healthy[0] = True
+    lease.step()
+    assert sync_api.get(lease.path)["spec"]["renewTime"] != first
     lease.release()
 
 
@@ -123,21 +129,36 @@ def test_status_writer_retries_a_conflict(sync_api: KubeApi, kube: Kube, kube_na
 
 
 def test_submit_never_blocks_while_the_api_is_away(tmp_path: Path) -> None:
+    """`submit` returns while the writer is stuck in a pass (held here at a gate), and the stuck pass then fails
+    against an API server nobody answers for. No timing: the gate stays closed until every submit returned."""
     cfg = tmp_path / "kubeconfig"
     cfg.write_text(yaml.safe_dump(kubeconfig("https://127.0.0.1:9", "x")))  # nothing listens there
     dead = KubeApi(make_api_client(str(cfg)))
     objects = [{"apiVersion": "egressgw.io/v1alpha1", "kind": "EgressGateway",
                 "metadata": {"name": "g", "resourceVersion": "1"}, "spec": {}}]
-    writer = StatusWriter(dead, lambda kind: objects if kind == "EgressGateway" else [], retry_delay=0.05)
+    inside, gate = threading.Event(), threading.Event()
+
+    def held_objects(kind: str) -> list[dict[str, Any]]:
+        inside.set()
+        gate.wait(300)  # the writer's pass is held here until the test opens the gate
+        return objects if kind == "EgressGateway" else []
+
+    writer = StatusWriter(dead, held_objects, retry_delay=0.05)
+    empty = Intent(steerings=(), outcomes=(), instances=(), cluster_cidrs=())
     writer.start()
     try:
-        empty = Intent(steerings=(), outcomes=(), instances=(), cluster_cidrs=())
-        t0 = time.monotonic()
-        for _ in range(100):
-            writer.submit(Snapshot(), empty)
-        assert time.monotonic() - t0 < 0.1
-        wait_until(lambda: writer.last_report.failed >= 1, timeout=10, what="a failed write")
+        writer.submit(Snapshot(), empty)
+        wait_until(inside.is_set, timeout=30, what="the writer inside a pass")
+        submitter = threading.Thread(target=lambda: [writer.submit(Snapshot(), empty) for _ in range(100)],
+                                     daemon=True)
+        submitter.start()
+        submitter.join(60)
+        assert not submitter.is_alive(), "submit blocked behind a status pass in progress"
+        assert not gate.is_set() and writer.totals["failed"] == 0  # the pass was still held all along
+        gate.set()
+        wait_until(lambda: writer.last_report.failed >= 1, timeout=60, what="a failed write")
     finally:
+        gate.set()
         writer.stop()
 
 

@@ -1,9 +1,11 @@
-"""Reflectors and the store against the real kube-apiserver: order, relist on 410, API server restart, synced gate,
+"""Reflectors and the store against the real kube-apiserver: order, relist on 410, API server restart (network
+failures retried on the short interval, never the back-off; lease renewals failing fast and logged), synced gate,
 and a pod's life (created, IP set by a status merge-patch, deleted) followed by the snapshot."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 from typing import Any
 
@@ -11,7 +13,8 @@ import pytest
 
 from appliance.core.waiting import wait_until
 from k8s_sync.kubeapi import JSON, KubeApi
-from k8s_sync.reflector import Gone, Reflector, WatchSpec
+from k8s_sync.leases import MemberIdentity, MemberLease
+from k8s_sync.reflector import Gone, Reflector, ReflectorSettings, WatchSpec
 from k8s_sync.resources import RESOURCES, Role
 from k8s_sync.store import Store
 from lab.kube_apiserver import ApiServer
@@ -113,6 +116,49 @@ def test_apiserver_restart_keeps_state_and_resumes(sync_api: KubeApi, kube: Kube
         wait_until(lambda: len(store.raw_objects("Pod")) == 2, timeout=20, what="pod b after the restart")
     finally:
         r.stop()
+
+
+def sync_events(caplog: pytest.LogCaptureFixture, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(r.egressgw_event, r.egressgw_fields) for r in list(caplog.records)  # type: ignore[attr-defined]
+            if getattr(r, "egressgw_event", "").startswith(prefix)]
+
+
+def test_apiserver_away_is_retried_on_the_short_interval_and_leases_say_so(
+        sync_api: KubeApi, kube: Kube, kube_namespace: str, apiserver: ApiServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a back-off that would be obvious (5 s, then 10 s...): a refused connection must never wait for it
+    settings = ReflectorSettings(watch_timeout_seconds=30, backoff_initial=5.0, backoff_max=30.0, network_retry_s=0.2)
+    kube.pod(kube_namespace, "a")
+    store = Store(["Pod"])
+    r = Reflector(sync_api, pod_spec(kube_namespace), store, settings=settings)
+    lease = MemberLease(sync_api, MemberIdentity(name=kube.unique("m")), renew_every=0.2)
+    caplog.set_level(logging.INFO)
+    r.start()
+    lease.start()
+    try:
+        assert r.wait_synced(10)
+        apiserver.stop_apiserver()
+        wait_until(lambda: r.stats["errors"] >= 5, timeout=30, what="five failed reconnects while the server is away")
+        wait_until(lambda: sync_events(caplog, "lease.renew_failed"), timeout=30, what="a logged lease failure")
+        assert not sync_api.connectivity.reachable
+        # while the server is down (refused): a starting server may then answer errors, which do back off
+        reconnects = sync_events(caplog, "watch.reconnecting")
+        apiserver.restart_apiserver()
+        kube.pod(kube_namespace, "b")
+        wait_until(lambda: len(store.raw_objects("Pod")) == 2, timeout=30, what="pod b after the restart")
+        wait_until(lambda: sync_events(caplog, "lease.renew_recovered"), timeout=30, what="the lease's recovery")
+    finally:
+        lease.stop()
+        r.stop()
+    assert len(reconnects) >= 5
+    assert {f["cause"] for _, f in reconnects} == {"network_error"}
+    assert max(f["delay_s"] for _, f in reconnects) <= 0.2  # the short interval every time, however many failures
+    failed = sync_events(caplog, "lease.renew_failed")
+    assert failed[0][1]["network"] is True and failed[0][1]["failures"] == 1
+    recovered = sync_events(caplog, "lease.renew_recovered")
+    assert recovered[0][1]["failures"] >= 2
+    assert len(failed) < recovered[0][1]["failures"]  # rate-limited: not one line per failed renewal
+    assert sync_api.connectivity.reachable
 
 
 def test_nothing_is_synced_before_every_kind_is_listed(sync_api: KubeApi, kube_namespace: str) -> None:
