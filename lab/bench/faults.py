@@ -24,6 +24,7 @@ with the API server down; ExaBGP killed everywhere < 1 s per round.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ from lab.bench.harness import set_up_workload, wait_steady
 from lab.bench.probes import RawProbe, RawRun, window
 from lab.faults import api_cut
 from lab.scenarios import demo_pods, stable_primary
+from lab.state import DaemonRecord
 from lab.system import DEFAULT_TOPOLOGY, System, restart_apiserver
 from lab.tables import render_table
 
@@ -101,23 +103,30 @@ def all_members_api_cut(r: Run, sizes: Sizes) -> None:
 
 
 def api_partition_primary(r: Run, sizes: Sizes) -> None:
+    """A pod created during the primary's partition, in the policy's namespace with the policy's labels (the lab pod
+    of an unselected demo pod stands in for it: its Pod object moves to the policy's namespace)."""
     primary = stable_primary(r.system, r.eip)
-    newcomer = next(p for p in demo_pods(r.system) if not p.selected)
-    selected_labels = dict(next(p for p in demo_pods(r.system) if p.selected).labels)
+    pods = demo_pods(r.system)
+    newcomer = next(p for p in pods if not p.selected)
+    like = next(p for p in pods if p.selected)
+    name = f"{like.name}-new"
     carried: float | None = None
     t0 = time.time()
+    labelled = t0
     try:
         with api_cut(r.system, primary):
             time.sleep(2.0)  # the member's connections are dead before the change is made
+            r.system.delete_pod(newcomer.namespace, newcomer.name)
             labelled = time.time()
-            r.system.label_pod(newcomer.namespace, newcomer.name, selected_labels)
+            r.system.create_pod(like.namespace, name, newcomer.lab_pod, dict(like.labels))
             deadline = labelled + sizes.cut_s
-            while time.time() < deadline:
+            while time.time() < deadline and carried is None:
                 if r.system.seen_source(newcomer.lab_pod, timeout=0.5) == r.eip:
                     carried = time.time() - labelled
-                    break
-            healed_wait = carried is None
-        if healed_wait:  # not carried during the cut: how long after the partition healed
+            during = carried is not None
+            while time.time() < deadline:  # the cut lasts its full time whatever happened
+                time.sleep(0.2)
+        if carried is None:  # not carried during the cut: how long after the partition healed
             with contextlib.suppress(TimeoutError):
                 wait_until(lambda: r.system.seen_source(newcomer.lab_pod, timeout=0.5) == r.eip, timeout=60,
                            interval=0.0, what="the newly selected pod to leave with the EIP")
@@ -126,9 +135,12 @@ def api_partition_primary(r: Run, sizes: Sizes) -> None:
         r.record("api_partition_primary", t0, time.time())
         r.extra["api_partition_primary"] = {
             "new_pod_carried_s": None if carried is None else round(carried, 2),
-            "carried_during_cut": not healed_wait, "primary": primary, "cut_s": sizes.cut_s}
+            "carried_during_cut": during, "primary": primary, "cut_s": sizes.cut_s}
     finally:
-        r.system.label_pod(newcomer.namespace, newcomer.name, dict(newcomer.labels))
+        with contextlib.suppress(Exception):
+            r.system.delete_pod(like.namespace, name)
+        with contextlib.suppress(Exception):
+            r.system.create_pod(newcomer.namespace, newcomer.name, newcomer.lab_pod, dict(newcomer.labels))
 
 
 def api_down(r: Run, sizes: Sizes) -> None:
@@ -149,15 +161,20 @@ def exabgp_all_killed(r: Run, sizes: Sizes) -> None:
         r.record("exabgp_all_killed", t0, time.time())
 
 
+def _gone(system: System, node: str, rec: DaemonRecord) -> bool:
+    return not system.lab.daemon_alive(rec) and not netns.pids(system.lab.netns(node))
+
+
 def service_sigkill_storm(r: Run, sizes: Sizes) -> None:
     primary = stable_primary(r.system, r.eip)
     t0 = time.time()
     for _ in range(sizes.sigkills):
         rec = r.system.lab.daemon(primary, "egressgw-gateway")
-        if rec is not None:
-            _kill([rec.pid])
-        wait_until(lambda: not _pids_named(r.system, primary, b"appliance.cli"), timeout=15, interval=0.05,
-                   what=f"{primary}'s service to be gone")
+        if rec is None:
+            raise RuntimeError(f"{primary} has no gateway service")
+        _kill([rec.pid])  # the service alone: its children must die with it (parent-death signal)
+        wait_until(functools.partial(_gone, r.system, primary, rec), timeout=15, interval=0.05,
+                   what=f"{primary}'s service and its children to be gone")
         r.system.start_gateway(primary)
         time.sleep(1.0)
     wait_steady(r.system)
