@@ -27,10 +27,11 @@ from appliance.datapath.plan.nft_rendering import FAMILY, TABLE
 from k8s_sync.kubeapi import KubeApi, make_api_client
 from k8s_sync.leases import DEFAULT_NAMESPACE, LEASES, MEMBER_PREFIX, lease_alive
 from lab.faults import api_cut
-from lab.scenarios import DEFAULT_EIP_V4, GATEWAY, gateway_manifest, measure_failure, policy_manifest
+from lab.scenarios import DEFAULT_EIP_V4, GATEWAY, gateway_manifest, policy_manifest
 from lab.system import System
 from tests.e2e.conftest import Scenario
 from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
+from tests.e2e.test_z_failures import assert_kept_flowing, measure_against_control
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -105,13 +106,17 @@ def test_l01_every_member_cut_from_the_api_server_keeps_carrying(system: System,
             carried.extend(agent_status(system, worker)["carried_without_lease"])  # type: ignore[arg-type]
             time.sleep(5)  # keep the partition well past the expiry
 
-    report = measure_failure(system, pod, cut_every_member, after=3.0)
+    # Proves: with every member's Lease expired the worker keeps steering to them (they answer its probes), never
+    # fails closed (its drop counter does not move), and the flow keeps going with the EIP: no more loss than a
+    # control window measured just before in the same run (a 10 ms probe on a loaded machine loses a few now and
+    # then; a real interruption loses hundreds), with answers still coming after the partition.
+    control, report = measure_against_control(system, pod, cut_every_member, after=3.0)
     print(f"\nL01 every member cut from the API server: sent={report.sent} lost={report.lost} "
-          f"outage={report.longest_gap_ms:.0f} ms")
+          f"outage={report.longest_gap_ms:.0f} ms (control: {control.lost}/{control.sent})")
     assert carried == [GATEWAY]
     assert drop_no_gateway(system, worker) == drops_before, "the worker failed closed while the gateways carried"
     assert {s.source for s in report.sources} == {DEFAULT_EIP_V4}
-    assert report.lost == 0, report
+    assert_kept_flowing(control, report)
     # the members renew again after the cut: the Leases become fresh, and the worker stops overriding them
     wait_until(lambda: not member_leases_expired(system), timeout=CONVERGE_S, interval=0.5,
                what="the members' Leases to be renewed once they reach the API server again")

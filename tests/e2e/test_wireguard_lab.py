@@ -172,12 +172,9 @@ def test_w02_unknown_key_and_spoofed_source_are_dropped(system: System, scenario
                                 endpoint=f"{DEFAULT_EIP_V4}:{port}") as rogue:
             for _ in range(3):
                 wl.send_udp(system, "worker2", device=rogue, source="169.254.99.1", destination=EXTERNAL_V4)
-                time.sleep(0.5)
-            res = system.lab.exec("worker2", ["wg", "show", rogue, "dump"])
-            peer_line = str(res.stdout).splitlines()[1].split("\t")
-            latest_handshake, rx, tx = int(peer_line[4]), int(peer_line[5]), int(peer_line[6])
             # the initiations did reach the member carrying the EIP (its conntrack saw them), unanswered; wait for
-            # the entry (WireGuard repeats an unanswered initiation every 5 s) instead of reading it once
+            # the entry (WireGuard repeats an unanswered initiation every 5 s) instead of reading it once; the
+            # rogue's counters are read after that arrival, so "no handshake" is checked after the fact
 
             def carrier_flow(port: int = port) -> str:
                 """The carrier's conntrack lines of the initiations toward `port` ('' while there are none)."""
@@ -185,7 +182,10 @@ def test_w02_unknown_key_and_spoofed_source_are_dropped(system: System, scenario
                                                     DEFAULT_EIP_V4, "--dport", str(port)], check=False).stdout)
                 return out if f"dport={port}" in out else ""
 
-            flows = poll_until(carrier_flow, timeout=12, interval=0.2) or ""
+            flows = poll_until(carrier_flow, timeout=30, interval=0.2) or ""
+            res = system.lab.exec("worker2", ["wg", "show", rogue, "dump"])
+            peer_line = str(res.stdout).splitlines()[1].split("\t")
+            latest_handshake, rx, tx = int(peer_line[4]), int(peer_line[5]), int(peer_line[6])
             print(f"\nunknown key -> {DEFAULT_EIP_V4}:{port}: sent {tx} bytes, latest handshake {latest_handshake}, "
                   f"rx {rx} bytes; on {carrier}: {flows.strip() or 'no flow'}")
             assert tx > 0 and latest_handshake == 0 and rx == 0, peer_line
@@ -204,16 +204,23 @@ def test_w02_unknown_key_and_spoofed_source_are_dropped(system: System, scenario
     with wl.steer_into_tunnel(system, "worker1", source=spoofed, destination=EXTERNAL_V4, device=device):
         wl.send_udp(system, "w1p2", source=spoofed, destination=EXTERNAL_V4, count=200)
         seen = system.seen_source("w1p2", timeout=1.0)
-        time.sleep(0.5)
+
+        def member_received() -> int:  # bytes the member's peer for worker1 got since `before` (0 until they came)
+            after = gateway_peer(system, carrier, worker_key)
+            got = int(str(after["rx"])) - int(str(before["rx"])) if before and after else 0
+            return got if got >= 200 * 64 else 0
+
+        # the positive event that comes after the drop: the member counted the packets (64 bytes: the padded inner
+        # packet) - so whatever it was going to forward, it already has
+        received = poll_until(member_received, timeout=30, interval=0.2) or 0
     tx_after = wl.link_stats(system, "worker1", device)["tx_packets"]
-    after = gateway_peer(system, carrier, worker_key)
-    assert before is not None and after is not None
-    received = int(str(after["rx"])) - int(str(before["rx"]))
     print(f"spoofed source {spoofed}: {tx_after - tx_before} packets into worker1's tunnel, the member's peer for "
           f"worker1 received {received} bytes, the external server saw {seen or 'nothing'}")
     assert seen == ""
     assert tx_after - tx_before >= 200  # it did go into the tunnel ...
     assert received >= 200 * 64  # ... and reached the member, authenticated (64 bytes: the padded inner packet)
+    # WireGuard counts a packet in the peer's rx when it decrypts it, before crypto-routing keeps or drops it: any
+    # leak would have reached the external server by the time the count was read (and seen_source waited 1 s)
     leaked = [e for e in wl.ext_events(system, since) if e["proto"] == "udp"]
     assert leaked == [], f"the external server saw traffic it must not: {leaked}"
     # the legitimate pod is unaffected
@@ -250,7 +257,7 @@ def test_w04_key_rotation_on_a_worker_with_traffic_flowing(system: System, scena
     probe.start()
     t0, wall0 = time.monotonic(), time.time()
     try:
-        time.sleep(1.0)
+        expect_source(system, "w1p1", DEFAULT_EIP_V4)  # the path answers while the probe runs
         new_key = wl.begin_worker_rotation(system, "worker1")
         # phase 1: both keys published; phase 2: switched (new key first); phase 3: the old key is gone
         wait_until(lambda: node_annotation(system, "worker1") == f"{old_key},{new_key}", timeout=CONVERGE_S,
@@ -262,7 +269,11 @@ def test_w04_key_rotation_on_a_worker_with_traffic_flowing(system: System, scena
         wait_until(lambda: node_annotation(system, "worker1") == new_key, timeout=90, interval=0.2,
                    what="the old key dropped after the grace period")
         t3 = time.monotonic()
-        time.sleep(2.0)  # the gateways remove the old peer; traffic keeps flowing through the new one
+        # the gateways remove the old peer; traffic keeps flowing through the new one (checked after the removal)
+        wait_until(lambda: all(old_key not in {str(p["public_key"]) for p in wl.wg_dump(system, gw, WG_PREFIX)}
+                               for gw in system.gateways),
+                   timeout=CONVERGE_S, interval=0.2, what="the old key's peer gone from every member")
+        expect_source(system, "w1p1", DEFAULT_EIP_V4)
     finally:
         report = probe.stop()
     print(f"\nrotation on worker1: published both after {t1 - t0:.1f} s, switched after {t2 - t0:.1f} s, ended after "
@@ -320,21 +331,33 @@ def test_w06_graceful_drain_of_the_primary_costs_one_rehandshake(system: System,
 
 def test_w07_every_uplink_cut_then_back_traffic_resumes(system: System, scenario: Scenario) -> None:
     """No member reachable for a while (the prober's resets back off meanwhile), then both back: the worker must
-    find its way again without waiting for WireGuard's own timers for long."""
+    find its way again by itself - its prober resets the session once more after the links are back - without
+    waiting for WireGuard's own timers (15 s of unanswered data). Figures are printed; the bound is generous."""
     selected_pod(system, scenario)
+    agent_log = system.lab.state_dir / "logs" / "worker1.egressgw-agent.log"
+
+    def resets_since(offset: int) -> int:
+        return agent_log.read_text(errors="replace")[offset:].count("event=wireguard.session_lost")
+
+    offset = len(agent_log.read_text(errors="replace"))
     for gw in system.gateways:
         system.lab.cut_link(gw, "eth1")
     try:
-        time.sleep(8.0)
+        # the positive event that shows the outage is seen and being handled: the prober reset several times
+        # (fruitlessly: every reset doubles its wait) - while nothing gets out
+        wait_until(lambda: resets_since(offset) >= 3, timeout=60, interval=0.2,
+                   what="three fruitless session resets by worker1's prober")
         assert system.seen_source("w1p1", timeout=1.0) == ""
     finally:
+        restore_offset = len(agent_log.read_text(errors="replace"))
         for gw in system.gateways:
             system.lab.restore_link(gw, "eth1")
     restored = time.monotonic()
     wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4), timeout=CONVERGE_S, interval=0.05, what="EIP route")
     routed = time.monotonic() - restored
-    expect_source(system, "w1p1", DEFAULT_EIP_V4, timeout=CONVERGE_S)
+    # 12 s: ~10x the expected (a reset every 1.2 s at most once backed off, + a handshake), below WireGuard's 15 s
+    expect_source(system, "w1p1", DEFAULT_EIP_V4, timeout=12.0)
     resumed = time.monotonic() - restored
-    print(f"\nevery uplink cut for 8 s: the router had the EIP route again {routed:.1f} s after the restore, "
+    print(f"\nevery uplink cut: the router had the EIP route again {routed:.1f} s after the restore, "
           f"traffic resumed after {resumed:.1f} s")
-    assert resumed - routed < 10.0, "the worker took too long to re-handshake once the EIP was routed again"
+    assert resets_since(restore_offset) >= 1, "the recovery must come from a prober reset after the links came back"

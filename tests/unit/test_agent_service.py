@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from appliance.agent.datapath import conntrack_changes
 from appliance.agent.service import AgentDeps, AgentService
 from appliance.core.intent import Intent
 from appliance.core.snapshot import Snapshot
+from appliance.core.waiting import wait_until
 from appliance.datapath.apply.conntrack import ConntrackFailure, ConntrackFlushResult
 from appliance.runtime.config import AgentConfig, parse_agent_config
 from appliance.runtime.reconciling import PassOutcome, PassReport
@@ -150,11 +150,9 @@ def test_whole_life_stops_helpers_and_keeps_the_kernel_state(tmp_path: Path) -> 
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(svc.run()))
     t.start()
-    deadline = time.monotonic() + 5
-    while not dp.converged and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: dp.converged, timeout=30, interval=0.01, what="the first converge")
     svc.request_stop("SIGTERM")
-    t.join(5)
+    t.join(30)
     assert result == [0] and svc.stopping
     assert events == ["start", "stop"] and dp.converged and dp.removed == 0
 

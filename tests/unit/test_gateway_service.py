@@ -13,6 +13,7 @@ from appliance.cli.gateway import status_command
 from appliance.core.intent import Intent
 from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot
+from appliance.core.waiting import wait_until
 from appliance.gateway.member_state import StateDir, render_status
 from appliance.gateway.service import DataPathResult, GatewayDeps, GatewayService, Phase
 from appliance.gateway.view import MemberView
@@ -314,9 +315,7 @@ def test_whole_life_in_threads_drain_request_from_another_thread(tmp_path: Path)
     t = threading.Thread(target=lambda: result.append(svc.run()))
     t.start()
     try:
-        deadline = time.monotonic() + 5
-        while not sp.current and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: sp.current, timeout=30, interval=0.02, what="the first announcements")
         assert {a.eip for a in sp.current} == {EIP}
         assert state.running_pid() is not None
         state.request_drain()  # what `egressgw gateway drain` does (besides SIGUSR1)

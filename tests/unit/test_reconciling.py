@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from appliance.core.snapshot import Snapshot
+from appliance.core.waiting import wait_until
 from appliance.runtime.config import ReconcileSettings
 from appliance.runtime.reconciling import PassOutcome, Reconciler, backoff_delay, full_pass
 
@@ -202,15 +203,10 @@ def test_threaded_run_loop_reacts_to_notify_and_stops() -> None:
     t = threading.Thread(target=r.run, args=(stop,))
     t.start()
     try:
-        deadline = time.monotonic() + 2
-        while not rec.calls and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert rec.calls, "no first pass"
+        wait_until(lambda: rec.calls, timeout=30, interval=0.01, what="the first pass")
         src.revision = 7  # new content
         src.callbacks[0]("policy")
-        deadline = time.monotonic() + 2
-        while len(rec.calls) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(rec.calls) >= 2, timeout=30, interval=0.01, what="the second pass")
         assert rec.calls[1] == (7, frozenset({"policy"}))
         assert r.heartbeat_age(time.monotonic()) is not None
     finally:

@@ -1,8 +1,8 @@
 """BGP against real routers (BIRD 2 and FRR) in namespaces: sessions, pool filter, preference, failover, BFD, drain.
 
 Each test builds its own tiny testbed (router + 2 gateways + client, prefix `egt-bg-`). Timing figures (failover,
-BFD detection) are printed for the report, and asserted only loosely (behaviour: "the route moved", and faster
-than the 3 s hold time where BFD is what must have noticed).
+BFD detection) are printed for the report, never asserted: the tests assert behaviour ("the route moved", "the
+router says BFD closed the session") and wait on conditions with generous bounds.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def test_session_announce_filter_withdraw(bed: Bed) -> None:
                           large_communities=("65000:1:2",))  # fmt: skip
     gw.speaker.set_announcements(anns(100, EIP6, OUTSIDE) | {tagged})
     assert gw.speaker.wait_peers("up", 20), gw.speaker.peer_states()
-    assert gw.speaker.wait_converged(5)
-    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
-    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=5) is not None
+    assert gw.speaker.wait_converged(30)
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=30) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=30) is not None
     # the gateway spec's communities arrive at the router
     cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
     detail = bed.tb.router_cli(cmd)
@@ -56,13 +56,14 @@ def test_session_announce_filter_withdraw(bed: Bed) -> None:
     else:
         assert "203.0.113" not in bed.tb.router_cli(f"show bgp ipv4 unicast neighbors {gw_v4(1)} advertised-routes")
     # BFD is up on both sides
-    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=10), gw.bfd.peer_states()
+    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=30), gw.bfd.peer_states()
     router_bfd = bed.tb.router_cli("show bfd sessions" if bed.tb.router == "bird" else "show bfd peers brief")
     assert any(str(gw_v4(1)) in line and ("Up" in line or " up" in line) for line in router_bfd.splitlines())
     # withdrawal removes the routes
     gw.speaker.set_announcements(frozenset())
-    assert gw.speaker.wait_converged(5)
-    assert elapsed_until(lambda: not bed.tb.router_route(EIP4) and not bed.tb.router_route(EIP6), timeout=5) is not None
+    assert gw.speaker.wait_converged(30)
+    assert elapsed_until(lambda: not bed.tb.router_route(EIP4) and not bed.tb.router_route(EIP6),
+                         timeout=30) is not None
 
 
 def _two_gateways(bed: Bed, *, bfd: bool = True) -> None:
@@ -71,12 +72,12 @@ def _two_gateways(bed: Bed, *, bfd: bool = True) -> None:
     g2.speaker.set_announcements(anns(110, EIP4, EIP6))
     for g in (g1, g2):
         assert g.speaker.wait_peers("up", 20), g.speaker.peer_states()
-        assert g.speaker.wait_converged(5)
-    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
-    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=5) is not None
+        assert g.speaker.wait_converged(30)
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=30) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=30) is not None
     # both paths are held by the router: the backup is there before anything fails
     cmd = f"show route {EIP4} all" if bed.tb.router == "bird" else f"show bgp ipv4 unicast {EIP4}"
-    assert elapsed_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), timeout=5) is not None
+    assert elapsed_until(lambda: all(str(gw_v4(i)) in bed.tb.router_cli(cmd) for i in (1, 2)), timeout=30) is not None
 
 
 def test_better_preference_wins_and_exabgp_kill_fails_over_and_back(bed: Bed) -> None:
@@ -90,20 +91,34 @@ def test_better_preference_wins_and_exabgp_kill_fails_over_and_back(bed: Bed) ->
     print(f"\n[{bed.tb.router}] ExaBGP SIGKILL -> router moved {EIP4} to gw2 in {moved * 1000:.0f} ms")
     # the speaker respawns ExaBGP and resends everything: gw1 takes the primary back
     assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=20) is not None
-    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(1))], timeout=30) is not None
     assert g1.speaker.restarts >= 1
 
 
+def _router_down_reason(bed: Bed, i: int) -> str:
+    """Why the router last took down its IPv4 session with gateway i, in the router's own words."""
+    if bed.tb.router == "bird":
+        return bed.tb.router_cli(f"show protocols all gw{i}_v4")
+    return bed.tb.router_cli(f"show bgp neighbors {gw_v4(i)} json")
+
+
 def test_bfd_detects_a_cut_link(bed: Bed) -> None:
+    """Proves: a cut link (the router keeps carrier) is noticed by BFD, not by the BGP hold timer - the router names
+    BFD as the reason it closed the session - and the router then moves both EIPs to the backup."""
     _two_gateways(bed)
     g1 = bed.gateways[0]
-    assert elapsed_until(lambda: set(g1.bfd.peer_states().values()) == {"Up"}, timeout=10), g1.bfd.peer_states()
+    assert elapsed_until(lambda: set(g1.bfd.peer_states().values()) == {"Up"}, timeout=30), g1.bfd.peer_states()
     bed.tb.cut(1)
-    moved = elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], timeout=5, interval=0.005)
+    moved = elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))], timeout=30, interval=0.005)
     assert moved is not None
     print(f"\n[{bed.tb.router}] link cut -> router moved {EIP4} to gw2 in {moved * 1000:.0f} ms (BFD 50 ms x 3)")
-    assert moved < 2.5, "slower than the BGP hold time: BFD did not detect the failure"
-    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(2))], timeout=2) is not None
+    # BIRD: "BFD session down" (a hold timer expiry reads "Hold timer expired"); FRR: the NOTIFICATION it sent,
+    # lastNotificationReason "Cease/BFD Down" (060A; a hold timer expiry is 0400 "Hold Timer Expired")
+    reason = "BFD session down" if bed.tb.router == "bird" else "BFD Down"
+    wait_until(lambda: reason in _router_down_reason(bed, 1), timeout=30,
+               what="the router to name BFD as the reason it closed gw1's session",
+               describe=lambda: _router_down_reason(bed, 1))
+    assert elapsed_until(lambda: bed.tb.router_route(EIP6) == [str(gw_v6(2))], timeout=30) is not None
 
 
 def test_drain_moves_traffic_before_the_session_closes(bed: Bed) -> None:
@@ -111,9 +126,10 @@ def test_drain_moves_traffic_before_the_session_closes(bed: Bed) -> None:
     g1 = bed.gateways[0]
     result = drain_announcements(g1.speaker, DrainSettings(timeout_s=5.0, settle_s=0.3))
     assert result.acknowledged
-    # after ack + settle the router already uses gw2, while gw1's sessions are still up
-    assert bed.tb.router_route(EIP4) == [str(gw_v4(2))]
-    assert bed.tb.router_route(EIP6) == [str(gw_v6(2))]
+    # the router moves to gw2 while gw1's sessions stay up (checked after the move: make before break)
+    wait_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(2))] and bed.tb.router_route(EIP6) == [str(gw_v6(2))],
+               timeout=30, what="the router's kernel routes via gw2",
+               describe=lambda: (bed.tb.router_route(EIP4), bed.tb.router_route(EIP6)))
     assert set(g1.speaker.peer_states().values()) == {"up"}
     print(f"\n[{bed.tb.router}] drain: acks after {result.ack_wait_s * 1000:.0f} ms, then settle {result.settle_s} s")
 
@@ -122,24 +138,24 @@ def test_bfd_sidecar_is_respawned_and_the_route_comes_back(bed: Bed) -> None:
     gw = bed.gateway(1)
     gw.speaker.set_announcements(anns(100, EIP4))
     assert gw.speaker.wait_peers("up", 20)
-    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=10), gw.bfd.peer_states()
+    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=30), gw.bfd.peer_states()
     pid = gw.bfd.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     # the router notices the BFD loss (and may drop the session); the supervisor respawns BIRD and all recovers
-    assert elapsed_until(lambda: gw.bfd.restarts >= 1, timeout=5) is not None
-    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=15), gw.bfd.peer_states()
-    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=15) is not None
+    assert elapsed_until(lambda: gw.bfd.restarts >= 1, timeout=30) is not None
+    assert elapsed_until(lambda: set(gw.bfd.peer_states().values()) == {"Up"}, timeout=30), gw.bfd.peer_states()
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=30) is not None
 
 
 def test_router_restart_sessions_and_routes_recover(bed: Bed) -> None:
     gw = bed.gateway(1)
     gw.speaker.set_announcements(anns(100, EIP4, EIP6))
     assert gw.speaker.wait_peers("up", 20)
-    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
+    assert elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=30) is not None
     bed.tb.stop_router()
     assert elapsed_until(lambda: set(gw.speaker.peer_states().values()) == {"down"},
-                         timeout=10), gw.speaker.peer_states()
+                         timeout=30), gw.speaker.peer_states()
     bed.tb.start_router()
     # ExaBGP 5 resets its reconnect back-off after a good session, so it re-peers within seconds
     back = elapsed_until(lambda: bed.tb.router_route(EIP4) == [str(gw_v4(1))] and bed.tb.router_route(EIP6) == [
@@ -154,7 +170,7 @@ def test_tcp_md5_session(md5_bed: Bed) -> None:
     good.speaker.set_announcements(anns(100, EIP4))
     bad.speaker.set_announcements(anns(90, EIP4))
     assert good.speaker.wait_peers("up", 20), good.speaker.peer_states()
-    assert elapsed_until(lambda: md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=5) is not None
+    assert elapsed_until(lambda: md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))], timeout=30) is not None
     # a wrong password never gets a session (the better MED of gw2 never wins)
     assert not bad.speaker.wait_peers("up", 3)
     assert md5_bed.tb.router_route(EIP4) == [str(gw_v4(1))]
