@@ -11,11 +11,17 @@ Usage (agent/gateway reconcile loops)::
 Start-up happens in a background thread, so `start()` never blocks on an absent API server: discovery (is Calico's
 IPPool served?) and the first Service CIDR detection retry with backoff. Both are part of the synced gate (as
 pseudo-kinds "IPPool" and "ServiceCIDR"), so nothing is planned before we know the cluster-internal ranges.
+
+The agent's cluster-wide `RemotePod` watch starts only once every kind the detected ranges come from is listed (so
+its first list is filtered against the real ranges: memory bounded by the stray pods from the start), and relists
+when the store says the ranges shrank - after a random delay of up to `RELIST_SPREAD`, so that the agents of a
+large cluster, which all see the same change, do not list every pod together.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,19 +33,22 @@ from k8s_sync.leases import DEFAULT_NAMESPACE
 from k8s_sync.reflector import Reflector, ReflectorSettings, reconnect_backoff
 from k8s_sync.resources import Role, calico_served, watch_specs
 from k8s_sync.service_cidr import detect_service_cidrs
-from k8s_sync.store import Store
+from k8s_sync.store import DETECTION_KINDS, REMOTE_PODS, Store
 
 log = EventLogger(logging.getLogger(__name__))
 
 SERVICE_CIDR_KEY = "ServiceCIDR"
 #: how often the Service CIDR is detected again (it changes only when the cluster is reconfigured)
 SERVICE_CIDR_REFRESH = 600.0
+#: the remote pod watch relists within this many seconds after the detected ranges shrank (spread over agents)
+RELIST_SPREAD = 10.0
 
 
 class ClusterSync:
     def __init__(self, api: KubeApi, *, role: Role = Role.GATEWAY, node_name: str = "",
                  lease_namespace: str = DEFAULT_NAMESPACE, settings: ReflectorSettings | None = None,
-                 detect_service_cidr: bool = True, clock: Callable[[], float] = time.time) -> None:
+                 detect_service_cidr: bool = True, clock: Callable[[], float] = time.time,
+                 relist_spread: float = RELIST_SPREAD) -> None:
         self.api = api
         self.role = role
         self.node_name = node_name
@@ -51,6 +60,9 @@ class ClusterSync:
         self.reflectors: list[Reflector] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.relist_spread = relist_spread
+        self._relist_pending = threading.Event()
+        self.store.on_relist_needed(self._relist_later)
 
     def start(self) -> None:
         for target, name in ((self._bootstrap, "sync-bootstrap"), (self._tick_leases, "sync-lease-ticker")):
@@ -90,11 +102,20 @@ class ClusterSync:
         calico = bool(self._retrying("discovery", lambda: calico_served(self.api)))
         if self._stop.is_set():
             return
+        later = []
         for spec in watch_specs(self.role, node_name=self.node_name, lease_namespace=self.lease_namespace,
                                 calico=calico):
             reflector = Reflector(self.api, spec, self.store, settings=self.settings)
             self.reflectors.append(reflector)
-            reflector.start()
+            if spec.key == REMOTE_PODS:
+                later.append(reflector)
+            else:
+                reflector.start()
+        for reflector in later:
+            t = threading.Thread(target=self._start_after_detection, args=(reflector,), name="sync-remote-pods",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
         if not calico:
             self.store.replace("IPPool", [], "")
         while not self._stop.is_set():
@@ -104,6 +125,29 @@ class ClusterSync:
                     self.store.set_service_cidrs(cidrs)
             self.store.replace(SERVICE_CIDR_KEY, [], "")
             self._stop.wait(SERVICE_CIDR_REFRESH)
+
+    def _start_after_detection(self, reflector: Reflector) -> None:
+        while not self._stop.is_set() and self.store.missing() & set(DETECTION_KINDS):
+            self._stop.wait(0.05)
+        if not self._stop.is_set():
+            reflector.start()
+
+    def _relist_later(self, key: str) -> None:
+        """The store asks for a relist of `key`: do it after a random delay (coalesced while one is pending)."""
+        if self._relist_pending.is_set():
+            return
+        self._relist_pending.set()
+        delay = random.uniform(0.0, self.relist_spread)
+
+        def relist() -> None:
+            if self._stop.wait(delay):
+                return
+            self._relist_pending.clear()
+            for r in self.reflectors:
+                if r.spec.key == key:
+                    r.relist()
+
+        threading.Thread(target=relist, name="sync-relist", daemon=True).start()
 
     def _tick_leases(self) -> None:
         """Member liveness changes with time: notify subscribers when a lease expires (no event says so)."""

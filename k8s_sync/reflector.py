@@ -118,6 +118,8 @@ class Reflector:
         self._last_event = 0.0
         #: set when the stream was shut down on purpose (connectivity came back): reconnect at once, no pause
         self._restart = False
+        #: set by `relist()`: list again before the next watch
+        self._relist = False
         self._connectivity = getattr(api, "connectivity", None)
         self.resource_version = resource_version
         self.stats: dict[str, int] = {"lists": 0, "watches": 0, "events": 0, "relists": 0, "errors": 0,
@@ -148,6 +150,18 @@ class Reflector:
         with contextlib.suppress(Exception):
             stream.shutdown()
 
+    def relist(self) -> None:
+        """List again, now (thread-safe): the sink needs the whole current set (it filtered objects away at ingest
+        under rules that changed since). The open watch is shut down; the next iteration lists."""
+        with self._lock:
+            self._relist = True
+            stream = self._stream
+            if stream is not None:
+                self._restart = True
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.shutdown()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._connectivity is not None:
@@ -165,6 +179,9 @@ class Reflector:
     def run(self) -> None:
         rv = self.resource_version
         while not self._stop.is_set():
+            with self._lock:
+                if self._relist:
+                    self._relist, rv = False, ""
             try:
                 if not rv:
                     rv = self._list()
@@ -322,6 +339,19 @@ def trim_pod(obj: JSON) -> JSON:
         "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels",
                                           "deletionTimestamp") if k in meta},
         "spec": {k: spec[k] for k in ("nodeName", "hostNetwork") if k in spec},
+        "status": {k: status[k] for k in ("phase", "podIP", "podIPs") if k in status},
+    }
+
+
+def trim_pod_ips(obj: JSON) -> JSON:
+    """Keep only what decides whether a pod is a stray (the agent's cluster-wide pod watch): its key, uid and
+    resourceVersion, hostNetwork, phase and IPs (~250 bytes kept of a pod's several kB)."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta},
+        "spec": {"hostNetwork": True} if spec.get("hostNetwork") else {},
         "status": {k: status[k] for k in ("phase", "podIP", "podIPs") if k in status},
     }
 

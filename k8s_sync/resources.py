@@ -7,6 +7,10 @@ Role choices (documented in docs/cluster-sync.md):
   local pods. Policies, gateways, namespaces and nodes are still watched whole: which EIP a policy gets (`rr`
   allocation, gateway defaults) depends on every policy and gateway, never on pods of other nodes, so the agent's
   intent for its own pods is the same as the gateway's.
+- The **agent** also watches every other node's pods (`spec.nodeName!=<node>`), trimmed to key, IPs, hostNetwork
+  and phase, of which the store keeps only those with an IP outside the detected cluster-internal ranges ("remote
+  strays", `k8s_sync.store.REMOTE_PODS`): without them pod-to-pod traffic to a pod network the detection misses
+  (IPv4-only node podCIDRs in a dual-stack cluster) would be steered to a gateway.
 - Finished pods are filtered by the server (`status.phase!=Succeeded,status.phase!=Failed`): they are never selected,
   and a pod that finishes arrives as DELETED.
 - Leases: only the configured namespace (default `egressgw-system`).
@@ -20,7 +24,8 @@ import enum
 from appliance.core.model import GROUP, VERSION
 from k8s_sync.kubeapi import ApiError, KubeApi, Resource
 from k8s_sync.leases import DEFAULT_NAMESPACE, LEASES
-from k8s_sync.reflector import WatchSpec, trim_metadata_only, trim_pod
+from k8s_sync.reflector import WatchSpec, trim_metadata_only, trim_pod, trim_pod_ips
+from k8s_sync.store import REMOTE_PODS
 
 RESOURCES: dict[str, Resource] = {
     "EgressGateway": Resource(kind="EgressGateway", group=GROUP, version=VERSION, plural="egressgateways",
@@ -78,6 +83,9 @@ def watch_specs(role: Role, *, node_name: str = "", lease_namespace: str = DEFAU
                   trim=trim_metadata_only(keep_spec=("podCIDR", "podCIDRs"), keep_status=("addresses",))),
         WatchSpec(key="Lease", resource=LEASES, namespace=lease_namespace),
     ]
+    if role is Role.AGENT:
+        specs.append(WatchSpec(key=REMOTE_PODS, resource=RESOURCES["Pod"], trim=trim_pod_ips,
+                               field_selector=f"spec.nodeName!={node_name},{LIVE_PODS}"))
     if calico:
         specs.append(WatchSpec(key="IPPool", resource=RESOURCES["IPPool"]))
     return tuple(specs)

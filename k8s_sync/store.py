@@ -9,6 +9,12 @@
 - **Snapshots** are cached by revision (a counter bumped on every change) and rebuilt only when something changed
   or a member lease expired since (liveness is a function of time, not only of events).
 - **Notifications**: every change calls the subscribers with a reason (`"Pod/MODIFIED"`); callers coalesce.
+- **Remote strays** (agent role, key `RemotePod`): a cluster-wide pod watch whose objects are kept only when the pod
+  has an IP outside the detected cluster-internal ranges (`appliance.policy.cluster_cidrs.stray_ips`); every other
+  event is dropped at ingest with no revision bump and no notification, so memory is bounded by the strays and a
+  covered pod elsewhere causes no pass. When the detected ranges change, kept pods now covered are dropped, and
+  when they shrink (something covered before no longer is) the `RemotePod` watch is asked to relist
+  (`on_relist_needed`): pods dropped earlier may be strays now.
 
 Implements `appliance.core.snapshot.SnapshotSource` and `k8s_sync.reflector.ReflectorSink`.
 """
@@ -28,6 +34,7 @@ from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.model import Appliance, EgressClusterInfo, EgressPolicy, IPNetwork
 from appliance.core.snapshot import ObjectRef, Snapshot
+from appliance.policy.cluster_cidrs import DetectedRanges, detected_ranges, stray_ips
 from k8s_sync.kubeapi import JSON
 from k8s_sync.leases import lease_alive, member_name_of_lease
 from k8s_sync.parsing import parse_appliance, parse_calico_pool, parse_namespace_obj, parse_node_obj, parse_pod_obj
@@ -36,13 +43,28 @@ from k8s_sync.status_planning import intent_from_status
 log = EventLogger(logging.getLogger(__name__))
 
 EGRESS_KINDS = ("EgressGateway", "EgressPolicy", "EgressClusterPolicy", "EgressClusterInfo")
-TYPED_KINDS = ("Node", "Pod", "Namespace")
+#: the agent's cluster-wide pod watch, of which only the pods with a stray IP are kept (`Snapshot.remote_strays`)
+REMOTE_PODS = "RemotePod"
+TYPED_KINDS = ("Node", "Pod", "Namespace", REMOTE_PODS)
+#: the kinds the detected cluster-internal ranges are computed from
+DETECTION_KINDS = ("Node", "EgressClusterInfo", "IPPool", "ServiceCIDR")
 Key = tuple[str, str]  # (namespace, name)
 
 
 def _key(obj: JSON) -> Key:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _stub(obj: JSON) -> JSON:
+    """What the store keeps of a remote stray's raw object: its key and resourceVersion (memory: the typed pod
+    holds the rest)."""
+    meta = obj.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion") if k in meta}}
+
+
+def _same_ips(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and (a.ips, a.host_network) == (b.ips, b.host_network)
 
 
 def _rv(obj: JSON) -> str:
@@ -77,12 +99,24 @@ class Store:
         self._lease_blind: tuple[float, float] | None = None
         #: since when the view has been incomplete, for `view_age` before the first full list
         self._created = clock()
+        #: the detected ranges the kept remote pods were filtered with, and (revisions of DETECTION_KINDS, ranges)
+        self._remote_filter: DetectedRanges | None = None
+        self._detection: tuple[tuple[int, ...], DetectedRanges] | None = None
+        self._pools: tuple[int, tuple[IPNetwork, ...]] | None = None
+        self._relist_callbacks: list[Callable[[str], None]] = []
+        #: remote pod events seen and kept (for the benchmark and logs)
+        self.remote_stats = {"events": 0, "kept": 0, "relists": 0}
 
     # ----- ReflectorSink -----
 
     def replace(self, key: str, objects: list[JSON], resource_version: str) -> None:
+        relist = False
         with self._lock:
             self._reconnected(key)
+            if key == REMOTE_PODS:
+                found = self._detected()
+                objects = [o for o in objects if self._remote_stray(found, o)]
+                self._remote_filter = found
             fresh = {_key(o): o for o in objects}
             old = self._raw.setdefault(key, {})
             changed = fresh.keys() != old.keys() or any(_rv(o) != _rv(old[k]) for k, o in fresh.items())
@@ -95,16 +129,28 @@ class Store:
                         kept[k] = (_rv(o), self._parse(key, o))
                 self._typed[key] = kept
                 self._order[key] = sorted(kept)
+                if key == REMOTE_PODS:
+                    self._raw[key] = {k: _stub(o) for k, o in fresh.items()}
             first = key not in self._listed
             self._listed.add(key)
             if changed or first:
                 self._bump(key)
+                relist = key in DETECTION_KINDS and self._recheck_remote()
         if changed or first:
             self._notify(f"{key}/LISTED")
+        if relist:
+            self._request_relist()
 
     def apply(self, key: str, event_type: str, obj: JSON) -> None:
         k = _key(obj)
         with self._lock:
+            if key == REMOTE_PODS and event_type != "DELETED":
+                self.remote_stats["events"] += 1
+                found = self._detected()
+                if self._remote_filter is None:
+                    self._remote_filter = found
+                if not self._remote_stray(found, obj):
+                    event_type = "DELETED"  # covered: forget it if it was a stray, else nothing happened
             raw = self._raw.setdefault(key, {})
             if event_type == "DELETED":
                 if raw.pop(k, None) is None:
@@ -119,13 +165,20 @@ class Store:
                 old = raw.get(k)
                 if old is not None and _rv(old) == _rv(obj):
                     return
-                raw[k] = obj
+                raw[k] = _stub(obj) if key == REMOTE_PODS else obj
                 if key in TYPED_KINDS:
+                    parsed = self._parse(key, obj)
+                    before = self._typed[key].get(k)
+                    self._typed[key][k] = (_rv(obj), parsed)
                     if old is None:
                         bisect.insort(self._order[key], k)
-                    self._typed[key][k] = (_rv(obj), self._parse(key, obj))
+                    elif key == REMOTE_PODS and before is not None and _same_ips(before[1], parsed):
+                        return  # a remote stray changed in a way nobody reads (phase, status conditions)
             self._bump(key)
+            relist = key in DETECTION_KINDS and self._recheck_remote()
         self._notify(f"{key}/{event_type}")
+        if relist:
+            self._request_relist()
 
     # ----- SnapshotSource -----
 
@@ -210,7 +263,16 @@ class Store:
                 return
             self._service_cidrs = cidrs
             self._bump("ServiceCIDR")
+            relist = self._recheck_remote()
         self._notify("ServiceCIDR/DETECTED")
+        if relist:
+            self._request_relist()
+
+    def on_relist_needed(self, callback: Callable[[str], None]) -> None:
+        """`callback(key)` when the reflector of `key` must list again (the `RemotePod` watch, after the detected
+        ranges shrank: pods dropped at ingest may have stray IPs now)."""
+        with self._lock:
+            self._relist_callbacks.append(callback)
 
     def next_lease_expiry(self) -> float | None:
         """The earliest future time at which a member lease that is alive now expires (None: none alive)."""
@@ -263,10 +325,69 @@ class Store:
             except Exception:
                 log.exception("store.subscriber_failed", reason=reason)
 
+    # ----- remote strays -----
+
+    def _detected(self) -> DetectedRanges:
+        """The detected cluster-internal ranges of the current Node/EgressClusterInfo/IPPool/ServiceCIDR state,
+        cached by those kinds' revisions."""
+        revs = tuple(self._kind_revision.get(k, 0) for k in DETECTION_KINDS)
+        if self._detection is not None and self._detection[0] == revs:
+            return self._detection[1]
+        view = Snapshot(nodes=self._typed_sorted("Node"), service_cidrs=self._service_cidrs,
+                        cluster_info=self._validate().cluster_info or EgressClusterInfo(),
+                        calico_pools=self._calico_pools())
+        found = detected_ranges(view)
+        self._detection = (revs, found)
+        return found
+
+    def _remote_stray(self, found: DetectedRanges, obj: JSON) -> bool:
+        pod = self._parse(REMOTE_PODS, obj)
+        kept = pod is not None and bool(stray_ips(found, pod))
+        self.remote_stats["kept"] += kept
+        return kept
+
+    def _recheck_remote(self) -> bool:
+        """After a detection kind changed (under the lock): drop the kept remote pods now covered; True when the
+        ranges shrank and the remote pod watch must relist."""
+        old = self._remote_filter
+        if old is None or REMOTE_PODS not in self._expected:
+            return False
+        found = self._detected()
+        if found.same(old):
+            return False
+        self._remote_filter = found
+        typed = self._typed[REMOTE_PODS]
+        covered = [k for k, (_, pod) in typed.items() if pod is None or not stray_ips(found, pod)]
+        for k in covered:
+            del typed[k]
+            self._raw[REMOTE_PODS].pop(k, None)
+        if covered:
+            self._order[REMOTE_PODS] = sorted(typed)
+            self._bump(REMOTE_PODS)
+        return not old.within(found)
+
+    def _request_relist(self) -> None:
+        self.remote_stats["relists"] += 1
+        log.info("store.remote_pods_relist", cause="detected_ranges_shrank")
+        for cb in list(self._relist_callbacks):
+            try:
+                cb(REMOTE_PODS)
+            except Exception:
+                log.exception("store.relist_callback_failed", key=REMOTE_PODS)
+
+    def _calico_pools(self) -> tuple[IPNetwork, ...]:
+        rev = self._kind_revision.get("IPPool", 0)
+        if self._pools is None or self._pools[0] != rev:
+            pools: list[IPNetwork] = []
+            for obj in self._raw.get("IPPool", {}).values():
+                pools.extend(parse_calico_pool(obj))
+            self._pools = (rev, tuple(sorted(set(pools), key=lambda n: (n.version, n))))
+        return self._pools[1]
+
     @staticmethod
     def _parse(key: str, obj: JSON) -> Any:
         try:
-            if key == "Pod":
+            if key in ("Pod", REMOTE_PODS):
                 return parse_pod_obj(obj)
             if key == "Node":
                 return parse_node_obj(obj)
@@ -312,9 +433,6 @@ class Store:
 
     def _build(self, now: float, alive: frozenset[str] | None) -> Snapshot:
         result = self._validate()
-        pools: list[IPNetwork] = []
-        for obj in self._raw.get("IPPool", {}).values():
-            pools.extend(parse_calico_pool(obj))
         return Snapshot(
             gateways=tuple(result.gateways),
             policies=tuple(result.policies),
@@ -323,9 +441,10 @@ class Store:
             namespaces=self._typed_sorted("Namespace"),
             nodes=self._typed_sorted("Node"),
             pods=self._typed_sorted("Pod"),
+            remote_strays=self._typed_sorted(REMOTE_PODS),
             appliances=self._appliances(now),
             service_cidrs=self._service_cidrs,
-            calico_pools=tuple(sorted(set(pools), key=lambda n: (n.version, n))),
+            calico_pools=self._calico_pools(),
             alive_members=alive,
             revision=self._revision,
         )

@@ -260,6 +260,7 @@ def parse_gateway(obj: Mapping[str, Any], issues: Issues) -> EgressGateway | Non
             no_gateway_action=NoGatewayAction(failover.get("noGatewayAction") or "FailClosed"),
             failback_hold_seconds=float(failover.get("failbackHoldSeconds", 30.0))),
         generation=int(meta.get("generation") or 0),
+        uid=str(meta.get("uid") or ""),
     )
 
 

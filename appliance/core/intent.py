@@ -79,6 +79,8 @@ class GatewayInstance:
     failover: FailoverSpec = FailoverSpec()
     ipv4_pool: IPPool = IPPool()
     ipv6_pool: IPPool = IPPool()
+    #: the per-instance secret of its keyed VNIs (the EgressGateway's metadata.uid; docs/security.md "Keyed VNIs")
+    tunnel_key: str = ""
 
     def rank_of(self, eip: IPAddress) -> tuple[str, ...]:
         for ip, order in self.ranking:

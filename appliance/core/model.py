@@ -208,6 +208,9 @@ class EgressGateway:
     bgp: BgpSpec = BgpSpec()
     failover: FailoverSpec = FailoverSpec()
     generation: int = 0
+    #: metadata.uid (a random UUID the API server assigns at creation): the secret the instance's keyed VNIs are
+    #: derived from (`appliance.datapath.plan.tunnel.keyed_vni`); "" for objects that never went through an API server
+    uid: str = ""
 
     def pool(self, version: int) -> IPPool:
         return self.ipv4_pool if version == 4 else self.ipv6_pool

@@ -72,6 +72,10 @@ class Snapshot:
     namespaces: tuple[Namespace, ...] = ()
     nodes: tuple[Node, ...] = ()
     pods: tuple[Pod, ...] = ()
+    #: pods NOT in `pods` that report an IP outside every detected cluster-internal source (`appliance.policy.
+    #: cluster_cidrs`): an agent reflects only its own node's pods, and learns these from a cluster-wide pod watch
+    #: that keeps nothing else (k8s_sync). Only their key, IPs and hostNetwork matter. Empty where `pods` is whole.
+    remote_strays: tuple[Pod, ...] = ()
     appliances: tuple[Appliance, ...] = ()
     #: the Service CIDR(s), detected (see k8s_sync) - may be empty when undetectable
     service_cidrs: tuple[IPNetwork, ...] = ()

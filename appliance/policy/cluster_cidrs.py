@@ -8,7 +8,9 @@ Sources, switched by the EgressClusterInfo singleton's `autoDetect`:
 - `clusterIP` (default on): the Service CIDR(s) found by k8s_sync (`Snapshot.service_cidrs`);
 - `extraCidr`: always added;
 - always, whatever the switches say: every IP the cluster reports for a pod (`status.podIPs` of every pod that is
-  not `hostNetwork`) that none of the above covers ("stray" pod IPs), one host entry (/32, /128) each.
+  not `hostNetwork`) that none of the above covers ("stray" pod IPs), one host entry (/32, /128) each. The pods are
+  the snapshot's `pods` plus its `remote_strays` (an agent's own pods are in `pods`; the stray pods of other nodes
+  come from a cluster-wide watch that keeps only them, filtered at ingest with `detected_ranges`/`stray_ips`).
 
 Why the last source: detection can miss a pod network (an API server that stores only the first of a dual-stack
 node's podCIDRs, a CNI allocating outside the nodes' podCIDRs, `podCidrMode: ""`), and a pod IP that is not
@@ -77,8 +79,8 @@ def service_cidrs(snapshot: Snapshot) -> tuple[IPNetwork, ...]:
 Range = tuple[int, int]  # first and last address, as integers
 
 
-@dataclass(frozen=True, slots=True)
-class _Detected:
+@dataclass(frozen=True, slots=True, eq=False)
+class DetectedRanges:
     """The detected cluster-internal ranges per family (sorted, disjoint, merged), for O(log n) lookups."""
 
     ranges: dict[int, list[Range]]
@@ -89,19 +91,33 @@ class _Detected:
         i = bisect.bisect_right(starts, value) - 1
         return i >= 0 and value <= self.ranges[version][i][1]
 
+    def same(self, other: DetectedRanges) -> bool:
+        return self.ranges == other.ranges
 
-_DETECTED: dict[str, tuple[tuple[object, ...], _Detected]] = {}
+    def within(self, other: DetectedRanges) -> bool:
+        """True when `other` covers every range of this one (nothing covered here is uncovered there)."""
+        for v, ranges in self.ranges.items():
+            for lo, hi in ranges:
+                i = bisect.bisect_right(other.starts[v], lo) - 1
+                if i < 0 or hi > other.ranges[v][i][1]:
+                    return False
+        return True
 
 
-def _detected(snapshot: Snapshot) -> _Detected:
-    """The detected sources as ranges. Cached for the last inputs (held, so the identity test is sound)."""
+_DETECTED: dict[str, tuple[tuple[object, ...], DetectedRanges]] = {}
+
+
+def detected_ranges(snapshot: Snapshot) -> DetectedRanges:
+    """The detected sources (node IPs, pod CIDRs, Service CIDRs, extraCidr) as ranges; only the snapshot's nodes,
+    cluster info, Service CIDRs and Calico pools are read. Cached for the last inputs (held, so the identity test
+    is sound)."""
     key = (snapshot.nodes, snapshot.cluster_info, snapshot.service_cidrs, snapshot.calico_pools)
     cached = _DETECTED.get("last")
     if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
         return cached[1]
     nets = [*node_ips(snapshot), *pod_cidrs(snapshot), *service_cidrs(snapshot), *snapshot.cluster_info.extra_cidr]
     ranges = {v: _merge(_net_range(n) for n in nets if n.version == v) for v in (4, 6)}
-    found = _Detected(ranges=ranges, starts={v: [r[0] for r in ranges[v]] for v in (4, 6)})
+    found = DetectedRanges(ranges=ranges, starts={v: [r[0] for r in ranges[v]] for v in (4, 6)})
     _DETECTED["last"] = (key, found)
     return found
 
@@ -111,9 +127,14 @@ def _pod_ips(pod: Pod) -> tuple[IPAddress, ...]:
     return () if pod.host_network else pod.ips
 
 
+def stray_ips(found: DetectedRanges, pod: Pod) -> tuple[IPAddress, ...]:
+    """The IPs of `pod` outside every range of `found` (each is then its own cluster-internal entry)."""
+    return tuple(ip for ip in _pod_ips(pod) if not found.covers(ip.version, int(ip)))
+
+
 def is_stray(snapshot: Snapshot, pod: Pod) -> bool:
     """True when some IP of `pod` is outside every detected source (it then is its own cluster-internal entry)."""
-    found = _detected(snapshot)
+    found = detected_ranges(snapshot)
     return any(not found.covers(ip.version, int(ip)) for ip in _pod_ips(pod))
 
 
@@ -131,16 +152,17 @@ _STRAYS: dict[str, tuple[tuple[object, ...], StrayPodIPs]] = {}
 
 
 def stray_pod_ips(snapshot: Snapshot, pods: Sequence[Pod] | None = None) -> StrayPodIPs:
-    """The pod IPs (of `pods`, default the snapshot's) that no detected source covers. O(pods log cidrs); cached
-    for the last inputs."""
+    """The pod IPs (of `pods`, default the snapshot's, and of the snapshot's `remote_strays`) that no detected
+    source covers. O(pods log cidrs); cached for the last inputs."""
     pods = snapshot.pods if pods is None else pods
-    found = _detected(snapshot)
-    key = (pods, found)
+    remote = snapshot.remote_strays
+    found = detected_ranges(snapshot)
+    key = (pods, found, remote)
     cached = _STRAYS.get("last")
-    if cached is not None and cached[0][0] is pods and cached[0][1] is found:
+    if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
         return cached[1]
     out: dict[tuple[int, int], tuple[IPAddress, tuple[str, str]]] = {}
-    for pod in pods:
+    for pod in (*pods, *remote):
         for ip in _pod_ips(pod):
             k = (ip.version, int(ip))
             if not found.covers(k[0], k[1]) and (k not in out or pod.key < out[k][1]):
@@ -159,7 +181,7 @@ _NETS: dict[tuple[int, int, int], IPNetwork] = {}
 def cluster_cidrs(snapshot: Snapshot, pods: Sequence[Pod] | None = None) -> tuple[IPNetwork, ...]:
     """Every cluster-internal destination, collapsed per family, IPv4 first: the detected sources plus a host entry
     per stray pod IP (of `pods`, default the snapshot's). Cached for the last inputs."""
-    found = _detected(snapshot)
+    found = detected_ranges(snapshot)
     strays = stray_pod_ips(snapshot, pods)
     cached = _RESULT.get("last")
     if cached is not None and cached[0][0] is found and cached[0][1] is strays:
@@ -303,7 +325,8 @@ def internal_reason(snapshot: Snapshot, dest: IPAddress) -> str:
         found = next((n for n in nets if n.version == dest.version and dest in n), None)
         if found is not None:
             return f"{what} {found}"
-    owner = next((p for p in sorted(snapshot.pods, key=lambda p: p.key) if dest in _pod_ips(p)), None)
+    pods = sorted((*snapshot.pods, *snapshot.remote_strays), key=lambda p: p.key)
+    owner = next((p for p in pods if dest in _pod_ips(p)), None)
     if owner is not None:
         return f"IP of pod {owner.namespace}/{owner.name}, outside every detected pod CIDR"
     return ""

@@ -5,7 +5,9 @@ Why: pods change far more often than anything else, and a pod event only touches
 unchanged `Steering` object, which is what lets the data path apply only the changed pods' routes and set elements
 (`appliance.datapath.apply.incremental`). So a pass first compares the new snapshot with the one the last intent came
 from: when nothing but pods differs (and not too many of them), the pods that changed are folded into the last
-intent one by one; otherwise the whole intent is resolved again.
+intent one by one; otherwise the whole intent is resolved again. Another node's stray pod IP (`Snapshot.
+remote_strays`, an agent's only view of other nodes' pods) changes only `Intent.cluster_cidrs`: it is recomputed and
+replaced, no full resolve (steerings exclude cluster-internal destinations through that field, never by value).
 
 Pure: no I/O; the reconcile loop owns one tracker.
 """
@@ -19,12 +21,12 @@ from dataclasses import dataclass
 from appliance.core.intent import Intent
 from appliance.core.model import Pod
 from appliance.core.snapshot import Snapshot
-from appliance.policy.cluster_cidrs import is_stray
+from appliance.policy.cluster_cidrs import cluster_cidrs, is_stray
 from appliance.policy.incremental import pod_changed
 from appliance.policy.resolution import resolve
 
 #: snapshot fields an incremental step may differ in (everything else forces a full resolve)
-_POD_FIELDS = frozenset({"pods", "revision"})
+_POD_FIELDS = frozenset({"pods", "remote_strays", "revision"})
 _OTHER_FIELDS = tuple(f.name for f in dataclasses.fields(Snapshot) if f.name not in _POD_FIELDS)
 
 
@@ -79,6 +81,8 @@ class IntentTracker:
                 intent = old_intent
                 for before, after in changes:
                     intent = pod_changed(snapshot, intent, before, after)
+                if old_snap.remote_strays != snapshot.remote_strays:
+                    intent = dataclasses.replace(intent, cluster_cidrs=cluster_cidrs(snapshot))
                 result = NextIntent(intent=intent, incremental=True, pods_changed=len(changes))
         if result is None:
             prev = previous() if previous is not None else old_intent

@@ -125,6 +125,7 @@ def build_instance(
         failover=gw.failover,
         ipv4_pool=gw.ipv4_pool,
         ipv6_pool=gw.ipv6_pool,
+        tunnel_key=gw.uid,
     )
 
 

@@ -55,6 +55,8 @@ class Gw:
     no_gateway_action: NoGatewayAction = NoGatewayAction.FAIL_CLOSED
     member_addresses: dict[str, str] = field(default_factory=dict)
     wireguard: bool = False
+    #: the instance's secret (the EgressGateway's metadata.uid): its keyed VNIs derive from it
+    uid: str = ""
 
 
 def _everything(version: int) -> IPNetwork:
@@ -78,6 +80,7 @@ def build_intent(gateways: Iterable[Gw], selections: Iterable[Sel], *,
             tunnel=TunnelSpec(type=TunnelType.WIREGUARD if g.wireguard else TunnelType.VXLAN, vni=g.vni, port=g.port,
                               mtu=g.mtu),
             failover=FailoverSpec(no_gateway_action=g.no_gateway_action),
+            tunnel_key=g.uid,
         )
         instances.append(inst)
         by_name[g.name] = inst

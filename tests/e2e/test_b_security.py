@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import random
 import re
 import signal
 import subprocess
@@ -39,7 +40,9 @@ from typing import Any
 
 import pytest
 
+from appliance.core.model import TunnelSpec
 from appliance.core.waiting import poll_until, wait_until
+from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY
 from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, gateway_manifest, policy_manifest
 from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
 from lab.urpf import set_router_urpf
@@ -235,13 +238,24 @@ def victim(system: System, witness: Witness) -> Iterator[Victim]:
         sc.cleanup()
 
 
-def tunnel_params(system: System, gw: str) -> tuple[int, int]:
-    """(UDP port, VNI) of the gateway's VXLAN device and of its routes back to workers, read from its kernel."""
+def tunnel_port(system: System, gw: str) -> int:
+    """The UDP port of the gateway's VXLAN device, read from its kernel."""
     links = json.loads(str(system.lab.exec(gw, ["ip", "-j", "-d", "link", "show", "type", "vxlan"]).stdout))
-    port = int(links[0]["linkinfo"]["info_data"]["port"])
-    routes = str(system.lab.exec(gw, ["ip", "-d", "route", "show", "table", "all"]).stdout)
-    vni = int(re.search(r"encap ip6? id (\d+)", routes).group(1))  # type: ignore[union-attr]
-    return port, vni
+    return int(links[0]["linkinfo"]["info_data"]["port"])
+
+
+def keyed_vni(system: System, worker: str) -> int:
+    """The worker's keyed VNI toward the default instance (docs/security.md "Keyed VNIs"), read from the worker's
+    own endpoint routes (`encap ip id VNI ... dst EIP`): what only the cluster knows."""
+    routes = str(system.lab.exec(worker, ["ip", "-d", "route", "show", "table", "all"]).stdout)
+    eips = "|".join(re.escape(e) for e in (DEFAULT_EIP_V4, DEFAULT_EIP_V6))
+    found = {int(m.group(1)) for m in re.finditer(rf"encap ip6? id (\d+) .*?dst ({eips}) ", routes)}
+    assert len(found) == 1, f"{worker}: one keyed VNI toward the default EIPs expected, found {found}"
+    return found.pop()
+
+
+#: the VNI anyone can read in the EgressGateway spec (the lab's gateways leave the default): never a valid VNI
+SPEC_VNI = TunnelSpec().vni
 
 
 def forge_vxlan(system: System, origin: str, *, outer_src: str, outer_dst: str, port: int, vni: int,
@@ -260,15 +274,18 @@ def new_tag(what: str) -> str:
     return f"{what}-{uuid.uuid4().hex[:10]}"
 
 
-def send_forged_to_every_gateway(system: System, origin: str, victim: Victim, version: int, tag: str) -> None:
+def send_forged_to_every_gateway(system: System, origin: str, victim: Victim, version: int, tag: str,
+                                 vnis: Iterable[int] | None = None) -> None:
+    """Forge the victim pod's VXLAN from `origin` to every gateway, with each of `vnis` (default: the worker's real
+    keyed VNI, i.e. an attacker who knows the key)."""
     worker = system.nodes[victim.worker]
     inner_dst = EXTERNAL_V4 if version == 4 else EXTERNAL_V6
     inner_src = str(system.nodes[victim.lab_pod].address(version))
-    for gw in system.gateways:
-        port, vni = tunnel_params(system, gw)
-        forge_vxlan(system, origin, outer_src=str(worker.address(version, "eth1")),
-                    outer_dst=str(system.nodes[gw].address(version, "eth1")), port=port, vni=vni,
-                    inner_src=inner_src, inner_dst=inner_dst, tag=tag)
+    for vni in (keyed_vni(system, victim.worker),) if vnis is None else tuple(vnis):
+        for gw in system.gateways:
+            forge_vxlan(system, origin, outer_src=str(worker.address(version, "eth1")),
+                        outer_dst=str(system.nodes[gw].address(version, "eth1")), port=tunnel_port(system, gw),
+                        vni=vni, inner_src=inner_src, inner_dst=inner_dst, tag=tag)
 
 
 @pytest.fixture(scope="module")
@@ -307,9 +324,18 @@ def forged_vxlan_case(system: System, witness: Witness, victim: Victim, origin: 
         origin]
     before = drops(system, watched_nodes(system))
     tags = {f"v{v}": new_tag(f"forged{v}") for v in (4, 6)}
+    # an outsider (and a pod: it cannot read EgressGateway objects) knows the worker's address, the pod IP and the
+    # spec VNI, not the instance's key: it tries the spec VNI and a few random ones. A cluster LAN host gets the real
+    # keyed VNI (it may sniff the underlay): the LAN's anti-spoofing must stop it even then.
+    real = keyed_vni(system, victim.worker)
+    guesses = [SPEC_VNI, *(v for v in (random.randrange(1, 1 << 24) for _ in range(3)) if v != real)]
     for v in (4, 6):
-        send_forged_to_every_gateway(system, node, victim, v, tags[f"v{v}"])
+        send_forged_to_every_gateway(system, node, victim, v, tags[f"v{v}"],
+                                     vnis=guesses if origin in ("outside", "pod") else None)
     stopped = assert_blocked(system, witness, tags, before, f"forged VXLAN from {origin} ({node})", victim)
+    if origin in ("outside", "pod") and not antispoofing:
+        # nothing upstream stops it: the gateways' keyed-VNI admission does, and counts it
+        assert any(k.endswith(":drop_tunnel_vni") for k in stopped), stopped
     print(f"\nA01 {origin} antispoofing={'on' if antispoofing else 'off'}: dropped at {stopped}")
 
 
@@ -557,7 +583,9 @@ def test_a04_nat_chain_ahead_of_the_agent_is_reported_never_silent(system: Syste
     log_from = len(agent_log(system, worker))
     spoofed_before = spoofed_counts(system, worker)
     try:
-        add_foreign_masquerade(system, worker, "srcnat - 150")
+        # the only room ahead of the agent's SNAT (WORKER_SNAT_PRIORITY): after conntrack (-200), which the kernel
+        # requires of a nat chain
+        add_foreign_masquerade(system, worker, str(WORKER_SNAT_PRIORITY - 5))
         wait_until(lambda: FOREIGN_TABLE in agent_log(system, worker)[log_from:], timeout=CONVERGE_S, interval=0.5,
                    what=f"the agent on {worker} to report the NAT chain of {FOREIGN_TABLE} ahead of its SNAT")
 
@@ -580,19 +608,22 @@ def test_a05_ipv6_pod_to_pod_never_goes_through_the_gateway(system: System, scen
     assert all(c and all(ipaddress.ip_network(n).version == 4 for n in c) for c in pod_cidrs.values()), (
         f"the precondition (Nodes list only IPv4 pod CIDRs) does not hold in this lab: {pod_cidrs}")
     scenario.pod("web", client, {"app": "web"})
+    scenario.pod("peer", server_pod, {"app": "peer"})  # the cluster reports the peer pod (and its IPv6 address)
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, client, DEFAULT_EIP_V6, version=6)
     server = str(system.nodes[server_pod].address(6))
+    own = str(system.nodes[client].address(6))
     system.lab.start_daemon(server_pod, "extserver-pod6", system.python_module("lab.extserver", "--no-icmp"))
     try:
+        # the client's agent learns the peer's address (a pod IP outside every pod CIDR, on another node)
+        wait_until(lambda: system.seen_source(client, server=server, version=6) == own, timeout=CONVERGE_S,
+                   interval=0.3, what=f"the in-cluster server {server} to see the client's own address")
         before = {gw: DataPathCounters.read(system, gw) for gw in system.gateways}
-        got = wait_until(lambda: system.seen_source(client, server=server, version=6), timeout=CONVERGE_S,
-                         interval=0.3, what=f"an answer from the in-cluster server {server}")
+        got = system.seen_source(client, server=server, version=6)
         got_tcp = system.seen_source(client, server=server, version=6, proto="tcp")
         after = {gw: DataPathCounters.read(system, gw) for gw in system.gateways}
     finally:
         system.lab.stop_daemon(server_pod, "extserver-pod6")
-    own = str(system.nodes[client].address(6))
     assert (got, got_tcp) == (own, own), f"the peer pod saw {got} (udp) / {got_tcp} (tcp), expected {own}"
     changed = {gw: DataPathCounters.diff(before[gw], after[gw]) for gw in system.gateways}
     assert not any(changed.values()), f"pod-to-pod IPv6 went through a gateway: {changed}"

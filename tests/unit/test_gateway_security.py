@@ -49,7 +49,7 @@ def table(check: TunnelSourceCheck = TunnelSourceCheck.STRICT, sels: list[Sel] |
 def test_source_check_comes_before_the_tunnel_is_accepted(check: TunnelSourceCheck, rule: str) -> None:
     chains = table(check)
     assert rule in chains
-    assert chains.index(rule) < chains.index("meta mark set ip saddr map @vteps4 accept")
+    assert chains.index(rule) < chains.index("meta mark set ip saddr . @th,96,24 map @vtepvni4 accept")
 
 
 def test_source_check_off_has_no_fib_rule() -> None:

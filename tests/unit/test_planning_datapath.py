@@ -205,7 +205,7 @@ def test_nft_delta_is_empty_when_contents_match_and_minimal_otherwise() -> None:
     assert render_delta(same, table) == ("", 0)
     one_more = worker_table(worker(build_intent([DUAL], [*dual_sels(), Sel(pod_ip="100.64.1.11")])))
     text, n = render_delta(same, one_more)
-    assert n == 1 and text.strip() == "add element inet egressgw steer4 { 100.64.1.11 . 0.0.0.0/0 : 0x0e6e02ca }"
+    assert n == 1 and text.strip() == "add element inet egressgw steer4 { 100.64.1.11 . 0.0.0.0/0 : 0x0e6e013f }"
 
 
 def test_wireguard_steerings_route_into_the_wireguard_device() -> None:

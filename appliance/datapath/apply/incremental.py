@@ -23,7 +23,7 @@ from appliance.datapath.apply.netlink import ApplyResult
 from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, plan_gateway, reply_destination
 from appliance.datapath.plan.kernel_model import Change, Encap, Op, Route
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE, addr, mark, net
-from appliance.datapath.plan.tunnel import WORKER_NH4, WORKER_NH6, link_name, pick_family
+from appliance.datapath.plan.tunnel import WORKER_NH4, WORKER_NH6, link_name, pick_family, worker_vni
 from appliance.datapath.plan.worker import SourceBinding, WorkerPlan, WorkerSettings, plan_worker
 
 
@@ -157,7 +157,7 @@ class IncrementalWorker:
                 return None
             return self.settings.marks.drop_mark
         endpoint = pick_family(s.endpoints, self.underlay.version)
-        key = (endpoint, instance.tunnel.vni, instance.tunnel.udp_port) if endpoint is not None else None
+        key = (endpoint, worker_vni(instance, self.node), instance.tunnel.udp_port) if endpoint is not None else None
         if key is None or key not in by_key:
             raise NotIncremental  # a new endpoint needs a slot, a table and rules
         return by_key[key]
@@ -203,15 +203,16 @@ class IncrementalGateway:
             return ApplyResult()
         old_counts, new_counts = _pod_counts(old, removed), _pod_counts(new, added)
         vtep_marks = {v.node: v.mark for v in plan.vteps}
+        admitted = {(v.instance, v.node) for v in plan.vtep_vnis}
         own = next((m.address for i in mine.values() for m in i.members if m.name == self.member), None)
         version = own.version if own is not None else 4
         elements = _Elements()
         routes: list[Change] = []
         if any(s.gateway in mine for s in removed):
             vxlan = {n for n, i in mine.items() if i.tunnel.type is TunnelType.VXLAN}
-            still = {s.node for s in new.steerings if s.gateway in vxlan}
-            if any(s.gateway in vxlan and s.node not in still for s in removed):
-                raise NotIncremental  # the worker's last pod left: its VTEP entry goes too
+            still = {(s.gateway, s.node) for s in new.steerings if s.gateway in vxlan}
+            if any(s.gateway in vxlan and (s.gateway, s.node) not in still for s in removed):
+                raise NotIncremental  # the worker's last pod of an instance left: its (address . VNI) entry goes
         for op, steerings, counts in ((Op.DELETE, removed, old_counts), (Op.ADD, added, new_counts)):
             for s in steerings:
                 instance = mine.get(s.gateway)
@@ -221,8 +222,8 @@ class IncrementalGateway:
                     raise NotIncremental
                 v = s.pod_ip.version
                 if instance.tunnel.type is TunnelType.VXLAN:
-                    if s.node not in vtep_marks:
-                        raise NotIncremental  # a new worker needs a slot
+                    if s.node not in vtep_marks or (s.gateway, s.node) not in admitted:
+                        raise NotIncremental  # a new worker needs a slot; a new (instance, worker) its keyed VNI
                     worker = self.workers.get(s.node, ())
                     if not worker:
                         raise NotIncremental
@@ -231,7 +232,7 @@ class IncrementalGateway:
                     route = Route(
                         table=plan.reply_table, dst=reply_destination(s.pod_ip, self.cidrs.get(s.node, ())),
                         dev=link_name(instance.tunnel.udp_port), via=WORKER_NH4 if v == 4 else WORKER_NH6,
-                        encap=Encap(vni=instance.tunnel.vni, dst=dst),
+                        encap=Encap(vni=worker_vni(instance, s.node), dst=dst),
                     )
                     if route.dst.prefixlen == route.dst.max_prefixlen:
                         routes.append(Change(op=op, item=route))

@@ -7,7 +7,8 @@ traffic of (worker, pod IP) pairs the cluster says exist and are selected for th
 the tunnel to the worker hosting the pod.
 
 How a packet is bound to the worker it came from: the outer VXLAN packet is marked in the input hook with the
-worker's slot (map: outer source address -> mark); the mark survives decapsulation (same netns), and the forward
+worker's slot (map: outer source address . VNI -> mark, the VNI being the pair's keyed VNI, `tunnel.keyed_vni`: a
+known worker address with any other VNI is dropped); the mark survives decapsulation (same netns), and the forward
 chain checks (mark . inner source) against the set of (worker slot . pod IP). A worker can therefore only speak for
 its own pods. The conntrack mark keeps the slot; replies restore it as the packet mark, and one `ip rule fwmark`
 sends them to our reply table, which holds one route per pod IP, encapsulated toward the pod's worker.
@@ -42,6 +43,7 @@ from appliance.datapath.plan.tunnel import (
     steering_key,
     tunnel_link,
     tunnel_sysctls,
+    worker_vni,
 )
 
 #: worker slots live in the low 16 bits of the mark; 0xffff is the drop slot
@@ -102,6 +104,18 @@ class Vtep:
     node: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class VtepVni:
+    """What admits a tunnel packet: (a known worker's underlay address . the keyed VNI of that worker and one of
+    this member's VXLAN instances) -> the worker's slot mark. One per (worker address, instance)."""
+
+    address: IPAddress
+    vni: int
+    mark: int
+    node: str
+    instance: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SnatEntry:
     """(pod_ip . destination) -> eip; eip None = masquerade to the uplink address (useNodeIP)."""
@@ -144,6 +158,8 @@ class GatewayPlan:
     wireguard_links: tuple[str, ...] = ()
     wireguard_ports: tuple[int, ...] = ()
     source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
+    #: tunnel admission: (worker address . keyed VNI) -> worker mark (sorted)
+    vtep_vnis: tuple[VtepVni, ...] = ()
 
 
 def ip_key(ip: IPAddress) -> tuple[int, int]:
@@ -219,6 +235,12 @@ def plan_gateway(
         (Vtep(address=a, mark=marks.mark(slots[n]), node=n) for n in nodes for a in set(workers[n])),
         key=lambda v: ip_key(v.address),
     )
+    pairs = sorted({(s.gateway, s.node) for s in steerings if s.gateway in vxlan and s.node in slots})
+    vtep_vnis = sorted(
+        (VtepVni(address=a, vni=worker_vni(vxlan[g], n), mark=marks.mark(slots[n]), node=n, instance=g)
+         for g, n in pairs for a in set(workers[n])),
+        key=lambda v: (ip_key(v.address), v.vni, v.instance),
+    )
     # per-pod work is keyed by (version, int(ip)): hashing ipaddress objects dominated planning 10k pods
     pods: dict[tuple[int, int], tuple[int, IPAddress]] = {}
     pod_worker: dict[tuple[int, int], str] = {}
@@ -248,7 +270,8 @@ def plan_gateway(
             encap = encaps.get((s.gateway, s.node))
             if encap is None:
                 worker_addr = pick_family(workers[s.node], version) or workers[s.node][0]
-                encap = encaps[(s.gateway, s.node)] = Encap(vni=vxlan[s.gateway].tunnel.vni, dst=worker_addr)
+                encap = encaps[(s.gateway, s.node)] = Encap(vni=worker_vni(vxlan[s.gateway], s.node),
+                                                            dst=worker_addr)
             dst = reply_destination(s.pod_ip, cidrs.get(s.node, ()))
             rkey = (dst.version, int(dst.network_address), dst.prefixlen)
             if rkey not in routes:
@@ -288,7 +311,7 @@ def plan_gateway(
         uplink=own,
         wireguard_links=tuple(sorted(wireguard_devices)) if wg else (),
         wireguard_ports=tuple(sorted({p for i in wg.values() for p in (i.tunnel.udp_port, i.tunnel.udp_port + 1)})),
-        skipped=tuple(skipped), source_check=settings.source_check,
+        skipped=tuple(skipped), source_check=settings.source_check, vtep_vnis=tuple(vtep_vnis),
     )
 
 

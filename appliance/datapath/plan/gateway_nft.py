@@ -18,7 +18,12 @@ GATEWAY_DROPS = (
     "drop_no_snat",
     "drop_tunnel_source",
     "drop_unsteered_reply",
+    "drop_tunnel_vni",
+    "drop_tunnel_destination",
 )
+
+#: the VXLAN VNI as nft reads it: 24 bits at byte 4 of the VXLAN header, after the 8-byte UDP header (RFC 7348)
+VNI_FIELD = "@th,96,24"
 
 #: per-worker spoofed-drop counters: `spoofed_<node>` (metric egressgw_datapath_spoofed_packets_total{worker})
 SPOOFED_PREFIX = "spoofed_"
@@ -74,11 +79,19 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
         sets += [
             NftSet(name=f"vteps{v}", key_type=fam(v), data_type="mark",
                    elements=frozenset((addr(t.address), mark(t.mark)) for t in plan.vteps if t.address.version == v)),
+            NftSet(name=f"vtepvni{v}", key_type=f"{'ip' if v == 4 else 'ip6'} saddr . {VNI_FIELD}",
+                   data_type="meta mark", typeof=True,
+                   elements=frozenset((f"{addr(t.address)} . {t.vni}", mark(t.mark))
+                                      for t in plan.vtep_vnis if t.address.version == v)),
             NftSet(name=f"pods{v}", key_type=f"mark . {fam(v)}",
                    elements=frozenset((f"{mark(mk)} . {addr(ip)}", None) for mk, ip in plan.pods if ip.version == v)),
             NftSet(name=f"eips{v}", key_type=fam(v),
                    elements=frozenset((addr(e), None) for e in plan.eips if e.version == v)),
             NftSet(name=f"cluster{v}", key_type=fam(v), interval=True, elements=frozenset((net(n), None) for n in c)),
+            # where workers send tunnel packets: the EIPs, and the member's own address (useNodeIP endpoints)
+            NftSet(name=f"tunneldst{v}", key_type=fam(v),
+                   elements=frozenset((addr(a), None) for a in (*plan.eips, *((plan.uplink,) if plan.uplink else ()))
+                                      if a.version == v)),
         ]
         entries = [e for e in plan.snat if e.pod_ip.version == v]
         sets += [
@@ -102,8 +115,12 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
     probe6 = f"update @probe6 {{ ip6 saddr limit rate {PROBE_RATE} }}"
     chains = f"""\tchain input {{
 \t\ttype filter hook input priority filter; policy accept;
-{_source_check(plan)}\t\tudp dport @tunnel_ports meta mark set ip saddr map @vteps4 accept
-\t\tudp dport @tunnel_ports meta mark set ip6 saddr map @vteps6 accept
+\t\tmeta nfproto ipv4 udp dport @tunnel_ports ip daddr != @tunneldst4 counter name drop_tunnel_destination drop
+\t\tmeta nfproto ipv6 udp dport @tunnel_ports ip6 daddr != @tunneldst6 counter name drop_tunnel_destination drop
+{_source_check(plan)}\t\tudp dport @tunnel_ports meta mark set ip saddr . {VNI_FIELD} map @vtepvni4 accept
+\t\tudp dport @tunnel_ports meta mark set ip6 saddr . {VNI_FIELD} map @vtepvni6 accept
+\t\tudp dport @tunnel_ports ip saddr @vteps4 counter name drop_tunnel_vni drop
+\t\tudp dport @tunnel_ports ip6 saddr @vteps6 counter name drop_tunnel_vni drop
 \t\tudp dport @tunnel_ports counter name drop_unknown_vtep drop
 \t\tudp dport @wg_ports accept
 \t\tiifname @tunnel_links counter name drop_tunnel_to_local drop

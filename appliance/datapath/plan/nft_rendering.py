@@ -36,6 +36,8 @@ class NftSet:
     dynamic_timeout: int = 0
     #: maximum number of entries of a dynamic set
     size: int = 65535
+    #: key_type/data_type are expressions (`typeof ip saddr . @th,96,24 : meta mark`), for keys no named type has
+    typeof: bool = False
 
     @property
     def kind(self) -> str:
@@ -46,7 +48,7 @@ class NftSet:
         flags = " flags interval;" if self.interval else ""
         if self.dynamic_timeout:
             flags = f" size {self.size}; flags dynamic,timeout; timeout {self.dynamic_timeout}s;"
-        return f"{self.kind} {self.name} {{ type {typ};{flags} }}"
+        return f"{self.kind} {self.name} {{ {'typeof' if self.typeof else 'type'} {typ};{flags} }}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

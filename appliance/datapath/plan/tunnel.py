@@ -7,6 +7,11 @@ inner Ethernet header only has to satisfy the receiving device: every gateway de
 device WORKER_MAC, and each side holds one permanent neighbour for the other side's fixed inner next hop. No FDB, no
 ARP, no per-peer MAC: adding a worker or an EIP never touches a neighbour table.
 
+Keyed VNIs: the VNI of each (instance, worker) pair is derived with HMAC-SHA256 from the instance's secret (the
+EgressGateway's metadata.uid) and the worker's node name, so a gateway can bind a VXLAN packet to (outer source .
+VNI) and an outsider who forges a worker's address without the key guesses the VNI with odds of 1 in 2^24 per packet
+(docs/security.md, "Keyed VNIs").
+
 Slots (route table, rule priority, mark) are derived from a hash of what they stand for, with linear probing in
 sorted order, so adding one endpoint or one worker leaves every other slot - and every running flow's mark - alone.
 """
@@ -14,12 +19,14 @@ sorted order, so adding one endpoint or one worker leaves every other slot - and
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_network
 
-from appliance.core.intent import Steering
+from appliance.core.intent import GatewayInstance, Steering
 from appliance.core.model import IPAddress, IPNetwork
 from appliance.datapath.plan.kernel_model import LINK_PREFIX, TunnelLink
 
@@ -63,6 +70,30 @@ class MarkSettings:
     @property
     def drop_mark(self) -> int:
         return self.mark_base | DROP_SLOT
+
+
+#: VNIs are 24 bits; 0 is never derived (some stacks treat it as "no VNI")
+VNI_SPACE = 1 << 24
+_VNI_CONTEXT = b"egressgw keyed vni v1"
+
+
+@functools.lru_cache(maxsize=65536)
+def keyed_vni(*, key: str, instance: str, node: str, spec_vni: int) -> int:
+    """The VNI worker `node` and the members of `instance` use between them: the first 24 bits of
+    HMAC-SHA256(key, context | instance | node | attempt) that are neither 0 nor the instance's spec VNI (the spec
+    VNI is public: it is never a valid VNI, so a forger who uses it is always caught). Pure and stable: both ends
+    compute it independently from the snapshot. `key` is the instance's secret (`GatewayInstance.tunnel_key`)."""
+    for attempt in range(256):
+        msg = b"\0".join((_VNI_CONTEXT, instance.encode(), node.encode(), bytes((attempt,))))
+        vni = int.from_bytes(hmac.new(key.encode(), msg, hashlib.sha256).digest()[:3], "big")
+        if vni not in (0, spec_vni):
+            return vni
+    raise AssertionError("unreachable: 256 HMAC outputs all 0 or the spec VNI")
+
+
+def worker_vni(instance: GatewayInstance, node: str) -> int:
+    """The keyed VNI between worker `node` and `instance`'s members (VXLAN instances)."""
+    return keyed_vni(key=instance.tunnel_key, instance=instance.name, node=node, spec_vni=instance.tunnel.vni)
 
 
 def link_name(port: int) -> str:

@@ -51,6 +51,7 @@ from appliance.datapath.plan.tunnel import (
     steering_key,
     tunnel_link,
     tunnel_sysctls,
+    worker_vni,
 )
 
 #: at most this many tunnel endpoints per worker: one rule each inside the 1000-wide priority range, which also
@@ -246,10 +247,13 @@ def plan_worker(
         endpoint = pick_family(s.endpoints, version)
         if device and endpoint is None:  # WireGuard: the device knows its peer; the address only names the slot
             endpoint = s.endpoints[0]
-        if endpoint is None or tunnel is None:
+        if endpoint is None or instance is None or tunnel is None:
             skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.NO_ENDPOINT_FOR_UNDERLAY))
             continue
-        chosen.append((s, (endpoint, 0, 0, device) if device else (endpoint, tunnel.vni, tunnel.udp_port, "")))
+        if device:
+            chosen.append((s, (endpoint, 0, 0, device)))
+        else:
+            chosen.append((s, (endpoint, worker_vni(instance, node), tunnel.udp_port, "")))
 
     endpoint_keys = {ep for _, ep in chosen if ep is not None}
     slots = _slots(endpoint_keys)

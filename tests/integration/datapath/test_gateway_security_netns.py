@@ -24,6 +24,7 @@ from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.conntrack import flush_pod_conntrack
 from appliance.datapath.apply.incremental import IncrementalGateway
 from appliance.datapath.plan.gateway import GatewaySettings, TunnelSourceCheck, pod_bindings
+from appliance.datapath.plan.tunnel import worker_vni
 from appliance.datapath.plan.worker import WorkerSettings, plan_worker
 from appliance.gateway.datapath import FlowFlusher, RealGatewayDataPath
 from appliance.runtime.config import GatewayConfig
@@ -47,7 +48,13 @@ pytestmark = pytest.mark.netns
 EIP4, EIP4B, EIP6 = "203.0.113.130", "203.0.113.131", "2001:db8:e1::2"
 NODE = {"w1": "worker1", "w2": "worker2"}
 WORKERS = {NODE[w]: tuple(ip_address(a) for a in addrs) for w, addrs in WORKER_ADDR.items()}
-GW = Gw(eips=(EIP4, EIP4B, EIP6), members=("gw1",), member_addresses={"gw1": GATEWAY_ADDR["g1"][0]})
+GW = Gw(eips=(EIP4, EIP4B, EIP6), members=("gw1",), member_addresses={"gw1": GATEWAY_ADDR["g1"][0]},
+        uid="5e0c2a7d-93b4-4f61-8d2e-0b7a1c6f4e39")
+
+
+def keyed(node: str = "worker1") -> int:
+    """The keyed VNI of `node` and the instance (what only the cluster knows)."""
+    return worker_vni(selected().instances[0], node)
 
 
 class Gateway:
@@ -173,12 +180,13 @@ def test_spoofed_vxlan_from_another_interface_is_dropped_and_counted(bed: Testbe
         (WORKER_ADDR["w1"][0], EIP4, PODS["pod1"][1], EXT_V4[0]),
         (WORKER_ADDR["w1"][1], EIP6, PODS["pod1"][2], EXT_V6),
     ):
-        # without the check the gateway relays it (so the test can fail): the server sees the EIP
+        # without the check, an attacker who knows the key (the worker's keyed VNI) makes the gateway relay it (so
+        # the test can fail): the server sees the EIP
         extclient(bed, "reset")
         gw = Gateway(bed, TunnelSourceCheck.OFF)
         gw.converge(selected())
         send = {"outer_src": outer_src, "outer_dst": outer_dst, "inner_src": inner_src, "inner_dst": server,
-                "inner_dport": PUSH_PORT + 100, "vni": GW.vni}
+                "inner_dport": PUSH_PORT + 100, "vni": keyed()}
         send_vxlan(bed, ATTACKER, "eth0", next_hop_mac=att_mac_dst, **send)
         wait_until(lambda od=outer_dst: od in wire_sources(bed), timeout=10, what="relayed spoofed packet")
         # with the strict reverse-path check: dropped at the gateway, counted, nothing reaches the server
@@ -221,7 +229,7 @@ def test_spoofed_inner_source_from_a_worker_is_counted_per_worker_and_reported(
     router_mac = link_mac(bed, "r", "p-w1")
     for outer_dst, inner_src, server in ((EIP4, "100.64.1.99", EXT_V4[0]), (EIP6, "2001:db8:64:1::99", EXT_V6)):
         send_vxlan(bed, "w1", "eth0", next_hop_mac=router_mac, count=3, outer_src=WORKER_ADDR["w1"][0 if ":" not in
-                   outer_dst else 1], outer_dst=outer_dst, inner_src=inner_src, inner_dst=server, vni=GW.vni)
+                   outer_dst else 1], outer_dst=outer_dst, inner_src=inner_src, inner_dst=server, vni=keyed())
     wait_until(lambda: counters(bed).get("spoofed_worker1", 0) >= 6, timeout=10, what="spoofed_worker1 >= 6")
     assert counters(bed)["drop_spoofed"] >= 6
     assert counters(bed).get("spoofed_worker2", 0) == 0
@@ -235,3 +243,42 @@ def test_spoofed_inner_source_from_a_worker_is_counted_per_worker_and_reported(
     # legitimate traffic of the same worker keeps flowing
     apply_workers(bed, selected())
     assert bed.source("pod1", EXT_V4[0]) == EIP4
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4-outer", "ipv6-outer"])
+def test_forged_vxlan_without_the_key_is_dropped_and_counted_while_real_workers_pass(bed: Testbed, v6: bool) -> None:
+    """A gateway with one uplink and no uRPF upstream, as the reverse-path check sees it (check off): the forger
+    knows worker1's address, pod1's IP and the spec VNI, not the instance's key."""
+    apply_workers(bed, selected())
+    gw = Gateway(bed, TunnelSourceCheck.OFF)
+    gw.converge(selected())
+    outer_src, outer_dst = (WORKER_ADDR["w1"][1], EIP6) if v6 else (WORKER_ADDR["w1"][0], EIP4)
+    inner_src, server = (PODS["pod1"][2], EXT_V6) if v6 else (PODS["pod1"][1], EXT_V4[0])
+    send = {"outer_src": outer_src, "outer_dst": outer_dst, "inner_src": inner_src, "inner_dst": server,
+            "inner_dport": PUSH_PORT + 100}
+    att_mac_dst = link_mac(bed, "g1", "att0")
+    guesses = [GW.vni, 1, 0xFFFFFF, keyed("worker2"), keyed() ^ 1]  # the spec VNI, a few others, a near miss
+    assert keyed() not in guesses
+    extclient(bed, "reset")
+    before = counters(bed)
+    for vni in guesses:
+        send_vxlan(bed, ATTACKER, "eth0", next_hop_mac=att_mac_dst, count=4, vni=vni, **send)
+    wait_until(lambda: counters(bed)["drop_tunnel_vni"] >= before["drop_tunnel_vni"] + 4 * len(guesses),
+               timeout=10, what="drop_tunnel_vni")
+    after = counters(bed)
+    assert after["drop_spoofed"] == before["drop_spoofed"] and after["drop_unknown_vtep"] == before[
+        "drop_unknown_vtep"], "forged packets must stop at admission"
+    assert outer_dst not in wire_sources(bed)
+    # real workers pass (both, with their own keyed VNIs), in the same gateway state
+    assert bed.source("pod1", server) == outer_dst
+    assert bed.source("pod3", EXT_V4[0]) == WORKER_ADDR["w2"][0]  # pod3 is not selected: its node's address
+    w2 = build_intent([GW], [Sel(pod_ip=PODS["pod3"][1], node="worker2", eip=EIP4, partner=EIP6)])
+    apply_workers(bed, w2)
+    Gateway(bed, TunnelSourceCheck.OFF).converge(w2)
+    assert bed.source("pod3", EXT_V4[0]) == EIP4
+    # the control: the same forged packet with worker1's keyed VNI is relayed (the key is what stops it)
+    apply_workers(bed, selected())
+    Gateway(bed, TunnelSourceCheck.OFF).converge(selected())
+    extclient(bed, "reset")
+    send_vxlan(bed, ATTACKER, "eth0", next_hop_mac=att_mac_dst, count=3, vni=keyed(), **send)
+    wait_until(lambda: outer_dst in wire_sources(bed), timeout=10, what="relayed packet with the keyed VNI")

@@ -25,6 +25,7 @@ from appliance.datapath.apply.pod_interfaces import PodInterfaceDiscovery
 from appliance.datapath.apply.worker_guards import BridgeBindingApplier, foreign_nat_chains
 from appliance.datapath.plan.gateway import GatewaySettings, plan_gateway
 from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY
+from appliance.datapath.plan.tunnel import worker_vni
 from appliance.datapath.plan.worker import SkipReason, SourceBinding, WorkerPlan, WorkerSettings, plan_worker
 from appliance.datapath.plan.worker_nft import worker_bridge_table
 from lab.testbeds.datapath import EXT_V4, EXT_V6, GATEWAY_ADDR, PODS, ROUTED_PODS, WORKER_ADDR, Testbed
@@ -202,8 +203,9 @@ for _ in range(count):
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 def test_server_push_after_steering_ends_is_dropped_on_the_worker(bed: Testbed, v6: bool) -> None:
     ext, eip = (EXT_V6, EIP6) if v6 else (EXT_V4[0], EIP4)
-    ep = "ep_203_0_113_130_7700"  # both families' pods are tunnelled to the IPv4 endpoint (IPv4 underlay)
     intent = build_intent([GW], sels("pod1", "pod2"))
+    # both families' pods are tunnelled to the IPv4 endpoint (IPv4 underlay), with worker1's keyed VNI
+    ep = f"ep_203_0_113_130_{worker_vni(intent.instances[0], 'worker1')}"
     apply(bed, intent)
     flush_pod_conntrack([ip_address(addr("pod1", v6))], netns=bed.ns("w1"))
     reset_seen(bed)
