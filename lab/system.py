@@ -291,15 +291,26 @@ class System:
             except Exception as exc:
                 if getattr(exc, "status", None) != 409:
                     raise
-                name = obj["metadata"]["name"]
-                current = (self._custom.get_namespaced_custom_object(*args, name) if ns
-                           else self._custom.get_cluster_custom_object(*args, name))
-                body = dict(obj)
-                body["metadata"] = dict(obj["metadata"], resourceVersion=current["metadata"]["resourceVersion"])
-                if ns:
+                self._replace(args, obj)
+
+    def _replace(self, args: tuple[Any, ...], obj: Mapping[str, Any], attempts: int = 20) -> None:
+        """Replace an existing object with `obj`. The status writers update the same objects, so a replace can meet
+        a newer resourceVersion (409 Conflict): read it again and retry."""
+        name, namespaced = obj["metadata"]["name"], len(args) == 4
+        for attempt in range(attempts):
+            current = (self._custom.get_namespaced_custom_object(*args, name) if namespaced
+                       else self._custom.get_cluster_custom_object(*args, name))
+            body = dict(obj)
+            body["metadata"] = dict(obj["metadata"], resourceVersion=current["metadata"]["resourceVersion"])
+            try:
+                if namespaced:
                     self._custom.replace_namespaced_custom_object(*args, name, body)
                 else:
                     self._custom.replace_cluster_custom_object(*args, name, body)
+                return
+            except Exception as exc:
+                if getattr(exc, "status", None) != 409 or attempt == attempts - 1:
+                    raise
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
         plural = {"EgressPolicy": "egresspolicies", "EgressClusterPolicy": "egressclusterpolicies",

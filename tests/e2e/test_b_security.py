@@ -276,16 +276,20 @@ def new_tag(what: str) -> str:
 
 def send_forged_to_every_gateway(system: System, origin: str, victim: Victim, version: int, tag: str,
                                  vnis: Iterable[int] | None = None) -> None:
-    """Forge the victim pod's VXLAN from `origin` to every gateway, with each of `vnis` (default: the worker's real
-    keyed VNI, i.e. an attacker who knows the key)."""
+    """Forge the victim pod's VXLAN from `origin`, with each of `vnis` (default: the worker's real keyed VNI, i.e. an
+    attacker who knows the key), to where workers send it: the EIP of that family (the routers deliver it to the
+    member carrying it), and to every gateway's uplink address (gateways take tunnel packets only to their EIPs
+    and own member address: `drop_tunnel_destination`)."""
     worker = system.nodes[victim.worker]
     inner_dst = EXTERNAL_V4 if version == 4 else EXTERNAL_V6
     inner_src = str(system.nodes[victim.lab_pod].address(version))
+    eip = DEFAULT_EIP_V4 if version == 4 else DEFAULT_EIP_V6
+    targets = [eip, *(str(system.nodes[gw].address(version, "eth1")) for gw in system.gateways)]
+    port = tunnel_port(system, system.gateways[0])
     for vni in (keyed_vni(system, victim.worker),) if vnis is None else tuple(vnis):
-        for gw in system.gateways:
-            forge_vxlan(system, origin, outer_src=str(worker.address(version, "eth1")),
-                        outer_dst=str(system.nodes[gw].address(version, "eth1")), port=tunnel_port(system, gw),
-                        vni=vni, inner_src=inner_src, inner_dst=inner_dst, tag=tag)
+        for outer_dst in targets:
+            forge_vxlan(system, origin, outer_src=str(worker.address(version, "eth1")), outer_dst=outer_dst,
+                        port=port, vni=vni, inner_src=inner_src, inner_dst=inner_dst, tag=tag)
 
 
 @pytest.fixture(scope="module")

@@ -176,9 +176,9 @@ def test_pod_ips_outside_every_pod_cidr_are_reported(writing_sync: Callable[[], 
         assert f"2001:db8:64:21::10 ({ns}/dual)" in cond["message"]
     # the operator covers the IPv6 pod network: this pod is no longer a stray
     kube.patch("EgressClusterInfo", "default", {"spec": {"extraCidr": ["2001:db8:64:21::/64"]}})
-    info_status(kube, lambda s: _uncovered_v6(s) == before)
-    if before == 0:
-        done = info_status(kube, lambda s: any(c.get("type") == "PodCIDRsIncomplete" and c.get("status") == "False"
-                                               for c in s.get("conditions") or ()))
-        [ok] = [c for c in done["conditions"] if c["type"] == "PodCIDRsIncomplete"]
-        assert ok["reason"] == "AllPodIPsCovered"
+    done = info_status(kube, lambda s: _uncovered_v6(s) == before)
+    [after] = [c for c in done["conditions"] if c["type"] == "PodCIDRsIncomplete"]
+    assert "2001:db8:64:21::10" not in after.get("message", "")
+    # the condition clears only when no pod of the shared API server (other tests' included) is a stray any more
+    if after["status"] == "False":
+        assert after["reason"] == "AllPodIPsCovered"

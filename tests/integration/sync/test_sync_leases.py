@@ -173,8 +173,12 @@ def test_two_members_one_status_writer(start_sync: Any, sync_api: KubeApi, kube:
                    timeout=10, what="status written")
         # exactly one member wrote (which one may be decided by a renewal race under load, so do not ask
         # who is leader *now*: ask who wrote)
-        writers = [i for i, (s, _) in enumerate(started) if s.writer.totals["written"] >= 1]
-        assert len(writers) == 1, [s.writer.totals for s, _ in started]
+        # (the object shows the status a moment before the writer counts its write: wait for the count)
+        def writers() -> list[int]:
+            return [i for i, (s, _) in enumerate(started) if s.writer.totals["written"] >= 1]
+
+        wait_until(writers, timeout=30, what="a writer counting its write")
+        assert len(writers()) == 1, [s.writer.totals for s, _ in started]
     finally:
         for service, election in started:
             service.stop()
