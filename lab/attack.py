@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from appliance.datapath.plan.packets import internet_checksum as checksum
 from appliance.datapath.plan.tunnel import GATEWAY_MAC, WORKER_MAC
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -51,16 +52,6 @@ SERVER_PORT = 7000
 
 def ip(value: str | IPAddress) -> IPAddress:
     return value if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(value)
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071): one's complement of the one's-complement sum of 16-bit words."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def pseudo_header(src: IPAddress, dst: IPAddress, proto: int, length: int) -> bytes:

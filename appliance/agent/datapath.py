@@ -29,7 +29,7 @@ from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot
 from appliance.datapath.apply import health_checks
 from appliance.datapath.apply.applier import DataPathApplier
-from appliance.datapath.apply.conntrack import ConntrackFlushResult, flush_pod_conntrack
+from appliance.datapath.apply.conntrack import conntrack_changes, flush_pod_conntrack
 from appliance.datapath.apply.incremental import IncrementalWorker
 from appliance.datapath.apply.netlink import ApplyResult, CommandError
 from appliance.datapath.apply.pod_interfaces import PodInterfaceDiscovery
@@ -182,17 +182,6 @@ def changed_pod_ips(
 ) -> frozenset[IPAddress]:
     """Pod IPs whose steering differs between two passes (started, stopped or moved to another EIP)."""
     return frozenset(ip for ip in old.keys() | new.keys() if old.get(ip) != new.get(ip))
-
-
-def conntrack_changes(result: ConntrackFlushResult) -> tuple[str, ...]:
-    """The change lines of a flush: one per flushed pod IP, then how many entries were deleted (and had already
-    gone on their own) - never a line for a pod IP whose flush failed or did not finish."""
-    if not result.requested:
-        return ()
-    summary = f"conntrack deleted {result.deleted} entries"
-    if result.already_gone:
-        summary += f" ({result.already_gone} already gone)"
-    return (*result.changes(), summary)
 
 
 def make_worker_datapath(cfg: AgentConfig, underlay: Underlay, *, annotator: Any | None = None) -> WorkerDataPath:

@@ -30,7 +30,7 @@ from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot
 from appliance.datapath.apply import health_checks
 from appliance.datapath.apply.applier import DataPathApplier
-from appliance.datapath.apply.conntrack import ConntrackFlushResult, flush_pod_conntrack
+from appliance.datapath.apply.conntrack import ConntrackFlushResult, conntrack_changes, flush_pod_conntrack
 from appliance.datapath.apply.incremental import IncrementalGateway
 from appliance.datapath.plan.gateway import (
     GatewaySettings,
@@ -178,16 +178,6 @@ class RealGatewayDataPath:
     def conditions(self) -> tuple[MemberCondition, ...]:
         """The member conditions this data path reports (status document): `WorkerTrafficSpoofed`."""
         return (spoof_condition(self.spoofing.recent(self.clock())),)
-
-
-def conntrack_changes(result: ConntrackFlushResult) -> tuple[str, ...]:
-    """The change lines of a flush: one per flushed pod IP, then how many entries were deleted."""
-    if not result.requested:
-        return ()
-    summary = f"conntrack deleted {result.deleted} entries"
-    if result.already_gone:
-        summary += f" ({result.already_gone} already gone)"
-    return (*result.changes(), summary)
 
 
 def make_gateway_datapath(

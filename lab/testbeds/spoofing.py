@@ -20,6 +20,7 @@ import struct
 import sys
 from collections.abc import Sequence
 
+from appliance.datapath.plan.packets import internet_checksum
 from appliance.datapath.plan.tunnel import GATEWAY_MAC, WORKER_MAC
 from lab.testbeds.datapath import Testbed, sh
 
@@ -65,15 +66,6 @@ def link_mac(tb: Testbed, node: str, dev: str) -> str:
 # ----- frames (pure) -----
 
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _mac(text: str) -> bytes:
     return bytes(int(p, 16) for p in text.split(":"))
 
@@ -87,11 +79,11 @@ def ip_udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> tuple[
     else:
         pseudo = s.packed + d.packed + struct.pack("!I3xB", length, 17)
     udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
-    csum = checksum(pseudo + udp) or 0xFFFF
+    csum = internet_checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
     if s.version == 4:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0x1234, 0x4000, 64, 17, 0, s.packed, d.packed)
-        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:]
         return hdr + udp, 0x0800
     hdr = struct.pack("!IHBB16s16s", 0x60000000, length, 17, 64, s.packed, d.packed)
     return hdr + udp, 0x86DD

@@ -337,9 +337,12 @@ def forged_vxlan_case(system: System, witness: Witness, victim: Victim, origin: 
         send_forged_to_every_gateway(system, node, victim, v, tags[f"v{v}"],
                                      vnis=guesses if origin in ("outside", "pod") else None)
     stopped = assert_blocked(system, witness, tags, before, f"forged VXLAN from {origin} ({node})", victim)
-    if origin in ("outside", "pod") and not antispoofing:
+    if origin == "outside" and not antispoofing:
         # nothing upstream stops it: the gateways' keyed-VNI admission does, and counts it
         assert any(k.endswith(":drop_tunnel_vni") for k in stopped), stopped
+    if origin == "pod":
+        # the pod's own worker stops a pod's tunnel packets toward the EIPs before they leave the node
+        assert stopped.get(f"{victim.worker}:egressgw:drop_pod_tunnel", 0) > 0, stopped
     print(f"\nA01 {origin} antispoofing={'on' if antispoofing else 'off'}: dropped at {stopped}")
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agent.datapath import conntrack_changes
 from appliance.agent.service import AgentDeps, AgentService
 from appliance.core.intent import Intent
 from appliance.core.snapshot import Snapshot
 from appliance.core.waiting import wait_until
-from appliance.datapath.apply.conntrack import ConntrackFailure, ConntrackFlushResult
+from appliance.datapath.apply.conntrack import ConntrackFailure, ConntrackFlushResult, conntrack_changes
 from appliance.runtime.config import AgentConfig, parse_agent_config
 from appliance.runtime.reconciling import PassOutcome, PassReport
 from appliance.runtime.skips import SkipNote

@@ -19,7 +19,6 @@ from appliance.core.waiting import wait_until
 from appliance.datapath.apply.endpoint_probing import (
     EchoSocket,
     EndpointProber,
-    checksum,
     echo_request,
     parse_echo_reply,
 )
@@ -32,6 +31,7 @@ from appliance.datapath.plan.endpoint_liveness import (
     record,
     rewritten_steerings,
 )
+from appliance.datapath.plan.packets import internet_checksum
 from appliance.datapath.plan.worker import SkipReason, WorkerSettings, plan_worker
 from appliance.runtime.config import parse_agent_config
 from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent
@@ -143,7 +143,7 @@ def test_probe_targets_are_this_nodes_vxlan_endpoints_of_its_family() -> None:
 
 def test_echo_packets() -> None:
     req = echo_request(4, 0x1234, 7)
-    assert checksum(req) == 0  # a valid checksum sums to zero
+    assert internet_checksum(req) == 0  # a valid checksum sums to zero
     reply4 = bytes([0x45]) + bytes(19) + bytes([0, 0]) + req[2:]
     assert parse_echo_reply(4, reply4) == (0x1234, 7)
     assert parse_echo_reply(4, bytes([0x45]) + bytes(19) + req) is None  # a request, not a reply

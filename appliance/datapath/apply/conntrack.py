@@ -282,3 +282,14 @@ def flush_pod_conntrack(
         return sock
 
     return flush_with(pod_ips, open_socket, timeout_s=timeout_s)
+
+
+def conntrack_changes(result: ConntrackFlushResult) -> tuple[str, ...]:
+    """The change lines of a flush for a pass's report: one per flushed pod IP, then how many entries were deleted
+    (and had already gone on their own) - never a line for a pod IP whose flush failed or did not finish."""
+    if not result.requested:
+        return ()
+    summary = f"conntrack deleted {result.deleted} entries"
+    if result.already_gone:
+        summary += f" ({result.already_gone} already gone)"
+    return (*result.changes(), summary)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from appliance.core.events import EventLogger
 from appliance.core.model import IPAddress
 from appliance.datapath.plan.endpoint_liveness import EndpointState, ProbeSettings, ProbeTrack, record
+from appliance.datapath.plan.packets import internet_checksum
 
 log = EventLogger("egressgw.agent.liveness")
 
@@ -35,21 +36,11 @@ ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 PAYLOAD = b"egressgw-endpoint-probe"
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of `data`."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def echo_request(version: int, ident: int, seq: int) -> bytes:
     if version == 6:  # the kernel fills in the ICMPv6 checksum of raw ICMPv6 sockets
         return struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + PAYLOAD
     header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, checksum(header + PAYLOAD), ident, seq) + PAYLOAD
+    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, internet_checksum(header + PAYLOAD), ident, seq) + PAYLOAD
 
 
 def parse_echo_reply(version: int, packet: bytes) -> tuple[int, int] | None:
