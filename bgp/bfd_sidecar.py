@@ -10,6 +10,14 @@ bfd` in FRR); when our gateway dies, the router's BFD session times out and it d
 `render_bird_bfd_config` is pure; `BfdSidecar` starts/stops `bird` (foreground, own control socket and pid file in
 the workdir, kept running by an `appliance.host.supervision.Supervisor` ticked from a small thread) and reads the
 session states with `birdc show bfd sessions`.
+
+BFD says whether the member's forwarding plane is there, and that outlives a restart of the service (the kernel state
+stays, see `appliance.gateway.service`): the routers drop a member's routes on a BFD down even while they keep them
+for a BGP graceful restart, and a BFD session cannot be handed from one BIRD to another. So BIRD runs without the
+parent-death signal: a restart stop `detach()`es it (left running, BFD stays up), a service killed outright leaves it
+running too, and the next `start()` adopts a BIRD still running with the same config (supervised by pid from then
+on) instead of replacing it. Only an explicit `stop()` ends it (politely, AdminDown; or abruptly); a config change
+replaces it.
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.core.events import EventLogger
-from appliance.host.supervision import ChildEvents, Supervisor, kill_stale, spawn_child, stop_group
+from appliance.host.supervision import (
+    ChildEvents,
+    Supervisor,
+    kill_stale,
+    process_alive,
+    spawn_child,
+    stop_group,
+)
 from bgp.settings import BgpSettings
 
 log = EventLogger(logging.getLogger(__name__))
@@ -95,6 +110,44 @@ def parse_bfd_sessions(text: str) -> dict[str, BfdSession]:
     return out
 
 
+class AdoptedBird:
+    """A BIRD started by a previous run of the service (not our child): supervised through its pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not process_alive(self.pid):
+            self.returncode = 0  # its exit status went to whoever reaps it, not to us
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"bird pid {self.pid}", timeout or 0.0)
+            time.sleep(0.02)
+        return 0
+
+
+def _stop_bird(child: subprocess.Popen[bytes] | AdoptedBird | None, timeout_s: float) -> bool:
+    """SIGTERM BIRD's process group (it runs in its own session), SIGKILL after `timeout_s`."""
+    if not isinstance(child, AdoptedBird):
+        return stop_group(child, timeout_s)
+    if child.poll() is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(5.0)
+    return True
+
+
 class BfdSidecar:
     """Runs `bird` with the BFD-only config in `workdir`; `command_prefix` e.g. ("ip", "netns", "exec", NS)."""
 
@@ -104,7 +157,8 @@ class BfdSidecar:
         self.command_prefix = tuple(command_prefix)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._bird = Supervisor(spawn=self._spawn, stop=stop_group, events=_BIRD_EVENTS, logger=log)
+        self._bird: Supervisor[subprocess.Popen[bytes] | AdoptedBird] = Supervisor(
+            spawn=self._spawn, stop=_stop_bird, events=_BIRD_EVENTS, logger=log)
 
     @property
     def restarts(self) -> int:
@@ -130,12 +184,17 @@ class BfdSidecar:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "bird-bfd.conf"
-        kill_stale(self.workdir / "bird-bfd.pid", str(conf))  # a previous run that died without stopping BIRD
-        conf.write_text(render_bird_bfd_config(self.settings))
+        rendered = render_bird_bfd_config(self.settings)
+        adopted = self._adoptable(conf, rendered)
+        if adopted is None:
+            kill_stale(self.workdir / "bird-bfd.pid", str(conf))  # left by a previous run, with another config
+            conf.write_text(rendered)
+        else:
+            log.info("bfd.sidecar_adopted", pid=adopted.pid, reason="left running by the previous run of the service")
         self._stop.clear()
         first: list[BaseException] = []
         started = threading.Event()
-        self._watcher = threading.Thread(target=self._supervise, args=(timeout_s, started, first),
+        self._watcher = threading.Thread(target=self._supervise, args=(timeout_s, started, first, adopted),
                                          name="bfd-sidecar", daemon=True)  # fmt: skip
         self._watcher.start()
         started.wait()
@@ -144,6 +203,23 @@ class BfdSidecar:
             self._watcher = None
             raise first[0]
 
+    def _adoptable(self, conf: Path, rendered: str) -> AdoptedBird | None:
+        """The BIRD a previous run left running, when it runs our config unchanged and answers on its socket."""
+        try:
+            pid = int((self.workdir / "bird-bfd.pid").read_text().strip())
+            running_ours = str(conf).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            same = conf.read_text() == rendered
+        except (OSError, ValueError):
+            return None
+        if not (running_ours and same and process_alive(pid) and self.control_socket.exists()):
+            return None
+        try:
+            res = subprocess.run([BIRDC, "-s", str(self.control_socket), "show", "status"], capture_output=True,
+                                 timeout=2.0, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return AdoptedBird(pid) if res.returncode == 0 else None
+
     def _spawn(self, timeout_s: float = _SPAWN_TIMEOUT_S) -> subprocess.Popen[bytes]:
         """Start BIRD (it writes its own pid file) and wait for its control socket: up means answering `birdc`.
         A BIRD that does not come up in time is stopped again, so a failed spawn leaves nothing running."""
@@ -151,7 +227,7 @@ class BfdSidecar:
             self.control_socket.unlink()
         argv = [*self.command_prefix, BIRD, "-f", "-c", str(self.workdir / "bird-bfd.conf"),
                 "-s", str(self.control_socket), "-P", str(self.workdir / "bird-bfd.pid")]  # fmt: skip
-        proc = spawn_child(argv, log_path=self.workdir / "bird-bfd.log")
+        proc = spawn_child(argv, log_path=self.workdir / "bird-bfd.log", parent_death=False)
         deadline = time.monotonic() + timeout_s
         while not self.control_socket.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -160,9 +236,10 @@ class BfdSidecar:
             time.sleep(0.05)
         return proc
 
-    def _supervise(self, timeout_s: float, started: threading.Event, failure: list[BaseException]) -> None:
+    def _supervise(self, timeout_s: float, started: threading.Event, failure: list[BaseException],
+                   adopted: AdoptedBird | None = None) -> None:
         try:
-            self._bird.start(lambda: self._spawn(timeout_s))
+            self._bird.start(lambda: adopted or self._spawn(timeout_s))
         except BaseException as exc:  # handed to start(), which raises it in the caller's thread
             failure.append(exc)
             return
@@ -195,6 +272,15 @@ class BfdSidecar:
         sessions = self.sessions()
         return {str(p.address): sessions[str(p.address)].state if str(p.address) in sessions else "Unknown"
                 for p in self.settings.peers}  # fmt: skip
+
+    def detach(self, timeout_s: float = 3.0) -> None:
+        """Stop supervising and leave BIRD running (a restart stop: the BFD sessions stay up, so the routers keep the
+        routes they hold for our graceful restart); the next `start()` adopts it."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout_s + 6.0)
+            self._watcher = None
+        log.info("bfd.sidecar_detached", pid=self._bird.pid)
 
     def stop(self, timeout_s: float = 3.0, *, abrupt: bool = False) -> None:
         """Stop BIRD. Politely (SIGTERM), BIRD tells the routers `AdminDown`, which they must not take for a

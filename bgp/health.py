@@ -8,9 +8,17 @@ Why hold-down: a member that just became healthy (after a crash, a reboot, a fla
 worst preference for `hold_s` seconds, so it does not take its primaries back until it has stayed healthy that long:
 no flapping. The hold-down also applies to the first HEALTHY after start, because a restart is a return too.
 
+Returning sessions re-arm it (`step_sessions`): an uplink that is down for less than `fall` observations never makes
+the member UNHEALTHY, but its BGP sessions (or BFD, which tears them down on the router within a second) do go down,
+the routers withdraw its routes and the EIPs move to a backup. Without the hold-down, the member would take them back
+the moment the sessions re-establish, and a flapping link would move every EIP twice per flap. So a session that was
+up, went down and comes back while the member is HEALTHY starts the hold-down again (from its return): however often
+the link flaps, the EIPs come back once, `hold_s` after the last flap.
+
 Usage (the shell observes, this module decides):
     state = initial_health(now)
     state = step_health(state, observe_checks(), now=clock(), config=cfg)
+    state = step_sessions(state, sessions_up(), now=clock(), config=cfg)
     state.status, state.reasons, state.in_hold_down(now)
 """
 
@@ -76,6 +84,11 @@ class HealthState:
     hold_until: float = 0.0
     #: number of status transitions so far (a failover counter for metrics)
     transitions: int = 0
+    #: BGP/BFD sessions up at the last `step_sessions` observation, and every session ever seen up
+    sessions_up: frozenset[str] = frozenset()
+    sessions_seen: frozenset[str] = frozenset()
+    #: how often a returning session re-armed the hold-down (logs, tests)
+    session_returns: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -115,10 +128,13 @@ def step_health(
         return replace(state, failing=failing, consecutive_fail=fails, consecutive_ok=0, reason=reason)
     oks = state.consecutive_ok + 1
     if not state.healthy and oks >= config.rise:
-        return HealthState(
+        return replace(
+            state,
             status=HealthStatus.HEALTHY,
             reason=HealthReason.OK,
+            failing=(),
             consecutive_ok=oks,
+            consecutive_fail=0,
             since=now,
             hold_until=now + config.hold_s,
             transitions=state.transitions + 1,
@@ -130,11 +146,26 @@ def _to_unhealthy(
     state: HealthState, reason: HealthReason, failing: tuple[Check, ...], now: float, *, consecutive_fail: int
 ) -> HealthState:
     changed = state.healthy
-    return HealthState(
+    return replace(
+        state,
         status=HealthStatus.UNHEALTHY,
         reason=reason,
         failing=failing,
+        consecutive_ok=0,
         consecutive_fail=consecutive_fail,
         since=now if changed else state.since,
+        hold_until=0.0,
         transitions=state.transitions + (1 if changed else 0),
     )
+
+
+def step_sessions(state: HealthState, up: frozenset[str], *, now: float, config: HealthConfig) -> HealthState:
+    """Feed the sessions that are up now (BGP peers and BFD sessions, any stable names). A session seen up before
+    that is up again after being down re-arms the failback hold-down when the member is HEALTHY (see the module
+    docstring); an UNHEALTHY member gets its hold-down when it turns HEALTHY anyway."""
+    returned = (up - state.sessions_up) & state.sessions_seen
+    out = replace(state, sessions_up=up, sessions_seen=state.sessions_seen | up)
+    if returned and state.healthy:
+        return replace(out, hold_until=max(state.hold_until, now + config.hold_s),
+                       session_returns=state.session_returns + 1)
+    return out

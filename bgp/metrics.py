@@ -7,10 +7,12 @@ converged; the session and BFD gauges say whether there is anyone to converge wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from appliance.core.model import IPAddress
+from bgp.announcing import Announcement
 from bgp.health import HealthState, HealthStatus
 from bgp.speaking import PeerState
 
@@ -47,6 +49,15 @@ class BgpMetrics:
             "is up; this does not guarantee that the routing protocols have converged.",
             registry=registry,
         )
+        self.eip_announced = Gauge(
+            "egressgw_bgp_eip_announced",
+            "Per EIP in place on this member: 1 when ExaBGP acknowledged its route for every peer (any preference), "
+            "0 when it is withdrawn or not acknowledged yet. Labels: only the EIPs in place now. Desired state: "
+            "it does not prove that a router selected the route.",
+            ["eip"],
+            registry=registry,
+        )
+        self._eips: set[str] = set()
         self.healthy = Gauge(
             "egressgw_gateway_healthy",
             "1 when this member's health checks pass (after rise/fall hysteresis), else 0.",
@@ -81,6 +92,7 @@ class BgpMetrics:
         health: HealthState | None = None,
         now: float = 0.0,
         restarts: int | None = None,
+        eip_announced: Mapping[str, bool] | None = None,
     ) -> None:
         for peer, state in peer_states.items():
             for s in _BGP_STATES:
@@ -90,6 +102,12 @@ class BgpMetrics:
                 self.bfd_state.labels(peer=peer, state=s).set(1 if s == state else 0)
         self.desired.set(desired)
         self.acknowledged.set(acknowledged)
+        if eip_announced is not None:
+            for eip in sorted(self._eips - set(eip_announced)):  # bounded: EIPs gone from this member go away
+                self.eip_announced.remove(eip)
+            for eip, announced in eip_announced.items():
+                self.eip_announced.labels(eip=eip).set(1 if announced else 0)
+            self._eips = set(eip_announced)
         if health is not None:
             self.healthy.set(1 if health.healthy else 0)
             self.hold_down.set(1 if health.in_hold_down(now) else 0)
@@ -100,3 +118,12 @@ class BgpMetrics:
         if restarts is not None and restarts > self._seen_restarts:
             self.exabgp_restarts.inc(restarts - self._seen_restarts)
             self._seen_restarts = restarts
+
+
+def eip_announcements(
+    in_place: Iterable[IPAddress], acknowledged: Iterable[Announcement], desired: Iterable[Announcement] = ()
+) -> dict[str, bool]:
+    """EIP -> whether its host route is acknowledged, for every EIP in place or desired (`eip_announced`)."""
+    acked = {str(a.prefix.network_address) for a in acknowledged}
+    eips = {str(e) for e in in_place} | {str(a.prefix.network_address) for a in desired}
+    return {eip: eip in acked for eip in sorted(eips)}

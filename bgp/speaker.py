@@ -64,7 +64,8 @@ class BgpSpeaker:
         self._on_event = on_event
         self._lock = threading.Condition()
         self._announcer = Announcer(peers=settings.peers, local_asn=settings.local_asn, ack_timeout_s=ack_timeout_s,
-                                    manual_eor=settings.graceful_restart.enabled)
+                                    manual_eor=settings.graceful_restart.enabled,
+                                    desired_wait_s=float(settings.graceful_restart.restart_time_s))
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._exabgp = Supervisor(spawn=self._spawn, stop=stop_group, events=_EXABGP_EVENTS,

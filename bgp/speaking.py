@@ -15,7 +15,9 @@ reports when the API channel (re)connects or breaks. This module owns the logic:
 - with `manual_eor` (graceful restart, ExaBGP's `manual-eor`): a peer that came up gets `neighbor <peer> announce eor
   <afi> <safi>` for each of its families once its routes are acknowledged (or `eor_wait_s` after it came up, so a
   route ExaBGP keeps refusing cannot hold the End-of-RIB back for ever). A router that kept our routes as stale
-  through our restart flushes the ones we did not resend when the End-of-RIB arrives, not before.
+  through our restart flushes the ones we did not resend when the End-of-RIB arrives, not before. Nor is it sent
+  before the owner stated its desired set once (`set_desired`; bounded by `desired_wait_s`): a restarted gateway
+  service rebuilding its set from the cluster and the kernel would otherwise make the routers flush at once.
 """
 
 from __future__ import annotations
@@ -112,6 +114,10 @@ class Announcer:
     manual_eor: bool = False
     #: send it anyway this long after the session came up
     eor_wait_s: float = 5.0
+    #: until the owner stated its desired set (`set_desired`) the End-of-RIB waits, at most this long after the
+    #: session came up: a restarted service that has not yet rebuilt its set must not make the routers flush the
+    #: routes they kept for it (the owner states an empty set when it really has nothing to announce)
+    desired_wait_s: float = 30.0
     _desired: frozenset[Announcement] = frozenset()
     _acked: dict[Key, Announcement] = field(default_factory=dict)
     #: keys ExaBGP may hold although not acknowledged on this channel (after a reconnect): withdraw if undesired
@@ -122,11 +128,15 @@ class Announcer:
     _connected: bool = False
     #: peers whose session came up and still wait for their End-of-RIB -> when they came up
     _eor_due: dict[IPAddress, float] = field(default_factory=dict)
+    _desired_known: bool = False
+    #: when `poll` first saw the desired set stated (the End-of-RIB's resend wait counts from then at the earliest)
+    _known_at: float | None = None
 
     # ----- inputs -----
 
     def set_desired(self, announcements: Iterable[Announcement]) -> None:
         self._desired = frozenset(announcements)
+        self._desired_known = True
 
     def channel_up(self) -> None:
         """A new API channel to a (possibly new) ExaBGP: assume nothing, resend everything."""
@@ -154,6 +164,8 @@ class Announcer:
         """Commands to write now (marked in flight), and timeout events. Call after every input and periodically."""
         if not self._connected:
             return [], []
+        if self._desired_known and self._known_at is None:
+            self._known_at = now
         if self._inflight and now - self._inflight[0].sent_at > self.ack_timeout_s:
             head = self._inflight[0]
             self.channel_down()
@@ -214,10 +226,16 @@ class Announcer:
 
     def _eor(self, peer: PeerSettings, want: dict[IPNetwork, Announcement], now: float) -> list[str]:
         """The End-of-RIB commands for `peer` when they are due: its session came up, and its routes are all
-        acknowledged (nothing in flight or unknown for it) or `eor_wait_s` passed."""
+        acknowledged (nothing in flight or unknown for it) or `eor_wait_s` passed. Not before the desired set was
+        stated (`set_desired`), unless `desired_wait_s` passed."""
         up_at = self._eor_due.get(peer.address)
         if up_at is None:
             return []
+        if self._known_at is None:
+            if now - up_at < self.desired_wait_s:
+                return []
+        else:
+            up_at = max(up_at, self._known_at)
         settled = (
             not any(f.key is not None and f.key[0] == peer.address for f in self._inflight)
             and not any(k[0] == peer.address for k in self._maybe)

@@ -120,7 +120,8 @@ class ClusterSync:
             self.store.replace("IPPool", [], "")
         while not self._stop.is_set():
             if self.detect_service_cidr:
-                cidrs = self._retrying("service_cidr", lambda: detect_service_cidrs(self.api))
+                cidrs = self._retrying("service_cidr",
+                                       lambda: detect_service_cidrs(self.api, namespace=self.lease_namespace))
                 if isinstance(cidrs, tuple):
                     self.store.set_service_cidrs(cidrs)
             self.store.replace(SERVICE_CIDR_KEY, [], "")

@@ -114,14 +114,17 @@ class Resource:
         return base
 
 
-def make_api_client(kubeconfig: str | None = None) -> Any:
-    """An official `ApiClient`: from `kubeconfig`, else $KUBECONFIG, else in-cluster, else ~/.kube/config."""
+def make_api_client(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
+    """An official `ApiClient`: from `kubeconfig`, else $KUBECONFIG, else in-cluster, else ~/.kube/config.
+    `context`: that kubeconfig context instead of the current one (never in-cluster then)."""
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if path:
-            config.load_kube_config(config_file=path, client_configuration=cfg)
+            config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+        elif context:
+            config.load_kube_config(context=context, client_configuration=cfg)
         else:
             try:
                 config.load_incluster_config(client_configuration=cfg)

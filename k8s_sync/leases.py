@@ -2,9 +2,13 @@
 
 - **Member leases**: every gateway member (cluster node or appliance outside the cluster) renews its own Lease every
   `renew_every` seconds with `leaseDurationSeconds`; a member is *alive* while `renewTime + leaseDurationSeconds` is
-  in the future. Appliances add the label `egressgw.io/gateway=<gateway>` and the annotations with their underlay
-  address and WireGuard key, which is how they become members at all. Liveness feeds EIP ranking and status only:
-  failover itself never waits for the API server (BGP/BFD do that).
+  in the future. A member that is not healthy (starting, failed checks, draining) does not renew: it writes its Lease
+  once as already expired (`renewTime` two durations in the past) and leaves it so, so every reader of `alive`
+  (EIP ranking and primaries, status `members[].healthy`, fail-open/fail-closed, useNodeIP placement, the endpoint
+  prober's Lease fallback) counts it out at once instead of after the expiry, and an appliance stays registered
+  (label, addresses, key) while it is out. Appliances add the label `egressgw.io/gateway=<gateway>` and the
+  annotations with their underlay addresses and WireGuard key, which is how they become members at all. Liveness
+  feeds EIP ranking and status only: failover itself never waits for the API server (BGP/BFD do that).
 - **Leader election** (`egressgw-status-writer`): a Lease held by one member; others take it over only after it
   expired. Every write carries the resourceVersion read, so two candidates cannot both win (409 = lost the race).
   Only the leader writes status, so members never fight over it.
@@ -75,7 +79,8 @@ def member_name_of_lease(obj: JSON) -> str | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemberIdentity:
-    """Who renews a member lease. `gateway`/`address` set = an appliance outside the cluster."""
+    """Who renews a member lease. `gateway`/`address` set = an appliance outside the cluster; `address` is its
+    underlay (uplink) addresses, comma-separated (the instance's `spec.tunnel.family` picks one)."""
 
     name: str
     gateway: str | None = None
@@ -83,7 +88,14 @@ class MemberIdentity:
     wireguard_public_key: str | None = None
 
 
-def member_lease_body(me: MemberIdentity, *, namespace: str, duration: int, now: float) -> JSON:
+#: an unhealthy member's Lease says so with a renewTime this many durations in the past (beyond clock skew)
+EXPIRED_DURATIONS = 2
+
+
+def member_lease_body(me: MemberIdentity, *, namespace: str, duration: int, now: float,
+                      expired: bool = False) -> JSON:
+    """The member Lease; `expired` = the member is not healthy: a renewTime every reader sees as expired."""
+    renewed = now - EXPIRED_DURATIONS * duration if expired else now
     labels = {APPLIANCE_LEASE_LABEL: me.gateway} if me.gateway else {}
     annotations = {}
     if me.address:
@@ -95,7 +107,7 @@ def member_lease_body(me: MemberIdentity, *, namespace: str, duration: int, now:
         "kind": "Lease",
         "metadata": {"name": MEMBER_PREFIX + me.name, "namespace": namespace, "labels": labels,
                      "annotations": annotations},
-        "spec": {"holderIdentity": me.name, "leaseDurationSeconds": duration, "renewTime": micro_time(now)},
+        "spec": {"holderIdentity": me.name, "leaseDurationSeconds": duration, "renewTime": micro_time(renewed)},
     }
 
 
@@ -162,16 +174,26 @@ class _Loop:
             self._thread.join(5.0)
 
 
+#: a member's one-line conntrack state-sync summary on its Lease (`egressgw status` shows it per member)
+STATE_SYNC_ANNOTATION = "egressgw.io/state-sync"
+
+
 class MemberLease(_Loop):
-    """Create/renew `egressgw-member-<name>`; skip renewing while `healthy()` is False (the lease then expires)."""
+    """Create/renew `egressgw-member-<name>`. While `healthy()` is False the Lease is written once as expired
+    (`member_lease_body(expired=True)`) and then not renewed; the next healthy step renews it.
+    `annotations()`: more annotations written with each renewal (the state-sync summary)."""
 
     def __init__(self, api: KubeApi, me: MemberIdentity, *, namespace: str = DEFAULT_NAMESPACE, duration: int = 10,
                  renew_every: float = 3.0, healthy: Callable[[], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 annotations: Callable[[], dict[str, str]] | None = None) -> None:
         super().__init__(f"member-lease-{me.name}", renew_every)
         self.api, self.me, self.namespace, self.duration = api, me, namespace, duration
+        self._annotations = annotations
         self._healthy = healthy
         self._clock = clock
+        #: the Lease currently says "expired" because we wrote it so (written once per unhealthy spell)
+        self._marked_unhealthy = False
 
     @property
     def path(self) -> str:
@@ -179,12 +201,19 @@ class MemberLease(_Loop):
 
     def step(self) -> None:
         if self._healthy is not None and not self._healthy():
-            log.info("lease.not_renewed", member=self.me.name, cause="unhealthy")
+            if not self._marked_unhealthy:
+                self.renew_once(expired=True)
+                self._marked_unhealthy = True
+                log.info("lease.not_renewed", member=self.me.name, cause="unhealthy", marked_expired=True)
             return
         self.renew_once()
+        self._marked_unhealthy = False
 
-    def renew_once(self) -> None:
-        body = member_lease_body(self.me, namespace=self.namespace, duration=self.duration, now=self._clock())
+    def renew_once(self, *, expired: bool = False) -> None:
+        body = member_lease_body(self.me, namespace=self.namespace, duration=self.duration, now=self._clock(),
+                                 expired=expired)
+        if self._annotations is not None:
+            body["metadata"]["annotations"].update(self._annotations())
         try:
             self.api.merge_patch(self.path, {"metadata": {k: body["metadata"][k] for k in ("labels", "annotations")},
                                              "spec": body["spec"]}, timeout=LEASE_TIMEOUT)

@@ -44,7 +44,7 @@ def read_store(api: KubeApi, *, lease_namespace: str = DEFAULT_NAMESPACE, probe_
     for spec in specs:
         Reflector(api, spec, store)._list()
     if probe_service_cidr:
-        store.set_service_cidrs(detect_service_cidrs(api))
+        store.set_service_cidrs(detect_service_cidrs(api, namespace=lease_namespace))
     return store
 
 
@@ -56,16 +56,17 @@ def read_cluster(api: KubeApi, *, lease_namespace: str = DEFAULT_NAMESPACE, prob
     return ClusterView(store=store, snapshot=snapshot, intent=resolve(snapshot, previous=previous))
 
 
-def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
+def add_kube_arguments(parser: argparse.ArgumentParser, *, outputs: tuple[str, ...] = ("table", "json")) -> None:
     parser.add_argument("--kubeconfig", default=None,
                         help="kubeconfig file (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)")
+    parser.add_argument("--context", default=None, help="the kubeconfig context to use (default: its current one)")
     parser.add_argument("--lease-namespace", default=DEFAULT_NAMESPACE,
                         help=f"namespace of the member leases (default {DEFAULT_NAMESPACE})")
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+    parser.add_argument("-o", "--output", choices=outputs, default=outputs[0], help="output format")
 
 
 def api_from_args(args: argparse.Namespace) -> KubeApi:
-    return KubeApi(make_api_client(args.kubeconfig))
+    return KubeApi(make_api_client(args.kubeconfig, context=getattr(args, "context", None)))
 
 
 def read_cluster_for(args: argparse.Namespace, command: str) -> ClusterView | None:

@@ -80,8 +80,11 @@ def _probe(api: KubeApi, namespace: str, ip: str) -> tuple[IPNetwork, ...]:
     return ()
 
 
-def detect_service_cidrs(api: KubeApi, *, namespace: str = "default") -> tuple[IPNetwork, ...]:
-    """The Service CIDRs, sorted (IPv4 first); () when undetectable. Raises on connection errors (retry later)."""
+def detect_service_cidrs(api: KubeApi, *, namespace: str) -> tuple[IPNetwork, ...]:
+    """The Service CIDRs, sorted (IPv4 first); () when undetectable. Raises on connection errors (retry later).
+
+    Without the ServiceCIDR API the probe creates a Service in `namespace`: the services' own (lease) namespace,
+    the one namespace where the shipped RBAC (deploy/rbac/) lets them create and delete Services."""
     nets = _from_servicecidr_api(api)
     if not nets:
         found: set[IPNetwork] = set()

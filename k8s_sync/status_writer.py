@@ -9,6 +9,8 @@
 - What we wrote is remembered with the resourceVersion the server returned, and overlays the store's (possibly
   lagging) copy, so the next pass does not rewrite the same status while our own watch event is still in flight.
 - Events (core v1) are created only for writes that succeeded, for cluster-scoped objects in `default`.
+- Lag, for `k8s_sync.status_metrics`: `pending_objects` (writes of the current or last pass not done yet) and
+  `caught_up_at` (wall time of the end of the last pass that left nothing to write).
 Log events: `status.written`, `status.conflict`, `status.write_failed`, `event.recorded`.
 """
 
@@ -70,6 +72,10 @@ class StatusWriter:
         self.last_report = WriteReport()
         #: cumulative counts since start (metrics, tests)
         self.totals = {"written": 0, "conflicts": 0, "failed": 0, "events": 0}
+        #: status writes planned by the current/last pass and not done yet (k8s_sync.status_metrics)
+        self.pending_objects = 0
+        #: wall time the writer last had nothing left to write (end of a pass whose writes all went through)
+        self.caught_up_at = clock()
 
     # ----- the non-blocking face -----
 
@@ -77,6 +83,10 @@ class StatusWriter:
         with self._cond:
             self._pending = (snapshot, intent)
             self._cond.notify_all()
+
+    def is_leader(self) -> bool:
+        """Whether this writer holds the status lease (only the leader writes)."""
+        return self._is_leader()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
@@ -120,6 +130,8 @@ class StatusWriter:
                     report = self.write_once(*work)
                     if report.failed:
                         retry = work
+                elif work is not None:  # a follower has nothing to write: it is not behind
+                    self.pending_objects, self.caught_up_at = 0, self._clock()
             except Exception:
                 log.exception("status.write_failed", cause="unexpected")
                 retry = work
@@ -142,11 +154,13 @@ class StatusWriter:
         plan = self.plan(snapshot, intent)
         written = conflicts = failed = events = 0
         ok_refs: set[ObjectRef] = set()
+        self.pending_objects = len(plan.writes)
         for write in plan.writes:
             result = self._write(write, snapshot, intent)
             if result is None:
                 failed += 1
                 continue
+            self.pending_objects -= 1
             written += result[0] > 0
             conflicts += result[1]
             if result[0]:
@@ -159,6 +173,8 @@ class StatusWriter:
             log.info("status.pass", writes=len(plan.writes), written=written, conflicts=conflicts, failed=failed,
                      events=events, revision=snapshot.revision)
         self.last_report = report
+        if not failed:
+            self.caught_up_at = self._clock()
         for key in self.totals:
             self.totals[key] += getattr(report, key)
         return report

@@ -6,7 +6,11 @@
    the rest), IPv4 and IPv6;
 4. with one probe running (UDP every 10 ms + a long-lived TCP stream): cut the primary gateway's uplink and show
    the outage and that the EIP did not change; restore it and show the member taking its primaries back after its
-   hold-down without loss; drain it (`egressgw gateway drain`) and show zero loss;
+   hold-down without loss; drain it (`egressgw gateway drain`) and show zero loss; one timeline SVG per event
+   (`--plots DIR`: probes, the router's route changes, the members' BGP/BFD/drain events, `lab.plots`); the
+   drain also carries fresh flows created through the primary just before it (`lab.bench.fresh_flows`: a UDP flow
+   from a new socket, a server-push TCP connection), which only conntrack state sync (`state_sync`, the product's
+   default setting here) hands to the member taking over;
 5. tear everything down (unless --keep).
 """
 
@@ -16,9 +20,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from appliance.core.waiting import wait_until
+from lab.bench.fresh_flows import FreshFlows, analyse_fresh, default_sync_mode
+from lab.bench.harness import RouteMonitor
 from lab.bench.probes import RawProbe, Window, window
+from lab.plots import write_event_plots
 from lab.scenarios import (
     DEFAULT_EIP_V4,
     DEFAULT_EIP_V6,
@@ -42,17 +50,32 @@ def _event_row(label: str, w: Window, eip_after: str) -> list[object]:
     return [label, w.udp.sent, w.udp.lost, outage, tcp, ", ".join(w.sources) or "-", eip_after]
 
 
+def _fresh_row(label: str, f: dict[str, Any]) -> list[object]:
+    """The drain seen by the fresh flows: fresh UDP loss, the server-push stream, the SNAT port the server saw."""
+    outage = f"{f['fresh_udp_outage_ms']:.0f} ms" if f["fresh_udp_lost"] else "none"
+    if not f["server_push_connected"]:
+        tcp = "server push: not connected"
+    else:
+        tcp = ("server push " + ("survived" if f["server_push_tcp_survived"] else "STALLED")
+               + f", longest stall {f['server_push_tcp_stall_ms']:.0f} ms")
+    port = {True: "SNAT port CHANGED", False: "SNAT port kept", None: "SNAT port unknown"}[f["snat_port_changed"]]
+    return [label, f["fresh_udp_sent"], f["fresh_udp_lost"], outage, tcp, ", ".join(f["fresh_udp_sources"]) or "-",
+            port]
+
+
 def run(args: argparse.Namespace) -> int:
     parser = argparse.ArgumentParser(prog="egressgw lab demo", description=__doc__.splitlines()[0])
     parser.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
     parser.add_argument("--keep", action="store_true",
                         help="leave the lab running (remove it with `egressgw lab down`)")
+    parser.add_argument("--plots", type=Path, default=Path("out/demo-plots"),
+                        help="directory for one timeline SVG per failover event (default out/demo-plots)")
     opts = parser.parse_args(getattr(args, "demo_args", []) or [])
     started = time.monotonic()
     system = System.up(opts.topology, progress=_say)
     ok = False
     try:
-        ok = _demo(system)
+        ok = _demo(system, plots=opts.plots)
     finally:
         if opts.keep:
             _say(f"lab kept. kubectl from inside the lab: egressgw lab exec api -- kubectl --kubeconfig "
@@ -64,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _demo(system: System) -> bool:
+def _demo(system: System, *, plots: Path | None = None) -> bool:
     _say(f"kubectl works against the lab's API server: kubectl --kubeconfig {system.kubeconfig} get egw,egp -A")
     pods = demo_pods(system)
     _say("applying the EgressGateway `egw-default` (cluster default) and the policy shop/web-egress (app=web)")
@@ -95,7 +118,9 @@ def _demo(system: System) -> bool:
     primary = stable_primary(system, DEFAULT_EIP_V4)
     _say(f"starting one probe in {first.namespace}/{first.name}: a UDP datagram every 10 ms and a long-lived TCP "
          "stream, through the tunnel, the gateway's SNAT and the router")
+    monitor = RouteMonitor(system, DEFAULT_EIP_V4).start()  # the router's route changes, for the plots
     probe = RawProbe(system.lab, first.lab_pod).start()
+    fresh = FreshFlows(system, first.lab_pod)
     events: list[tuple[str, float, float]] = []
     try:
         time.sleep(1.0)
@@ -113,6 +138,8 @@ def _demo(system: System) -> bool:
                    what=f"{primary} to take its primaries back after the hold-down", interval=0.2)
         time.sleep(1.0)
         events.append((f"{primary} returns (hold-down, take-back)", t0, time.time()))
+        fresh.start()
+        fresh.prepare()  # a fresh UDP flow and server-push TCP connection through the primary, right before the drain
         _say(f"draining {primary} (`egressgw gateway drain`): withdraw, wait for the router, then stop")
         t0 = time.time()
         out = system.drain(primary)
@@ -121,6 +148,9 @@ def _demo(system: System) -> bool:
         events.append((f"drain of {primary}", t0, time.time()))
     finally:
         raw = probe.stop()
+        fresh_raw = fresh.stop() if fresh.proc is not None else None
+        fresh.kill()
+        monitor.stop()
     event_rows: list[list[object]] = []
     for label, t0, t1 in events:
         w = window(raw, t0 - 0.2, t1)
@@ -129,9 +159,18 @@ def _demo(system: System) -> bool:
         if label.startswith("drain") or "returns" in label:
             all_good &= w.udp.lost == 0
         event_rows.append(_event_row(label, w, "unchanged" if eip_ok else "CHANGED"))
+        if label.startswith("drain") and fresh_raw is not None:
+            f = analyse_fresh(fresh_raw, fault_at=t0, fault_end=t1, returned=t1)
+            sync = default_sync_mode().name
+            if sync == "on":  # the member taking over holds the fresh flows' entries before the router moves
+                all_good &= f["fresh_udp_lost"] == 0 and bool(f["server_push_tcp_survived"])
+            event_rows.append(_fresh_row(f"{label}: fresh flows (state sync {sync})", f))
     print(render_table(["event", "UDP sent", "lost", "outage", "TCP stream", "source seen", "EIP"], event_rows,
                        title=f"Failover, seen by one long-lived probe in {first.namespace}/{first.name}"))
     _say("(outage = the longest run of lost 10 ms datagrams; figures over many runs: egressgw bench failover)")
+    if plots is not None:
+        files = write_event_plots(system, raw, events, plots, route_events=monitor.since(0))
+        _say(f"timeline plots (probes, route changes, BGP/BFD/drain events): {', '.join(map(str, files))}")
     return all_good
 
 

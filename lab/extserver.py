@@ -11,6 +11,9 @@ it sees (an EIP or a node IP), so it both records that and tells the sender:
   `--push-duration`); TCP: the server speaks first on every accepted connection and keeps sending such lines until
   the connection breaks or the duration ends. Whatever the client sends back is recorded (`udp-push`, `tcp-push`).
   `python -m lab.extclient push` is the matching client (it acknowledges each pushed message).
+- Source ports (`--report-port`, off by default): UDP echoes and pushed messages carry `|<source>|<source port>`
+  instead of `|<source>`, so a client learns the SNAT port the server saw for each datagram (whether a failover
+  kept a flow's source port).
 - Wire record (`--wire`, off by default: it costs a Python wake-up per packet, keep it away from throughput runs):
   every IPv4/IPv6 packet arriving on any interface of the namespace is recorded by source address through a packet
   socket, whether or not a socket accepts it (a TCP segment from an address with no connection is reset by the
@@ -20,8 +23,8 @@ it sees (an EIP or a node IP), so it both records that and tells the sender:
   payload's first 64 bytes up to a `|` as `tag`), `GET /wire`, `GET /wire/events?since=N` (the wire record, same
   shapes, `port` = destination port), `POST /reset` (both records), `POST /push/stop` (ends every push).
 
-Run: `python -m lab.extserver [--port 7000] [--control 127.0.0.1:7080] [--state-file F] [--push-port P] [--wire]`;
-query it with `python -m lab.extclient peers` from inside the same namespace.
+Run: `python -m lab.extserver [--port 7000] [--control 127.0.0.1:7080] [--state-file F] [--push-port P] [--wire]
+[--report-port]`; query it with `python -m lab.extclient peers` from inside the same namespace.
 """
 
 from __future__ import annotations
@@ -109,19 +112,25 @@ def tag_of(data: bytes) -> str:
     return data[:64].split(b"|", 1)[0].decode(errors="replace")
 
 
-def serve_udp(sock: socket.socket, rec: Recorder) -> None:
+def seen_suffix(src: str, port: int, *, report_port: bool) -> str:
+    """What the server appends to an echo or a pushed message: `|<source>`, or `|<source>|<port>`."""
+    return f"|{src}|{port}" if report_port else f"|{src}"
+
+
+def serve_udp(sock: socket.socket, rec: Recorder, report_port: bool = False) -> None:
     while True:
         data, addr = sock.recvfrom(65535)
         src = normalise(addr[0])
         rec.record("udp", src, addr[1], tag_of(data))
-        sock.sendto(data + b"|" + src.encode(), addr)
+        sock.sendto(data + seen_suffix(src, addr[1], report_port=report_port).encode(), addr)
 
 
 class Pusher:
     """Server-push streams: one thread per UDP peer or TCP connection, all ended by `stop()`."""
 
-    def __init__(self, rec: Recorder, *, interval: float, duration: float) -> None:
+    def __init__(self, rec: Recorder, *, interval: float, duration: float, report_port: bool = False) -> None:
         self.rec = rec
+        self.report_port = report_port
         self.interval = interval
         self.duration = duration
         self._lock = threading.Lock()
@@ -161,7 +170,8 @@ class Pusher:
             while self._running(generation, until):
                 seq += 1
                 with contextlib.suppress(OSError):  # no route for a moment: keep pushing, outlive the change
-                    sock.sendto(f"push {seq}|{src}".encode(), addr)
+                    sock.sendto(f"push {seq}{seen_suffix(src, addr[1], report_port=self.report_port)}".encode(),
+                                addr)
                 time.sleep(interval)
         finally:
             with self._lock:
@@ -186,7 +196,7 @@ class Pusher:
             while self._running(generation, until):
                 seq += 1
                 try:
-                    conn.sendall(f"push {seq}|{src}\n".encode())
+                    conn.sendall(f"push {seq}{seen_suffix(src, addr[1], report_port=self.report_port)}\n".encode())
                 except OSError:
                     return
                 time.sleep(self.interval)
@@ -360,15 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--push-interval-ms", type=float, default=20.0, help="between two pushed messages")
     parser.add_argument("--push-duration", type=float, default=60.0, help="longest push stream, seconds")
     parser.add_argument("--wire", action="store_true", help="record every arriving IP packet by source")
+    parser.add_argument("--report-port", action="store_true",
+                        help="echoes and pushed messages also carry the source port the server saw")
     args = parser.parse_args(argv)
     rec = Recorder()
     wire = Recorder() if args.wire else None
-    pusher = (Pusher(rec, interval=args.push_interval_ms / 1000.0, duration=args.push_duration)
-              if args.push_port else None)
+    pusher = (Pusher(rec, interval=args.push_interval_ms / 1000.0, duration=args.push_duration,
+                     report_port=args.report_port) if args.push_port else None)
     udp = _dual_stack(socket.SOCK_DGRAM, args.port)
     tcp = _dual_stack(socket.SOCK_STREAM, args.port)
     control = make_control(args.control, rec, wire, pusher)
-    threads = [threading.Thread(target=serve_udp, args=(udp, rec), daemon=True),
+    threads = [threading.Thread(target=serve_udp, args=(udp, rec, args.report_port), daemon=True),
                threading.Thread(target=serve_tcp, args=(tcp, rec), daemon=True),
                threading.Thread(target=control.serve_forever, daemon=True)]
     if pusher is not None:

@@ -15,8 +15,17 @@ probes and CRD application then also run inside that namespace (a child ``python
 the host namespace has no route into a lab namespace.
 
 Why the flags: ``--token-auth-file`` with one ``system:masters`` token (no certificates to manage);
-``--disable-admission-plugins=ServiceAccount`` (no controller-manager creates default service accounts);
+``--authorization-mode=Node,RBAC`` (what real clusters run: requests are judged by the shipped RBAC, not waved
+through); ``--disable-admission-plugins=ServiceAccount`` (no controller-manager creates default service accounts);
 ``--endpoint-reconciler-type=none`` (a loopback advertise address would be refused for the `kubernetes` Endpoints).
+
+Service accounts (`install_service_accounts`): the shipped ``deploy/rbac/`` manifests are applied unchanged, then one
+token per ServiceAccount is asked of the API server's TokenRequest API (``POST .../serviceaccounts/NAME/token``,
+what the kubelet does for a pod's projected token and ``kubectl create token`` for a person; it needs no
+controller-manager, only the service-account signing key the server already has). The API server itself then
+authenticates the bearer as ``system:serviceaccount:<ns>:<name>`` with the groups ``system:serviceaccounts``,
+``system:serviceaccounts:<ns>`` and ``system:authenticated``, exactly as in a cluster, and the token dies with its
+ServiceAccount. `service_account_kubeconfig` writes a kubeconfig for such a token.
 """
 
 from __future__ import annotations
@@ -40,8 +49,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appliance.core.waiting import poll_until
-from lab.kube_http import CrdError, apply_crd_files, probe_ready
+from lab.kube_http import CrdError, apply_crd_files, probe_ready, request
 
+RBAC_DIR = Path(__file__).resolve().parent.parent / "deploy" / "rbac"
+#: the namespace of the shipped ServiceAccounts (deploy/rbac/namespace.yaml) and their names, by role
+SA_NAMESPACE = "egressgw-system"
+SERVICE_ACCOUNTS = {"agent": "egressgw-agent", "gateway": "egressgw-gateway"}
+#: requested lifetime of a minted token (the API server caps it only when --service-account-max-token-expiration
+#: is set; it is not): a lab may live for days
+TOKEN_SECONDS = 30 * 24 * 3600
 ENSURE_HINT = "run scripts/ensure-kube-apiserver.sh (builds and caches it, about 5 minutes the first time)"
 CRD_DIR = Path(__file__).resolve().parent.parent / "k8s_sync" / "crds"
 
@@ -165,6 +181,16 @@ class ApiServer:
         self.stop_apiserver()
         self._start_apiserver(self.config.apiserver_binary or default_apiserver_binary())
 
+    def service_account_kubeconfigs(self) -> dict[str, Path]:
+        """Apply deploy/rbac/ and write one kubeconfig per role (`<workdir>/kubeconfig.<role>`, a ServiceAccount
+        token, never admin): {"agent": path, "gateway": path}. For a server the host reaches (no `netns`); a lab
+        goes through its forwarder with `install_service_accounts` instead."""
+        if self.config.netns:
+            raise ApiServerError("service_account_kubeconfigs: the host has no route into a lab namespace")
+        tokens = install_service_accounts(self.url, self.token)
+        return {role: service_account_kubeconfig(self.workdir / f"kubeconfig.{role}", self.url, token, role)
+                for role, token in tokens.items()}
+
     @property
     def apiserver_pid(self) -> int | None:
         return self._apiserver.pid if self._apiserver else None
@@ -221,7 +247,7 @@ class ApiServer:
             "--insecure-port=0",
             f"--cert-dir={w / 'certs'}",
             f"--token-auth-file={w / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
             f"--service-account-key-file={w / 'sa.pub'}",
             f"--service-account-signing-key-file={w / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc",
@@ -272,16 +298,79 @@ class ApiServer:
         )
 
 
-def kubeconfig(url: str, token: str) -> dict[str, Any]:
+def kubeconfig(url: str, token: str, *, user: str = "egressgw-admin") -> dict[str, Any]:
     """A kubeconfig dict for `url` with a bearer token (the server certificate is self-signed: not verified)."""
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "egressgw", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "egressgw-admin", "user": {"token": token}}],
-        "contexts": [{"name": "egressgw", "context": {"cluster": "egressgw", "user": "egressgw-admin"}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "egressgw", "context": {"cluster": "egressgw", "user": user}}],
         "current-context": "egressgw",
     }
+
+
+def rbac_files() -> tuple[Path, ...]:
+    """The shipped RBAC manifests: the namespace first, then the roles (deploy/rbac/)."""
+    files = sorted(RBAC_DIR.glob("*.yaml"), key=lambda p: (p.name != "namespace.yaml", p.name))
+    if not files:
+        raise ApiServerError(f"no RBAC manifests found in {RBAC_DIR}")
+    return tuple(files)
+
+
+#: where each kind of the RBAC manifests lives in the API (path template; `{ns}` for namespaced kinds)
+_RBAC_PATHS = {
+    "Namespace": "/api/v1/namespaces",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+}
+
+
+def apply_manifests(url: str, admin_token: str, paths: Sequence[Path]) -> None:
+    """Create or replace every object of the YAML files in `paths` (kinds of `_RBAC_PATHS` only), as they are."""
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            kind, meta = doc["kind"], doc["metadata"]
+            if kind not in _RBAC_PATHS:
+                raise ApiServerError(f"{path}: kind {kind} is not one apply_manifests knows")
+            base = url + _RBAC_PATHS[kind].format(ns=meta.get("namespace", ""))
+            status, body = request(base, admin_token, "POST", doc)
+            if status == 409 and kind not in ("Namespace", "ServiceAccount"):  # kept: tokens stay valid
+                status, current = request(f"{base}/{meta['name']}", admin_token)
+                doc = {**doc, "metadata": {**meta, "resourceVersion": current["metadata"]["resourceVersion"]}}
+                status, body = request(f"{base}/{meta['name']}", admin_token, "PUT", doc)
+            if status not in (200, 201, 409):
+                raise ApiServerError(f"applying {kind} {meta['name']} from {path}: HTTP {status}: {body}")
+
+
+def service_account_token(url: str, admin_token: str, name: str, *, namespace: str = SA_NAMESPACE,
+                          seconds: int = TOKEN_SECONDS) -> str:
+    """A token for ServiceAccount `namespace/name` from the TokenRequest API (the ServiceAccount must exist)."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}}
+    status, answer = request(f"{url}/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", admin_token,
+                             "POST", body)
+    if status != 201 or not isinstance(answer, dict) or not (answer.get("status") or {}).get("token"):
+        raise ApiServerError(f"TokenRequest for {namespace}/{name}: HTTP {status}: {answer}")
+    return str(answer["status"]["token"])
+
+
+def install_service_accounts(url: str, admin_token: str) -> dict[str, str]:
+    """Apply the shipped deploy/rbac/ manifests unchanged and mint one token per role: {"agent": token, ...}."""
+    apply_manifests(url, admin_token, rbac_files())
+    return {role: service_account_token(url, admin_token, sa) for role, sa in SERVICE_ACCOUNTS.items()}
+
+
+def service_account_kubeconfig(path: Path, url: str, token: str, role: str) -> Path:
+    """Write a kubeconfig for the role's ServiceAccount token to `path` (mode 0600) and return `path`."""
+    user = f"system:serviceaccount:{SA_NAMESPACE}:{SERVICE_ACCOUNTS[role]}"
+    path.write_text(yaml.safe_dump(kubeconfig(url, token, user=user)))
+    path.chmod(0o600)
+    return path
 
 
 def start_apiserver(config: ApiServerConfig) -> ApiServer:

@@ -30,6 +30,7 @@ from kubernetes import client, config
 
 from appliance.core.model import IPAddress
 from appliance.core.waiting import poll_until, wait_until
+from lab.kube_apiserver import install_service_accounts, service_account_kubeconfig
 from lab.netns_forward import ForwardSpec, NetnsForwarder
 from lab.runner import Lab
 
@@ -124,6 +125,8 @@ class System:
         progress("registering the lab's workers and gateways as Kubernetes nodes")
         sys_._register_nodes()
         sys_.ensure_namespace("egressgw-system")
+        progress("applying deploy/rbac/ and minting the agent and gateway ServiceAccount tokens")
+        sys_._install_service_accounts(admin_token=inner["users"][0]["user"]["token"], server=server)
         if start_services:
             progress("starting egressgw gateway on " + ", ".join(sys_.gateways))
             for gw in sys_.gateways:
@@ -163,6 +166,17 @@ class System:
             self._core.patch_node_status(name, {"status": {"addresses": addrs, "conditions": [
                 {"type": "Ready", "status": "True", "reason": "LabNode", "message": "lab namespace"}]}})
 
+    def _install_service_accounts(self, *, admin_token: str, server: str) -> None:
+        """The shipped RBAC (deploy/rbac/, unchanged) and one kubeconfig per role with its ServiceAccount's token:
+        the services never run as admin (`role_kubeconfig`); the harness itself stays admin, like a user."""
+        tokens = install_service_accounts(f"https://127.0.0.1:{self.forwarder.port}", admin_token)
+        for role, token in tokens.items():
+            service_account_kubeconfig(self.role_kubeconfig(role), server, token, role)
+
+    def role_kubeconfig(self, role: str) -> Path:
+        """The kubeconfig the lab's `egressgw agent` (role "agent") or `egressgw gateway` ("gateway") runs with."""
+        return self.lab.state_dir / f"kubeconfig.{role}"
+
     def _pod_cidrs(self, worker: str) -> list[str]:
         return [str(ifc.network) for ifname, ifc in self.nodes[worker].addresses if ifname == "cni0"]
 
@@ -170,7 +184,7 @@ class System:
     def _config_common(self, node: str) -> dict[str, Any]:
         return {
             "node_name": node,
-            "kubeconfig": str(self.lab.kubeconfig()),
+            "kubeconfig": str(self.role_kubeconfig("gateway" if self.nodes[node].role == "gateway" else "agent")),
             "state_dir": str(self.lab.node_dir(node) / "egressgw"),
             "metrics": {"address": ""},
             "reconcile": {"resync_period_s": 10},

@@ -17,15 +17,30 @@ from typing import Any
 
 import yaml
 
+from lab.cni import LABEL as CNI_LABEL
+from lab.cni import CniKind
+
 HERE = Path(__file__).resolve().parent / "topologies"
 IMAGE = "egressgw/lab-node:latest"  # what real containerlab would need: Debian + iproute2, nftables, python3, ...
 CLUSTER_V4 = "100.127.0.0/24"
 UPLINK_V4 = "198.51.100.0/24"
-NOT_MASQUERADED_V4 = "{ 100.64.0.0/16, 100.100.0.0/16, 100.127.0.0/24, 198.51.100.0/24 }"
-NOT_MASQUERADED_V6 = "{ 2001:db8:64::/48, 2001:db8:127::/64, 2001:db8:198::/64 }"
+#: the cluster's pod networks (every worker's pod CIDR is inside), the Service CIDR
+PODS = ("100.64.0.0/16", "2001:db8:64::/48")
+SERVICES = ("100.100.0.0/16",)
+#: destinations the default CNI stand-in never masquerades: pods, services, the cluster LAN, the gateway uplink LAN
+NOT_MASQUERADED = (PODS[0], SERVICES[0], CLUSTER_V4, UPLINK_V4, PODS[1], "2001:db8:127::/64", "2001:db8:198::/64")
+NOT_MASQUERADED_V4 = "{ " + ", ".join(n for n in NOT_MASQUERADED if ":" not in n) + " }"
+NOT_MASQUERADED_V6 = "{ " + ", ".join(n for n in NOT_MASQUERADED if ":" in n) + " }"
 
 
-def _worker(w: int, pods: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _cni_exec(w: int, cni: str) -> str:
+    """The exec line installing CNI stand-in `cni` (lab/cni.py) on worker `w`."""
+    nets = [f"--pods 100.64.{w}.0/24", f"--pods 2001:db8:64:{w}::/64", *(f"--cluster {p}" for p in PODS),
+            *(f"--services {s}" for s in SERVICES)]
+    return f"{{python}} -m lab.cni install {cni} " + " ".join(nets)
+
+
+def _worker(w: int, pods: int, cni: str | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     ex = [
         f"ip addr add 100.127.0.1{w}/24 dev eth1",
         f"ip addr add 2001:db8:127::1{w}/64 dev eth1",
@@ -37,16 +52,22 @@ def _worker(w: int, pods: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]
         "ip link set cni0 up",
     ]
     ex += [f"ip link set vp{p} master cni0" for p in range(1, pods + 1)]
-    ex += [
-        # the lab's stand-in for the CNI's own masquerade: unselected pods reach the outside as the node IP
-        "nft add table inet lab_cni",
-        "nft add chain inet lab_cni postrouting { type nat hook postrouting priority srcnat ; policy accept ; }",
-        f"nft add rule inet lab_cni postrouting oifname eth1 ip saddr 100.64.{w}.0/24 ip daddr != "
-        f"{NOT_MASQUERADED_V4} masquerade comment '\"lab CNI stand-in\"'",
-        f"nft add rule inet lab_cni postrouting oifname eth1 ip6 saddr 2001:db8:64:{w}::/64 ip6 daddr != "
-        f"{NOT_MASQUERADED_V6} masquerade comment '\"lab CNI stand-in\"'",
-    ]
-    worker = {"kind": "linux", "image": IMAGE, "labels": {"egressgw.role": "worker"}, "exec": ex}
+    labels = {"egressgw.role": "worker"}
+    if cni is not None:
+        # a CNI stand-in chosen by label (lab/cni.py): its iptables/ipset rules instead of the default nft chain
+        labels[CNI_LABEL] = cni
+        ex.append(_cni_exec(w, cni))
+    else:
+        ex += [
+            # the lab's stand-in for the CNI's own masquerade: unselected pods reach the outside as the node IP
+            "nft add table inet lab_cni",
+            "nft add chain inet lab_cni postrouting { type nat hook postrouting priority srcnat ; policy accept ; }",
+            f"nft add rule inet lab_cni postrouting oifname eth1 ip saddr 100.64.{w}.0/24 ip daddr != "
+            f"{NOT_MASQUERADED_V4} masquerade comment '\"lab CNI stand-in\"'",
+            f"nft add rule inet lab_cni postrouting oifname eth1 ip6 saddr 2001:db8:64:{w}::/64 ip6 daddr != "
+            f"{NOT_MASQUERADED_V6} masquerade comment '\"lab CNI stand-in\"'",
+        ]
+    worker = {"kind": "linux", "image": IMAGE, "labels": labels, "exec": ex}
     pod_nodes: dict[str, dict[str, Any]] = {}
     for p in range(1, pods + 1):
         host = 9 + p  # .10, .11
@@ -107,8 +128,12 @@ def _router(flavour: str, workers: int, v6_underlay_only: bool) -> dict[str, Any
     return node
 
 
-def build(*, name: str, gateways: int, flavour: str = "bird", v6_underlay_only: bool = False) -> dict[str, Any]:
+def build(*, name: str, gateways: int, flavour: str = "bird", v6_underlay_only: bool = False,
+          cnis: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`cnis`: per worker (worker1 first), the CNI stand-in (lab/cni.py) replacing the default nft chain."""
     workers, pods = 2, 2
+    for cni in cnis:
+        CniKind(cni)  # unknown stand-in: ValueError naming it
     nodes: dict[str, Any] = {
         "lan": {"kind": "bridge", "labels": {"egressgw.role": "switch"}},
         "uplink": {"kind": "bridge", "labels": {"egressgw.role": "switch"}},
@@ -128,7 +153,7 @@ def build(*, name: str, gateways: int, flavour: str = "bird", v6_underlay_only: 
         {"endpoints": ["api:eth1", "lan:lan-api"]},
     ]
     for w in range(1, workers + 1):
-        worker, pod_nodes = _worker(w, pods)
+        worker, pod_nodes = _worker(w, pods, cnis[w - 1] if w <= len(cnis) else None)
         nodes[f"worker{w}"] = worker
         links.append({"endpoints": [f"worker{w}:eth1", f"lan:lan-w{w}"]})
         for p, (pname, pod) in enumerate(pod_nodes.items(), start=1):
@@ -169,6 +194,11 @@ FILES: dict[str, tuple[str, dict[str, Any]]] = {
     "default-frr.clab.yml": (
         "The default lab with FRR (zebra, bgpd, bfdd) instead of BIRD 2 as the upstream router.",
         {"name": "egwfrr", "gateways": 2, "flavour": "frr"}),
+    "cni-mixed.clab.yml": (
+        "The default lab with real-CNI-like rules (lab/cni.py, label egressgw.cni): worker1 Calico-like "
+        "(natOutgoing ipsets, marks under 0xffff0000), worker2 Flannel-like with iptables-legacy, both with "
+        "kube-proxy's chains.",
+        {"name": "egwcni", "gateways": 2, "cnis": ("calico", "flannel-legacy")}),
 }
 
 

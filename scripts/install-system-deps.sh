@@ -3,7 +3,9 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PKGS=(iproute2 nftables conntrack conntrackd iperf3 tcpdump bird2 frr wireguard-go wireguard-tools
-      etcd-server python3-venv procps psmisc iputils-ping kmod jq ethtool)
+      etcd-server python3-venv procps psmisc iputils-ping kmod jq ethtool
+      prometheus)  # prometheus: promtool checks deploy/monitoring, the e2e monitoring test runs the server
+PKGS+=(iptables ipset)  # the lab's CNI stand-ins (lab/cni.py): iptables-nft, iptables-legacy, ipset
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -12,6 +14,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's packaged daemons must not run on the host: the lab starts its own copies inside namespaces.
-for svc in bird frr conntrackd etcd; do
+for svc in bird frr conntrackd etcd prometheus; do
   pkill -x "$svc" 2>/dev/null || true
 done

@@ -6,6 +6,9 @@ Register with ``pytest_plugins = ["tests.fixtures_apiserver"]``. Fixtures:
   a `lab.kube_apiserver.ApiServer` (``.kubeconfig_path``, ``.url``, ``.token``, ``.restart_apiserver()``). FAILS (never
   skips) when the binaries are missing: run ``scripts/ensure-kube-apiserver.sh``.
 - ``kube_client`` (session): a `kubernetes.client.ApiClient` for it (admin token, TLS not verified).
+- ``role_kubeconfigs`` (session): the shipped deploy/rbac/ applied unchanged and one kubeconfig per role
+  (``{"agent": path, "gateway": path}``) with a token of the role's ServiceAccount from the TokenRequest API: run a
+  service with these, never with the admin kubeconfig (the server runs ``--authorization-mode=Node,RBAC``).
 - ``kube_namespace`` (function): a fresh namespace name per test (namespaces never finish deleting here - there is
   no namespace controller - so they are left behind; the session's etcd is thrown away at the end).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +45,11 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def role_kubeconfigs(apiserver: ApiServer) -> dict[str, Path]:
+    return apiserver.service_account_kubeconfigs()
 
 
 @pytest.fixture(scope="session")

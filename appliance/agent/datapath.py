@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from appliance.agent.stand_down import gateway_owns_table
 from appliance.agent.wireguard import WorkerWireguardHook
 from appliance.core.intent import Intent
 from appliance.core.model import IPAddress
@@ -61,6 +62,11 @@ class WorkerDataPath(Protocol):
         ...
 
     def remove_all(self) -> tuple[str, ...]: ...
+
+    def stand_down(self) -> PassOutcome:
+        """The node became a gateway member: remove the worker's kernel state (not a gateway's) and forget the
+        cache, so the pass after the stand-down plans in full."""
+        ...
 
 
 def tunnel_source(underlay: Underlay) -> IPAddress:
@@ -152,6 +158,18 @@ class RealWorkerDataPath:
     def remove_all(self) -> tuple[str, ...]:
         result = self.bridge.remove() + self.applier.remove_all()
         return result.changes + tuple(f"FAILED {f}" for f in result.failures)
+
+    def stand_down(self) -> PassOutcome:
+        """Both roles own the `inet egressgw` table, the tunnel devices and the routes of our protocol: when the
+        table already is a gateway's (its comment names the role), the gateway service has taken the node's data
+        path over and only the worker-only bridge table goes; otherwise everything of ours goes."""
+        observed = self.applier.nft.observe()
+        taken_over = gateway_owns_table(observed.comment if observed is not None else None)
+        result = self.bridge.remove() if taken_over else self.bridge.remove() + self.applier.remove_all()
+        self.incremental.intent = self.incremental.plan = None
+        self.steered, self.unbound, self.tunnel_links, self.plan_skips = None, None, (), frozenset()
+        changes = result.changes + (("kernel state left to the gateway service",) if taken_over else ())
+        return PassOutcome(changes=changes, failures=result.failures)
 
     def counters(self) -> Mapping[str, tuple[int, int]]:
         return {**self.applier.counters(), **self.bridge.counters()}

@@ -152,7 +152,7 @@ def _lease_dead_endpoints(intent: Intent, node: str, version: int) -> frozenset[
         instance = intent.instance(s.gateway)
         if s.node != node or instance is None or instance.alive or instance.tunnel.type is not TunnelType.VXLAN:
             continue
-        endpoint = pick_family(s.endpoints, version)
+        endpoint = pick_family(s.endpoints, instance.tunnel.version(version))
         if endpoint is not None:
             out.add(endpoint)
     return frozenset(out)

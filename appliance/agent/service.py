@@ -13,7 +13,11 @@ machine. What it owns:
    wakes the loop for a pass that only touches the affected steer entries.
 3. The planners' skips (worker plan and WireGuard plan): logged when they change (`plan.skipped`,
    `plan.skip_cleared`) and counted by reason through the `on_skips` hook.
-4. Shutdown: a stop request (SIGTERM/SIGINT) ends the loop and stops the helpers in reverse order, WITHOUT removing
+4. Standing down (`appliance.agent.stand_down`): while the agent's own node is a member of an EgressGateway, the
+   gateway service owns the node's data path; the agent removes its kernel state once, logs
+   `agent.standing_down`, reports an `AgentStandingDown` note per gateway, suspends its drift check and plans
+   nothing; it logs `agent.resuming` and plans in full again when the node stops being a member.
+5. Shutdown: a stop request (SIGTERM/SIGINT) ends the loop and stops the helpers in reverse order, WITHOUT removing
    kernel state: the data path keeps forwarding while the agent restarts, and the next start adopts the state.
 
 Everything with I/O is injected (`AgentDeps`), so unit tests run the service with a fake data path and snapshot
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 
 from appliance.agent.datapath import WorkerDataPath
 from appliance.agent.endpoint_liveness import LIVENESS_REASON, EndpointLiveness
+from appliance.agent.stand_down import member_of, stand_down_notes
 from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.snapshot import Snapshot, SnapshotSource
@@ -63,6 +68,8 @@ class AgentService:
         self.tracker = IntentTracker()
         self.skips = SkipTracker(self.log, on_counts=deps.on_skips)
         self._stop = threading.Event()
+        #: the gateways this node is a member of while the agent stands down; () while it steers
+        self.standing_down: tuple[str, ...] = ()
         self.reconciler = Reconciler(
             source=deps.source,
             run_pass=self.run_pass,
@@ -70,20 +77,44 @@ class AgentService:
             clock=deps.clock,
             log=self.log.bind(loop="agent"),
             on_pass=deps.on_pass,
-            drift_check=deps.datapath.drifted,
+            drift_check=self._drifted,
             run_always=frozenset({LIVENESS_REASON}),
         )
         if deps.liveness is not None:
             deps.liveness.subscribe(self.reconciler.notify)
 
     def run_pass(self, snapshot: Snapshot, reasons: frozenset[str]) -> PassOutcome:
-        """One pass: next intent, converge the data path, report the skips that changed."""
+        """One pass: next intent, converge the data path, report the skips that changed (or stand down)."""
+        gateways = member_of(snapshot, self.cfg.node_name)
+        if gateways:
+            return self._stand_down(gateways)
+        full = full_pass(reasons)
+        if self.standing_down:
+            self.log.info("agent.resuming", gateway=",".join(self.standing_down))
+            self.standing_down, full = (), True
         intent = self.tracker.next(snapshot, previous=self.deps.previous).intent
         if self.deps.liveness is not None:
             intent = self.deps.liveness.effective(intent)
-        outcome = self.deps.datapath.converge(snapshot, intent, full=full_pass(reasons))
+        outcome = self.deps.datapath.converge(snapshot, intent, full=full)
         self.skips.update(outcome.skipped)
         return outcome
+
+    def _stand_down(self, gateways: tuple[str, ...]) -> PassOutcome:
+        outcome = PassOutcome()
+        if not self.standing_down:
+            self.log.warning("agent.standing_down", gateway=",".join(gateways),
+                             reason="this node is a member of the gateway: the gateway service owns its data path")
+            outcome = self.deps.datapath.stand_down()
+            self.tracker = IntentTracker()
+        # a failed removal is retried: the next pass stands down again
+        self.standing_down = gateways if outcome.ok else ()
+        notes = stand_down_notes(gateways, self.cfg.node_name)
+        self.skips.update(notes)
+        return PassOutcome(changes=outcome.changes, failures=outcome.failures, skipped=notes)
+
+    def _drifted(self) -> bool:
+        """Standing down, our table and devices are meant to be gone (or a gateway's): nothing to repair."""
+        return not self.standing_down and self.deps.datapath.drifted()
 
     def request_stop(self, reason: str) -> None:
         """Thread-safe (signal handlers): end the loop; the kernel state is kept."""

@@ -100,12 +100,14 @@ def parse_appliance_lease(raw: Mapping[str, Any], now: datetime) -> Appliance | 
     meta, spec = raw.get("metadata") or {}, raw.get("spec") or {}
     gateway = (meta.get("labels") or {}).get(APPLIANCE_LEASE_LABEL)
     annotations = meta.get("annotations") or {}
-    addresses = _ips([annotations.get(APPLIANCE_ADDRESS_ANNOTATION, "")])
+    # one address, or several comma-separated (an appliance announces every uplink address; the instance's tunnel
+    # family picks one, `appliance.core.model.underlay_address`)
+    addresses = _ips(t.strip() for t in str(annotations.get(APPLIANCE_ADDRESS_ANNOTATION, "")).split(","))
     if not gateway or not addresses:
         return None
     renewed = parse_time(str(spec.get("renewTime") or spec.get("acquireTime") or ""))
     duration = spec.get("leaseDurationSeconds")
     alive = (renewed is not None and isinstance(duration, int | float)
              and renewed + timedelta(seconds=duration) > now)
-    return Appliance(name=str(meta.get("name", "")), gateway=str(gateway), address=addresses[0],
+    return Appliance(name=str(meta.get("name", "")), gateway=str(gateway), address=addresses[0], addresses=addresses,
                      wireguard_public_key=annotations.get(WIREGUARD_KEY_ANNOTATION) or None, alive=alive)

@@ -84,13 +84,16 @@ CONDITIONS: Schema = {
 GATEWAY_SPEC = _obj("Desired state of the gateway instance.", {
     "ippools": _obj("The egress IP (EIP) pools of this gateway.", {
         "ipv4": _list("IPv4 EIPs: single addresses (203.0.113.130), ranges (203.0.113.130-203.0.113.139) or CIDRs "
-                      "(203.0.113.128/28). No address may be in another gateway's pool.", _s("An IPv4 pool entry.")),
-        "ipv6": _list("IPv6 EIPs, same forms as ipv4. When both lists are given they must hold the same number of "
+                      "(203.0.113.128/28: its host addresses, without the network and broadcast address when the "
+                      "prefix holds more than 2). No address may be in another gateway's pool.",
+                      _s("An IPv4 pool entry.")),
+        "ipv6": _list("IPv6 EIPs, same forms as ipv4 (a CIDR without its subnet-router anycast address, the first). "
+                      "When both lists are given they must hold the same number of "
                       "addresses (the n-th IPv4 EIP pairs with the n-th IPv6 EIP).", _s("An IPv6 pool entry.")),
         "ipv4DefaultEIP": _s("The IPv4 EIP used by policies with allocatorPolicy default; must be in ipv4. "
-                             "Default: the first address of the pool."),
+                             "Default: the first address of the pool (of a CIDR: its first host address)."),
         "ipv6DefaultEIP": _s("The IPv6 EIP used by policies with allocatorPolicy default; must be in ipv6. "
-                             "Default: the first address of the pool."),
+                             "Default: the first address of the pool (of a CIDR: its first host address)."),
     }),
     "nodeSelector": _obj("Which cluster nodes are members of this gateway.", {
         "selector": label_selector("Label selector for member nodes; must not be empty (an empty selector would "
@@ -106,6 +109,11 @@ GATEWAY_SPEC = _obj("Desired state of the gateway instance.", {
         "vni": _i("VXLAN network identifier of this gateway instance (default 7700).", 1, 16777215),
         "port": _i("UDP port (default 4789 for vxlan, 51820 for wireguard).", 1, 65535),
         "mtu": _i("Inner MTU of the tunnel (default: the underlay MTU minus the tunnel overhead).", 1280, 9000),
+        "family": _s("Underlay address family between workers and members: ipv4 or ipv6. Both ends use it: member "
+                     "and worker addresses are the Nodes' InternalIPs (appliances' Lease addresses) of this family, "
+                     "workers tunnel from and members reply to those. Default: each node's IPv4 address when it has "
+                     "one, else its IPv6 address (dual-stack Nodes tunnel over IPv4; set ipv6 for an IPv6-only "
+                     "underlay).", enum=["ipv4", "ipv6"]),
     }),
     "bgp": _obj("Attributes of the EIP announcements (BGP) of this gateway.", {
         "communities": _list("Standard communities (ASN:VALUE, each 0..65535) added to every EIP route.",

@@ -40,6 +40,7 @@ from appliance.core.model import (
     PolicyKind,
     PolicyRef,
     Requirement,
+    TunnelFamily,
     TunnelSpec,
     TunnelType,
 )
@@ -145,11 +146,21 @@ def parse_cidr(text: str, path: str, issues: Issues, version: int | None = None)
     return net
 
 
+def cidr_hosts(net: IPNetwork) -> IPRange:
+    """The EIPs a CIDR pool entry gives: its host addresses. Skipped: the network address (for IPv6 the
+    subnet-router anycast address) and the IPv4 broadcast address - unless the prefix has at most 2 addresses
+    (/31, /32, /127, /128: every address is a host). A network address is usable as an EIP only when listed as a
+    single address or inside a range."""
+    if net.num_addresses <= 2:
+        return IPRange(first=net[0], last=net[-1])
+    return IPRange(first=net[1], last=net[-2] if net.version == 4 else net[-1])
+
+
 def parse_pool_entry(text: str, version: int, path: str, issues: Issues) -> IPRange | None:
-    """A single address, an `a-b` range (inclusive, a <= b, one family) or a CIDR."""
+    """A single address, an `a-b` range (inclusive, a <= b, one family) or a CIDR (its hosts: `cidr_hosts`)."""
     if "/" in text:
         net = parse_cidr(text, path, issues, version)
-        return None if net is None else IPRange(first=net[0], last=net[-1])
+        return None if net is None else cidr_hosts(net)
     if "-" in text:
         a_text, _, b_text = text.partition("-")
         try:
@@ -236,6 +247,14 @@ def parse_gateway(obj: Mapping[str, Any], issues: Issues) -> EgressGateway | Non
         issues.append(("spec.nodeSelector", "required (members are the nodes it selects), unless spec.appliancesOnly "
                                             "is true (members are only appliances registered with Leases)"))
     tunnel = spec.get("tunnel") or {}
+    family = tunnel.get("family")
+    if family in ("ipv4", "ipv6"):
+        # workers tunnel to an EIP of the tunnel family: the EIP itself or its partner at the same pool index
+        mine, other = (v4, v6) if family == "ipv4" else (v6, v4)
+        if other.size and not mine.size:
+            issues.append(("spec.tunnel.family", f"{family}: the tunnels end at {family[:2].upper()}{family[2:]} "
+                                                 f"EIPs, but spec.ippools.{family} is empty; give it as many "
+                                                 "addresses as the other pool (they pair up)"))
     bgp = spec.get("bgp") or {}
     for key, parts, limit in (("communities", 2, 65535), ("largeCommunities", 3, 2**32 - 1)):
         for i, text in enumerate(bgp.get(key) or ()):
@@ -253,7 +272,8 @@ def parse_gateway(obj: Mapping[str, Any], issues: Issues) -> EgressGateway | Non
         node_selector=selector,
         cluster_default=bool(spec.get("clusterDefault")),
         tunnel=TunnelSpec(type=TunnelType(tunnel.get("type") or "vxlan"), vni=tunnel.get("vni") or 7700,
-                          port=tunnel.get("port"), mtu=tunnel.get("mtu")),
+                          port=tunnel.get("port"), mtu=tunnel.get("mtu"),
+                          family=TunnelFamily(tunnel["family"]) if tunnel.get("family") else None),
         bgp=BgpSpec(communities=tuple(bgp.get("communities") or ()),
                     large_communities=tuple(bgp.get("largeCommunities") or ())),
         failover=FailoverSpec(

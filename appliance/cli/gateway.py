@@ -6,7 +6,9 @@
   See `appliance.gateway.service` for the order of things. Logs to stderr; runs in the current network namespace
   (`ip netns exec gw1 egressgw gateway --config gw1.yaml` in the lab).
 - drain: writes `<state_dir>/drain.request` and sends SIGUSR1 to the service, then follows its progress
-  (withdrawn, acknowledged, settled) until it exits. SIGTERM does the same drain (systemd `stop`).
+  (withdrawn, acknowledged, settled) until it exits. SIGTERM does the same drain (systemd `stop`), except on the
+  only live member of an instance, where it is a restart stop that keeps the kernel state and the routes
+  (graceful restart; see `appliance.gateway.service`).
 - status: prints the member's state from `<state_dir>/status.json` (health and checks, announcements desired vs
   acknowledged, BGP peers, BFD, drain progress); `--json` prints the document.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -38,6 +41,8 @@ from appliance.gateway.datapath import make_gateway_datapath
 from appliance.gateway.member_state import AlreadyRunning, StateDir, render_status
 from appliance.gateway.seams import GatewayDataPath, GatewayDeps, Lifecycle
 from appliance.gateway.service import GatewayService
+from appliance.gateway.state_sync import GatewayStateSync
+from appliance.gateway.status import state_sync_entry, state_sync_line
 from appliance.gateway.view import MemberView, Phase
 from appliance.runtime.config import GatewayConfig, load_gateway_config, load_or_exit_code
 from appliance.runtime.datapath_common import DataPathUnavailable, register_datapath_metrics
@@ -48,12 +53,13 @@ from appliance.runtime.wireguard_common import KubeNodeAnnotator
 from bgp.bfd_sidecar import BfdSidecar
 from bgp.health import Check
 from bgp.heartbeat import MemberHeartbeat
-from bgp.metrics import BgpMetrics
+from bgp.metrics import BgpMetrics, eip_announcements
 from bgp.speaker import BgpSpeaker
 from k8s_sync.cluster import ClusterSync
 from k8s_sync.kubeapi import KubeApi, make_api_client
-from k8s_sync.leases import LeaderElection, MemberIdentity, MemberLease
+from k8s_sync.leases import STATE_SYNC_ANNOTATION, LeaderElection, MemberIdentity, MemberLease
 from k8s_sync.resources import Role
+from k8s_sync.status_metrics import register_status_metrics
 from k8s_sync.status_writer import StatusWriter
 
 
@@ -172,6 +178,19 @@ class _Releasing:
         self._lease.release()
 
 
+def _state_sync_annotation(view: MemberView | None) -> dict[str, str]:
+    """The member Lease's state-sync summary (`egressgw status` shows it per member); none while sync is off."""
+    if view is None or view.state_sync is None:
+        return {}
+    return {STATE_SYNC_ANNOTATION: state_sync_line(state_sync_entry(view.state_sync))}
+
+
+def lease_healthy(view: MemberView) -> bool:
+    """Whether the member Lease is renewed now: the member is healthy (past Starting, checks within `fall`, not
+    disabled) and not draining. Otherwise the Lease says expired (`k8s_sync.leases.MemberLease`)."""
+    return view.phase is not Phase.DRAINING and view.health.healthy
+
+
 class StartError(Exception):
     """A reason the service cannot start (logged as `gateway.start_failed`, exit 1)."""
 
@@ -207,7 +226,7 @@ def run_gateway(cfg: GatewayConfig) -> int:
             if signum == signal.SIGUSR1:
                 service.request_drain("drain command")
             else:
-                service.request_drain(name, hurry_if_repeated=True)
+                service.request_drain(name, hurry_if_repeated=True, restart_if_sole=True)
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, on_signal)
@@ -271,18 +290,23 @@ def build_gateway_service(
         log.info("metrics.listening", address=listen)
 
     sync = ClusterSync(api, role=Role.GATEWAY, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
-    address = uplink.address(4) or uplink.addresses[0]
-    me = MemberIdentity(name=cfg.node_name, gateway=cfg.gateway, address=str(address) if cfg.gateway else None)
+    # every uplink address: the EgressGateway's spec.tunnel.family picks the member address (policy.placement)
+    address = ",".join(str(a) for a in uplink.addresses)
+    me = MemberIdentity(name=cfg.node_name, gateway=cfg.gateway, address=address if cfg.gateway else None)
     service_ref: list[GatewayService] = []
     lease = MemberLease(
         api,
         me,
         namespace=cfg.lease_namespace,
-        healthy=lambda: not (service_ref and service_ref[0].view.phase is Phase.DRAINING),
+        # renewed only while healthy (not starting, failing, disabled or draining): the Lease is what every reader
+        # of member liveness follows (status, fail-closed/fail-open, useNodeIP placement; k8s_sync.leases)
+        healthy=lambda: bool(service_ref) and lease_healthy(service_ref[0].view),
+        annotations=lambda: _state_sync_annotation(service_ref[0].view if service_ref else None),
     )
     lease_holder.append(lease)
     leader = LeaderElection(api, cfg.node_name, namespace=cfg.lease_namespace)
     writer = StatusWriter(api, sync.store.raw_objects, is_leader=leader.is_leader, identity=cfg.node_name)
+    register_status_metrics(writer, registry)
 
     speaker: BgpSpeaker | None = None
     bfd: BfdSidecar | None = None
@@ -310,10 +334,19 @@ def build_gateway_service(
             health=view.health,
             now=view.taken_at,
             restarts=speaker.restarts if speaker is not None else None,
+            eip_announced=eip_announcements(view.eips_in_place, view.acknowledged, view.desired),
         )
         skip_metrics.observe(count_by_reason(view.skipped))
 
     helpers: list[Lifecycle] = [sync, _Releasing(lease), _Releasing(leader), writer]
+    state_sync: GatewayStateSync | None = None
+    if cfg.state_sync.enabled:  # conntrack state shared with the instance's other members (gateway.state_sync)
+        if shutil.which(cfg.state_sync.binary) is None:
+            raise StartError(f"state_sync.binary: {cfg.state_sync.binary} not found (install conntrackd, or set "
+                             "state_sync.enabled: false)")
+        state_sync = GatewayStateSync(cfg.state_sync, member=cfg.node_name, state_dir=cfg.state_dir,
+                                      registry=registry, log=log)
+        helpers.append(state_sync)
     heartbeat: MemberHeartbeat | None = None
     if cfg.bgp is not None and cfg.bgp.stale_view.enabled:  # stale members step back (bgp.freshness)
         heartbeat = MemberHeartbeat(me=cfg.node_name, settings=cfg.bgp.stale_view, view_age=sync.store.view_age)
@@ -324,6 +357,7 @@ def build_gateway_service(
         speaker=speaker,
         bfd=bfd,
         freshness=heartbeat,
+        state_sync=state_sync,
         helpers=helpers,
         host_checks=host_checks,
         publish=writer.submit,

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("appliance.cli.status", "show gateways, members, EIPs and policies"),
     "explain": ("appliance.cli.explain", "explain which policy, gateway and EIP apply to a pod"),
     "migrate": ("appliance.cli.migrate", "convert spidernet-io egressgateway manifests to egressgw.io"),
+    "webhook": ("appliance.cli.webhook", "run the validating admission webhook for egressgw.io objects"),
 }
 
 

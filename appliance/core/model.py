@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import NewType
@@ -148,6 +148,30 @@ class TunnelType(enum.StrEnum):
     WIREGUARD = "wireguard"
 
 
+class TunnelFamily(enum.StrEnum):
+    """The address family of the underlay between the workers and the members of one gateway instance."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+    @property
+    def version(self) -> int:
+        return 4 if self is TunnelFamily.IPV4 else 6
+
+
+def underlay_address(addresses: Iterable[IPAddress], family: TunnelFamily | None) -> IPAddress | None:
+    """The underlay (tunnel) address among a Node's InternalIPs or an appliance's announced addresses.
+
+    `family` set (`spec.tunnel.family`): the first address of that family, None when there is none (the node or
+    appliance cannot be a tunnel end of that instance). Unset: IPv4 when there is one, else IPv6 - single-stack
+    nodes tunnel over their only family, dual-stack nodes over IPv4 (set `ipv6` for an IPv6-only underlay).
+    """
+    found = tuple(addresses)
+    if family is not None:
+        return next((a for a in found if a.version == family.version), None)
+    return next((a for a in found if a.version == 4), None) or next(iter(found), None)
+
+
 class NoGatewayAction(enum.StrEnum):
     """What a worker does with selected traffic when no member of the gateway is healthy."""
 
@@ -171,6 +195,13 @@ class TunnelSpec:
     port: int | None = None
     #: inner MTU; None = derived from the underlay MTU minus the tunnel overhead
     mtu: int | None = None
+    #: the underlay family both ends use (member and worker addresses, tunnel sources, reply encapsulation, the
+    #: appliance Lease address); None = per node: IPv4 when the node has an IPv4 address, else IPv6
+    family: TunnelFamily | None = None
+
+    def version(self, fallback: int) -> int:
+        """The underlay IP version of this instance's tunnels; `fallback` (the end's own family) when unset."""
+        return self.family.version if self.family is not None else fallback
 
     @property
     def udp_port(self) -> int:
@@ -340,6 +371,9 @@ class Appliance:
     gateway: str
     address: IPAddress
     wireguard_public_key: str | None = None
+    #: every underlay address the appliance announced (`address` is the first); the member address is picked from
+    #: these by the instance's tunnel family (`underlay_address`); () = only `address`
+    addresses: tuple[IPAddress, ...] = ()
     #: False when the lease expired (renewTime + leaseDurationSeconds in the past)
     alive: bool = True
 

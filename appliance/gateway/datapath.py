@@ -17,10 +17,15 @@ keeps pushing after the steering ended hit `drop_eip_unsolicited` instead of rea
 On every health check (at most every `SPOOF_READ_S`) the per-worker spoofed-drop counters are read; a rise is
 logged (`worker.spoofed_traffic`, naming the worker) and reported as the member condition `WorkerTrafficSpoofed`
 (`appliance.gateway.spoofing`).
+
+Metrics beyond the raw counters (`appliance.datapath.apply.metrics`): `policy_counters()` names the labels of the
+per-policy counters of the current plan, and `snat_ports` samples SNAT port use of the EIPs in place from conntrack
+(bounded: mark-filtered dump, entry cap, deadline, at most every interval; docs/operations.md).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 
@@ -32,6 +37,7 @@ from appliance.datapath.apply import health_checks
 from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.conntrack import ConntrackFlushResult, conntrack_changes, flush_pod_conntrack
 from appliance.datapath.apply.incremental import IncrementalGateway
+from appliance.datapath.apply.snat_ports import SnatPortSampler, sample_snat_ports
 from appliance.datapath.plan.gateway import (
     GatewaySettings,
     PodBinding,
@@ -41,6 +47,7 @@ from appliance.datapath.plan.gateway import (
     pod_bindings,
     workers_of,
 )
+from appliance.datapath.plan.policy_counters import PolicyLabels
 from appliance.gateway.seams import DataPathResult, GatewayDataPath
 from appliance.gateway.spoofing import SpoofWatch, spoof_condition
 from appliance.gateway.view import MemberCondition
@@ -94,7 +101,8 @@ class RealGatewayDataPath:
     ) -> None:
         self.member = cfg.node_name
         self.settings = GatewaySettings(uplink_mtu=uplink.mtu, tunnel_mtu=cfg.tunnel.mtu,
-                                        source_check=cfg.tunnel_source_check)
+                                        source_check=cfg.tunnel_source_check,
+                                        state_sync=cfg.state_sync if cfg.state_sync.enabled else None)
         self.applier = applier or DataPathApplier()
         self.clock = clock
         self.log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
@@ -105,6 +113,10 @@ class RealGatewayDataPath:
         self.in_place: frozenset[IPAddress] = frozenset()
         self.tunnel_links: tuple[str, ...] = ()
         self.planned = False
+        marks = self.settings.marks
+        self.snat_ports = SnatPortSampler(
+            lambda: self.in_place, functools.partial(sample_snat_ports, mark=marks.mark_base, mask=marks.mark_mask),
+        )
         self.wireguard = GatewayWireguardHook(
             member=self.member,
             uplink=uplink,
@@ -157,6 +169,10 @@ class RealGatewayDataPath:
 
     def counters(self) -> Mapping[str, tuple[int, int]]:
         return self.applier.counters()
+
+    def policy_counters(self) -> Mapping[str, PolicyLabels]:
+        """Per-policy counter name -> labels, of the last full plan (pod churn reuses its counters)."""
+        return self.incremental.policy_counters
 
     def watch_spoofing(self) -> None:
         """Read the per-worker spoofed-drop counters (at most every SPOOF_READ_S) and log each worker that rose."""

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from appliance.gateway.status import state_sync_line
+
 PID_FILE = "gateway.pid"
 STATUS_FILE = "status.json"
 DRAIN_FILE = "drain.request"
@@ -169,6 +171,11 @@ def render_status(doc: Mapping[str, Any] | None, *, running_pid: int | None, now
     bfd = doc.get("bfd") or {}
     for peer, state in sorted(bfd.items()):
         lines.append(f"peer {peer:<22} bfd {state}")
+    lines.append(f"state sync:    {state_sync_line(doc.get('state_sync'))}")
+    for p in (doc.get("state_sync") or {}).get("peers") or []:
+        lines.append(f"  {p['peer']:<22} {p['address']}:{p['port']} {'up' if p.get('up') else 'DOWN'}, resync "
+                     f"{p.get('resync')}, sent {p.get('sent', 0)} received {p.get('received', 0)} lost "
+                     f"{p.get('lost', 0)}" + (f" ({p['problem']})" if p.get("problem") else ""))
     skipped = doc.get("skipped") or []
     if skipped:
         lines.append(f"skipped:       {len(skipped)} (left out by the planners; see the `plan.skipped` log events)")

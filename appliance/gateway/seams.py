@@ -14,7 +14,7 @@ from typing import Protocol
 from appliance.core.intent import GatewayInstance, Intent
 from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot, SnapshotSource
-from appliance.gateway.view import MemberView, Phase
+from appliance.gateway.view import MemberView, Phase, StateSyncView
 from appliance.runtime.lifecycle import Lifecycle
 from appliance.runtime.reconciling import PassOutcome, PassReport
 from bgp.announcing import Announcement
@@ -29,6 +29,7 @@ __all__ = [
     "Phase",
     "Sidecar",
     "Speaker",
+    "StateSync",
 ]
 
 
@@ -76,6 +77,8 @@ class Sidecar(Protocol):
 
     def stop(self, timeout_s: float = 3.0, *, abrupt: bool = False) -> None: ...
 
+    def detach(self, timeout_s: float = 3.0) -> None: ...
+
 
 class Freshness(Protocol):
     """Stale members step back (`bgp.heartbeat.MemberHeartbeat`): told the instances of each pass, it answers in
@@ -86,6 +89,17 @@ class Freshness(Protocol):
     def stepped_back(self) -> frozenset[str]: ...
 
 
+class StateSync(Protocol):
+    """Conntrack state sync (`appliance.gateway.state_sync`): converged each pass; `ready()` gates the first
+    announcement of a starting member on its first resync (bounded); its view goes into the `MemberView`."""
+
+    def converge(self, intent: Intent) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def view(self) -> StateSyncView: ...
+
+
 @dataclass(kw_only=True)
 class GatewayDeps:
     source: SnapshotSource
@@ -94,6 +108,8 @@ class GatewayDeps:
     bfd: Sidecar | None = None
     #: stale-member step-back (None = off); its heartbeat is started and stopped as one of the `helpers`
     freshness: Freshness | None = None
+    #: conntrack state sync (None = off); started and stopped as one of the `helpers`
+    state_sync: StateSync | None = None
     #: started before the loop, stopped (in reverse order) at exit: cluster sync, member lease, leader election...
     helpers: list[Lifecycle] = field(default_factory=list)
     #: host checks that are not the data path's: uplink, upstream probe (check -> passed)

@@ -13,7 +13,12 @@ Order is the product here (DESIGN section 4, "make before break"):
 4. Drain (SIGTERM, SIGUSR1 from `egressgw gateway drain`, or the drain file): the sequence of `bgp.draining`
    (withdraw everything, wait until ExaBGP acknowledged the withdrawal on every peer, bounded by the drain timeout;
    close the sessions when it did not; keep forwarding for the settle time), then stop ExaBGP and BFD, remove our
-   kernel state and exit. A second SIGTERM/SIGINT cuts the waits short.
+   kernel state and exit. A second SIGTERM/SIGINT cuts the waits short. Except a SIGTERM/SIGINT on the only live
+   member of an instance: there is nobody to drain to, so it is a restart stop: the kernel state stays, ExaBGP stops
+   without a NOTIFICATION (graceful restart) and the BFD sidecar is left running (`detach`, BFD stays up: a BFD down
+   would make the routers drop the routes they keep for the restart); the routers keep the routes stale until the
+   next start, which adopts kernel state and sidecar and sends End-of-RIB only after it stated its announcements
+   (`bgp.speaking`). `egressgw gateway drain` always drains.
 5. State out: after every pass, health tick and drain step the service publishes a new frozen `MemberView`
    (`service.view`, replaced in one assignment); the status file, the metrics hook and the member Lease read it.
    The planners' skips (data path, WireGuard, announcements) are logged when they change (`plan.skipped`,
@@ -50,7 +55,16 @@ from appliance.runtime.reconciling import PassOutcome, Reconciler, Trigger, full
 from appliance.runtime.skips import SkipNote, SkipTracker, announcement_skips
 from bgp.announcing import Announcement, MemberMode, member_mode, plan_announcements
 from bgp.draining import DrainProgress, DrainStage, run_drain
-from bgp.health import Check, HealthConfig, HealthState, heartbeat_ok, initial_health, step_health
+from bgp.health import (
+    Check,
+    HealthConfig,
+    HealthReason,
+    HealthState,
+    heartbeat_ok,
+    initial_health,
+    step_health,
+    step_sessions,
+)
 
 __all__ = [
     "DataPathResult",
@@ -92,6 +106,13 @@ class GatewayService:
         self._drain_requested = threading.Event()
         self._abort = threading.Event()
         self._drain_reason = ""
+        #: the stop request allows a restart stop when this member is an instance's only live member
+        self._restart_if_sole = False
+        #: stopping for a restart: the kernel state and the BFD sidecar stay (set by `run`)
+        self._restart_stop = False
+        #: the speaker was given a desired set once (not before intent and health are known: End-of-RIB waits)
+        self._stated = False
+        self._bfd_seen: dict[str, str] = {}
         self._bfd_cache: tuple[float, dict[str, str] | None] | None = None
         #: instances in which this member steps back (stale cluster view), see `bgp.freshness`
         self._stepped_back: frozenset[str] = frozenset()
@@ -130,6 +151,11 @@ class GatewayService:
                 acked = self.deps.speaker.wait_converged(min(1.0, self.cfg.drain_timeout_s))
                 self.log.info("eip.released", eips=sorted(str(e) for e in leaving), withdrawal_acknowledged=acked)
         result = self.deps.datapath.converge(snapshot, intent, full=full_pass(reasons))
+        if self.deps.state_sync is not None:
+            try:
+                self.deps.state_sync.converge(intent)
+            except Exception:  # the data path is in place: sync trouble must not fail the pass
+                self.log.exception("state_sync.converge_failed")
         with self.lock:
             self.eips_in_place = result.eips_in_place
             self._datapath_skips = result.outcome.skipped
@@ -169,6 +195,7 @@ class GatewayService:
                 self._stepped_back = stepped_back
             health, draining, intent, snapshot = self.health, self._draining, self.intent, self.snapshot
             in_place = self.eips_in_place
+            held_for_sync = False
             if intent is None or snapshot is None:
                 mode = member_mode(healthy=health.healthy, draining=draining, in_hold_down=False, settings=bgp)
                 desired: frozenset[Announcement] = frozenset()
@@ -186,6 +213,11 @@ class GatewayService:
                 )
                 mode = plan.mode
                 desired = frozenset(a for a in plan.announcements if a.eip in in_place)
+                if desired and not self._sync_ready():
+                    # a starting member takes traffic only once its first conntrack resync is done (bounded)
+                    self.log.debug("state_sync.announcements_held", eips=sorted(str(a.eip) for a in desired))
+                    desired = frozenset()
+                    held_for_sync = True
                 self._announcement_skips = announcement_skips(plan)
                 held_back = sorted(str(a.eip) for a in plan.announcements if a.eip not in in_place)
                 if held_back:
@@ -193,9 +225,14 @@ class GatewayService:
             self._update_skips()
             old, old_mode = self.desired, self.mode
             self.desired, self.mode = desired, mode
-            if desired != old and self.deps.speaker is not None:
+            # a starting member states its set only once it knows it (a pass done, health past Starting): the
+            # speaker holds the End-of-RIB until then, so routers keep the routes of a restarted member meanwhile
+            known = intent is not None and not held_for_sync and (
+                draining or health.healthy or health.reason is not HealthReason.STARTING)
+            if known and (desired != old or not self._stated) and self.deps.speaker is not None:
                 # under the lock: the loop and health threads both call this; the last computed set must win
                 self.deps.speaker.set_announcements(desired)
+                self._stated = True
         if desired == old and mode == old_mode:
             return
         if mode != old_mode:
@@ -214,6 +251,16 @@ class GatewayService:
         for a in sorted(old, key=lambda a: (a.prefix.version, a.prefix)):
             if a.prefix not in new_prefixes:
                 self.log.info("eip.withdrawn", eip=a.eip, mode=mode, reason=health.reason)
+
+    def _sync_ready(self) -> bool:
+        s = self.deps.state_sync
+        if s is None:
+            return True
+        try:
+            return s.ready()
+        except Exception:
+            self.log.exception("state_sync.ready_failed")
+            return True
 
     def _update_skips(self) -> None:
         """Hand the union of the planners' skips to the tracker (it logs only changes). Call under the lock."""
@@ -249,11 +296,18 @@ class GatewayService:
         if not (checks.get(Check.NFT_TABLE, True) and checks.get(Check.TUNNEL_DEVICE, True)):
             self.reconciler.notify(Trigger.DRIFT.value)  # repair now; do not wait for the resync
         now = self.deps.clock()
+        sessions = self._sessions_up()
         with self.lock:
             before = self.health
-            self.health = step_health(before, checks, now=now, config=self._health_config())
+            config = self._health_config()
+            # a session back after a loss shorter than `fall` re-arms the failback hold-down (bgp.health)
+            self.health = step_sessions(step_health(before, checks, now=now, config=config), sessions, now=now,
+                                        config=config)
             self.last_checks = checks
             after = self.health
+        if after.session_returns != before.session_returns:
+            self.log.info("member.hold_down_rearmed", cause="session_returned",
+                          hold_down_s=round(max(0.0, after.hold_until - now), 1))
         if after.status != before.status or after.reason != before.reason:
             self.log.info(
                 "member.health",
@@ -269,6 +323,17 @@ class GatewayService:
         self.write_status()
         if self.deps.on_tick is not None:
             self.deps.on_tick(view)
+
+    def _sessions_up(self) -> frozenset[str]:
+        """The BGP sessions (`bgp:<peer>`) and BFD sessions (`bfd:<peer>`) that are up now (none without BGP)."""
+        sp = self.deps.speaker
+        try:
+            peers = sp.peer_states() if sp is not None else {}
+        except Exception:
+            peers = {}
+        bfd = self.bfd_states() or {}
+        return frozenset({f"bgp:{p}" for p, st in peers.items() if st == "up"}
+                         | {f"bfd:{p}" for p, st in bfd.items() if st == "Up"})
 
     # ----- the published state -----
 
@@ -313,6 +378,7 @@ class GatewayService:
             drain=self.drain_view,
             skipped=self.skips.current,
             conditions=self._datapath_conditions(),
+            state_sync=self.deps.state_sync.view() if self.deps.state_sync is not None else None,
         )
 
     def _datapath_conditions(self) -> tuple[MemberCondition, ...]:
@@ -332,6 +398,10 @@ class GatewayService:
             except Exception:
                 states = None
             self._bfd_cache = (now, states)
+            for peer, state in sorted((states or {}).items()):
+                if self._bfd_seen.get(peer) != state:
+                    self.log.info("bfd.session_changed", peer=peer, state=state, previous=self._bfd_seen.get(peer))
+                    self._bfd_seen[peer] = state
         return self._bfd_cache[1]
 
     def write_status(self) -> None:
@@ -345,17 +415,37 @@ class GatewayService:
 
     # ----- drain -----
 
-    def request_drain(self, reason: str, *, hurry_if_repeated: bool = False) -> None:
+    def request_drain(self, reason: str, *, hurry_if_repeated: bool = False, restart_if_sole: bool = False) -> None:
         """Thread-safe (signal handlers): ask the main loop to drain and exit. A repeated request with
         `hurry_if_repeated` (a second SIGTERM/SIGINT) cuts the waits short; `egressgw gateway drain` both writes the
-        drain file and sends SIGUSR1, so those repeat without hurrying."""
+        drain file and sends SIGUSR1, so those repeat without hurrying. `restart_if_sole` (SIGTERM/SIGINT): when this
+        member is the only live member of one of its instances, stop without draining (`sole_member_instances`)."""
         if self._drain_requested.is_set():
             if hurry_if_repeated:
                 self._abort.set()
                 self.log.warning("drain.hurried", reason=reason)
             return
         self._drain_reason = reason
+        self._restart_if_sole = restart_if_sole
         self._drain_requested.set()
+
+    def sole_member_instances(self) -> tuple[str, ...]:
+        """The instances with EIPs in which this member is the only live member (no other member's Lease is fresh):
+        draining there would only take the EIPs off the routers, nobody could take them over."""
+        me = self.cfg.node_name
+        with self.lock:
+            intent = self.intent
+        if intent is None:
+            return ()
+        out = []
+        for inst in intent.instances:
+            names = {m.name for m in inst.members}
+            if me not in names or not inst.eips:
+                continue
+            others = names - {me}
+            if not (others & inst.alive if inst.alive else others):
+                out.append(inst.name)
+        return tuple(sorted(out))
 
     def drain(self) -> None:
         """Run the drain sequence (`bgp.draining.run_drain`): withdraw, wait for the acks (bounded), close the
@@ -404,7 +494,6 @@ class GatewayService:
                     self.deps.bfd.start()
                 if self.deps.speaker is not None:
                     self.deps.speaker.start()
-                    self.deps.speaker.set_announcements(frozenset())
             except Exception as e:
                 self.log.exception("gateway.start_failed", error=error_text(e))
                 return 1
@@ -420,7 +509,12 @@ class GatewayService:
             while not self._drain_requested.wait(0.5):
                 if health_stop.is_set():
                     break
-            if self._drain_requested.is_set():
+            sole = self.sole_member_instances() if self._restart_if_sole else ()
+            if sole:
+                self._restart_stop = True
+                self.log.info("gateway.restart_stop", reason=self._drain_reason, sole_member_of=list(sole),
+                              kernel_state="kept")
+            elif self._drain_requested.is_set():
                 self.drain()
             health_stop.set()
             loop_stop.set()
@@ -447,7 +541,10 @@ class GatewayService:
                 self.log.exception("bgp.stop_failed")
         if self.deps.bfd is not None:
             try:
-                self.deps.bfd.stop()
+                if self._restart_stop:  # BFD stays up: the routers keep our routes through the restart
+                    self.deps.bfd.detach()
+                else:
+                    self.deps.bfd.stop()
             except Exception:
                 self.log.exception("bfd.stop_failed")
         if self._draining:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.gateway.view import MemberView
+from appliance.gateway.view import MemberView, StateSyncView
 from appliance.runtime.skips import SkipNote
 from bgp.announcing import Announcement
 
@@ -23,6 +23,37 @@ def render_announcement(a: Announcement) -> str:
 def skip_entry(s: SkipNote) -> dict[str, str]:
     """One skip in the status document (the same fields `plan.skipped` logs)."""
     return s.fields()
+
+
+def state_sync_entry(s: StateSyncView) -> dict[str, Any]:
+    """The state-sync part of the status document: readiness, the last resync, one entry per peer."""
+    return {
+        "ready": s.ready,
+        "peers_up": s.peers_up,
+        "last_resync_s": None if s.last_resync_s is None else round(s.last_resync_s, 3),
+        "peers": [
+            {"peer": p.peer, "address": p.address, "port": p.port, "running": p.running, "up": p.up,
+             "resync": p.resync, "sent": p.sent, "received": p.received, "lost": p.lost, "problem": p.problem}
+            for p in s.peers
+        ],
+        "skipped": [{"peer": peer, "reason": reason} for peer, reason in s.skipped],
+    }
+
+
+def state_sync_line(doc: dict[str, Any] | None) -> str:
+    """One line of state sync for humans: `3/3 peers up (gw2 up, ...), last resync 0.41s` or `off`."""
+    if not doc:
+        return "off"
+    peers = doc.get("peers") or []
+    if not peers:
+        return "on, no peers" + ("" if doc.get("ready", True) else " (waiting for the first resync)")
+    each = ", ".join(f"{p['peer']} {'up' if p.get('up') else 'DOWN'}" for p in peers)
+    line = f"{doc.get('peers_up', 0)}/{len(peers)} peers up ({each})"
+    if doc.get("last_resync_s") is not None:
+        line += f", last resync {doc['last_resync_s']}s"
+    if not doc.get("ready", True):
+        line += ", waiting for the first resync (not announcing yet)"
+    return line
 
 
 def status_document(view: MemberView) -> dict[str, Any]:
@@ -56,6 +87,7 @@ def status_document(view: MemberView) -> dict[str, Any]:
             for c in view.conditions
         ],
     }
+    doc["state_sync"] = state_sync_entry(view.state_sync) if view.state_sync is not None else None
     if view.drain is not None:
         drain: dict[str, Any] = {"state": view.drain.state, "reason": view.drain.reason}
         if view.drain.acknowledged is not None:

@@ -58,6 +58,40 @@ class MemberCondition:
     subjects: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class PeerSyncView:
+    """One state-sync channel (`appliance.gateway.state_sync`): the peer, its daemon, the counters since it started."""
+
+    peer: str
+    address: str
+    port: int
+    running: bool
+    up: bool
+    #: `pending`, `running`, `done`, `timed_out`: the last full resync requested from this peer
+    resync: str
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateSyncView:
+    """Conntrack state sync of this member: its channels, and whether the first resync is behind it (a member
+    announces only after it, bounded by `state_sync.resync_timeout_s`)."""
+
+    ready: bool
+    peers: tuple[PeerSyncView, ...] = ()
+    #: duration of the last finished full resync (None before the first)
+    last_resync_s: float | None = None
+    #: peers without a channel, with the reason (`AddressFamilyMismatch`...)
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def peers_up(self) -> int:
+        return sum(1 for p in self.peers if p.up)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemberView:
     node: str
@@ -82,6 +116,8 @@ class MemberView:
     skipped: frozenset[SkipNote] = frozenset()
     #: conditions reported by the data path (`WorkerTrafficSpoofed`)
     conditions: tuple[MemberCondition, ...] = ()
+    #: conntrack state sync (None = off)
+    state_sync: StateSyncView | None = None
 
     @property
     def draining(self) -> bool:

@@ -71,7 +71,7 @@ def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     return preexec
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Running and not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -93,7 +93,7 @@ def kill_stale(pidfile: Path, marker: str, *, timeout_s: float = 3.0) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -118,14 +118,16 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
 
 
 def spawn_child(argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
-                pid_path: Path | None = None) -> subprocess.Popen[bytes]:
+                pid_path: Path | None = None, parent_death: bool = True) -> subprocess.Popen[bytes]:
     """Start a daemon the supervised way: its own session (so `stop_group` reaches its helpers), the parent-death
-    signal, stdin closed, stdout and stderr appended to `log_path`; its pid written to `pid_path` when given (for
+    signal (unless `parent_death` is False: a daemon meant to outlive a restart of ours, adopted by the next start),
+    stdin closed, stdout and stderr appended to `log_path`; its pid written to `pid_path` when given (for
     `kill_stale` after a crash of ours; leave it None for daemons that write their own pid file)."""
     with log_path.open("ab") as logf:
         proc = subprocess.Popen(
             list(argv), env=None if env is None else dict(env), stdin=subprocess.DEVNULL, stdout=logf,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=parent_death_signal(),
+            stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=parent_death_signal() if parent_death else None,
         )  # fmt: skip
     if pid_path is not None:
         pid_path.write_text(f"{proc.pid}\n")

@@ -1,9 +1,11 @@
 """EIP placement (pure): the members of each gateway instance and, per EIP, a ranking of those members.
 
-Members: the cluster nodes matched by the gateway's `nodeSelector` (address = the node's InternalIP, IPv4
-preferred, as the underlay/tunnel address) plus the appliances registered for the gateway with a Lease. A member is
-alive when `Snapshot.alive_members` names it (None = liveness unknown = alive) and, for an appliance, its own Lease
-has not expired.
+Members: the cluster nodes matched by the gateway's `nodeSelector` plus the appliances registered for the gateway
+with a Lease. A member's address is its underlay (tunnel) address of the instance's tunnel family
+(`appliance.core.model.underlay_address`: `spec.tunnel.family` when set - a node or appliance without an address of
+that family is no member - else IPv4 when it has one, then IPv6). A member is alive when `Snapshot.alive_members`
+names it (None = liveness unknown = alive) and, for an appliance, its own Lease has not expired: an unhealthy member
+stops renewing its Lease, so every reader of `alive` (ranking, status, fail-closed/fail-open, useNodeIP) follows it.
 
 Ranking: rendezvous (highest random weight) hashing. The weight of member m for key k of gateway g is
 blake2b(f"{g}/{k}/{m}") read as an integer; members are ranked by weight, best first (name breaks the
@@ -23,7 +25,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 from appliance.core.intent import GatewayInstance
-from appliance.core.model import Appliance, EgressGateway, IPAddress, Member, Node, TunnelType
+from appliance.core.model import Appliance, EgressGateway, IPAddress, Member, Node, TunnelType, underlay_address
 
 #: the ranking key of every EIP of a WireGuard instance
 INSTANCE_KEY = "instance"
@@ -71,14 +73,16 @@ def members_of(gw: EgressGateway, nodes: Iterable[Node], appliances: Iterable[Ap
     found: dict[str, Member] = {}
     if gw.node_selector is not None:
         for node in nodes:
-            address = node.address(4) or node.address(6)
+            address = underlay_address(node.addresses, gw.tunnel.family)
             if address is not None and gw.node_selector.matches(node.label_map):
                 found[node.name] = Member(
                     name=node.name, address=address, wireguard_public_key=node.wireguard_public_key
                 )
     for app in appliances:
         if app.gateway == gw.name and app.name not in found:
-            found[app.name] = Member(name=app.name, address=app.address, wireguard_public_key=app.wireguard_public_key)
+            address = underlay_address(app.addresses or (app.address,), gw.tunnel.family)
+            if address is not None:
+                found[app.name] = Member(name=app.name, address=address, wireguard_public_key=app.wireguard_public_key)
     return tuple(found[n] for n in sorted(found))
 
 

@@ -30,6 +30,7 @@ from appliance.core.events import LogFormat, LogLevel, LogSettings
 from appliance.core.model import IPAddress
 from appliance.datapath.plan.endpoint_liveness import ProbeSettings
 from appliance.datapath.plan.gateway import TunnelSourceCheck
+from appliance.datapath.plan.state_sync import StateSyncSettings, peer_overrides
 from appliance.datapath.plan.worker import SourceValidation
 from bgp.settings import BgpSettings, parse_bgp_settings
 
@@ -158,6 +159,8 @@ class GatewayConfig(CommonConfig):
     #: `security.tunnel_source_check`: reverse-path check of VXLAN outer sources (docs/security.md): strict by
     #: default (a gateway must not relay for a spoofed worker address arriving on another interface)
     tunnel_source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
+    #: `state_sync`: conntrack state shared with the other members of each instance (docs/operations.md)
+    state_sync: StateSyncSettings = StateSyncSettings()
 
     @property
     def disable_file(self) -> Path:
@@ -171,7 +174,7 @@ _COMMON_KEYS = {
     "log",
 }  # fmt: skip
 _AGENT_KEYS = _COMMON_KEYS | {"underlay", "wireguard", "source_validation", "liveness"}
-_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain", "wireguard", "security"}
+_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain", "wireguard", "security", "state_sync"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
@@ -252,6 +255,42 @@ def _reconcile(raw: Any, path: str) -> ReconcileSettings:
     if s.backoff_max_s < s.backoff_initial_s:
         raise ConfigError(f"{path}.backoff_max_s", "must be at least backoff_initial_s")
     return s
+
+
+def _state_sync(raw: Any, path: str) -> StateSyncSettings:
+    keys = {"enabled", "address", "port", "port_span", "peers", "resync_timeout_s", "peer_timeout_s",
+            "stats_interval_s", "refresh_interval_s", "binary"}
+    m = mapping(raw, path, keys)
+    d = StateSyncSettings()
+    enabled = m.get("enabled", d.enabled)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{path}.enabled", f"must be true or false, got {enabled!r}")
+    port = integer(m.get("port", d.port), f"{path}.port", 1, 65535)
+    span = integer(m.get("port_span", d.port_span), f"{path}.port_span", 1, 4096)
+    if port + span - 1 > 65535:
+        raise ConfigError(f"{path}.port_span", f"port + port_span - 1 must be at most 65535, got {port + span - 1}")
+    peers_raw = m.get("peers") or {}
+    if not isinstance(peers_raw, Mapping):
+        raise ConfigError(f"{path}.peers", "must be a mapping of member name -> sync address")
+    peers = {}
+    for name, value in peers_raw.items():
+        if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+            raise ConfigError(f"{path}.peers", f"not a member name: {name!r}")
+        peers[name] = ip(value, f"{path}.peers.{name}")
+    address = None if m.get("address") is None else ip(m["address"], f"{path}.address")
+    return StateSyncSettings(
+        enabled=enabled,
+        address=address,
+        port=port,
+        port_span=span,
+        peers=peer_overrides(peers),
+        resync_timeout_s=number(m.get("resync_timeout_s", d.resync_timeout_s), f"{path}.resync_timeout_s", 0.0, 600.0),
+        peer_timeout_s=number(m.get("peer_timeout_s", d.peer_timeout_s), f"{path}.peer_timeout_s", 1.0, 600.0),
+        stats_interval_s=number(m.get("stats_interval_s", d.stats_interval_s), f"{path}.stats_interval_s", 0.1, 60.0),
+        refresh_interval_s=number(m.get("refresh_interval_s", d.refresh_interval_s), f"{path}.refresh_interval_s",
+                                  0.0, 3600.0),
+        binary=string(m.get("binary", d.binary), f"{path}.binary"),
+    )
 
 
 def _log(raw: Any, path: str) -> LogSettings:
@@ -429,6 +468,7 @@ def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | Non
         router_id_from_uplink=router_id_from_uplink,
         drain_timeout_s=timeout,
         drain_settle_s=settle,
+        state_sync=_state_sync(m.get("state_sync"), "state_sync"),
     )
 
 

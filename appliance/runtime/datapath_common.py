@@ -42,7 +42,8 @@ def register_datapath_metrics(datapath: object, registry: CollectorRegistry, *, 
     counters = getattr(datapath, "counters", None)
     if counters is None:
         return False
-    register(registry, counters, role=role)
+    register(registry, counters, role=role, policies=getattr(datapath, "policy_counters", None),
+             snat=getattr(datapath, "snat_ports", None))
     return True
 
 

@@ -14,6 +14,9 @@ The four lab pods are measured in parallel, in rounds, until the sample is big e
 1,000 extra Pod objects (IPs from 100.64.16.0/22, not used by the lab; half selected by the policy, half in an
 unselected namespace; on the two workers) are created and the measurement is repeated. The policy measurement:
 delete the policy, wait for the node addresses, create it, per selected pod the time to the first EIP answer.
+
+Beside the JSON, `<out stem>-plots/` gets the latency distributions as SVG (`lab.plots.plot_distributions`): one for
+pod IP -> EIP, one for new policy -> EIP, each with and without the extra pods.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from appliance.core.waiting import wait_until
 from lab.bench.harness import wait_steady
 from lab.bench.stats import fmt_ms, summarize
 from lab.extserver import DEFAULT_PORT
+from lab.plots import plot_distributions
 from lab.scenarios import DEFAULT_EIP_V4, gateway_manifest, policy_manifest
 from lab.system import EXTERNAL_V4, System
 from lab.tables import render_table
@@ -324,7 +328,19 @@ def run_convergence_bench(out_path: Path, *, quick: bool = False) -> dict[str, A
                      fmt_ms(s.max if s else None)])
     print(render_table(["measurement", "n", "p50 (ms)", "p99 (ms)", "max (ms)"], rows,
                        title="Convergence (goal: p99 <= 500 ms)"))
+    for path in plot_convergence(results, out_path.parent / (out_path.stem + "-plots"), extra=extra):
+        print(f"plot written to {path}")
     return doc
+
+
+def plot_convergence(results: dict[str, Any], directory: Path, *, extra: int) -> list[Path]:
+    """The latency distributions of a run (the `samples` of its JSON) as SVG files in `directory`."""
+    plots = {"pod-ip-to-eip.svg": ("pod IP written -> first packet with the EIP", "pod_to_eip_ms"),
+             "policy-to-eip.svg": ("new policy -> first packet with the EIP", "policy_to_effect_ms")}
+    return [plot_distributions({"lab pods only": results.get(key) or [],
+                                f"with {extra} extra pods": results.get(f"{key}_with_extra") or []},
+                               directory / name, title=title, unit="ms")
+            for name, (title, key) in plots.items()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,13 @@ service SIGTERM (drain), `egressgw gateway drain`, router BGP daemon restart, an
 on the members (hold time 3 s bounds the outage). Figures: outage p50/p95/max (the longest run of lost UDP probes,
 0 when none was lost), packets lost, router convergence, TCP survived + longest stall. Goals (issue 6): hard
 failure <= detection + 50 ms at p99 (<= 200 ms with BFD 50 ms x 3), drain and SIGTERM 0 lost, no BFD <= hold +
-0.5 s.
+0.5 s. Every repetition is also drawn as a timeline SVG (`lab.plots`: probes, route changes, the members' BGP,
+BFD and drain events) into `<out stem>-plots/<router>/` beside the JSON.
+
+Fresh flows (issue 15, `lab.bench.fresh_flows`): after those scenarios, `FRESH_FAULTS` (drain, uplink cut,
+power-off) run again as `fresh_<fault>` with a fresh UDP flow and a fresh server-push TCP connection created through
+the primary just before each fault, once per state-sync mode (the members restarted with `state_sync.enabled` true,
+then false), so the JSON (`fresh_flows`) and the second table show sync on and off side by side.
 """
 
 from __future__ import annotations
@@ -33,9 +39,20 @@ from typing import Any
 
 from appliance.core.waiting import wait_until
 from lab import netns
+from lab.bench.fresh_flows import (
+    FRESH_HEADERS,
+    FreshFlows,
+    FreshRaw,
+    SyncMode,
+    analyse_fresh,
+    fresh_table_rows,
+    group_fresh,
+    sync_modes,
+)
 from lab.bench.harness import RouteEvent, RouteMonitor, router_of, set_up_workload, wait_steady
 from lab.bench.probes import RawProbe, RawRun, window
 from lab.bench.stats import Summary, fmt_ms, summarize, summary_cells
+from lab.plots import write_event_plots
 from lab.scenarios import router_next_hop
 from lab.system import DEFAULT_TOPOLOGY, TOPOLOGIES, System
 from lab.tables import render_table
@@ -88,12 +105,24 @@ def _start(b: Bench, gw: str) -> None:
     rec = b.system.lab.daemon(gw, "egressgw-gateway")
     if rec is not None and b.system.lab.daemon_alive(rec):
         return
-    wait_until(lambda: not _service_pids(b, gw), timeout=15, interval=0.1, what=f"{gw}'s old processes to exit")
+    wait_until(lambda: not _service_pids(b, gw, sidecar=False), timeout=15, interval=0.1,
+               what=f"{gw}'s old processes to exit")
     b.system.start_gateway(gw)
 
 
-def _service_pids(b: Bench, gw: str) -> list[int]:
-    return netns.pids(b.system.lab.netns(gw))
+def _service_pids(b: Bench, gw: str, *, sidecar: bool = True) -> list[int]:
+    """The processes in the member's namespace; sidecar=False leaves out the BFD sidecar (BIRD), which a service
+    stopping as the sole member of an instance leaves running for its graceful restart and the next start adopts."""
+    pids = netns.pids(b.system.lab.netns(gw))
+    return pids if sidecar else [p for p in pids if not _is_bird(p)]
+
+
+def _is_bird(pid: int) -> bool:
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    return Path(argv0.decode(errors="replace")).name == "bird"
 
 
 def _kill_exabgp(b: Bench, gw: str) -> None:
@@ -167,6 +196,10 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+def scenario(name: str) -> Scenario:
+    return next(sc for sc in SCENARIOS if sc.name == name)
+
+
 # ----- one repetition -----
 
 def _gw_address(b: Bench, gw: str) -> str:
@@ -188,8 +221,11 @@ def _route_present(b: Bench) -> bool:
     return bool(router_next_hop(b.system, b.eip))
 
 
-def run_rep(b: Bench, sc: Scenario, rep: int) -> dict[str, Any]:
+def run_rep(b: Bench, sc: Scenario, rep: int, *, prepare: Callable[[], None] | None = None) -> dict[str, Any]:
+    """One repetition; `prepare` runs once the system is steady, right before the target is chosen and faulted."""
     wait_steady(b.system)
+    if prepare is not None:
+        prepare()
     target = router_next_hop(b.system, b.eip)
     if not target:
         raise RuntimeError("the router has no route for the EIP")
@@ -273,6 +309,16 @@ def summarize_scenario(reps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def plot_reps(system: System, raw: RawRun, recs: list[dict[str, Any]], monitor: RouteMonitor, directory: Path,
+              router: str) -> list[Path]:
+    """One timeline SVG per repetition (from the fault until the member was back), into `directory`."""
+    windows = [(f"{router} {r['scenario']}{' sync ' + r['sync'] if r.get('sync') else ''} #{r['rep'] + 1} "
+                f"on {r['member']}", r["fault_at"], r["returned"]) for r in recs]
+    marks = [(r["fault_end"], "restore", "other") for r in recs]
+    return write_event_plots(system, raw, windows, directory, route_events=monitor.since(0), before_s=BEFORE_S,
+                             marks=marks)
+
+
 # ----- BFD off for one scenario -----
 
 def _restart_members(b: Bench, overrides: dict[str, Any]) -> None:
@@ -291,6 +337,40 @@ def _no_bfd_overrides(b: Bench) -> dict[str, Any]:
     bgp = dict(b.system.gateway_config_for(b.system.gateways[0])["bgp"])
     bgp["bfd"] = dict(bgp["bfd"], enabled=False)
     return {"bgp": bgp}
+
+
+# ----- fresh flows, state sync on and off -----
+
+#: the faults repeated with fresh flows (as `fresh_<name>`), once per state-sync mode
+FRESH_FAULTS = ("drain", "uplink_cut", "power_off")
+
+
+def run_fresh(b: Bench, fresh: FreshFlows, faults: tuple[Scenario, ...], modes: tuple[SyncMode, ...], reps: int,
+              errors: dict[str, str]) -> list[dict[str, Any]]:
+    """Every fault `reps` times per sync mode (the members restarted with the mode's overrides first); a failed
+    fault is recorded in `errors` and the lab repaired."""
+    records: list[dict[str, Any]] = []
+    for mode in modes:
+        for sc in faults:
+            name = f"fresh_{sc.name}"
+            try:
+                if dict(b.system.gateway_config) != dict(mode.overrides):
+                    b.say(f"members restarted with state sync {mode.name}: {dict(mode.overrides)}")
+                    _restart_members(b, dict(mode.overrides))
+                for rep in range(reps):
+                    records.append({**run_rep(b, sc, rep, prepare=fresh.prepare), "scenario": name,
+                                    "sync": mode.name})
+            except Exception as e:
+                errors[f"{name} (sync {mode.name})"] = f"{type(e).__name__}: {e}"
+                b.say(f"{name} (sync {mode.name}) FAILED: {type(e).__name__}: {e}; repairing the lab")
+                _repair(b)
+    return records
+
+
+def analyse_fresh_rep(raw: RawRun, fresh_raw: FreshRaw, rec: dict[str, Any]) -> dict[str, Any]:
+    """The long-lived probe's figures and the fresh flows' figures of one fresh-flow repetition."""
+    return {**analyse_rep(raw, rec), **analyse_fresh(fresh_raw, fault_at=rec["fault_at"], fault_end=rec["fault_end"],
+                                                     returned=rec["returned"], before_s=BEFORE_S)}
 
 
 # ----- the whole run -----
@@ -313,10 +393,15 @@ def _repair(b: Bench) -> None:
 
 
 def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], reps: int,
-               say: Callable[[str], None], *, keep_logs: Path | None = None) -> dict[str, Any]:
+               say: Callable[[str], None], *, keep_logs: Path | None = None, fresh_faults: tuple[Scenario, ...] = (),
+               fresh_modes: tuple[SyncMode, ...] = (), fresh_reps: int = 0, prefix: str = PREFIX,
+               plots: Path | None = None, gateway_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The scenarios, then the fresh-flow faults, in one lab; `gateway_overrides`: the members' config from the
+    start (e.g. the first sync mode's, which then needs no rolling restart)."""
     say(f"{router}: bringing up the lab ({topology.name})")
-    system = System.up(topology, prefix=PREFIX)
+    system = System.up(topology, prefix=prefix, gateway_overrides=gateway_overrides)
     b = Bench(system=system, lab_pod="", eip="", say=say)
+    fresh: FreshFlows | None = None
     try:
         w = set_up_workload(system, failback_hold_s=FAILBACK_HOLD_S)
         b.lab_pod, b.eip = w.lab_pod, w.eip
@@ -337,16 +422,31 @@ def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], rep
                 errors[sc.name] = f"{type(e).__name__}: {e}"
                 say(f"{router}: {sc.name} FAILED: {errors[sc.name]}; repairing the lab")
                 _repair(b)
+        fresh_records: list[dict[str, Any]] = []
+        if fresh_faults and fresh_reps:
+            say(f"{router}: fresh flows through {', '.join(sc.name for sc in fresh_faults)}, {fresh_reps} repetitions "
+                f"per state-sync mode ({', '.join(m.name for m in fresh_modes)})")
+            fresh = FreshFlows(system, b.lab_pod).start()
+            fresh_records = run_fresh(b, fresh, fresh_faults, fresh_modes, fresh_reps, errors)
+            fresh_raw = fresh.stop()
+            fresh = None
         raw = b.probe.stop()
         b.probe = None
         analysed = [analyse_rep(raw, r) for r in records]
+        if plots is not None and b.monitor is not None:
+            plot_reps(system, raw, [*records, *fresh_records], b.monitor, plots / router, router)
         by_name: dict[str, Any] = {}
         for sc in scenarios:
             mine = [r for r in analysed if r["scenario"] == sc.name]
             if mine:
                 by_name[sc.name] = {"what": sc.what, "summary": summarize_scenario(mine), "reps": mine}
-        return {"topology": str(topology), "member_bfd": "50 ms x 3", "scenarios": by_name, "errors": errors}
+        out = {"topology": str(topology), "member_bfd": "50 ms x 3", "scenarios": by_name, "errors": errors}
+        if fresh_records:
+            out["fresh_flows"] = group_fresh(analyse_fresh_rep(raw, fresh_raw, r) for r in fresh_records)
+        return out
     finally:
+        if fresh is not None:
+            fresh.kill()
         if b.probe is not None:
             b.probe.kill()
         if b.monitor is not None:
@@ -386,20 +486,30 @@ HEADERS = ["router", "scenario", "n", "outage p50", "p95", "max (ms)", "lost", "
 def run_failover_bench(out_path: Path, *, quick: bool = False, routers: tuple[str, ...] = ("bird", "frr"),
                        scenarios: tuple[str, ...] = ()) -> dict[str, Any]:
     reps = 2 if quick else 10
+    fresh_reps = 1 if quick else 10
     chosen = tuple(sc for sc in SCENARIOS if not scenarios or sc.name in scenarios)
+    fresh_faults = tuple(scenario(name) for name in FRESH_FAULTS if not scenarios or f"fresh_{name}" in scenarios)
+    modes = sync_modes()
     started = time.time()
 
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} +{time.time() - started:4.0f}s] {msg}", flush=True)
 
     logs = out_path.parent / (out_path.stem + "-logs")
-    results = {r: run_router(r, ROUTERS[r], chosen, reps, say, keep_logs=logs) for r in routers}
+    plots = out_path.parent / (out_path.stem + "-plots")  # one timeline SVG per repetition (lab.plots)
+    results = {r: run_router(r, ROUTERS[r], chosen, reps, say, keep_logs=logs, plots=plots, fresh_faults=fresh_faults,
+                             fresh_modes=modes, fresh_reps=fresh_reps) for r in routers}
     doc = {
         "benchmark": "failover",
         "command": "egressgw bench failover" + (" --quick" if quick else "") + f" --out {out_path}",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),
         "repetitions": reps,
+        "fresh_flow_repetitions": fresh_reps,
+        "fresh_flows": "per repetition a fresh UDP flow (a request every 10 ms from a new socket per 1 s window) and a "
+                       "fresh server-push TCP connection (the server sends every 10 ms, the pod only reads), both "
+                       "created through the primary just before the fault; state sync modes: "
+                       + ", ".join(m.name for m in modes),
         "probe": "UDP every 10 ms + one TCP stream (10 ms lines), pod -> VXLAN -> gateway SNAT -> router -> server",
         "goals": {"hard_failure_outage_p99_ms": 200, "drain_and_sigterm_lost": 0,
                   "no_bfd_outage_ms": HOLD_S * 1000 + 500},
@@ -407,6 +517,11 @@ def run_failover_bench(out_path: Path, *, quick: bool = False, routers: tuple[st
     }
     out_path.write_text(json.dumps(doc, indent=1))
     print(render_table(HEADERS, table_rows(results), title=f"Failover ({reps} repetitions per scenario)"))
+    fresh_rows = [row for router, res in results.items()
+                  for row in fresh_table_rows(router, res.get("fresh_flows", {}))]
+    if fresh_rows:
+        print(render_table(FRESH_HEADERS, fresh_rows,
+                           title=f"Fresh flows, state sync on vs off ({fresh_reps} repetitions per fault and mode)"))
     for router, res in results.items():
         for name, err in res["errors"].items():
             print(f"{router}: {name} did not complete: {err}")

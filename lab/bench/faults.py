@@ -162,7 +162,10 @@ def exabgp_all_killed(r: Run, sizes: Sizes) -> None:
 
 
 def _gone(system: System, node: str, rec: DaemonRecord) -> bool:
-    return not system.lab.daemon_alive(rec) and not netns.pids(system.lab.netns(node))
+    """The service and the children that die with it (ExaBGP, its API bridge) are gone; the BFD sidecar stays on
+    purpose and the next start adopts it (`bgp.bfd_sidecar`)."""
+    return not system.lab.daemon_alive(rec) and not any(
+        _pids_named(system, node, needle, exclude=b"appliance.cli") for needle in (b"exabgp", b"api_bridge"))
 
 
 def service_sigkill_storm(r: Run, sizes: Sizes) -> None:
@@ -172,7 +175,7 @@ def service_sigkill_storm(r: Run, sizes: Sizes) -> None:
         rec = r.system.lab.daemon(primary, "egressgw-gateway")
         if rec is None:
             raise RuntimeError(f"{primary} has no gateway service")
-        _kill([rec.pid])  # the service alone: its children must die with it (parent-death signal)
+        _kill([rec.pid])  # the service alone: ExaBGP must die with it (parent-death signal), BFD stays
         wait_until(functools.partial(_gone, r.system, primary, rec), timeout=15, interval=0.05,
                    what=f"{primary}'s service and its children to be gone")
         r.system.start_gateway(primary)

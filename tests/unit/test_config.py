@@ -265,13 +265,11 @@ def test_commands_exit_2_naming_the_field(tmp_path: Path, command: str, body: di
 
 
 def embedded_config(role: str, tmp_path: Path) -> tuple[list[Any], Path]:
-    """The documents of deploy/<role>/daemonset.yaml, and its ConfigMap's `<role>.yaml` written to a file."""
+    """The documents of deploy/<role>/daemonset.yaml, and the config file deploy/kustomization.yaml makes its
+    ConfigMap from (deploy/config/agent.yaml, deploy/config/gateway-node.yaml)."""
     root = Path(__file__).resolve().parents[2]
     docs = list(yaml.safe_load_all((root / f"deploy/{role}/daemonset.yaml").read_text()))
-    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
-    path = tmp_path / f"{role}.yaml"
-    path.write_text(config_map["data"][f"{role}.yaml"])
-    return docs, path
+    return docs, root / "deploy/config" / {"agent": "agent.yaml", "gateway": "gateway-node.yaml"}[role]
 
 
 def test_daemonset_embedded_agent_config_loads(tmp_path: Path) -> None:

@@ -183,7 +183,8 @@ def test_manifest_shape_uses_api_field_names() -> None:
         "nodeSelector": {"selector": {"matchLabels": {"egressgw.io/gateway": "true"}}}}}]).gateways
     m = to_manifest(gw)
     assert m["apiVersion"] == V and m["kind"] == "EgressGateway"
-    assert m["spec"]["ippools"] == {"ipv4": ["203.0.113.128-203.0.113.131"], "ipv4DefaultEIP": "203.0.113.128"}
+    # a CIDR gives its host addresses: the default EIP is the first host, never the network address
+    assert m["spec"]["ippools"] == {"ipv4": ["203.0.113.129-203.0.113.130"], "ipv4DefaultEIP": "203.0.113.129"}
     assert m["spec"]["nodeSelector"] == {"selector": {"matchLabels": {"egressgw.io/gateway": "true"}}}
 
 

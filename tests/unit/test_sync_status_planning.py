@@ -20,7 +20,7 @@ T1, T2 = "2026-11-27T08:00:00Z", "2026-11-27T09:00:00Z"
 
 
 def world(policies: list[dict[str, Any]], *, v6_pool: bool = False) -> tuple[Store, dict[str, list[Any]]]:
-    pools: dict[str, Any] = {"ipv4": ["203.0.113.128/30"]}
+    pools: dict[str, Any] = {"ipv4": ["203.0.113.128-203.0.113.131"]}
     if v6_pool:
         pools = {"ipv6": ["2001:db8:e1::/64"]}
     raw: dict[str, list[Any]] = {

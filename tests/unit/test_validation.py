@@ -43,8 +43,8 @@ def pools(**p: Any) -> dict[str, Any]:
 CASES: list[tuple[str, list[dict[str, Any]], list[tuple[str, str, Reason]]]] = [
     # ---- valid ----
     ("gateway-minimal", [gw()], []),
-    ("gateway-dual-stack", [gw(**pools(ipv4=["203.0.113.128/30"], ipv6=["2001:db8:e1::1-2001:db8:e1::4"],
-                                      ipv6DefaultEIP="2001:db8:e1::3"))], []),
+    ("gateway-dual-stack", [gw(**pools(ipv4=["203.0.113.128/30"], ipv6=["2001:db8:e1::1-2001:db8:e1::2"],
+                                      ipv6DefaultEIP="2001:db8:e1::2"))], []),
     ("gateway-single-ips-and-ranges", [gw(**pools(ipv4=["203.0.113.130", "203.0.113.140-203.0.113.141"]))], []),
     ("gateway-appliances-only", [gw(appliancesOnly=True, nodeSelector=None)], []),
     ("gateway-no-pools", [gw(ippools={})], []),

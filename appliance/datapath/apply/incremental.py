@@ -20,9 +20,23 @@ from appliance.core.intent import Intent, Steering
 from appliance.core.model import IPAddress, IPNetwork, NoGatewayAction, TunnelType
 from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.netlink import ApplyResult
-from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, plan_gateway, reply_destination
+from appliance.datapath.plan.gateway import (
+    GatewayPlan,
+    GatewaySettings,
+    plan_gateway,
+    reply_address,
+    reply_destination,
+    tunnel_version_of,
+)
 from appliance.datapath.plan.kernel_model import Change, Encap, Op, Route
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE, addr, mark, net
+from appliance.datapath.plan.policy_counters import (
+    PolicyLabels,
+    connections_counter,
+    counter_labels,
+    labels_for,
+    packets_counter,
+)
 from appliance.datapath.plan.tunnel import WORKER_NH4, WORKER_NH6, link_name, pick_family, worker_vni
 from appliance.datapath.plan.worker import SourceBinding, WorkerPlan, WorkerSettings, plan_worker
 
@@ -156,7 +170,7 @@ class IncrementalWorker:
             if instance.failover.no_gateway_action is NoGatewayAction.FAIL_OPEN:
                 return None
             return self.settings.marks.drop_mark
-        endpoint = pick_family(s.endpoints, self.underlay.version)
+        endpoint = pick_family(s.endpoints, instance.tunnel.version(self.underlay.version))
         key = (endpoint, worker_vni(instance, self.node), instance.tunnel.udp_port) if endpoint is not None else None
         if key is None or key not in by_key:
             raise NotIncremental  # a new endpoint needs a slot, a table and rules
@@ -173,6 +187,8 @@ class IncrementalGateway:
         self.workers: dict[str, tuple[IPAddress, ...]] = {}
         self.wireguard: tuple[str, ...] = ()
         self.cidrs: dict[str, tuple[IPNetwork, ...]] = {}
+        #: the per-policy counters of the last full plan: counter name -> labels (a delta never creates one)
+        self.policy_counters: dict[str, PolicyLabels] = {}
 
     def converge(self, intent: Intent, *, workers: Mapping[str, Sequence[IPAddress]], full: bool = True,
                  wireguard_devices: Sequence[str] = (),
@@ -192,6 +208,7 @@ class IncrementalGateway:
         ok = not result.failures
         self.intent, self.plan = (intent, plan) if ok else (None, None)
         self.workers, self.wireguard, self.cidrs = (w, wg, cidrs) if ok else ({}, (), {})
+        self.policy_counters = counter_labels(plan.snat)
         return result
 
     def _delta(self, old: Intent, new: Intent, plan: GatewayPlan) -> ApplyResult:
@@ -228,7 +245,10 @@ class IncrementalGateway:
                     if not worker:
                         raise NotIncremental
                     elements.put(op, f"pods{v}", f"{mark(vtep_marks[s.node])} . {addr(s.pod_ip)}")
-                    dst = pick_family(worker, version) or worker[0]
+                    dst = reply_address(instance, worker,
+                                        tunnel_version_of(instance, member=self.member, fallback=version))
+                    if dst is None:
+                        raise NotIncremental  # the worker is not on the instance's underlay: the full plan skips it
                     route = Route(
                         table=plan.reply_table, dst=reply_destination(s.pod_ip, self.cidrs.get(s.node, ())),
                         dev=link_name(instance.tunnel.udp_port), via=WORKER_NH4 if v == 4 else WORKER_NH6,
@@ -246,6 +266,15 @@ class IncrementalGateway:
                     continue  # WireGuard instance without devices: the full plan skips it too
                 if s.eip is None and "nodeip" not in plan.counters:
                     raise NotIncremental  # the useNodeIP counters do not exist yet
+                labels = labels_for(s.policy, s.eip, v)
+                pol, polc = packets_counter(labels), connections_counter(labels)
+                if pol not in self.policy_counters:
+                    raise NotIncremental  # the first pod of a (policy, EIP, family) here: its counters are new
+                # the pod IP's only steering: one label set, keyed by the pod IP alone (policy_counters.map_elements)
+                if any(d.version == v for d in s.destinations):
+                    pod_key = addr(s.pod_ip)
+                    elements.put(op, f"polpod{v}", pod_key if op is Op.DELETE else f'{pod_key} : "{pol}"')
+                    elements.put(op, f"polpodc{v}", pod_key if op is Op.DELETE else f'{pod_key} : "{polc}"')
                 for dest in s.destinations:
                     if dest.version != v:
                         continue

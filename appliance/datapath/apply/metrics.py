@@ -11,6 +11,15 @@ egressgw_datapath_snat_connections_total{eip}, egressgw_datapath_endpoint_packet
 egressgw_datapath_endpoint_bytes_total{endpoint,vni}, egressgw_datapath_dropped_packets_total{role,reason},
 egressgw_datapath_spoofed_packets_total{worker} (gateway: `spoofed_<node>` counters of the workers it knows now).
 `eip="nodeip"` counts useNodeIP traffic (masqueraded to the member's uplink address).
+
+Per policy (gateway; `appliance.datapath.plan.policy_counters`): egressgw_policy_packets_total,
+egressgw_policy_bytes_total, egressgw_policy_connections_total {namespace,policy,eip,family}, and
+egressgw_policy_dropped_packets_total {namespace,policy,eip,family,reason} (no gateway drop reason can be tied to a
+policy, see docs/operations.md: the family is exported empty). Only counters of the current plan are exported.
+
+SNAT ports per EIP (gateway; `appliance.datapath.apply.snat_ports`, sampled at most every interval at scrape time):
+egressgw_snat_port_range, egressgw_snat_ports_in_use, egressgw_snat_ports_in_use_max, egressgw_snat_port_use_ratio_max
+{eip}, egressgw_snat_sample_seconds, egressgw_snat_sample_truncated.
 """
 
 from __future__ import annotations
@@ -19,9 +28,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from appliance.datapath.apply.snat_ports import SnatPortSampler
+from appliance.datapath.plan.policy_counters import PolicyLabels, split_readings
 
 Readings = Mapping[str, tuple[int, int]]
+PolicyCounters = Callable[[], Mapping[str, PolicyLabels]]
+POLICY_LABELS = ["namespace", "policy", "eip", "family"]
 
 
 def token_to_address(token: str) -> str:
@@ -57,16 +71,19 @@ class MonotonicCounters:
 class DatapathCollector:
     """A prometheus_client collector; `read` returns the raw nft counters (DataPathApplier.counters)."""
 
-    def __init__(self, read: Callable[[], Readings], *, role: str) -> None:
+    def __init__(self, read: Callable[[], Readings], *, role: str, policies: PolicyCounters | None = None,
+                 snat: SnatPortSampler | None = None) -> None:
         self._read = read
         self._role = role
+        self._policies = policies
+        self._snat = snat
         self._totals = MonotonicCounters()
         self._last_read: Readings = {}
 
     def describe(self) -> list[Any]:
         return []  # unchecked collector: metric families depend on the counters present
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         self._last_read = self._read()
         totals = self._totals.update(self._last_read)
         eip_p = CounterMetricFamily("egressgw_datapath_eip_packets", "Packets through the gateway per EIP "
@@ -102,10 +119,58 @@ class DatapathCollector:
         yield from (eip_p, eip_b, conns, ep_p, ep_b, drops)
         if self._role == "gateway":
             yield spoofed
+        if self._policies is not None:
+            yield from self._policy_metrics(totals)
+        if self._snat is not None:
+            yield from self._snat_metrics(self._snat)
+
+    def _policy_metrics(self, totals: Readings) -> Iterator[CounterMetricFamily]:
+        assert self._policies is not None
+        current = {n: v for n, v in totals.items() if n in self._last_read}  # bounded: counters that exist now
+        traffic, conns = split_readings(current, self._policies())
+        pkts = CounterMetricFamily("egressgw_policy_packets", "Packets of the flows a policy steers through this "
+                                   "member (both directions), per EIP and family", labels=POLICY_LABELS)
+        octets = CounterMetricFamily("egressgw_policy_bytes", "Bytes of the flows a policy steers through this member "
+                                     "(both directions)", labels=POLICY_LABELS)
+        new = CounterMetricFamily("egressgw_policy_connections", "New connections a policy opened through this "
+                                  "member", labels=POLICY_LABELS)
+        drops = CounterMetricFamily("egressgw_policy_dropped_packets", "Packets of a policy's selected pods dropped, "
+                                    "by reason", labels=[*POLICY_LABELS, "reason"])
+        for labels, (p, b) in sorted(traffic.items()):
+            pkts.add_metric(labels.values(), p)
+            octets.add_metric(labels.values(), b)
+        for labels, c in sorted(conns.items()):
+            new.add_metric(labels.values(), c)
+        yield from (pkts, octets, new, drops)
+
+    def _snat_metrics(self, sampler: SnatPortSampler) -> Iterator[GaugeMetricFamily]:
+        sample = sampler.figures()
+        size = GaugeMetricFamily("egressgw_snat_port_range", "Size of the source-port range this member SNATs "
+                                 "from, per EIP", labels=["eip"])
+        in_use = GaugeMetricFamily("egressgw_snat_ports_in_use", "Conntrack entries SNATed to the EIP (all "
+                                   "destinations)", labels=["eip"])
+        top = GaugeMetricFamily("egressgw_snat_ports_in_use_max", "The most entries SNATed to the EIP toward one "
+                                "destination (address, port, protocol)", labels=["eip"])
+        ratio = GaugeMetricFamily("egressgw_snat_port_use_ratio_max", "ports_in_use_max / port_range (0..1): the "
+                                  "fullest destination's share of the EIP's port range", labels=["eip"])
+        cost = GaugeMetricFamily("egressgw_snat_sample_seconds", "Wall time of the last conntrack sample")
+        cut = GaugeMetricFamily("egressgw_snat_sample_truncated", "1 when the last conntrack sample hit its entry cap "
+                                "or deadline (the SNAT port figures are lower bounds)")
+        if sample is not None:
+            for e in sample.eips:
+                size.add_metric([e.eip], e.port_range)
+                in_use.add_metric([e.eip], e.in_use)
+                top.add_metric([e.eip], e.in_use_max)
+                ratio.add_metric([e.eip], e.ratio_max)
+            cost.add_metric([], sample.seconds)
+            cut.add_metric([], 1 if sample.truncated else 0)
+        yield from (size, in_use, top, ratio, cost, cut)
 
 
-def register(registry: Any, read: Callable[[], Readings], *, role: str) -> DatapathCollector:
-    """Register the data-path collector on a prometheus_client CollectorRegistry."""
-    collector = DatapathCollector(read, role=role)
+def register(registry: Any, read: Callable[[], Readings], *, role: str, policies: PolicyCounters | None = None,
+             snat: SnatPortSampler | None = None) -> DatapathCollector:
+    """Register the data-path collector on a prometheus_client CollectorRegistry (`policies`: the current per-policy
+    counters' labels; `snat`: the SNAT port sampler - gateway only)."""
+    collector = DatapathCollector(read, role=role, policies=policies, snat=snat)
     registry.register(collector)
     return collector

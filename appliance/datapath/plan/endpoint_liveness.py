@@ -103,8 +103,9 @@ def probe_targets(intent: Intent, *, node: str, underlay_version: int) -> frozen
     """The endpoints this worker sends VXLAN traffic to (the ones `plan_worker` would pick for its underlay)."""
     out: set[IPAddress] = set()
     for s in intent.steerings:
-        if s.node == node and _judged(intent.instance(s.gateway)):
-            endpoint = pick_family(s.endpoints, underlay_version)
+        instance = intent.instance(s.gateway)
+        if s.node == node and instance is not None and _judged(instance):
+            endpoint = pick_family(s.endpoints, instance.tunnel.version(underlay_version))
             if endpoint is not None:
                 out.add(endpoint)
     return frozenset(out)
@@ -149,7 +150,7 @@ def apply_liveness(
         instance = instances.get(s.gateway)
         if s.node != node or instance is None or not _judged(instance):
             continue
-        endpoint = pick_family(s.endpoints, underlay_version)
+        endpoint = pick_family(s.endpoints, instance.tunnel.version(underlay_version))
         if endpoint is None:
             continue
         carried = _carried(states.get(endpoint, EndpointState.UNKNOWN), bool(instance.alive))
@@ -174,7 +175,7 @@ def apply_liveness(
         for pos, s, carried in entries:
             if carried:
                 continue
-            endpoint = pick_family(s.endpoints, underlay_version)
+            endpoint = pick_family(s.endpoints, instance.tunnel.version(underlay_version))
             assert endpoint is not None
             down.append((s.pod_ip, endpoint))
             rewritten = dataclasses.replace(s, endpoints=())

@@ -20,10 +20,11 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from appliance.core.intent import Intent, Steering
+from appliance.core.intent import GatewayInstance, Intent, Steering
 from appliance.core.model import IPAddress, IPNetwork, PolicyRef, TunnelType
 from appliance.core.snapshot import Snapshot
 from appliance.datapath.plan.kernel_model import Encap, KernelState, LocalAddress, Neighbour, Route, Rule, Sysctl
+from appliance.datapath.plan.state_sync import StateSyncSettings, SyncGuard, sync_guard
 from appliance.datapath.plan.tunnel import (
     GATEWAY_MAC,
     GATEWAY_NH4,
@@ -93,6 +94,13 @@ class GatewaySettings:
     #: the reverse-path check of a tunnel packet's outer source (config `tunnel.source_check`); strict by default:
     #: a gateway must not relay for a spoofed worker address from another interface (docs/security.md)
     source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
+    #: conntrack state sync (`datapath.plan.state_sync`); None = off: no sync guard, no event selection
+    state_sync: StateSyncSettings | None = None
+
+
+#: with state sync on, only flows our nft rules select (`ct event set`) report conntrack events, so conntrackd
+#: syncs exactly the flows this member SNATs and never forwards what it injected for a peer (`plan.state_sync`)
+STATE_SYNC_SYSCTLS = (("net.netfilter.nf_conntrack_events", "0"),)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -124,6 +132,8 @@ class SnatEntry:
     destination: IPNetwork
     eip: IPAddress | None
     counter: str
+    #: the policy whose steering this entry carries (per-policy counters: `datapath.plan.policy_counters`)
+    policy: PolicyRef | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +170,8 @@ class GatewayPlan:
     source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
     #: tunnel admission: (worker address . keyed VNI) -> worker mark (sorted)
     vtep_vnis: tuple[VtepVni, ...] = ()
+    #: state sync on: the sync ports and the peers allowed to send to them (`plan.state_sync.SyncGuard`)
+    sync_guard: SyncGuard | None = None
 
 
 def ip_key(ip: IPAddress) -> tuple[int, int]:
@@ -190,7 +202,24 @@ def _add_snat(
                                        policy=s.policy))
             continue
         name = "nodeip" if s.eip is None else addr_token(s.eip)
-        snat.append(SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name))
+        snat.append(SnatEntry(pod_ip=s.pod_ip, destination=dest, eip=s.eip, counter=name, policy=s.policy))
+
+
+def tunnel_version_of(instance: GatewayInstance, *, member: str, fallback: int) -> int:
+    """The underlay IP version of `instance`'s tunnels on `member`: `spec.tunnel.family`, else the family of the
+    member's own address in the instance (placement already picked it by the family), else `fallback`."""
+    own = next((m.address.version for m in instance.members if m.name == member), fallback)
+    return instance.tunnel.version(own)
+
+
+def reply_address(instance: GatewayInstance, worker: Sequence[IPAddress], version: int) -> IPAddress | None:
+    """Where replies to a worker's pods are encapsulated to: its address of the tunnel family (the one it tunnels
+    from). Without `spec.tunnel.family` a worker lacking that family gets its first address (as it always did);
+    with it, None: the worker is not on that underlay."""
+    found = pick_family(worker, version)
+    if found is None and instance.tunnel.family is None and worker:
+        return worker[0]
+    return found
 
 
 def workers_of(snapshot: Snapshot) -> dict[str, Sequence[IPAddress]]:
@@ -225,20 +254,29 @@ def plan_gateway(
     own = next((m.address for i in instances for m in i.members if m.name == member), None)
     version = own.version if own is not None else 4
     vxlan = {i.name: i for i in instances if i.tunnel.type is TunnelType.VXLAN}
+    # the underlay family of each instance's tunnels: `spec.tunnel.family`, else this member's own address family
+    # (its address in that instance is already of the instance's family: `policy.placement.members_of`)
+    tunnel_version = {i.name: tunnel_version_of(i, member=member, fallback=version) for i in vxlan.values()}
+
+    def worker_addresses(gateway: str, node: str) -> set[IPAddress]:
+        """The worker's underlay addresses this instance takes tunnel packets from: every InternalIP, or only those
+        of the instance's family when it names one (a worker must not be admitted over an underlay it is not on)."""
+        fam = vxlan[gateway].tunnel.family
+        return {a for a in workers[node] if fam is None or a.version == fam.version}
     wg = {i.name: i for i in instances if i.tunnel.type is TunnelType.WIREGUARD} if wireguard_devices else {}
     skipped: list[GatewaySkip] = []
     steerings = [s for s in sorted(intent.steerings, key=steering_key) if s.gateway in vxlan or s.gateway in wg]
     nodes = sorted({s.node for s in steerings if s.gateway in vxlan and workers.get(s.node)})
     slots = assign_slots(nodes, capacity=MAX_WORKERS)
 
+    pairs = sorted({(s.gateway, s.node) for s in steerings if s.gateway in vxlan and s.node in slots})
     vteps = sorted(
-        (Vtep(address=a, mark=marks.mark(slots[n]), node=n) for n in nodes for a in set(workers[n])),
+        {Vtep(address=a, mark=marks.mark(slots[n]), node=n) for g, n in pairs for a in worker_addresses(g, n)},
         key=lambda v: ip_key(v.address),
     )
-    pairs = sorted({(s.gateway, s.node) for s in steerings if s.gateway in vxlan and s.node in slots})
     vtep_vnis = sorted(
         (VtepVni(address=a, vni=worker_vni(vxlan[g], n), mark=marks.mark(slots[n]), node=n, instance=g)
-         for g, n in pairs for a in set(workers[n])),
+         for g, n in pairs for a in worker_addresses(g, n)),
         key=lambda v: (ip_key(v.address), v.vni, v.instance),
     )
     # per-pod work is keyed by (version, int(ip)): hashing ipaddress objects dominated planning 10k pods
@@ -266,12 +304,17 @@ def plan_gateway(
                                        policy=s.policy))
             continue
         if pod not in pods:
-            pods[pod] = (node_mark[s.node], s.pod_ip)
             encap = encaps.get((s.gateway, s.node))
             if encap is None:
-                worker_addr = pick_family(workers[s.node], version) or workers[s.node][0]
+                # replies go to the worker's address of the instance's tunnel family: the one it tunnels from
+                worker_addr = reply_address(vxlan[s.gateway], workers[s.node], tunnel_version[s.gateway])
+                if worker_addr is None:  # the worker has no address of the instance's family: no tunnel to it
+                    skipped.append(GatewaySkip(pod_ip=s.pod_ip, node=s.node, reason=GatewaySkipReason.UNKNOWN_WORKER,
+                                               policy=s.policy))
+                    continue
                 encap = encaps[(s.gateway, s.node)] = Encap(vni=worker_vni(vxlan[s.gateway], s.node),
                                                             dst=worker_addr)
+            pods[pod] = (node_mark[s.node], s.pod_ip)
             dst = reply_destination(s.pod_ip, cidrs.get(s.node, ()))
             rkey = (dst.version, int(dst.network_address), dst.prefixlen)
             if rkey not in routes:
@@ -283,7 +326,9 @@ def plan_gateway(
 
     eips = sorted({e for i in instances for e in i.eips}, key=ip_key)
     ports = sorted({i.tunnel.udp_port for i in vxlan.values()})
-    mtu = inner_mtu(underlay_mtu=settings.uplink_mtu, underlay_version=version, node_override=settings.tunnel_mtu,
+    # one device per port serves every instance: size it for the largest overhead (IPv6) when any instance uses it
+    mtu_version = max(tunnel_version.values(), default=version)
+    mtu = inner_mtu(underlay_mtu=settings.uplink_mtu, underlay_version=mtu_version, node_override=settings.tunnel_mtu,
                     specified=(i.tunnel.mtu for i in vxlan.values()))
     links = frozenset(tunnel_link(port=p, mac=GATEWAY_MAC, mtu=mtu, address=GATEWAY_NH4) for p in ports)
     neighbours = frozenset(
@@ -297,6 +342,9 @@ def plan_gateway(
     )
     sysctls = {Sysctl(key=k, value=v) for k, v in GATEWAY_SYSCTLS} if links or wg else set()
     sysctls |= {Sysctl(key=k, value=v) for link in links for k, v in tunnel_sysctls(link.name)}
+    guard = sync_guard(intent, member=member, settings=settings.state_sync)
+    if guard is not None and (links or wg):
+        sysctls |= {Sysctl(key=k, value=v) for k, v in STATE_SYNC_SYSCTLS}
     kernel = KernelState(
         links=links, addresses=frozenset(LocalAddress(ip=e) for e in eips), neighbours=neighbours,
         routes=frozenset(routes.values()), rules=rules, sysctls=frozenset(sysctls),
@@ -312,6 +360,7 @@ def plan_gateway(
         wireguard_links=tuple(sorted(wireguard_devices)) if wg else (),
         wireguard_ports=tuple(sorted({p for i in wg.values() for p in (i.tunnel.udp_port, i.tunnel.udp_port + 1)})),
         skipped=tuple(skipped), source_check=settings.source_check, vtep_vnis=tuple(vtep_vnis),
+        sync_guard=guard,
     )
 
 

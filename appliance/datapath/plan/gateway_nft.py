@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from appliance.datapath.plan.gateway import GatewayPlan, TunnelSourceCheck
 from appliance.datapath.plan.nft_rendering import NftSet, NftTable, addr, mark, net, split_families
+from appliance.datapath.plan.policy_counters import counter_labels, map_elements
 from appliance.datapath.plan.tunnel import addr_token
 
 #: drop counters by reason (metric label `reason` = the name without `drop_`)
@@ -51,6 +52,31 @@ def _source_check(plan: GatewayPlan) -> str:
     if plan.source_check is TunnelSourceCheck.LOOSE:
         return "\t\tudp dport @tunnel_ports fib saddr oif missing counter name drop_tunnel_source drop\n"
     return ""
+
+
+#: the conntrack events a synced flow reports (`plan.state_sync`: with state sync on, only flows with these report)
+#: the conntrack events our SNAT'ed flows report to the sync daemons. No `destroy`: a peer's copy expires with its
+#: own timeout, so an old primary whose copy ended never deletes the live entry of the member now carrying the flow
+SYNC_EVENTS = "new,related,reply,assured,protoinfo,label"
+
+
+def _sync_rules(plan: GatewayPlan) -> tuple[list[NftSet], str, str]:
+    """State sync (when on): the peer sets, the input rules of the sync ports (peers only, anything else is
+    counted `drop_sync_foreign` and dropped), and the rule that makes a flow we mark for SNAT report its events."""
+    g = plan.sync_guard
+    if g is None:
+        return [], "", ""
+    sets = [NftSet(name=f"syncpeers{v}", key_type="ipv4_addr" if v == 4 else "ipv6_addr",
+                   elements=frozenset((addr(a), None) for a in g.peers if a.version == v)) for v in (4, 6)]
+    sets.append(NftSet(name="syncports", key_type="inet_service", elements=frozenset((str(p), None) for p in g.ports)))
+    # new traffic only (a reply to one of the member's own flows is never sync), and not to an EIP (outside traffic
+    # to an EIP is `drop_eip_unsolicited`'s)
+    ports = "@syncports"
+    rules = (f"\t\tmeta nfproto ipv4 udp dport {ports} ip daddr != @eips4 ip saddr != @syncpeers4 ct state new,invalid "
+             "counter name drop_sync_foreign drop\n"
+             f"\t\tmeta nfproto ipv6 udp dport {ports} ip6 daddr != @eips6 ip6 saddr != @syncpeers6 "
+             "ct state new,invalid counter name drop_sync_foreign drop\n")
+    return sets, rules, f"\t\tct state new ct event set {SYNC_EVENTS}\n"
 
 
 def gateway_table(plan: GatewayPlan) -> NftTable:
@@ -102,6 +128,17 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
                    elements=frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", None)
                                       for e in entries if e.eip is None)),
         ]
+        # per-policy counters: pod (or pod . destination) -> the counter of its (policy, EIP, family); see
+        # policy_counters
+        pol = map_elements(plan.snat, v)
+        sets += [
+            NftSet(name=f"polpod{v}", key_type=fam(v), data_type="counter", elements=pol.pod_packets),
+            NftSet(name=f"polpodc{v}", key_type=fam(v), data_type="counter", elements=pol.pod_connections),
+            NftSet(name=f"polpkt{v}", key_type=f"{fam(v)} . {fam(v)}", data_type="counter", interval=True,
+                   elements=pol.packets),
+            NftSet(name=f"polconn{v}", key_type=f"{fam(v)} . {fam(v)}", data_type="counter", interval=True,
+                   elements=pol.connections),
+        ]
         counted = [(e, f"{addr_token(e)}") for e in plan.eips if e.version == v]
         if plan.uplink is not None and plan.uplink.version == v and "nodeip" in plan.counters:
             counted.append((plan.uplink, "nodeip"))
@@ -111,6 +148,9 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
             NftSet(name=f"eipconn{v}", key_type=fam(v), data_type="counter",
                    elements=frozenset((addr(a), f"conn_{t}") for a, t in counted)),
         ]
+    pol4, pol6 = "ct original ip saddr . ct original ip daddr", "ct original ip6 saddr . ct original ip6 daddr"
+    sync_sets, sync_input, sync_events = _sync_rules(plan)
+    sets += sync_sets
     probe4 = f"update @probe4 {{ ip saddr limit rate {PROBE_RATE} }}"
     probe6 = f"update @probe6 {{ ip6 saddr limit rate {PROBE_RATE} }}"
     chains = f"""\tchain input {{
@@ -123,7 +163,7 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tudp dport @tunnel_ports ip6 saddr @vteps6 counter name drop_tunnel_vni drop
 \t\tudp dport @tunnel_ports counter name drop_unknown_vtep drop
 \t\tudp dport @wg_ports accept
-\t\tiifname @tunnel_links counter name drop_tunnel_to_local drop
+{sync_input}\t\tiifname @tunnel_links counter name drop_tunnel_to_local drop
 \t\tiifname @wg_links ip6 daddr fe80::1 icmpv6 type echo-request accept
 \t\tiifname @wg_links counter name drop_tunnel_to_local drop
 \t\tip daddr @eips4 icmp type echo-request ip saddr @vteps4 {probe4} accept
@@ -144,6 +184,17 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tiifname @wg_links jump from_wireguard
 \t\toifname @tunnel_links tcp flags syn tcp option maxseg size set rt mtu
 \t\toifname @wg_links tcp flags syn tcp option maxseg size set rt mtu
+\t\tct mark & {mask} == {base} jump policy_accounting
+\t}}
+\tchain policy_accounting {{
+\t\tct state new ct direction original meta nfproto ipv4 counter name ct original ip saddr map @polpodc4
+\t\tct state new ct direction original meta nfproto ipv6 counter name ct original ip6 saddr map @polpodc6
+\t\tct state new ct direction original meta nfproto ipv4 counter name {pol4} map @polconn4
+\t\tct state new ct direction original meta nfproto ipv6 counter name {pol6} map @polconn6
+\t\tmeta nfproto ipv4 counter name ct original ip saddr map @polpod4 return
+\t\tmeta nfproto ipv6 counter name ct original ip6 saddr map @polpod6 return
+\t\tmeta nfproto ipv4 counter name {pol4} map @polpkt4
+\t\tmeta nfproto ipv6 counter name {pol6} map @polpkt6
 \t}}
 \tchain from_wireguard {{
 \t\tip daddr @cluster4 counter name drop_cluster_destination drop
@@ -151,7 +202,7 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tmeta nfproto ipv4 ip saddr . ip daddr != @snat4 ip saddr . ip daddr != @masq4 counter name drop_unselected drop
 \t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
 \t\tct state new ct mark set {base}
-\t}}
+{sync_events}\t}}
 \tchain to_tunnel_reply {{
 \t\tmeta nfproto ipv4 meta mark . ip daddr != @pods4 counter name drop_unsteered_reply drop
 \t\tmeta nfproto ipv6 meta mark . ip6 daddr != @pods6 counter name drop_unsteered_reply drop
@@ -164,7 +215,7 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t\tmeta nfproto ipv4 ip saddr . ip daddr != @snat4 ip saddr . ip daddr != @masq4 counter name drop_unselected drop
 \t\tmeta nfproto ipv6 ip6 saddr . ip6 daddr != @snat6 ip6 saddr . ip6 daddr != @masq6 counter name drop_unselected drop
 \t\tct state new ct mark set meta mark
-\t}}
+{sync_events}\t}}
 \tchain spoofed {{
 \t\tcounter name meta mark map @spoofcount
 \t\tcounter name drop_spoofed drop
@@ -187,4 +238,7 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
 \t}}"""
     counters = set(GATEWAY_DROPS) | {f"eip_{c}" for c in plan.counters} | {f"conn_{c}" for c in plan.counters}
     counters |= {spoofed_counter(node) for node in workers.values()}
+    if plan.sync_guard is not None:
+        counters.add("drop_sync_foreign")
+    counters |= set(counter_labels(plan.snat))
     return NftTable(role="gateway", chains=chains, sets=tuple(sets), counters=frozenset(counters))

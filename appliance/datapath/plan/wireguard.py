@@ -224,7 +224,8 @@ def plan_worker_wireguard(
         if peer_key is None:
             continue
         all_of_instance = [s for s in intent.steerings if s.gateway == instance.name]
-        endpoint = tunnel_endpoint(all_of_instance, prefer_v6=prefer_v6)
+        fam = instance.tunnel.family  # `spec.tunnel.family` wins over the node's own family
+        endpoint = tunnel_endpoint(all_of_instance, prefer_v6=prefer_v6 if fam is None else fam.version == 6)
         if endpoint is None:
             skipped.append(WgSkip(subject=instance.name, reason=WgSkipReason.NO_ENDPOINT))
             continue

@@ -244,7 +244,9 @@ def plan_worker(
             else:
                 chosen.append((s, None))
             continue
-        endpoint = pick_family(s.endpoints, version)
+        # the instance's tunnel family (`spec.tunnel.family`), else this worker's underlay family: the same family
+        # the gateway encapsulates the replies in (`plan.gateway`)
+        endpoint = pick_family(s.endpoints, instance.tunnel.version(version) if instance is not None else version)
         if device and endpoint is None:  # WireGuard: the device knows its peer; the address only names the slot
             endpoint = s.endpoints[0]
         if endpoint is None or instance is None or tunnel is None:
@@ -359,8 +361,11 @@ def _slots(keys: set[EndpointKey]) -> dict[EndpointKey, int]:
 
 
 def _port_mtu(intent: Intent, port: int, settings: WorkerSettings, version: int) -> int:
-    return inner_mtu(underlay_mtu=settings.underlay_mtu, underlay_version=version, node_override=settings.tunnel_mtu,
-                     specified=(i.tunnel.mtu for i in intent.instances if i.tunnel.udp_port == port))
+    on_port = [i for i in intent.instances if i.tunnel.udp_port == port]
+    # one device per port: sized for the largest overhead among the underlay families its instances use
+    worst = max((i.tunnel.version(version) for i in on_port), default=version)
+    return inner_mtu(underlay_mtu=settings.underlay_mtu, underlay_version=worst, node_override=settings.tunnel_mtu,
+                     specified=(i.tunnel.mtu for i in on_port))
 
 
 def _kernel(

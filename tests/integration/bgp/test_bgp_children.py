@@ -1,5 +1,7 @@
-"""Every child dies with its service: a SIGKILLed service process (no shutdown code runs) leaves no ExaBGP, no API
-bridge and no BFD sidecar behind (the kernel's parent-death signal, `appliance.host.supervision.spawn_child`).
+"""Children and a SIGKILLed service process (no shutdown code runs): ExaBGP and its API bridge die with it (the
+kernel's parent-death signal, `appliance.host.supervision.spawn_child`); the BFD sidecar is deliberately left
+running (BFD tracks the forwarding plane, which outlives the service: the routers keep our routes through the
+graceful restart only while BFD stays up) and the next start adopts it instead of replacing it.
 
 The "service" is a small Python process that runs a `BgpSpeaker` and a `BfdSidecar` in a gateway namespace of the
 BGP testbed, the way the gateway service does (the sidecar started from the main thread, ExaBGP from the speaker's
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from appliance.core.waiting import wait_until
-from lab.testbeds.bgp import Bed, gw_v4
+from bgp.bfd_sidecar import BfdSidecar
+from lab.testbeds.bgp import Bed, gateway_settings, gw_v4
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -57,7 +60,7 @@ def _ours(ns: str) -> list[str]:
     return out
 
 
-def test_sigkill_of_the_service_takes_every_child_with_it(bed: Bed, tmp_path: Path) -> None:
+def test_sigkill_of_the_service_takes_exabgp_with_it_and_the_next_start_adopts_bfd(bed: Bed, tmp_path: Path) -> None:
     ns = bed.tb.gw_ns(1)
     service = subprocess.Popen([sys.executable, "-c", SERVICE, str(tmp_path / "gw1"), ns, EIP4],
                                stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
@@ -71,8 +74,18 @@ def test_sigkill_of_the_service_takes_every_child_with_it(bed: Bed, tmp_path: Pa
         assert any("bird" in c for c in running), running
         service.kill()
         service.wait()
-        wait_until(lambda: not _ours(ns), timeout=20, what="every child of the SIGKILLed service to be gone",
-                   describe=lambda: _ours(ns))
+        wait_until(lambda: not any("exabgp" in c or "api_bridge" in c for c in _ours(ns)), timeout=20,
+                   what="ExaBGP and the bridge of the SIGKILLed service to be gone", describe=lambda: _ours(ns))
+        left = [c for c in _ours(ns) if "bird" in c]
+        assert len(left) == 1, left  # the BFD sidecar outlives the service
+        bird_pid = int((tmp_path / "gw1" / "bird-bfd.pid").read_text())
+        bfd = BfdSidecar(gateway_settings(1), tmp_path / "gw1", command_prefix=("ip", "netns", "exec", ns))
+        bfd.start()
+        try:
+            assert bfd.pid == bird_pid  # adopted, not replaced (the e2e graceful-restart test shows BFD staying up)
+        finally:
+            bfd.stop()
+        wait_until(lambda: not _ours(ns), timeout=20, what="the adopted sidecar to stop", describe=lambda: _ours(ns))
     finally:
         service.kill()
         service.wait()

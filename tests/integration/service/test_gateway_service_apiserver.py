@@ -21,7 +21,6 @@ from appliance.runtime.config import GatewayConfig, parse_gateway_config
 from appliance.runtime.reconciling import PassOutcome
 from bgp.health import Check
 from k8s_sync.kubeapi import ApiError, KubeApi
-from lab.kube_apiserver import ApiServer
 from tests.kube_support import Kube
 
 pytestmark = pytest.mark.apiserver
@@ -48,14 +47,15 @@ class RecordingDataPath:
 
 
 @pytest.fixture
-def running(apiserver: ApiServer, kube: Kube, tmp_path: Path) -> Iterator[tuple[GatewayService, RecordingDataPath]]:
+def running(role_kubeconfigs: dict[str, Path], kube: Kube,
+            tmp_path: Path) -> Iterator[tuple[GatewayService, RecordingDataPath]]:
     label = f"egressgw.io/member-{kube.suffix}"
     node = kube.unique("gwsvc")
     kube.node(node, labels={label: "true"}, ips=("198.51.100.11",))
     cfg: GatewayConfig = parse_gateway_config(
         {
             "node_name": node,
-            "kubeconfig": str(apiserver.kubeconfig_path),
+            "kubeconfig": str(role_kubeconfigs["gateway"]),  # the shipped RBAC's ServiceAccount, not admin
             "uplink": {"interface": "lo", "addresses": ["198.51.100.11"]},
             "metrics": {"enabled": False},
             "state_dir": str(tmp_path / "state"),

@@ -65,7 +65,7 @@ def info_status(kube: Kube, check: Callable[[JSON], bool], timeout: float = 15.0
 
 
 def test_service_cidr_is_detected_by_probing_the_allocator(sync_api: KubeApi) -> None:
-    assert [str(n) for n in detect_service_cidrs(sync_api)] == ["100.100.0.0/16"]
+    assert [str(n) for n in detect_service_cidrs(sync_api, namespace="default")] == ["100.100.0.0/16"]
     services = sync_api.get("/api/v1/namespaces/default/services")["items"]
     assert [s["metadata"]["name"] for s in services] == ["kubernetes"]  # the probe created nothing
     msg = "spec.clusterIPs: Invalid value: []string{\"0.0.0.1\"}: failed to allocated ip:0.0.0.1 with error:provided " \

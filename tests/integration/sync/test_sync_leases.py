@@ -54,22 +54,28 @@ def test_member_lease_is_created_renewed_and_released(sync_api: KubeApi, kube: K
                    for o in sync_api.get(LEASES.path(NS))["items"])
 
 
-def test_member_lease_is_not_renewed_while_unhealthy(sync_api: KubeApi, kube: Kube) -> None:
+def test_member_lease_says_expired_and_is_not_renewed_while_unhealthy(sync_api: KubeApi, kube: Kube) -> None:
     healthy = [True]
     clock = [1_800_000_000.0]
     lease = MemberLease(sync_api, MemberIdentity(name=kube.unique("m")), healthy=lambda: healthy[0],
                         clock=lambda: clock[0])
     lease.step()
-    first = sync_api.get(lease.path)["spec"]["renewTime"]
-    # the clock moves on (so a renewal would write a different renewTime), but the member is unhealthy
+    assert lease_alive(sync_api.get(lease.path)) == pytest.approx(clock[0] + 10, abs=0.01)
+    # unhealthy: the Lease is written once as already expired (every reader counts the member out at once) ...
     healthy[0] = False
     clock[0] += 3
     lease.step()
-    assert sync_api.get(lease.path)["spec"]["renewTime"] == first
-    # and the same step renews once healthy again: the unchanged renewTime above was the health check's doing
+    marked = sync_api.get(lease.path)["spec"]["renewTime"]
+    expiry = lease_alive(sync_api.get(lease.path))
+    assert expiry is not None and expiry < clock[0]
+    # ... and then not renewed while the member stays unhealthy
+    clock[0] += 3
+    lease.step()
+    assert sync_api.get(lease.path)["spec"]["renewTime"] == marked
+    # and the same step renews once healthy again
     healthy[0] = True
     lease.step()
-    assert sync_api.get(lease.path)["spec"]["renewTime"] != first
+    assert lease_alive(sync_api.get(lease.path)) == pytest.approx(clock[0] + 10, abs=0.01)
     lease.release()
 
 

@@ -1,0 +1,230 @@
+"""The state-sync planner (`appliance.datapath.plan.state_sync`): peers, ports both ends agree on, families, the
+conntrackd configuration, the nft guard, statistics parsing."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from appliance.core.intent import GatewayInstance, Intent
+from appliance.core.model import IPAddress, Member
+from appliance.datapath.plan.gateway import GatewaySettings, plan_gateway
+from appliance.datapath.plan.gateway_nft import gateway_table
+from appliance.datapath.plan.state_sync import (
+    RESERVED_PORTS,
+    ChannelPaths,
+    StateSyncSettings,
+    SyncSkipReason,
+    assign_slots,
+    parse_stats,
+    plan_state_sync,
+    render_conntrackd_conf,
+    sync_guard,
+    sync_pairs,
+)
+
+S = StateSyncSettings()
+
+
+def member(name: str, addr: str) -> Member:
+    return Member(name=name, address=ip_address(addr))
+
+
+def inst(name: str, *members: Member) -> GatewayInstance:
+    return GatewayInstance(name=name, members=tuple(members), eips=(ip_address("203.0.113.10"),), ranking=())
+
+
+def intent(*instances: GatewayInstance) -> Intent:
+    return Intent(steerings=(), outcomes=(), instances=instances, cluster_cidrs=())
+
+
+GW = {f"gw{i}": member(f"gw{i}", f"198.51.100.{i}") for i in range(1, 9)}
+
+
+def test_two_members_one_channel_each_same_port_both_ends() -> None:
+    it = intent(inst("a", GW["gw1"], GW["gw2"]))
+    p1 = plan_state_sync(it, member="gw1", settings=S)
+    p2 = plan_state_sync(it, member="gw2", settings=S)
+    assert [c.peer for c in p1.channels] == ["gw2"] and [c.peer for c in p2.channels] == ["gw1"]
+    c1, c2 = p1.channels[0], p2.channels[0]
+    assert c1.port == c2.port and S.port <= c1.port <= S.last_port
+    assert (c1.local_address, c1.peer_address) == (c2.peer_address, c2.local_address)
+
+
+def test_ports_symmetric_and_unique_per_member_in_a_crowded_cluster() -> None:
+    # many overlapping instances and a tiny port span: collisions must be resolved alike at both ends
+    rng = random.Random(7)
+    names = sorted(GW)
+    instances = [inst(f"i{k}", *(GW[n] for n in rng.sample(names, rng.randint(2, 5)))) for k in range(12)]
+    it = intent(*instances)
+    settings = StateSyncSettings(port_span=8)
+    plans = {n: plan_state_sync(it, member=n, settings=settings) for n in names}
+    for n, plan in plans.items():
+        ports = [c.port for c in plan.channels]
+        assert len(ports) == len(set(ports)), f"{n} binds one port twice"
+        for c in plan.channels:
+            other = plans[c.peer].channel(n)
+            assert other is not None and other.port == c.port
+        for peer, reason in plan.skipped:
+            assert reason is SyncSkipReason.NO_FREE_PORT
+            assert plans[peer].channel(n) is None  # skipped at both ends, never half a channel
+
+
+def test_slots_independent_of_input_order() -> None:
+    pairs = list(sync_pairs(intent(inst("a", *GW.values()))))
+    base = assign_slots(pairs, 16)
+    for _ in range(5):
+        random.shuffle(pairs)
+        assert assign_slots([(b, a) for a, b in pairs], 16) == base
+
+
+def test_membership_change_keeps_the_other_channels() -> None:
+    before = intent(inst("a", GW["gw1"], GW["gw2"], GW["gw3"]))
+    after = intent(inst("a", GW["gw1"], GW["gw2"], GW["gw3"], GW["gw4"]))
+    old = plan_state_sync(before, member="gw1", settings=S)
+    new = plan_state_sync(after, member="gw1", settings=S)
+    assert {c.peer for c in new.channels} == {"gw2", "gw3", "gw4"}
+    for c in old.channels:  # the default span leaves these pairs on their first slot
+        assert new.channel(c.peer) == c
+    gone = plan_state_sync(intent(inst("a", GW["gw1"], GW["gw3"])), member="gw1", settings=S)
+    assert [c.peer for c in gone.channels] == ["gw3"] and gone.channel("gw3") == old.channel("gw3")
+
+
+def test_peers_are_the_other_members_of_my_instances_only() -> None:
+    it = intent(inst("a", GW["gw1"], GW["gw2"]), inst("b", GW["gw1"], GW["gw3"]), inst("c", GW["gw4"], GW["gw5"]))
+    assert [c.peer for c in plan_state_sync(it, member="gw1", settings=S).channels] == ["gw2", "gw3"]
+    assert plan_state_sync(it, member="gw9", settings=S).channels == ()
+    single = intent(inst("a", GW["gw1"]))
+    assert plan_state_sync(single, member="gw1", settings=S).channels == ()
+
+
+def test_disabled_plans_nothing_and_no_guard() -> None:
+    it = intent(inst("a", GW["gw1"], GW["gw2"]))
+    off = StateSyncSettings(enabled=False)
+    assert plan_state_sync(it, member="gw1", settings=off).channels == ()
+    assert sync_guard(it, member="gw1", settings=off) is None
+    assert sync_guard(it, member="gw1", settings=None) is None
+
+
+def test_ipv6_channels_and_family_mismatch() -> None:
+    a, b, c = member("gw1", "2001:db8::1"), member("gw2", "2001:db8::2"), member("gw3", "198.51.100.3")
+    plan = plan_state_sync(intent(inst("a", a, b, c)), member="gw1", settings=S)
+    assert [ch.peer for ch in plan.channels] == ["gw2"]
+    assert plan.skipped == (("gw3", SyncSkipReason.FAMILY_MISMATCH),)
+    text = render_conntrackd_conf(plan.channels[0], member="gw1", interface="eth1",
+                                  paths=ChannelPaths(socket="/run/s.ctl", lock="/run/s.lock"))
+    assert "IPv6_address 2001:db8::1\n" in text and "IPv6_Destination_Address 2001:db8::2\n" in text
+    assert "IPv4_Destination_Address" not in text
+
+
+def test_dedicated_link_addresses() -> None:
+    settings = StateSyncSettings(address=ip_address("100.64.200.1"), peers=(("gw2", ip_address("100.64.200.2")),))
+    it = intent(inst("a", GW["gw1"], GW["gw2"], GW["gw3"]))
+    plan = plan_state_sync(it, member="gw1", settings=settings)
+    ch = plan.channel("gw2")
+    assert ch is not None and ch.local_address == ip_address("100.64.200.1")
+    assert ch.peer_address == ip_address("100.64.200.2")
+    assert plan.channel("gw3") is not None and plan.channel("gw3").peer_address == ip_address("198.51.100.3")  # type: ignore[union-attr]
+    guard = sync_guard(it, member="gw1", settings=settings)
+    assert guard is not None and set(guard.peers) == {ip_address("100.64.200.2"), ip_address("198.51.100.3")}
+
+
+def test_conf_has_ftfw_unicast_no_external_cache_and_filters() -> None:
+    plan = plan_state_sync(intent(inst("a", GW["gw1"], GW["gw2"])), member="gw1", settings=S)
+    ch = plan.channels[0]
+    text = render_conntrackd_conf(ch, member="gw1", interface="eth1",
+                                  paths=ChannelPaths(socket="/x/ch.ctl", lock="/x/ch.lock"))
+    for line in ("Mode FTFW {", "DisableExternalCache On", "IPv4_address 198.51.100.1",
+                 "IPv4_Destination_Address 198.51.100.2", f"Port {ch.port}", "Interface eth1", "Path /x/ch.ctl",
+                 "LockFile /x/ch.lock", "Filter From Userspace {", "TCP", "UDP", "IPv6-ICMP"):
+        assert line in text, line
+    # the channel's own flow is never synced
+    ignore = text.split("Address Ignore {")[1]
+    assert "198.51.100.1" in ignore and "198.51.100.2" in ignore
+    assert text.count("{") == text.count("}")
+
+
+def test_guard_in_the_gateway_table() -> None:
+    it = intent(inst("a", GW["gw1"], GW["gw2"], member("gw3", "2001:db8::3")))
+    on = plan_gateway(it, member="gw1", workers={}, settings=GatewaySettings(state_sync=S))
+    table = gateway_table(on)
+    assert on.sync_guard is not None
+    assert ("meta nfproto ipv4 udp dport @syncports ip daddr != @eips4 ip saddr != @syncpeers4 "
+            "ct state new,invalid counter name drop_sync_foreign drop") in table.chains
+    ports = next(s for s in table.sets if s.name == "syncports")
+    channels = plan_state_sync(it, member="gw1", settings=S).channels
+    assert {e for e, _ in ports.elements} == {str(c.port) for c in channels}
+    assert "ip6 saddr != @syncpeers6" in table.chains
+    assert "ct event set" in table.chains and "drop_sync_foreign" in table.counters
+    peers = {s.name: s.elements for s in table.sets if s.name.startswith("syncpeers")}
+    assert {e for e, _ in peers["syncpeers4"]} == {"198.51.100.2"}
+    assert {e for e, _ in peers["syncpeers6"]} == {"2001:db8::3"}
+    off = gateway_table(plan_gateway(it, member="gw1", workers={}, settings=GatewaySettings()))
+    assert "sync" not in off.chains and "ct event set" not in off.chains
+
+
+STATS = """cache internal:
+current active connections:	           3
+connections created:		           5	failed:	           0
+connections updated:		           2	failed:	           0
+connections destroyed:		           1	failed:	           0
+
+external inject:
+connections created:		           7	failed:	           1
+connections updated:		           3	failed:	           0
+connections destroyed:		           2	failed:	           2
+
+traffic processed:
+                   0 Bytes                         0 Pckts
+
+UDP traffic (active device=eth1):
+                1000 Bytes sent                  840 Bytes recv
+                  55 Pckts sent                   53 Pckts recv
+                   0 Error send                    0 Error recv
+
+message tracking:
+                   0 Malformed msgs                    4 Lost msgs
+"""
+
+
+def test_parse_stats() -> None:
+    s = parse_stats(STATS)
+    assert (s.sent, s.received, s.lost, s.packets_sent, s.packets_received) == (8, 12, 7, 55, 53)
+    assert parse_stats("") == parse_stats("garbage")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_full_mesh_sizes(n: int) -> None:
+    members = [GW[f"gw{i}"] for i in range(1, n + 1)]
+    it = intent(inst("a", *members))
+    plans = {m.name: plan_state_sync(it, member=m.name, settings=S) for m in members}
+    for a, b in itertools.combinations(plans, 2):
+        ca, cb = plans[a].channel(b), plans[b].channel(a)
+        assert ca is not None and cb is not None and ca.port == cb.port
+
+
+def _addr(s: str) -> IPAddress:
+    return ip_address(s)
+
+
+def test_guard_ports_cover_every_channel() -> None:
+    it = intent(inst("a", *GW.values()))
+    guard = sync_guard(it, member="gw1", settings=S)
+    assert guard is not None
+    for c in plan_state_sync(it, member="gw1", settings=S).channels:
+        assert c.port in guard.ports and c.peer_address in guard.peers
+    assert ip_network("198.51.100.0/24").supernet_of(ip_network(f"{guard.peers[0]}/32"))
+
+
+def test_channel_ports_avoid_bfd_vxlan_and_tunnel_ports() -> None:
+    # every slot but the reserved ones is forced: a span that covers BFD's ports, with more pairs than free slots
+    settings = StateSyncSettings(port=3780, port_span=8)  # 3780..3787 holds BFD 3784 and 3785
+    it = intent(inst("a", *GW.values()))
+    ports = {c.port for n in GW for c in plan_state_sync(it, member=n, settings=settings).channels}
+    assert ports and not ports & RESERVED_PORTS and ports <= set(range(3780, 3788))
+    tunnel = StateSyncSettings(port=4780, port_span=16)  # the instance's VXLAN port 4789 (and 4790) inside
+    ports = {c.port for n in GW for c in plan_state_sync(it, member=n, settings=tunnel).channels}
+    assert ports and not ports & {4784, 4789, 4790}
