@@ -245,11 +245,12 @@ def steps(kind: CniKind, nets: CniNetworks) -> tuple[Step, ...]:
 
 def removal_steps(legacy_tables: dict[str, Sequence[str]]) -> tuple[Step, ...]:
     """Commands that take every stand-in's rules away (idempotent): the lab's nodes hold no other iptables rules,
-    ipsets or `lab_cni` table; egressgw's own tables (`inet egressgw`, `bridge egressgw`) are left alone.
-    `legacy_tables`: per iptables-legacy tool, the tables that exist (emptied, never created)."""
+    ipsets or `lab_cni` tables (the lab's `inet`, the data-path testbed's `ip`/`ip6`); egressgw's own tables
+    (`inet egressgw`, `bridge egressgw`) are left alone. `legacy_tables`: per iptables-legacy tool, the tables that
+    exist (emptied, never created)."""
     nft = "".join(f"table {f} {t}\ndelete table {f} {t}\n"
                   for f in ("ip", "ip6") for t in ("raw", "mangle", "nat", "filter")) + (
-        "table inet lab_cni\ndelete table inet lab_cni\n")
+        "".join(f"table {f} lab_cni\ndelete table {f} lab_cni\n" for f in ("inet", "ip", "ip6")))
     out = [Step(argv=(f"{tool}-restore",), input="".join(f"*{t}\n-X\nCOMMIT\n" for t in tables))
            for tool, tables in sorted(legacy_tables.items()) if tables]
     return (*out, Step(argv=("nft", "-f", "-"), input=nft), Step(argv=("ipset", "destroy"), input=""))

@@ -12,8 +12,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   # --no-install-recommends: wireguard-tools would otherwise pull a kernel image and initramfs tooling
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # A package's install script may start its daemon on the host; the lab runs its own copies in namespaces.
+  # Stop only the daemons of packages installed just now: a daemon that was already there (someone's own, or a
+  # running lab's) is left alone.
+  declare -A DAEMON=([bird2]=bird [frr]=frr [conntrackd]=conntrackd [etcd-server]=etcd [prometheus]=prometheus)
+  for p in "${missing[@]}"; do
+    if [ -n "${DAEMON[$p]:-}" ]; then pkill -x "${DAEMON[$p]}" 2>/dev/null || true; fi
+  done
 fi
-# Debian's packaged daemons must not run on the host: the lab starts its own copies inside namespaces.
-for svc in bird frr conntrackd etcd prometheus; do
-  pkill -x "$svc" 2>/dev/null || true
-done

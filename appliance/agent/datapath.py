@@ -70,8 +70,9 @@ class WorkerDataPath(Protocol):
 
 
 def tunnel_source(underlay: Underlay) -> IPAddress:
-    """The worker's tunnel source: its IPv4 underlay address when it has one, else IPv6 (set underlay.addresses to
-    a single IPv6 address for an IPv6 underlay)."""
+    """The worker's default tunnel source: its IPv4 underlay address when it has one, else IPv6. It decides the
+    family only for gateways without `spec.tunnel.family`; a gateway that names one gets its endpoints of that
+    family (the planners' `TunnelSpec.version`), sent from this node's address of that family."""
     return underlay.address(4) or underlay.addresses[0]
 
 
@@ -82,7 +83,7 @@ class RealWorkerDataPath:
         self.node = cfg.node_name
         self.source = tunnel_source(underlay)
         self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu,
-                                       source_validation=cfg.source_validation)
+                                       source_validation=cfg.source_validation, marks=cfg.marks)
         self.applier = DataPathApplier()
         self.discovery = PodInterfaceDiscovery()
         self.bridge = BridgeBindingApplier()

@@ -21,7 +21,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from appliance.core.events import EventLogger
 from appliance.core.intent import Intent, Steering
 from appliance.core.model import IPAddress, TunnelType
-from appliance.datapath.apply.endpoint_probing import EndpointProber
+from appliance.datapath.apply.endpoint_probing import EchoSocket, EndpointProber, EndpointReport
 from appliance.datapath.plan.endpoint_liveness import (
     EndpointState,
     ProbeSettings,
@@ -47,13 +47,72 @@ LIVENESS_REASON = "endpoint_liveness"
 STATUS_FILE = "agent-status.json"
 
 
+class FamilyProbers:
+    """One `EndpointProber` per underlay address of this node (at most one per family), behind the prober's
+    interface: a gateway's `spec.tunnel.family` decides which family its endpoints are, so each endpoint is probed
+    from this node's address of its own family - the address its tunnel packets come from (each prober takes only
+    the targets of its family). `run` runs the first prober and a thread per other one."""
+
+    def __init__(self, sources: Sequence[IPAddress], settings: ProbeSettings,
+                 on_change: Callable[[IPAddress, EndpointState], None] | None = None,
+                 sockets: Mapping[int, EchoSocket] | None = None) -> None:
+        """`sockets`: per IP version, an echo socket to use instead of opening one (tests)."""
+        firsts = {a.version: a for a in reversed(sources)}  # the first address of each family
+        self.probers = [EndpointProber(a, settings, on_change=on_change, sock=(sockets or {}).get(v))
+                        for v, a in sorted(firsts.items())]
+
+    @property
+    def on_change(self) -> Callable[[IPAddress, EndpointState], None] | None:
+        return self.probers[0].on_change
+
+    @on_change.setter
+    def on_change(self, callback: Callable[[IPAddress, EndpointState], None] | None) -> None:
+        for p in self.probers:
+            p.on_change = callback
+
+    def set_targets(self, targets: Iterable[IPAddress]) -> None:
+        wanted = tuple(targets)
+        for p in self.probers:
+            p.set_targets(wanted)
+
+    def states(self) -> dict[IPAddress, EndpointState]:
+        return {ip: st for p in self.probers for ip, st in p.states().items()}
+
+    def reports(self) -> list[EndpointReport]:
+        return [r for p in self.probers for r in p.reports()]
+
+    def wait_judged(self, targets: Iterable[IPAddress], timeout: float) -> bool:
+        wanted = tuple(targets)
+        return all([p.wait_judged(wanted, timeout) for p in self.probers])
+
+    def run(self, stop: threading.Event) -> None:
+        threads = [threading.Thread(target=p.run, args=(stop,), name=f"endpoint-prober-v{p.source.version}",
+                                    daemon=True) for p in self.probers[1:]]
+        for t in threads:
+            t.start()
+        self.probers[0].run(stop)
+        for t in threads:
+            t.join(2.0)
+
+    def close(self) -> None:
+        for p in self.probers:
+            p.close()
+
+
 class EndpointLiveness:
-    """Judges each pass's intent by the endpoint probes; `start`/`stop` run the prober thread (a `Lifecycle`)."""
+    """Judges each pass's intent by the endpoint probes; `start`/`stop` run the prober thread (a `Lifecycle`).
+
+    `sources`: every underlay address of this node; probes then go from the address of each endpoint's family
+    (`FamilyProbers`). Without them, from `source` only (endpoints of the other family stay unknown: the Leases
+    decide for them)."""
 
     def __init__(self, *, node: str, source: IPAddress, settings: ProbeSettings, state_dir: Path | None = None,
-                 prober: EndpointProber | None = None, log: EventLogger | None = None) -> None:
+                 prober: EndpointProber | FamilyProbers | None = None, log: EventLogger | None = None,
+                 sources: Sequence[IPAddress] = ()) -> None:
         self.node, self.source, self.settings = node, source, settings
         self.log = log or EventLogger("egressgw.agent.liveness", node=node)
+        if prober is None and len({a.version for a in sources}) > 1:
+            prober = FamilyProbers(sorted(sources, key=lambda a: a != source), settings, on_change=self._on_change)
         self.prober = prober or EndpointProber(source, settings, on_change=self._on_change)
         if prober is not None:
             prober.on_change = self._on_change

@@ -137,8 +137,9 @@ def run_agent(cfg: AgentConfig) -> int:
         log.info("metrics.listening", address=listen)
 
     sync = ClusterSync(api, role=Role.AGENT, node_name=cfg.node_name, lease_namespace=cfg.lease_namespace)
+    # probes go from the underlay address of each endpoint's family (a gateway's spec.tunnel.family picks it)
     liveness = EndpointLiveness(node=cfg.node_name, source=tunnel_source(underlay), settings=cfg.liveness,
-                                state_dir=cfg.state_dir)
+                                state_dir=cfg.state_dir, sources=underlay.addresses)
     REGISTRY.register(LivenessCollector(liveness))
     deps = AgentDeps(
         source=sync.store,

@@ -100,7 +100,7 @@ class RealGatewayDataPath:
         clock: Callable[[], float] = time.monotonic, log: EventLogger | None = None,
     ) -> None:
         self.member = cfg.node_name
-        self.settings = GatewaySettings(uplink_mtu=uplink.mtu, tunnel_mtu=cfg.tunnel.mtu,
+        self.settings = GatewaySettings(uplink_mtu=uplink.mtu, tunnel_mtu=cfg.tunnel.mtu, marks=cfg.marks,
                                         source_check=cfg.tunnel_source_check,
                                         state_sync=cfg.state_sync if cfg.state_sync.enabled else None)
         self.applier = applier or DataPathApplier()

@@ -31,6 +31,7 @@ from appliance.core.model import IPAddress
 from appliance.datapath.plan.endpoint_liveness import ProbeSettings
 from appliance.datapath.plan.gateway import TunnelSourceCheck
 from appliance.datapath.plan.state_sync import StateSyncSettings, peer_overrides
+from appliance.datapath.plan.tunnel import GATEWAY_MARKS, MarkSettings
 from appliance.datapath.plan.worker import SourceValidation
 from bgp.settings import BgpSettings, parse_bgp_settings
 
@@ -140,6 +141,9 @@ class AgentConfig(CommonConfig):
     source_validation: SourceValidation = SourceValidation.STRICT
     #: `liveness`: the data-path probes of the tunnel endpoints (docs/datapath.md "Who decides")
     liveness: ProbeSettings = ProbeSettings()
+    #: `marks`: the packet-mark bits the agent owns; the default avoids the bits CNIs and kube-proxy use
+    #: (docs/operations.md "CNI compatibility")
+    marks: MarkSettings = MarkSettings()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +165,8 @@ class GatewayConfig(CommonConfig):
     tunnel_source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
     #: `state_sync`: conntrack state shared with the other members of each instance (docs/operations.md)
     state_sync: StateSyncSettings = StateSyncSettings()
+    #: `marks`: the packet-mark bits the gateway owns (16 slot bits: one per worker node)
+    marks: MarkSettings = GATEWAY_MARKS
 
     @property
     def disable_file(self) -> Path:
@@ -173,8 +179,10 @@ _COMMON_KEYS = {
     "node_name", "kubeconfig", "tunnel", "metrics", "lease_namespace", "reconcile", "state_dir",
     "log",
 }  # fmt: skip
-_AGENT_KEYS = _COMMON_KEYS | {"underlay", "wireguard", "source_validation", "liveness"}
-_GATEWAY_KEYS = _COMMON_KEYS | {"uplink", "bgp", "health", "gateway", "drain", "wireguard", "security", "state_sync"}
+_AGENT_KEYS = _COMMON_KEYS | {"underlay", "wireguard", "source_validation", "liveness", "marks"}
+_GATEWAY_KEYS = _COMMON_KEYS | {
+    "uplink", "bgp", "health", "gateway", "drain", "wireguard", "security", "state_sync", "marks",
+}  # fmt: skip
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
@@ -392,7 +400,23 @@ def parse_agent_config(raw: Any, *, source: Path, env: Mapping[str, str] | None 
         wireguard=_wireguard(m.get("wireguard"), "wireguard", source.parent, gateway=False),
         source_validation=_source_validation(m.get("source_validation"), "source_validation"),
         liveness=_liveness(m.get("liveness"), "liveness"),
+        marks=_marks(m.get("marks"), "marks", MarkSettings()),
     )
+
+
+def _marks(raw: Any, path: str, default: MarkSettings) -> MarkSettings:
+    """`marks: {mark_base, mark_mask, slot_mask}` (integers; YAML reads 0x2000 as one); unset keys keep the role's
+    default. The combination is validated by MarkSettings (base inside mask, slot bits outside it...)."""
+    if raw is None:
+        return default
+    m = mapping(raw, path, {"mark_base", "mark_mask", "slot_mask"})
+    values = {k: integer(m.get(k, getattr(default, k)), f"{path}.{k}", 0, 0xFFFFFFFF)
+              for k in ("mark_base", "mark_mask", "slot_mask")}
+    try:
+        return MarkSettings(**values, rule_priority_base=default.rule_priority_base, table_base=default.table_base)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise ConfigError(f"{path}.{field}", message) from exc
 
 
 def _liveness(raw: Any, path: str) -> ProbeSettings:
@@ -460,6 +484,7 @@ def parse_gateway_config(raw: Any, *, source: Path, env: Mapping[str, str] | Non
     return GatewayConfig(
         **common,
         tunnel_source_check=TunnelSourceCheck(check),
+        marks=_marks(m.get("marks"), "marks", GATEWAY_MARKS),
         uplink=_interface(m.get("uplink"), "uplink"),
         wireguard=_wireguard(m.get("wireguard"), "wireguard", source.parent, gateway=True),
         bgp=bgp,

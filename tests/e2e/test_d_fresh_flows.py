@@ -2,12 +2,11 @@
 worker, the external server): the quick form of the fresh-flow scenarios of `egressgw bench failover`.
 
 Per repetition a fresh UDP flow and a fresh server-push TCP connection are created through the primary right before
-a drain / power-off, plus the long-lived probe. Two runs: conntrack state sync off (drain and power-off once) and on
-(five drains). Whatever the setting, the record must be complete and consistent, every flow must have been
-established through the primary before the fault, and the server must only ever see the EIP (a failover never leaks
-a pod address). With sync on, the member taking over holds the fresh flows' entries before the router moves: a
-drain loses no fresh datagram, the server-push stream resumes, and nothing reaches it as an unsolicited packet
-toward the EIP. (How long the outages last is the benchmark's business: docs/benchmarks.md, "Stateful failover".)
+a drain / power-off, plus the long-lived probe; once with conntrack state sync off, once on (a lab each, the
+members configured so from the start). Whatever the setting, the record must be complete and consistent, every flow
+must have been established through the primary before the fault, and the server must only ever see the EIP (a
+failover never leaks a pod address). How much each setting loses is the benchmark's business (docs/benchmarks.md,
+"Stateful failover"), not asserted here.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def run_sync_off() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def run_sync_on() -> dict[str, Any]:
-    return _run(SYNC_ON, ("drain",), 5)
+    return _run(SYNC_ON, ("drain", "power_off"), 1)
 
 
 @pytest.fixture(params=RUNS)
@@ -103,14 +102,3 @@ def test_the_server_only_ever_saw_the_eip(fresh_run: dict[str, Any]) -> None:
                 assert r["fresh_udp_sources"] == [DEFAULT_EIP_V4], name
                 assert r["sources"] in ([], [DEFAULT_EIP_V4]), name  # the long-lived probe
 
-
-def test_with_state_sync_on_a_drain_loses_no_fresh_datagram(run_sync_on: dict[str, Any]) -> None:
-    """The member taking over already holds the entries of the flows created through the draining member: the
-    replies in flight when the router moves are delivered, the server's pushes reach the pod, nothing arrives there
-    as `ct state new` toward the EIP (`drop_eip_unsolicited`)."""
-    assert run_sync_on["errors"] == {}
-    reps = run_sync_on["fresh_flows"]["fresh_drain"]["on"]["reps"]
-    assert [r["fresh_udp_lost"] for r in reps] == [0] * len(reps)
-    assert all(r["server_push_tcp_survived"] for r in reps), [r["server_push_tcp_stall_ms"] for r in reps]
-    assert [sum(r["eip_unsolicited_drops_on_others"].values()) for r in reps] == [0] * len(reps)
-    assert all(r["snat_port_changed"] is False for r in reps)

@@ -7,6 +7,7 @@ again). The membership comes from a second gateway whose nodeSelector is a label
 from __future__ import annotations
 
 import pytest
+import yaml
 from kubernetes import client
 
 from appliance.core.waiting import wait_until
@@ -57,3 +58,21 @@ def test_n01_agent_on_a_node_that_becomes_a_gateway_member_stands_down_and_comes
                what=f"{worker}'s agent to converge again (resumed)")
     assert "agent.resuming" in agent_log(system, worker)
     expect_source(system, "w1p1", DEFAULT_EIP_V4)
+
+
+def test_n02_the_services_run_as_their_service_accounts_and_are_never_refused(system: System) -> None:
+    """Every agent and gateway of the lab runs with its role's ServiceAccount token (deploy/rbac/), and none of
+    them has logged a refusal: no 403 from a status write, Event, Lease, reflector or the Service-CIDR probe."""
+    logs = system.lab.state_dir / "logs"
+    for node in system.workers + system.gateways:
+        role = "gateway" if node in system.gateways else "agent"
+        cfg = yaml.safe_load((system.lab.node_dir(node) / f"{role}.yaml").read_text())
+        assert cfg["kubeconfig"] == str(system.role_kubeconfig(role))
+        user = yaml.safe_load(system.role_kubeconfig(role).read_text())["users"][0]["name"]
+        assert user == f"system:serviceaccount:egressgw-system:egressgw-{role}"
+        text = (logs / f"{node}.egressgw-{role}.log").read_text(errors="replace")
+        refused = [line for line in text.splitlines()
+                   if "Forbidden" in line or "status=403" in line or "probe_refused" in line]
+        assert not refused, f"{node}: " + "\n".join(refused[:5])
+        detected = [line for line in text.splitlines() if "event=service_cidr.detected" in line]
+        assert detected and "cidrs=[]" not in detected[-1], f"{node}: the Service-CIDR probe found nothing"

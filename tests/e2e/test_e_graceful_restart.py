@@ -9,7 +9,8 @@ gone well within the graceful-restart time (30 s), i.e. not held stale.
 
 The single-member gateway selects one gateway node by its hostname label (taken from the System); its EIP comes from
 a pool of its own, so the lab's default gateway (two members) is untouched. One continuous probe (UDP every 10 ms
-from a selected pod) runs across G01 and G02; each window also becomes a timeline plot (`lab.plots`).
+from a selected pod) runs across G01 and G02; each window also becomes a timeline SVG through the same hook the
+failover benchmark and the demo use (`lab.plots.write_event_plots`), checked to be written.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from appliance.core.waiting import wait_until
 from lab import netns
 from lab.bench.harness import RouteMonitor, member_ranked, member_status, router_of, router_paths
 from lab.bench.probes import RawProbe, window
-from lab.plots import TimelineEvent, plot_timeline, read_log_events, route_timeline_events, timeline_from_probe
+from lab.plots import system_timeline, write_event_plots
 from lab.scenarios import gateway_manifest, policy_manifest
 from lab.system import TOPOLOGIES, System
 from tests.e2e.conftest import Scenario
@@ -88,6 +89,13 @@ def why(system: System, gw: str) -> object:
     return {"status": {k: doc.get(k) for k in keep}, "router paths": router_paths(system, EIP), "router bfd": bfd}
 
 
+def member_up(system: System, gw: str) -> bool:
+    """The member's service runs with its BGP sessions and BFD up (it may have nothing to announce)."""
+    doc = member_status(system, gw)
+    sessions = [*(doc.get("peers") or {}).values(), *(doc.get("bfd") or {}).values()]
+    return doc.get("phase") == "running" and bool(sessions) and all(v in ("up", "Up") for v in sessions)
+
+
 def carried(system: System, gw: str) -> bool:
     """The member announces with its ranked preference, sessions and BFD up, and the router holds its path."""
     return member_ranked(system, gw) and gw in router_paths(system, EIP)
@@ -137,22 +145,19 @@ def test_single_member_restarts_keep_the_eip_and_a_hard_failure_still_withdraws(
         raw = probe.stop()
         probe = None
 
-        log = system.lab.state_dir / "logs" / f"{gw}.egressgw-gateway.log"
-        names = {str(ifc.ip): g for g in system.gateways for _, ifc in system.nodes[g].addresses}
-        for label, t0, t1 in (("service restart (SIGTERM, start)", t_restart, t_kill),
-                              ("ExaBGP SIGKILLed", t_kill, t_end)):
+        windows = [(f"{gw} alone: service restart (SIGTERM, start)", t_restart, t_kill),
+                   (f"{gw} alone: ExaBGP SIGKILLed", t_kill, t_end)]
+        # the benchmarks' and the demo's plot hook, on this run: one timeline SVG per window
+        plots = write_event_plots(system, raw, windows, tmp_path, route_events=monitor.since(0))
+        assert len(plots) == 2 and all(p.stat().st_size > 0 for p in plots)
+        for (label, t0, t1), plot in zip(windows, plots, strict=True):
             w = window(raw, t0 - 0.2, t1)
-            events = [TimelineEvent(0.2, label, "fault"),
-                      *route_timeline_events(monitor.since(t0 - 0.2), t0 - 0.2, t1, names=names),
-                      *read_log_events(log, t0 - 0.2, t1, who=gw)]
-            tl = timeline_from_probe(raw, t0 - 0.2, t1, title=f"{gw} alone: {label}", events=events)
-            plot = plot_timeline(tl, tmp_path / f"{label.split()[0].lower()}.svg")
-            assert plot.stat().st_size > 0
+            tl = system_timeline(system, raw, t0 - 0.2, t1, title=label, route_events=monitor.since(0))
             lost_at = [round(t, 3) for t, ok in zip(tl.sent_at, tl.answered, strict=True) if not ok]
             story = "\n".join(f"  {e.t_s:7.3f} {e.kind:5} {e.label}" for e in tl.events)
             story += f"\n  lost from {lost_at[0]} to {lost_at[-1]}" if lost_at else ""
-            print(f"\n{label} on the only member {gw}: sent={w.udp.sent} lost={w.udp.lost} "
-                  f"outage={w.outage_ms:.0f} ms, router route changes={len(monitor.since(t0))} ({plot})")
+            print(f"\n{label}: sent={w.udp.sent} lost={w.udp.lost} outage={w.outage_ms:.0f} ms, router route "
+                  f"changes={len(monitor.since(t0))} ({plot})")
             assert w.udp.sent > 50 and w.sources == (EIP,)
             assert w.udp.lost == 0, f"{label}: {w.udp.lost} probes lost on a single-member gateway:\n{story}"
 
@@ -171,5 +176,5 @@ def test_single_member_restarts_keep_the_eip_and_a_hard_failure_still_withdraws(
         sc.cleanup()
         if system.lab.daemon(gw, "egressgw-gateway") is None:
             system.start_gateway(gw)
-        wait_until(lambda: member_ranked(system, gw), timeout=90, interval=0.5, what=f"{gw} back for later tests",
+        wait_until(lambda: member_up(system, gw), timeout=90, interval=0.5, what=f"{gw} back for later tests",
                    describe=lambda: why(system, gw))

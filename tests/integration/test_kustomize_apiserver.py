@@ -106,9 +106,6 @@ def test_example_overlay_sets_image_namespace_and_config(tmp_path: Path) -> None
     assert gateway == (OVERLAY / "gateway.yaml").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="deploy/webhook/deployment.yaml names the namespace in the webhook's "
-                   "arguments (--service NAME.NAMESPACE, --secret NAMESPACE/NAME), which kustomize's namespace does "
-                   "not rewrite: the webhook should take it from $POD_NAMESPACE")
 def test_overlay_leaves_no_trace_of_the_base_namespace() -> None:
     text = kubectl("kustomize", str(OVERLAY))
     assert "egressgw-system" not in text

@@ -118,7 +118,8 @@ def test_worker_details_and_foreign_objects() -> None:
     rules = parse_rules(load_ip_json(text("w_rule4.json")), 4)
     assert 100 not in {r.priority for r in rules}  # the foreign rule (no proto 230)
     gate = next(r for r in rules if r.priority == 3000)
-    assert gate.invert and gate.goto == 3999 and (gate.fwmark, gate.mask) == (0x0E6E0000, 0xFFFF0000)
+    marks = WorkerSettings().marks
+    assert gate.invert and gate.goto == 3999 and (gate.fwmark, gate.mask) == (marks.mark_base, marks.mark_mask)
     assert next(r for r in rules if r.priority == 3999).nop
     assert next(r for r in rules if r.priority == 3001).table == MAIN_TABLE
 

@@ -18,8 +18,8 @@ from appliance.core.model import NoGatewayAction
 from appliance.datapath.plan.gateway import GatewaySettings, GatewaySkipReason, plan_gateway
 from appliance.datapath.plan.gateway_nft import gateway_table
 from appliance.datapath.plan.kernel_model import KernelState, Op, diff
-from appliance.datapath.plan.nft_rendering import Contents, render_delta, render_full
-from appliance.datapath.plan.tunnel import MARK_BASE, assign_slots
+from appliance.datapath.plan.nft_rendering import Contents, mark, render_delta, render_full
+from appliance.datapath.plan.tunnel import GATEWAY_MARK_BASE, GATEWAY_MARK_MASK, assign_slots
 from appliance.datapath.plan.worker import SkipReason, WorkerSettings, plan_worker
 from appliance.datapath.plan.worker_nft import worker_table
 from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent, worker_addresses
@@ -160,7 +160,7 @@ def test_gateway_binds_pods_to_their_worker_and_routes_replies_back() -> None:
     assert routes == {"100.64.1.10/32": "100.127.0.11", "2001:db8:64:1::10/128": "100.127.0.11",
                       "100.64.2.10/32": "100.127.0.12"}
     assert {str(a.ip) for a in g.kernel.addresses} == {"203.0.113.130", "2001:db8:e1::2"}
-    assert all(v.mark & 0xFFFF0000 == MARK_BASE for v in g.vteps)
+    assert all(v.mark & GATEWAY_MARK_MASK == GATEWAY_MARK_BASE for v in g.vteps)
     # a member of no instance plans nothing
     empty = gateway(intent, member="gw9")
     assert empty.kernel == KernelState() and empty.snat == ()
@@ -203,9 +203,11 @@ def test_nft_delta_is_empty_when_contents_match_and_minimal_otherwise() -> None:
     table = worker_table(worker(build_intent([DUAL], dual_sels())))
     same = Contents(elements={s.name: s.elements for s in table.sets}, counters=table.counters)
     assert render_delta(same, table) == ("", 0)
-    one_more = worker_table(worker(build_intent([DUAL], [*dual_sels(), Sel(pod_ip="100.64.1.11")])))
-    text, n = render_delta(same, one_more)
-    assert n == 1 and text.strip() == "add element inet egressgw steer4 { 100.64.1.11 . 0.0.0.0/0 : 0x0e6e013f }"
+    plan = worker(build_intent([DUAL], [*dual_sels(), Sel(pod_ip="100.64.1.11")]))
+    text, n = render_delta(same, worker_table(plan))
+    (endpoint,) = plan.endpoints
+    want = f"add element inet egressgw steer4 {{ 100.64.1.11 . 0.0.0.0/0 : {mark(endpoint.mark)} }}"
+    assert n == 1 and text.strip() == want
 
 
 def test_wireguard_steerings_route_into_the_wireguard_device() -> None:

@@ -224,3 +224,23 @@ def test_collector_exports_policy_and_snat_metrics() -> None:
     # a policy removed from the plan is no longer exported, even while the kernel still has its counter
     known.clear()
     assert "egressgw_policy_packets_total{" not in generate_latest(reg).decode()
+
+
+def test_a_failed_sample_keeps_the_last_figures_and_is_retried_after_the_interval() -> None:
+    now = [0.0]
+    results: list[SnatSample | OSError] = [
+        SnatSample(eips=port_use([flow(EIP_A, "203.0.113.2", 53)], [ip_address(EIP_A)]), entries_read=1,
+                   truncated=False, seconds=0.01),
+        OSError("netlink socket refused"),
+    ]
+
+    def sample(e: tuple[IPAddress, ...]) -> SnatSample:
+        got = results.pop(0)
+        if isinstance(got, OSError):
+            raise got
+        return got
+
+    s = SnatPortSampler(lambda: [ip_address(EIP_A)], sample, interval_s=15, clock=lambda: now[0])
+    first = s.figures()
+    now[0] = 20
+    assert s.figures() is first and results == []  # tried, failed, kept

@@ -12,6 +12,7 @@ from appliance.core.errors import ConfigError
 from appliance.core.intent import Intent
 from appliance.datapath.apply.pod_interfaces import parse_host_links, parse_nsids, peer_addresses
 from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY, NatChain, foreign_nat_chains
+from appliance.datapath.plan.nft_rendering import mark
 from appliance.datapath.plan.worker import (
     SkipReason,
     SourceBinding,
@@ -31,6 +32,7 @@ from appliance.runtime.config import parse_agent_config
 from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent
 
 U4 = ip_address("100.127.0.11")
+MARKS = WorkerSettings().marks
 P1, P2, P3 = "100.64.1.10", "100.64.1.11", "2001:db8:64:1::10"
 
 
@@ -91,7 +93,7 @@ def test_checks_only_touch_steered_packets_after_the_steering_decision() -> None
     steer = next(i for i, line in enumerate(pre) if "map @steer4" in line)
     for name in ("drop_source_unbound", "drop_source_rpf"):
         i = next(i for i, line in enumerate(pre) if name in line)
-        assert i > steer and "meta mark & 0xffff0000 == 0x0e6e0000" in pre[i]
+        assert i > steer and f"meta mark & {mark(MARKS.mark_mask)} == {mark(MARKS.mark_base)}" in pre[i]
 
 
 def test_tunnel_guard_accepts_only_replies_of_steered_flows() -> None:
@@ -101,7 +103,7 @@ def test_tunnel_guard_accepts_only_replies_of_steered_flows() -> None:
     assert t.set("tunnel_devices").elements == {("egw-vx4789", None)}
     assert "iifname @tunnel_devices jump from_tunnel" in t.chains
     guard = t.chains.split("chain from_tunnel {")[1].split("}")[0]
-    assert "ct direction reply ct mark & 0xffff0000 == 0x0e6e0000 return" in guard
+    assert f"ct direction reply ct mark & {mark(MARKS.mark_mask)} == {mark(MARKS.mark_base)} return" in guard
     assert "counter name drop_tunnel_unsolicited drop" in guard
     wg = build_intent([Gw(name="wg", eips=("203.0.113.130",), wireguard=True)], [Sel(pod_ip=P1, gateway="wg")])
     pw = plan_worker(wg, node="worker1", underlay=U4, settings=WorkerSettings(), wireguard_devices={"wg": "wg-egw-1"})

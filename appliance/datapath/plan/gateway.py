@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from appliance.core.intent import GatewayInstance, Intent, Steering
 from appliance.core.model import IPAddress, IPNetwork, PolicyRef, TunnelType
@@ -27,6 +27,7 @@ from appliance.datapath.plan.kernel_model import Encap, KernelState, LocalAddres
 from appliance.datapath.plan.state_sync import StateSyncSettings, SyncGuard, sync_guard
 from appliance.datapath.plan.tunnel import (
     GATEWAY_MAC,
+    GATEWAY_MARKS,
     GATEWAY_NH4,
     WORKER_MAC,
     WORKER_NH4,
@@ -90,7 +91,8 @@ class GatewaySettings:
     uplink_mtu: int = 1500
     #: the member's override of the inner MTU (wins over TunnelSpec.mtu)
     tunnel_mtu: int | None = None
-    marks: MarkSettings = field(default_factory=MarkSettings)
+    #: 16 slot bits (a slot per worker node); the worker's compact default would allow only 254 workers
+    marks: MarkSettings = GATEWAY_MARKS
     #: the reverse-path check of a tunnel packet's outer source (config `tunnel.source_check`); strict by default:
     #: a gateway must not relay for a spoofed worker address from another interface (docs/security.md)
     source_check: TunnelSourceCheck = TunnelSourceCheck.STRICT
@@ -267,7 +269,7 @@ def plan_gateway(
     skipped: list[GatewaySkip] = []
     steerings = [s for s in sorted(intent.steerings, key=steering_key) if s.gateway in vxlan or s.gateway in wg]
     nodes = sorted({s.node for s in steerings if s.gateway in vxlan and workers.get(s.node)})
-    slots = assign_slots(nodes, capacity=MAX_WORKERS)
+    slots = assign_slots(nodes, capacity=min(MAX_WORKERS, marks.capacity))
 
     pairs = sorted({(s.gateway, s.node) for s in steerings if s.gateway in vxlan and s.node in slots})
     vteps = sorted(

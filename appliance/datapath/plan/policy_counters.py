@@ -13,9 +13,9 @@ pod the pod-churn fast path adds - the pod IP alone names the counter. A pod IP 
 the SNAT maps' keys. New connections are counted from a second pair of maps, consulted only for `ct state new`
 packets.
 
-Why hash maps first: a 10k-element interval map (pipapo) costs ~23 us per element to load and is rebuilt on each
-transaction; two more of them made the full gateway apply 50 % slower and doubled the one-pod fast path, hash maps
-of the same size cost a fraction of that (docs/datapath.md, "Metrics").
+Why hash maps first: two more 10k-element interval maps (pipapo) made the full gateway apply 50 % slower and
+doubled the one-pod fast path; hash maps of the same size cost a fraction of that (figures: docs/datapath.md,
+"Metrics").
 
 Why bounded: the *counters* (and so the metric label sets) are one pair per (policy, EIP, family) that has a steered
 pod on this member - at most policies x EIPs x 2 - however many pods the policies select; the per-pod part lives only

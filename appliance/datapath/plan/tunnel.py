@@ -42,34 +42,78 @@ WORKER_NH6 = IPv6Address("fe80::e6e:2")
 #: outer header sizes: IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14; IPv6 outer adds 20 more
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 
-#: default mark range: value base|slot under mask; the slot 0xffff means "drop (no gateway, fail closed)"
-MARK_BASE = 0x0E6E0000
-MARK_MASK = 0xFFFF0000
-DROP_SLOT = 0xFFFF
+#: The worker's default mark layout (docs/operations.md, "CNI compatibility"): a mark is `base | slot`; "ours" is
+#: `mark & mask == base`; the slot sits in the low bits `slot_mask`, its all-ones value meaning "drop (no gateway,
+#: fail closed)". Every bit we set or test lies outside the bits CNIs and kube-proxy rewrite or match: Calico's
+#: default mask 0xffff0000 (its FORWARD and mangle chains set and clear bits there), kube-proxy's 0x4000
+#: (masquerade) and 0x8000 (drop), Cilium's 0x0f00 (magic marks; 0x200/0xf00 is NOTRACK). Free for every one of
+#: them: 0x30ff. So: identity 0x2000 under 0x3000, slots 1..254 in 0xff.
+MARK_BASE = 0x00002000
+MARK_MASK = 0x00003000
+SLOT_MASK = 0x000000FF
+#: the gateway's default layout: one slot per worker node needs 16 bits (up to 65534 workers), so the gateway keeps
+#: identity 0x0e6e under 0xffff0000; a gateway that is also a Calico node sets `marks` (docs/operations.md)
+GATEWAY_MARK_BASE = 0x0E6E0000
+GATEWAY_MARK_MASK = 0xFFFF0000
+GATEWAY_SLOT_MASK = 0x0000FFFF
 #: default ip rule priority range [base, base+999] and route table range [base, base+capacity]
 RULE_PRIORITY_BASE = 3000
 TABLE_BASE = 0x0E6E0000
+_U32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarkSettings:
     """The slice of the packet mark, the rule priorities and the route tables we own.
 
-    Why configurable: CNIs use marks too (Calico's default mask is 0xffff0000, Cilium uses 0x0f00); pick a range
-    nobody else on the node uses. Our rules sit in [rule_priority_base, rule_priority_base + 999].
+    Why configurable: CNIs, kube-proxy, service meshes and VPN clients use marks too; the default works with the
+    ones the lab's CNI matrix tests (lab/cni.py), another node may need another free range. Our rules sit in
+    [rule_priority_base, rule_priority_base + 999]. Invalid values raise ValueError naming the field.
     """
 
     mark_base: int = MARK_BASE
     mark_mask: int = MARK_MASK
+    slot_mask: int = SLOT_MASK
     rule_priority_base: int = RULE_PRIORITY_BASE
     table_base: int = TABLE_BASE
+
+    def __post_init__(self) -> None:
+        for name in ("mark_base", "mark_mask", "slot_mask"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= _U32:
+                raise ValueError(f"{name}: must be a 32-bit unsigned integer, got {value!r}")
+        if self.mark_mask == 0 or self.mark_base == 0:
+            raise ValueError("mark_base: must be non-zero under a non-zero mark_mask (an unmarked packet would look "
+                             "like ours)")
+        if self.mark_base & ~self.mark_mask & _U32:
+            raise ValueError(f"mark_base: {self.mark_base:#x} has bits outside mark_mask {self.mark_mask:#x}")
+        if self.slot_mask < 3 or self.slot_mask & (self.slot_mask + 1):
+            raise ValueError(f"slot_mask: must be low contiguous bits (0x3, 0x7 ... 0xffff), got {self.slot_mask:#x}")
+        if self.slot_mask > GATEWAY_SLOT_MASK:
+            raise ValueError(f"slot_mask: at most 16 bits ({GATEWAY_SLOT_MASK:#x}), got {self.slot_mask:#x}")
+        if self.slot_mask & self.mark_mask:
+            raise ValueError(f"slot_mask: {self.slot_mask:#x} overlaps mark_mask {self.mark_mask:#x}")
 
     def mark(self, slot: int) -> int:
         return self.mark_base | slot
 
     @property
     def drop_mark(self) -> int:
-        return self.mark_base | DROP_SLOT
+        return self.mark_base | self.slot_mask
+
+    @property
+    def capacity(self) -> int:
+        """How many slots there are (1..capacity; the all-ones slot is the drop slot)."""
+        return self.slot_mask - 1
+
+    @property
+    def owned_mask(self) -> int:
+        """Every bit of the mark we set: identity and slot. Bits outside it belong to others and are ignored."""
+        return self.mark_mask | self.slot_mask
+
+
+#: the gateway's defaults (see GATEWAY_MARK_BASE)
+GATEWAY_MARKS = MarkSettings(mark_base=GATEWAY_MARK_BASE, mark_mask=GATEWAY_MARK_MASK, slot_mask=GATEWAY_SLOT_MASK)
 
 
 #: VNIs are 24 bits; 0 is never derived (some stacks treat it as "no VNI")

@@ -258,7 +258,7 @@ def plan_worker(
             chosen.append((s, (endpoint, worker_vni(instance, node), tunnel.udp_port, "")))
 
     endpoint_keys = {ep for _, ep in chosen if ep is not None}
-    slots = _slots(endpoint_keys)
+    slots = _slots(endpoint_keys, capacity=min(MAX_ENDPOINTS, marks.capacity))
     endpoints: list[Endpoint] = []
     for key in sorted(endpoint_keys, key=lambda k: slots[k]):
         address, vni, port, device = key
@@ -354,9 +354,9 @@ def check_sources(
     return SourceCheck(bridged=tuple(bridged), unbound=tuple(unbound), skipped=tuple(skipped))
 
 
-def _slots(keys: set[EndpointKey]) -> dict[EndpointKey, int]:
+def _slots(keys: set[EndpointKey], *, capacity: int) -> dict[EndpointKey, int]:
     names = {f"{a}|{v}|{p}" + (f"|{d}" if d else ""): (a, v, p, d) for a, v, p, d in keys}
-    by_name = assign_slots(names, capacity=MAX_ENDPOINTS)
+    by_name = assign_slots(names, capacity=capacity)
     return {names[n]: slot for n, slot in by_name.items()}
 
 
@@ -403,7 +403,8 @@ def _kernel(
             routes.add(Route(table=e.table, dst=ip_network("0.0.0.0/0"), dev=dev, via=GATEWAY_NH4, encap=encap))
             routes.add(Route(table=e.table, dst=ip_network("::/0"), dev=dev, via=GATEWAY_NH6, encap=encap))
         for family in (4, 6):
-            rules.add(Rule(family=family, priority=e.priority, fwmark=e.mark, mask=0xFFFFFFFF, table=e.table))
+            # only our bits: a CNI may set its own bits on the packet after our mark (same hook, later chain)
+            rules.add(Rule(family=family, priority=e.priority, fwmark=e.mark, mask=marks.owned_mask, table=e.table))
     sysctls = frozenset(Sysctl(key=k, value=v) for link in links for k, v in tunnel_sysctls(link.name))
     return KernelState(
         links=links, neighbours=neighbours, routes=frozenset(routes), rules=frozenset(rules), sysctls=sysctls

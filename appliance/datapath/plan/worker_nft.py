@@ -23,7 +23,7 @@ BRIDGE_FAMILY = "bridge"
 
 def worker_table(plan: WorkerPlan) -> NftTable:
     m = plan.marks
-    base, mask = mark(m.mark_base), mark(m.mark_mask)
+    base, mask, owned = mark(m.mark_base), mark(m.mark_mask), mark(m.owned_mask)
     c4, c6 = split_families(plan.cluster_cidrs)
     gateways = sorted({*plan.tunnel_guard, *(e.address for e in plan.endpoints)}, key=lambda a: (a.version, int(a)))
     steer4 = frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", mark(e.mark)) for e in plan.steer
@@ -80,9 +80,9 @@ def worker_table(plan: WorkerPlan) -> NftTable:
 \t\tip6 daddr @gateways6 udp dport @tunnel_ports counter name drop_pod_tunnel drop
 \t\tct direction original ct mark & {mask} == {base} meta mark & {mask} != {base} counter name drop_unsteered_flow drop
 \t\tmeta mark & {mask} != {base} return
-\t\tct mark set meta mark
+\t\tct mark set meta mark & {owned}
 \t\ttcp flags syn tcp option maxseg size set rt mtu
-\t\tcounter name meta mark map @endpoint_counters
+\t\tcounter name meta mark & {owned} map @endpoint_counters
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority {WORKER_SNAT_PRIORITY}; policy accept;

@@ -63,8 +63,8 @@ def apply(bed: Testbed, snap: Snapshot) -> None:
         assert DataPathApplier(bed.ns(g)).apply(plan).failures == ()
     for w, name in NODE.items():
         # the agent's default tunnel source on a dual-stack node: its IPv4 address
-        plan = plan_worker(intent, node=name, underlay=ip_address(WORKER_ADDR[w][0]), settings=WorkerSettings())
-        assert DataPathApplier(bed.ns(w)).apply(plan).failures == ()
+        wplan = plan_worker(intent, node=name, underlay=ip_address(WORKER_ADDR[w][0]), settings=WorkerSettings())
+        assert DataPathApplier(bed.ns(w)).apply(wplan).failures == ()
 
 
 def dropped_v4_vxlan(bed: Testbed) -> int:

@@ -27,7 +27,6 @@ from appliance.datapath.apply.snat_ports import SampleLimits, SnatPortSampler, s
 from appliance.datapath.plan.gateway import GatewaySettings
 from appliance.datapath.plan.policy_counters import PolicyLabels, split_readings
 from appliance.datapath.plan.snat_ports import SnatSample
-from appliance.datapath.plan.tunnel import MarkSettings
 from appliance.datapath.plan.worker import WorkerSettings
 from lab.testbeds.datapath import EXT_V4, EXT_V6, GATEWAY_ADDR, PODS, WORKER_ADDR, Testbed
 from lab.testbeds.datapath_scenarios import Gw, Sel, build_intent
@@ -38,7 +37,7 @@ EIP_A, EIP_B, EIP6 = "203.0.113.130", "203.0.113.131", "2001:db8:e1::2"
 WORKERS = {"worker1": tuple(ip_address(a) for a in WORKER_ADDR["w1"]),
            "worker2": tuple(ip_address(a) for a in WORKER_ADDR["w2"])}
 GW = Gw(eips=(EIP_A, EIP_B, EIP6), members=("gw1",), member_addresses={"gw1": GATEWAY_ADDR["g1"][0]})
-MARKS = MarkSettings()
+MARKS = GatewaySettings().marks  # the marks the gateway's flows carry (what the sampler filters on)
 FLOWS = 24
 
 #: N UDP flows from one pod to one server: N sockets, one datagram each, every echo awaited; prints the answers

@@ -183,15 +183,22 @@ def test_the_bootstrap_stores_the_certificates_and_the_ca_in_the_configuration(c
 
 
 def test_the_shipped_manifests_are_accepted_by_the_api_server(cluster: Cluster) -> None:
-    done = cluster.kubectl("apply", "--dry-run=server", "-f", str(ROOT / "deploy" / "webhook"))
+    files = sorted((ROOT / "deploy" / "webhook").glob("*.yaml"))
+    assert MANIFEST in files
+    others = [a for f in files if f != MANIFEST for a in ("-f", str(f))]
+    done = cluster.kubectl("apply", "--dry-run=server", *others)
     assert done.returncode == 0, done.stderr
     assert sorted(line.split()[0] for line in done.stdout.splitlines()) == sorted([
         "clusterrole.rbac.authorization.k8s.io/egressgw-webhook",
         "clusterrolebinding.rbac.authorization.k8s.io/egressgw-webhook",
         "deployment.apps/egressgw-webhook", "role.rbac.authorization.k8s.io/egressgw-webhook",
         "rolebinding.rbac.authorization.k8s.io/egressgw-webhook", "service/egressgw-webhook",
-        "serviceaccount/egressgw-webhook",
-        "validatingwebhookconfiguration.admissionregistration.k8s.io/egressgw-webhook"])
+        "serviceaccount/egressgw-webhook"])
+    # the configuration as shipped (service clientConfig), under another name: the test's own points at a url
+    config = yaml.safe_load(MANIFEST.read_text())
+    config["metadata"]["name"] = "egressgw-webhook-shipped"
+    done = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(config))
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_webhook_has_no_more_rights_than_it_needs(cluster: Cluster) -> None:
