@@ -36,6 +36,7 @@ from appliance.datapath.apply.netlink import ApplyResult, CommandError
 from appliance.datapath.apply.pod_interfaces import PodInterfaceDiscovery
 from appliance.datapath.apply.worker_guards import BridgeBindingApplier, foreign_nat_chains
 from appliance.datapath.plan.nat_order import NatChain
+from appliance.datapath.plan.policy_drops import DropLabels
 from appliance.datapath.plan.worker import (
     SOURCE_SKIPS,
     SourceBinding,
@@ -174,6 +175,10 @@ class RealWorkerDataPath:
 
     def counters(self) -> Mapping[str, tuple[int, int]]:
         return {**self.applier.counters(), **self.bridge.counters()}
+
+    def policy_drop_counters(self) -> Mapping[str, DropLabels]:
+        """Per-policy drop counter name -> labels, of the last full plan (pod churn reuses its counters)."""
+        return self.incremental.policy_drops
 
 
 def nat_chain_notes(chains: tuple[NatChain, ...]) -> frozenset[SkipNote]:

@@ -43,7 +43,7 @@ def register_datapath_metrics(datapath: object, registry: CollectorRegistry, *, 
     if counters is None:
         return False
     register(registry, counters, role=role, policies=getattr(datapath, "policy_counters", None),
-             snat=getattr(datapath, "snat_ports", None))
+             policy_drops=getattr(datapath, "policy_drop_counters", None), snat=getattr(datapath, "snat_ports", None))
     return True
 
 

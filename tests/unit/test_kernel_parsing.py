@@ -43,11 +43,18 @@ FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
 
 def fixture_plans() -> dict[str, WorkerPlan | GatewayPlan]:
     """The plans the fixtures were captured from, by namespace (`capture.py` applies exactly these)."""
+    # gw-b has no alive member (fail closed): worker1's pods of it fill the per-policy drop maps (by pod IP, and by
+    # pod IP . destination for the pod in two of its policies)
+    dead = Gw(name="gw-b", members=("gw3",), alive=(), eips=("203.0.113.140", "203.0.113.141"))
     intent = build_intent(
-        [Gw(eips=("203.0.113.130", "2001:db8:e1::2"))],
+        [Gw(eips=("203.0.113.130", "2001:db8:e1::2")), dead],
         [Sel(pod_ip="100.64.1.10", node="worker1", partner="2001:db8:e1::2"),
          Sel(pod_ip="2001:db8:64:1::10", node="worker1", eip="2001:db8:e1::2", partner="203.0.113.130"),
-         Sel(pod_ip="100.64.2.10", node="worker2")],
+         Sel(pod_ip="100.64.2.10", node="worker2"),
+         Sel(pod_ip="100.64.1.11", gateway="gw-b", policy="p2", eip="203.0.113.140"),
+         Sel(pod_ip="100.64.1.12", gateway="gw-b", policy="p2", eip="203.0.113.140", destinations=("203.0.113.0/28",)),
+         Sel(pod_ip="100.64.1.12", gateway="gw-b", policy="p3", eip="203.0.113.141",
+             destinations=("203.0.113.32/28",))],
     )
     return {
         "egt-kp-w": plan_worker(intent, node="worker1", underlay=ip_address("100.127.0.11"), settings=WorkerSettings()),

@@ -16,12 +16,15 @@ from appliance.datapath.plan.gateway_nft import gateway_table
 from appliance.datapath.plan.state_sync import (
     RESERVED_PORTS,
     ChannelPaths,
+    ChannelStats,
+    ResyncProgress,
     StateSyncSettings,
     SyncSkipReason,
     assign_slots,
     parse_stats,
     plan_state_sync,
     render_conntrackd_conf,
+    step_resync,
     sync_guard,
     sync_pairs,
 )
@@ -228,3 +231,51 @@ def test_channel_ports_avoid_bfd_vxlan_and_tunnel_ports() -> None:
     tunnel = StateSyncSettings(port=4780, port_span=16)  # the instance's VXLAN port 4789 (and 4790) inside
     ports = {c.port for n in GW for c in plan_state_sync(it, member=n, settings=tunnel).channels}
     assert ports and not ports & {4784, 4789, 4790}
+
+
+def _run_resync(readings: list[tuple[int, int]], interval: float = 1.0) -> tuple[int | None, ResyncProgress]:
+    """Feed `(packets received, entries received)` readings taken every `interval` after a resync request; the index
+    of the reading that finished it (None: never) and the last progress."""
+    progress, old = ResyncProgress(), ChannelStats()
+    for i, (packets, entries) in enumerate(readings):
+        new = ChannelStats(packets_received=packets, received=entries)
+        progress = step_resync(progress, old=old, new=new, at=(i + 1) * interval, interval_s=interval)
+        if progress.done:
+            return i, progress
+        old = new
+    return None, progress
+
+
+def test_resync_finishes_while_the_peer_streams_live_updates() -> None:
+    # the bench's case: the peer answers with its cache (40 entries), then keeps sending a few live updates every
+    # interval (fresh flows it SNATs). The counter never holds still, yet the resync is done one interval after the
+    # answer arrived
+    readings = [(10, 40), (14, 44), (19, 47), (25, 52), (30, 56), (36, 61)]
+    done_at, _ = _run_resync(readings)
+    assert done_at == 1
+
+
+def test_resync_waits_for_the_burst_to_end() -> None:
+    # a big cache arriving over three intervals at a rising rate: not done before the rate drops
+    readings = [(100, 2000), (300, 6000), (600, 12000), (605, 12003)]
+    done_at, _ = _run_resync(readings)
+    assert done_at == 3
+
+
+def test_resync_never_done_without_the_peer() -> None:
+    # a silent peer (gone, or its channel not configured yet): only the timeout ends the wait
+    done_at, progress = _run_resync([(0, 0)] * 10)
+    assert done_at is None and progress.heard_at is None
+
+
+def test_resync_needs_the_peer_heard_over_a_whole_interval() -> None:
+    # heard once, then silent (the peer went away mid-answer): not done
+    done_at, _ = _run_resync([(5, 3), (5, 3), (5, 3)])
+    assert done_at is None
+    # a reading taken less than one interval after the first heard one does not count
+    first = step_resync(ResyncProgress(), old=ChannelStats(), new=ChannelStats(packets_received=2, received=1), at=1.0,
+                        interval_s=1.0)
+    early = step_resync(first, old=ChannelStats(packets_received=2, received=1),
+                        new=ChannelStats(packets_received=3, received=1), at=1.5, interval_s=1.0)
+    assert first.heard_at == 1.0 and not early.done
+

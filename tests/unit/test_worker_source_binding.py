@@ -91,7 +91,7 @@ def test_checks_only_touch_steered_packets_after_the_steering_decision() -> None
     chains = worker_table(plan()).chains
     pre = chains.split("chain prerouting")[1].split("}")[0].splitlines()
     steer = next(i for i, line in enumerate(pre) if "map @steer4" in line)
-    for name in ("drop_source_unbound", "drop_source_rpf"):
+    for name in ("jump source_unbound", "drop_source_rpf"):  # source_unbound: counted per policy, then dropped
         i = next(i for i, line in enumerate(pre) if name in line)
         assert i > steer and f"meta mark & {mark(MARKS.mark_mask)} == {mark(MARKS.mark_base)}" in pre[i]
 

@@ -37,6 +37,7 @@ from appliance.datapath.plan.policy_counters import (
     labels_for,
     packets_counter,
 )
+from appliance.datapath.plan.policy_drops import DropLabels, PolicyDropReason, drop_counter, drop_labels
 from appliance.datapath.plan.tunnel import WORKER_NH4, WORKER_NH6, link_name, pick_family, worker_vni
 from appliance.datapath.plan.worker import SourceBinding, WorkerPlan, WorkerSettings, plan_worker
 
@@ -110,6 +111,8 @@ class IncrementalWorker:
         self.intent: Intent | None = None
         self.plan: WorkerPlan | None = None
         self.wireguard: dict[str, str] = {}
+        #: the per-policy drop counters of the last full plan: counter name -> labels (a delta never creates one)
+        self.policy_drops: dict[str, DropLabels] = {}
 
     def converge(self, intent: Intent, *, full: bool = True,
                  wireguard_devices: Mapping[str, str] | None = None,
@@ -126,6 +129,7 @@ class IncrementalWorker:
                            wireguard_devices=wg, source_bindings=source_bindings)
         result = self.applier.apply(plan, observe=full)
         self.intent, self.plan, self.wireguard = (intent, plan, wg) if not result.failures else (None, None, {})
+        self.policy_drops = drop_labels(plan)
         return result
 
     def _delta(self, old: Intent, new: Intent, plan: WorkerPlan) -> ApplyResult:
@@ -138,6 +142,7 @@ class IncrementalWorker:
             return ApplyResult()
         old_counts, new_counts = _pod_counts(old, removed), _pod_counts(new, added)
         by_key = {(e.address, e.vni, e.port): e.mark for e in plan.endpoints if not e.device}
+        unbound = {(a.version, int(a)) for a in plan.unbound}
         if removed:
             node = self.node
             for r in removed:
@@ -153,6 +158,10 @@ class IncrementalWorker:
                 m = self._mark(new, s, by_key)
                 if m is None:
                     continue
+                if (s.pod_ip.version, int(s.pod_ip)) in unbound:
+                    raise NotIncremental  # its steered keys feed the per-policy source_unbound counters
+                if m == self.settings.marks.drop_mark:
+                    self._drop_element(elements, op, s)
                 fam = "steer4" if s.pod_ip.version == 4 else "steer6"
                 for dest in s.destinations:
                     if dest.version == s.pod_ip.version:
@@ -161,6 +170,16 @@ class IncrementalWorker:
         result = _apply(self.applier, [], elements)
         self.intent = new if not result.failures else None
         return result
+
+    def _drop_element(self, elements: _Elements, op: Op, s: Steering) -> None:
+        """The pod IP's element in the per-policy drop map (its only steering: keyed by the pod IP alone)."""
+        labels = DropLabels(labels=labels_for(s.policy, s.eip, s.pod_ip.version), reason=PolicyDropReason.NO_GATEWAY)
+        name = drop_counter(labels)
+        if name not in self.policy_drops:
+            raise NotIncremental  # the first dropped pod of a (policy, EIP, family) here: its counter is new
+        if any(d.version == s.pod_ip.version for d in s.destinations):
+            key = addr(s.pod_ip)
+            elements.put(op, f"pdpod{s.pod_ip.version}", key if op is Op.DELETE else f'{key} : "{name}"')
 
     def _mark(self, intent: Intent, s: Steering, by_key: Mapping[tuple[IPAddress, int, int], int]) -> int | None:
         instance = intent.instance(s.gateway)

@@ -13,9 +13,10 @@ egressgw_datapath_spoofed_packets_total{worker} (gateway: `spoofed_<node>` count
 `eip="nodeip"` counts useNodeIP traffic (masqueraded to the member's uplink address).
 
 Per policy (gateway; `appliance.datapath.plan.policy_counters`): egressgw_policy_packets_total,
-egressgw_policy_bytes_total, egressgw_policy_connections_total {namespace,policy,eip,family}, and
-egressgw_policy_dropped_packets_total {namespace,policy,eip,family,reason} (no gateway drop reason can be tied to a
-policy, see docs/operations.md: the family is exported empty). Only counters of the current plan are exported.
+egressgw_policy_bytes_total, egressgw_policy_connections_total {namespace,policy,eip,family}; (worker agent;
+`appliance.datapath.plan.policy_drops`) egressgw_policy_dropped_packets_total {namespace,policy,eip,family,reason},
+reasons `no_gateway` and `source_unbound` (no gateway drop reason can be tied to a policy, see docs/operations.md:
+the gateway exports the family empty). Only counters of the current plan are exported.
 
 SNAT ports per EIP (gateway; `appliance.datapath.apply.snat_ports`, sampled at most every interval at scrape time):
 egressgw_snat_port_range, egressgw_snat_ports_in_use, egressgw_snat_ports_in_use_max, egressgw_snat_port_use_ratio_max
@@ -32,9 +33,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.datapath.apply.snat_ports import SnatPortSampler
 from appliance.datapath.plan.policy_counters import PolicyLabels, split_readings
+from appliance.datapath.plan.policy_drops import DropLabels, drop_readings
 
 Readings = Mapping[str, tuple[int, int]]
 PolicyCounters = Callable[[], Mapping[str, PolicyLabels]]
+PolicyDrops = Callable[[], Mapping[str, DropLabels]]
 POLICY_LABELS = ["namespace", "policy", "eip", "family"]
 
 
@@ -72,10 +75,11 @@ class DatapathCollector:
     """A prometheus_client collector; `read` returns the raw nft counters (DataPathApplier.counters)."""
 
     def __init__(self, read: Callable[[], Readings], *, role: str, policies: PolicyCounters | None = None,
-                 snat: SnatPortSampler | None = None) -> None:
+                 policy_drops: PolicyDrops | None = None, snat: SnatPortSampler | None = None) -> None:
         self._read = read
         self._role = role
         self._policies = policies
+        self._policy_drops = policy_drops
         self._snat = snat
         self._totals = MonotonicCounters()
         self._last_read: Readings = {}
@@ -119,14 +123,22 @@ class DatapathCollector:
         yield from (eip_p, eip_b, conns, ep_p, ep_b, drops)
         if self._role == "gateway":
             yield spoofed
-        if self._policies is not None:
+        if self._policies is not None or self._policy_drops is not None:
             yield from self._policy_metrics(totals)
         if self._snat is not None:
             yield from self._snat_metrics(self._snat)
 
     def _policy_metrics(self, totals: Readings) -> Iterator[CounterMetricFamily]:
-        assert self._policies is not None
+        """The traffic families when `policies` is set (gateway), the drops family in either case."""
         current = {n: v for n, v in totals.items() if n in self._last_read}  # bounded: counters that exist now
+        drops = CounterMetricFamily("egressgw_policy_dropped_packets", "Packets of a policy's selected pods dropped, "
+                                    "by reason", labels=[*POLICY_LABELS, "reason"])
+        if self._policy_drops is not None:
+            for labels_, packets in sorted(drop_readings(current, self._policy_drops()).items()):
+                drops.add_metric(labels_.values(), packets)
+        if self._policies is None:
+            yield drops
+            return
         traffic, conns = split_readings(current, self._policies())
         pkts = CounterMetricFamily("egressgw_policy_packets", "Packets of the flows a policy steers through this "
                                    "member (both directions), per EIP and family", labels=POLICY_LABELS)
@@ -134,8 +146,6 @@ class DatapathCollector:
                                      "(both directions)", labels=POLICY_LABELS)
         new = CounterMetricFamily("egressgw_policy_connections", "New connections a policy opened through this "
                                   "member", labels=POLICY_LABELS)
-        drops = CounterMetricFamily("egressgw_policy_dropped_packets", "Packets of a policy's selected pods dropped, "
-                                    "by reason", labels=[*POLICY_LABELS, "reason"])
         for labels, (p, b) in sorted(traffic.items()):
             pkts.add_metric(labels.values(), p)
             octets.add_metric(labels.values(), b)
@@ -168,9 +178,10 @@ class DatapathCollector:
 
 
 def register(registry: Any, read: Callable[[], Readings], *, role: str, policies: PolicyCounters | None = None,
-             snat: SnatPortSampler | None = None) -> DatapathCollector:
+             policy_drops: PolicyDrops | None = None, snat: SnatPortSampler | None = None) -> DatapathCollector:
     """Register the data-path collector on a prometheus_client CollectorRegistry (`policies`: the current per-policy
-    counters' labels; `snat`: the SNAT port sampler - gateway only)."""
-    collector = DatapathCollector(read, role=role, policies=policies, snat=snat)
+    counters' labels - gateway; `policy_drops`: the per-policy drop counters' labels - worker; `snat`: the SNAT port
+    sampler - gateway only)."""
+    collector = DatapathCollector(read, role=role, policies=policies, policy_drops=policy_drops, snat=snat)
     registry.register(collector)
     return collector

@@ -8,9 +8,11 @@ its peer (`conntrackd -n`), re-sends its own entries every `refresh_interval_s` 
 entry expires with the timeout it was sent with), reads the statistics (`conntrackd -s`) and follows each peer's
 liveness: the daemon's received-packet counter moving (FTFW sends keep-alives when idle) means the peer is there.
 
-A resync counts as done when, after the request, the peer was heard from and the received-entry counter held still
-for one statistics interval, or when `resync_timeout_s` passed (a peer that is gone must not hold anyone up). Each
-daemon is handled on its own: a peer that disappears only marks its own channel down.
+A resync counts as done when, after the request, the peer was heard from over a whole statistics interval and the
+entries received per interval stopped growing (`plan.state_sync.step_resync`: the peer's live updates never stop
+under traffic, so "the counter held still" is never reached), or when `resync_timeout_s` passed (a peer that is
+gone must not hold anyone up). Each daemon is handled on its own: a peer that disappears only marks its own channel
+down.
 
 Every daemon runs in the foreground (`conntrackd -C conf`), in its own session, with the parent-death signal, its
 output appended to its log; its files live in `<state_dir>/state-sync/`, named by the channel's port (unique among
@@ -34,11 +36,13 @@ from appliance.core.events import EventLogger, error_text
 from appliance.datapath.plan.state_sync import (
     ChannelPaths,
     ChannelStats,
+    ResyncProgress,
     StateSyncPlan,
     StateSyncSettings,
     SyncChannel,
     parse_stats,
     render_conntrackd_conf,
+    step_resync,
 )
 from appliance.host.supervision import ChildEvents, Supervisor, Tick, kill_stale, spawn_child, stop_group
 
@@ -120,7 +124,9 @@ class _Channel:
     up: bool = False
     resync: str = ResyncState.PENDING
     resync_requested_at: float = 0.0
-    resync_heard: bool = False
+    resync_progress: ResyncProgress = field(default_factory=ResyncProgress)
+    #: a statistics reading after the resync request heard nothing from the peer (asked again once it speaks)
+    resync_peer_silent: bool = False
     resync_seconds: float | None = None
     refreshed_at: float = 0.0
     problem: str = ""
@@ -203,22 +209,31 @@ class StateSyncDaemons:
         if tick is Tick.SPAWNED:
             ch.problem = ""
             ch.stats, ch.stats_at, ch.heard_at = ChannelStats(), None, None
-            ch.resync, ch.resync_heard = ResyncState.PENDING, False
+            ch.resync, ch.resync_progress, ch.resync_peer_silent = ResyncState.PENDING, ResyncProgress(), False
         elif tick is Tick.SPAWN_FAILED:
             ch.problem = "conntrackd did not start (see its log)"
         if not ch.supervisor.running():
             self._set_up(ch, False)
             return
-        if ch.resync == ResyncState.PENDING:
+        # still waiting for the first word from the peer since the request (before this reading)
+        waiting = ch.resync == ResyncState.RUNNING and ch.resync_progress.heard_at is None
+        read = ch.stats_at is None or now - ch.stats_at >= self.settings.stats_interval_s
+        if read:
+            self._read_stats(ch, now)
+        heard_now = read and ch.heard_at == now
+        self._set_up(ch, ch.heard_at is not None and now - ch.heard_at < self.settings.peer_timeout_s)
+        if waiting and read and not heard_now and now > ch.resync_requested_at:
+            ch.resync_peer_silent = True  # a whole reading after the request without a word from the peer
+        # ask for the resync; ask again when a peer that stayed silent after the request starts to speak: its daemon
+        # was not there yet (a peer adds our channel only once it sees us in the cluster state), so it never got it
+        if ch.resync == ResyncState.PENDING or (waiting and ch.resync_peer_silent and heard_now):
             self._call(ch, "-n")
             ch.resync, ch.resync_requested_at, ch.refreshed_at = ResyncState.RUNNING, now, now
+            ch.resync_progress, ch.resync_peer_silent = ResyncProgress(), False
         refresh = self.settings.refresh_interval_s
         if refresh > 0 and now - ch.refreshed_at >= refresh:
             self._call(ch, "-B")  # keep the peer's copies of our steady flows from expiring
             ch.refreshed_at = now
-        if ch.stats_at is None or now - ch.stats_at >= self.settings.stats_interval_s:
-            self._read_stats(ch, now)
-        self._set_up(ch, ch.heard_at is not None and now - ch.heard_at < self.settings.peer_timeout_s)
         if ch.resync == ResyncState.RUNNING and now - ch.resync_requested_at >= self.settings.resync_timeout_s:
             ch.resync = ResyncState.TIMED_OUT
             self.log.warning("state_sync.resync_timed_out", peer=ch.channel.peer,
@@ -232,15 +247,16 @@ class StateSyncDaemons:
         old, ch.stats, ch.stats_at = ch.stats, new, now
         if new.packets_received > old.packets_received:
             ch.heard_at = now
-        if ch.resync != ResyncState.RUNNING or ch.heard_at is None or ch.heard_at <= ch.resync_requested_at:
+        if ch.resync != ResyncState.RUNNING or now <= ch.resync_requested_at:
             return
-        # heard from the peer since the request: done once the received entries held still for one interval
-        if ch.resync_heard and new.received == old.received:
+        # the peer's answer is in once it was heard over a whole interval and its burst is over (`step_resync`)
+        ch.resync_progress = step_resync(ch.resync_progress, old=old, new=new, at=now,
+                                         interval_s=self.settings.stats_interval_s)
+        if ch.resync_progress.done:
             ch.resync = ResyncState.DONE
             ch.resync_seconds = self.last_resync_seconds = now - ch.resync_requested_at
             self.log.info("state_sync.resync_done", peer=ch.channel.peer, seconds=round(ch.resync_seconds, 3),
                           entries=new.received)
-        ch.resync_heard = True
 
     def _set_up(self, ch: _Channel, up: bool) -> None:
         if up == ch.up:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 
 from appliance.core.intent import GatewayInstance, Intent, Steering
-from appliance.core.model import IPAddress, IPNetwork, NoGatewayAction, TunnelType
+from appliance.core.model import IPAddress, IPNetwork, NoGatewayAction, PolicyRef, TunnelType
 from appliance.datapath.plan.kernel_model import MAIN_TABLE, Encap, KernelState, Neighbour, Route, Rule, Sysctl
 from appliance.datapath.plan.tunnel import (
     GATEWAY_MAC,
@@ -157,6 +157,9 @@ class SteerEntry:
     pod_ip: IPAddress
     destination: IPNetwork
     mark: int
+    #: the steering's policy and EIP (None: useNodeIP), for the per-policy drop counters (`plan.policy_drops`)
+    policy: PolicyRef | None = None
+    eip: IPAddress | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,7 +275,7 @@ def plan_worker(
         )
     by_key = {(e.address, e.vni, e.port, e.device): e for e in endpoints}
 
-    steer: list[tuple[IPAddress, IPNetwork, int]] = []
+    steer: list[tuple[IPAddress, IPNetwork, int, Steering]] = []
     accepted: dict[tuple[int, int], list[IPNetwork]] = {}
     for s, ep in chosen:
         mark = marks.drop_mark if ep is None else by_key[ep].mark
@@ -281,12 +284,12 @@ def plan_worker(
             if dest.version != pod[0]:
                 continue
             if add_disjoint(accepted, pod, dest):
-                steer.append((s.pod_ip, dest, mark))
+                steer.append((s.pod_ip, dest, mark, s))
             else:
                 skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.OVERLAPPING_DESTINATION))
     entries = tuple(
         sorted(
-            (SteerEntry(pod_ip=p, destination=d, mark=m) for p, d, m in steer),
+            (SteerEntry(pod_ip=p, destination=d, mark=m, policy=st.policy, eip=st.eip) for p, d, m, st in steer),
             key=lambda e: (e.pod_ip.version, int(e.pod_ip), net_key(e.destination)),
         )
     )

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY
 from appliance.datapath.plan.nft_rendering import TABLE, Element, NftSet, NftTable, addr, mark, net, split_families
+from appliance.datapath.plan.policy_drops import index as policy_drop_index
 from appliance.datapath.plan.worker import SourceBinding, SourceValidation, WorkerPlan
 
 #: drop counters by reason (metric label `reason` = the name without `drop_`), in `inet egressgw`
@@ -30,7 +31,7 @@ def worker_table(plan: WorkerPlan) -> NftTable:
                        if e.pod_ip.version == 4)
     steer6 = frozenset((f"{addr(e.pod_ip)} . {net(e.destination)}", mark(e.mark)) for e in plan.steer
                        if e.pod_ip.version == 6)
-    sets = (
+    sets: tuple[NftSet, ...] = (
         NftSet(name="cluster4", key_type="ipv4_addr", interval=True, elements=frozenset((net(n), None) for n in c4)),
         NftSet(name="cluster6", key_type="ipv6_addr", interval=True, elements=frozenset((net(n), None) for n in c6)),
         NftSet(name="steer4", key_type="ipv4_addr . ipv4_addr", data_type="mark", interval=True, elements=steer4),
@@ -49,17 +50,35 @@ def worker_table(plan: WorkerPlan) -> NftTable:
         NftSet(name="unbound6", key_type="ipv6_addr",
                elements=frozenset((addr(a), None) for a in plan.unbound if a.version == 6)),
     )
+    # per-policy drop counters (`policy_drops`): consulted only by packets already being dropped
+    drops = policy_drop_index(plan)
+    sets += tuple(
+        s
+        for v, key in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+        for s in (
+            NftSet(name=f"pdpod{v}", key_type=key, data_type="counter", elements=drops.maps[v].pods),
+            NftSet(name=f"pddst{v}", key_type=f"{key} . {key}", data_type="counter", interval=True,
+                   elements=drops.maps[v].destinations),
+        )
+    )
     ours = f"meta mark & {mask} == {base}"
     checks = ""
     if plan.source_validation is SourceValidation.STRICT:
         checks += f"""
-\t\t{ours} ip saddr @unbound4 counter name drop_source_unbound drop
-\t\t{ours} ip6 saddr @unbound6 counter name drop_source_unbound drop"""
+\t\t{ours} ip saddr @unbound4 jump source_unbound
+\t\t{ours} ip6 saddr @unbound6 jump source_unbound"""
     if plan.source_validation is not SourceValidation.OFF:
         # strict reverse path: the pod's own interface must be the route back to its address (routed CNIs: the
         # pod's /32 (/128) route; bridged pods pass here and are bound to their port by the bridge table)
         checks += f"""
 \t\t{ours} fib saddr . iif oif missing counter name drop_source_rpf drop"""
+    unbound_chain = ""
+    if plan.source_validation is SourceValidation.STRICT:
+        unbound_chain = """
+\tchain source_unbound {
+\t\tjump policy_drops
+\t\tcounter name drop_source_unbound drop
+\t}"""
     chains = f"""\tchain prerouting {{
 \t\ttype filter hook prerouting priority mangle; policy accept;
 \t\tct direction reply return
@@ -67,7 +86,17 @@ def worker_table(plan: WorkerPlan) -> NftTable:
 \t\tip6 daddr @cluster6 return
 \t\tmeta mark set ip saddr . ip daddr map @steer4
 \t\tmeta mark set ip6 saddr . ip6 daddr map @steer6
-\t\tmeta mark {mark(m.drop_mark)} counter name drop_no_gateway drop{checks}
+\t\tmeta mark {mark(m.drop_mark)} jump no_gateway{checks}
+\t}}
+\tchain no_gateway {{
+\t\tjump policy_drops
+\t\tcounter name drop_no_gateway drop
+\t}}{unbound_chain}
+\tchain policy_drops {{
+\t\tmeta nfproto ipv4 counter name ip saddr map @pdpod4 return
+\t\tmeta nfproto ipv6 counter name ip6 saddr map @pdpod6 return
+\t\tmeta nfproto ipv4 counter name ip saddr . ip daddr map @pddst4
+\t\tmeta nfproto ipv6 counter name ip6 saddr . ip6 daddr map @pddst6
 \t}}
 \tchain from_tunnel {{
 \t\tct direction reply ct mark & {mask} == {base} return
@@ -90,7 +119,7 @@ def worker_table(plan: WorkerPlan) -> NftTable:
 \t\tmeta nfproto ipv4 snat ip to ip saddr
 \t\tmeta nfproto ipv6 snat ip6 to ip6 saddr
 \t}}"""
-    counters = frozenset(WORKER_DROPS) | {e.counter for e in plan.endpoints}
+    counters = frozenset(WORKER_DROPS) | {e.counter for e in plan.endpoints} | set(drops.labels)
     return NftTable(role="worker", chains=chains, sets=sets, counters=frozenset(counters))
 
 
