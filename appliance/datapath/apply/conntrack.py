@@ -1,4 +1,4 @@
-"""Deleting a pod's conntrack entries over ctnetlink (pyroute2), bounded in time and honest about failures.
+"""Deleting a pod's conntrack entries over ctnetlink, bounded in time and honest about failures.
 
 Why: when a pod's steering changes (it starts or stops being steered, or moves to another EIP), the connections it
 opened before keep their NAT binding. A flow that stops being steered would leave with the raw pod IP (its binding
@@ -12,10 +12,13 @@ entry, in its zone. Every
 call is checked: an entry that vanished between dump and delete (ENOENT) is counted as already gone, any other error
 is a failure naming the pod IP, the entry and the reason. The whole flush runs under one deadline; what was not done
 in time is reported, never counted as flushed. This replaces a `conntrack -D` subprocess per pod whose exit status
-could not tell "nothing to delete" from "failed".
+could not tell "nothing to delete" from "failed". The socket is `appliance.datapath.apply.ctnetlink.RawConntrack`,
+which reads only the source, raw tuple and zone of each entry: decoding every entry in full (pyroute2) made a table
+of a few tens of thousands of entries outlast the deadline on every pass, and each such pass held the reconcile loop
+(and every pod event behind it) for the whole deadline.
 
-Call it from synchronous code (it runs its own asyncio loop for pyroute2's asynchronous netlink socket, which is what
-makes the deadline enforceable: a stuck netlink read is cancelled, not waited for).
+Call it from synchronous code (it runs its own asyncio loop over a non-blocking netlink socket, which is what makes
+the deadline enforceable: a stuck netlink read is cancelled, not waited for).
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Protocol
 
-from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
 from appliance.core.events import error_text
 from appliance.core.model import IPAddress
+from appliance.datapath.apply.ctnetlink import RawConntrack
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -275,11 +278,8 @@ def flush_pod_conntrack(
     """
 
     def open_socket(family: int) -> ConntrackSocket:
-        if netns is None:
-            sock: ConntrackSocket = AsyncConntrack(nfgen_family=family)
-        else:  # flags=0: a missing namespace is an error (pyroute2's default O_CREAT would create an empty one)
-            sock = AsyncConntrack(nfgen_family=family, netns=netns, flags=0)
-        return sock
+        # a missing namespace is an error (nothing is created)
+        return RawConntrack(family, netns=netns)
 
     return flush_with(pod_ips, open_socket, timeout_s=timeout_s)
 

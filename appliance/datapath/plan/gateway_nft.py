@@ -55,9 +55,11 @@ def _source_check(plan: GatewayPlan) -> str:
 
 
 #: the conntrack events a synced flow reports (`plan.state_sync`: with state sync on, only flows with these report)
-#: the conntrack events our SNAT'ed flows report to the sync daemons. No `destroy`: a peer's copy expires with its
-#: own timeout, so an old primary whose copy ended never deletes the live entry of the member now carrying the flow
-SYNC_EVENTS = "new,related,reply,assured,protoinfo,label"
+#: the conntrack events our SNAT'ed flows report to the sync daemons. `destroy` is needed: conntrackd's internal
+#: cache forgets a flow only on its destroy event (without it the cache grows without bound and every resync
+#: re-sends long-dead flows). The cost: an old primary whose own copy of a moved flow expires deletes the copy of the
+#: member now carrying it (docs/operations.md, State sync)
+SYNC_EVENTS = "new,related,destroy,reply,assured,protoinfo,label"
 
 
 def _sync_rules(plan: GatewayPlan) -> tuple[list[NftSet], str, str]:
