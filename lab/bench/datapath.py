@@ -30,6 +30,7 @@ from appliance.datapath.apply.netlink import Shell
 from appliance.datapath.apply.pod_interfaces import PodInterfaceDiscovery
 from appliance.datapath.apply.worker_guards import BridgeBindingApplier
 from appliance.datapath.plan.gateway import GatewayPlan, GatewaySettings, TunnelSourceCheck, plan_gateway
+from appliance.datapath.plan.tunnel import MarkSettings
 from appliance.datapath.plan.worker import SourceValidation, WorkerPlan, WorkerSettings, plan_worker
 from appliance.datapath.plan.worker_nft import worker_bridge_table
 from lab.testbeds.datapath import EXT_V4, GATEWAY_ADDR, WORKER_ADDR, Testbed
@@ -42,6 +43,14 @@ WORKERS = {"worker1": (ip_address(WORKER_ADDR["w1"][0]),), "worker2": (ip_addres
 
 #: label -> CPU seconds (this process + the ip/nft processes it ran): robust against a loaded machine
 CPU: dict[str, float] = {}
+
+#: the worker's default mark layout has 254 endpoint slots (clear of Calico's, kube-proxy's and Cilium's bits); the
+#: bench's 256 EIPs need more: the wider layout a node without those CNIs may use (docs/datapath.md)
+SCALE_MARKS = MarkSettings(mark_base=0x0E6E0000, mark_mask=0xFFFF0000, slot_mask=0x3FF)
+
+
+def _worker_settings(**kwargs: Any) -> WorkerSettings:
+    return WorkerSettings(marks=SCALE_MARKS, **kwargs)
 
 
 def _cpu() -> float:
@@ -58,7 +67,7 @@ def _timed(fn: Callable[[], T], label: str = "") -> tuple[T, float]:
 
 
 def _plans(intent: Intent) -> tuple[WorkerPlan, GatewayPlan]:
-    w = plan_worker(intent, node="worker1", underlay=ip_address(WORKER_ADDR["w1"][0]), settings=WorkerSettings())
+    w = plan_worker(intent, node="worker1", underlay=ip_address(WORKER_ADDR["w1"][0]), settings=_worker_settings())
     g = plan_gateway(intent, member="gw1", workers=WORKERS, settings=GatewaySettings())
     return w, g
 
@@ -112,7 +121,7 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
                 on = mode == "on"
                 validation = SourceValidation.STRICT if on else SourceValidation.OFF
                 wplan = plan_worker(one, node="worker1", underlay=ip_address(WORKER_ADDR["w1"][0]),
-                                    settings=WorkerSettings(source_validation=validation), source_bindings=bindings)
+                                    settings=_worker_settings(source_validation=validation), source_bindings=bindings)
                 gsettings = GatewaySettings() if on else GatewaySettings(source_check=TunnelSourceCheck.OFF)
                 gplan = plan_gateway(one, member="gw1", workers=WORKERS, settings=gsettings)
                 for result in (appliers["w1"].apply(wplan), appliers["g1"].apply(gplan),
@@ -131,7 +140,7 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
         _, noop_s = _timed(lambda: _apply(appliers, w2, g2), "resync_no_change")
         # the pod-churn fast path (appliance.datapath.apply.incremental): full pass, then one pod added / removed
         inc_w = IncrementalWorker(appliers["w1"], node="worker1", underlay=ip_address(WORKER_ADDR["w1"][0]),
-                                  settings=WorkerSettings())
+                                  settings=_worker_settings())
         inc_g = IncrementalGateway(appliers["g1"], member="gw1", settings=GatewaySettings())
         inc_w.converge(many, full=True)
         inc_g.converge(many, workers=WORKERS, full=True)
@@ -146,7 +155,7 @@ def run_datapath_bench(out_path: Path, *, quick: bool = False, prefix: str = "eg
         realistic = scale_intent(pods=pods, policies=policies, eips=eips, workers=100, node="worker1")
         _, plan_worker_100_s = _timed(lambda: plan_worker(realistic, node="worker1",
                                                           underlay=ip_address(WORKER_ADDR["w1"][0]),
-                                                          settings=WorkerSettings()), "plan_worker_100_local_pods")
+                                                          settings=_worker_settings()), "plan_worker_100_local_pods")
         # the gateway with pod-CIDR reply routes (Node.spec.podCIDRs known): full state from empty
         cidrs = {"worker1": (ip_network("100.64.1.0/24"), ip_network("100.80.0.0/16"))}
         appliers["g1"].remove_all()

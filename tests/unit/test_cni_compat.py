@@ -21,7 +21,7 @@ from appliance.datapath.plan.gateway import MAX_WORKERS, GatewaySettings
 from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY, foreign_nat_chains
 from appliance.datapath.plan.nft_rendering import mark
 from appliance.datapath.plan.tunnel import GATEWAY_MARKS, MarkSettings
-from appliance.datapath.plan.worker import WorkerSettings, plan_worker
+from appliance.datapath.plan.worker import SkipReason, WorkerSettings, plan_worker
 from appliance.datapath.plan.worker_nft import worker_table
 from appliance.runtime.config import parse_agent_config, parse_gateway_config
 from lab import cni, topogen
@@ -75,8 +75,15 @@ def test_a_custom_layout_is_honoured_and_slots_fit_it() -> None:
                for e in p.endpoints)
     assert "meta mark & 0x00300000 == 0x00100000" in worker_table(p).chains
     tiny = MarkSettings(mark_base=0x2000, mark_mask=0x3000, slot_mask=0x3)  # 2 slots
-    with pytest.raises(ValueError, match="more than 2 slots"):
-        plan(WorkerSettings(marks=tiny), eips=("203.0.113.130", "203.0.113.131", "203.0.113.132"))
+    eips = ("203.0.113.130", "203.0.113.131", "203.0.113.132")
+    full = plan(WorkerSettings(marks=tiny), eips=eips)
+    # a full layout never fails the plan: two endpoints get the slots, the third one's pods are skipped and said so
+    assert sorted(e.slot for e in full.endpoints) == [1, 2]
+    exhausted = [s for s in full.skipped if s.reason is SkipReason.ENDPOINT_SLOTS_EXHAUSTED]
+    assert exhausted
+    steered_marks = {e.mark for e in full.steer}
+    assert steered_marks <= {e.mark for e in full.endpoints} | {tiny.drop_mark}
+    assert not {s.pod_ip for s in exhausted} & {e.pod_ip for e in full.steer}
 
 
 def test_gateway_keeps_a_slot_per_worker() -> None:

@@ -95,6 +95,7 @@ def index(plan: WorkerPlan) -> DropIndex:
     strict = plan.source_validation is SourceValidation.STRICT
     unbound = frozenset((a.version, int(a)) for a in plan.unbound) if strict else frozenset()
     labels: dict[str, DropLabels] = {}
+    named: dict[tuple[object, ...], str] = {}  # label sets built once per (policy, EIP, family, reason)
     by_pod: dict[int, dict[str, list[tuple[SteerEntry, str]]]] = {4: {}, 6: {}}
     for e in plan.steer:
         if e.policy is None:
@@ -102,9 +103,12 @@ def index(plan: WorkerPlan) -> DropIndex:
         reason = _reason(e, plan.marks.drop_mark, unbound)
         if reason is None:
             continue
-        found = DropLabels(labels=labels_for(e.policy, e.eip, e.pod_ip.version), reason=reason)
-        name = drop_counter(found)
-        labels[name] = found
+        key = (e.policy, e.eip, e.pod_ip.version, reason)
+        name = named.get(key, "")
+        if not name:
+            found = DropLabels(labels=labels_for(e.policy, e.eip, e.pod_ip.version), reason=reason)
+            name = named[key] = drop_counter(found)
+            labels[name] = found
         by_pod[e.pod_ip.version].setdefault(addr(e.pod_ip), []).append((e, name))
     maps: dict[int, DropMaps] = {}
     for family, pods in by_pod.items():

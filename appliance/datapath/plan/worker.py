@@ -73,6 +73,9 @@ class SkipReason(enum.StrEnum):
     #: a steered pod IP whose host-side interface is enslaved to something that is not a Linux bridge (OVS...): its
     #: port cannot be checked by the bridge table; treated as unknown
     SOURCE_BINDING_UNENFORCEABLE = "SourceBindingUnenforceable"
+    #: more tunnel endpoints than the mark layout has slots (`marks.slot_mask`): the endpoints beyond it (in
+    #: address order) are not steered to; widen the slot mask where the node's CNI leaves the bits free
+    ENDPOINT_SLOTS_EXHAUSTED = "EndpointSlotsExhausted"
 
 
 #: the skips `check_sources` decides (the agent refreshes them on every pass, also when the plan is not redone)
@@ -261,7 +264,15 @@ def plan_worker(
             chosen.append((s, (endpoint, worker_vni(instance, node), tunnel.udp_port, "")))
 
     endpoint_keys = {ep for _, ep in chosen if ep is not None}
-    slots = _slots(endpoint_keys, capacity=min(MAX_ENDPOINTS, marks.capacity))
+    capacity = min(MAX_ENDPOINTS, marks.capacity)
+    if len(endpoint_keys) > capacity:
+        # a full layout must not fail the whole plan: keep the first endpoints (stable order), skip the others' pods
+        endpoint_keys = set(sorted(endpoint_keys, key=_endpoint_order)[:capacity])
+        for s, ep in chosen:
+            if ep is not None and ep not in endpoint_keys:
+                skipped.append(Skip(pod_ip=s.pod_ip, policy=str(s.policy), reason=SkipReason.ENDPOINT_SLOTS_EXHAUSTED))
+        chosen = [(s, ep) for s, ep in chosen if ep is None or ep in endpoint_keys]
+    slots = _slots(endpoint_keys, capacity=capacity)
     endpoints: list[Endpoint] = []
     for key in sorted(endpoint_keys, key=lambda k: slots[k]):
         address, vni, port, device = key
@@ -355,6 +366,11 @@ def check_sources(
             if mode is SourceValidation.STRICT:
                 unbound.append(ip)
     return SourceCheck(bridged=tuple(bridged), unbound=tuple(unbound), skipped=tuple(skipped))
+
+
+def _endpoint_order(key: EndpointKey) -> tuple[int, int, int, int, str]:
+    address, vni, port, device = key
+    return (address.version, int(address), vni, port, device)
 
 
 def _slots(keys: set[EndpointKey], *, capacity: int) -> dict[EndpointKey, int]:
