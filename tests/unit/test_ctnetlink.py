@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Sequence
 from ipaddress import ip_address
 
 import pytest
 
+from appliance.core.model import IPAddress
 from appliance.datapath.apply import conntrack
 from appliance.datapath.apply.ctnetlink import (
+    CTA_FILTER,
+    CTA_FILTER_F_CTA_IP_SRC,
     CTA_TUPLE_ORIG,
     CTA_ZONE,
+    MAX_FILTERED_DUMPS,
     RawConntrack,
     RawTuple,
+    attributes,
     delete_payload,
     parse_entry,
+    source_filter,
 )
 
 NESTED = 0x8000
@@ -78,15 +85,55 @@ def test_delete_request_carries_the_dumped_tuple_and_the_zone() -> None:
 
 
 def test_the_flush_reads_the_table_with_the_raw_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`flush_pod_conntrack` opens `RawConntrack`, not pyroute2's full-decoding socket."""
-    opened: list[int] = []
+    """`flush_pod_conntrack` opens `RawConntrack` (not pyroute2's full-decoding socket), with the pod IPs."""
+    opened: list[tuple[int, tuple[IPAddress, ...]]] = []
 
     class Recording(RawConntrack):
-        def __init__(self, family: int, *, netns: str | None = None) -> None:
-            opened.append(family)
+        def __init__(self, family: int, *, netns: str | None = None,
+                     sources: Sequence[IPAddress] | None = None) -> None:
+            opened.append((family, tuple(sources or ())))
             raise OSError("no socket in this test")
 
     monkeypatch.setattr(conntrack, "RawConntrack", Recording)
     result = conntrack.flush_pod_conntrack([ip_address("100.64.1.10"), ip_address("2001:db8:64:1::10")])
-    assert opened == [socket.AF_INET, socket.AF_INET6]
+    pods = (ip_address("100.64.1.10"), ip_address("2001:db8:64:1::10"))
+    assert opened == [(socket.AF_INET, pods), (socket.AF_INET6, pods)]
     assert not result.ok
+
+
+def test_ipv4_dump_asks_the_kernel_for_the_pod_ips_only() -> None:
+    """IPv4: the kernel filters the dump on the original source (the pod IP), so the flush reads the pod's entries,
+    not the whole table; the request carries the address and the source-address filter flag."""
+    request = source_filter(ip_address("100.64.1.10"))
+    top = attributes(request)
+    assert set(top) == {CTA_TUPLE_ORIG, CTA_FILTER}
+    assert bytes([100, 64, 1, 10]) in request
+    f_off, f_len = top[CTA_FILTER]
+    flags = attributes(request, f_off + 4, f_off + f_len)
+    assert struct.unpack_from("=I", request, flags[1][0] + 4)[0] == CTA_FILTER_F_CTA_IP_SRC
+
+
+def test_ipv6_reads_the_whole_table() -> None:
+    """The kernel's IPv6 source filter answers the non-matching entries: IPv6 is never filtered by the kernel."""
+    pods = [ip_address("100.64.1.10"), ip_address("2001:db8:64:1::10")]
+    v4 = RawConntrack(socket.AF_INET, sources=pods)
+    v6 = RawConntrack(socket.AF_INET6, sources=pods)
+    try:
+        assert v4.sources == (ip_address("100.64.1.10"),)
+        assert v6.sources is None
+    finally:
+        v4.close()
+        v6.close()
+
+
+def test_many_pod_ips_read_the_table_once() -> None:
+    """Each filtered dump walks the whole kernel table: a policy change moving many pod IPs reads it once instead."""
+    many = [ip_address(f"100.64.1.{i}") for i in range(1, MAX_FILTERED_DUMPS + 2)]
+    ct = RawConntrack(socket.AF_INET, sources=many)
+    few = RawConntrack(socket.AF_INET, sources=many[:MAX_FILTERED_DUMPS])
+    try:
+        assert ct.sources is None
+        assert few.sources == tuple(many[:MAX_FILTERED_DUMPS])
+    finally:
+        ct.close()
+        few.close()

@@ -276,12 +276,13 @@ def flush_pod_conntrack(
     Bounded by `timeout_s` for the whole call. `netns` (a named network namespace) is for tests; the services run
     in the namespace they manage.
     """
+    wanted = ordered_pod_ips(pod_ips)
 
     def open_socket(family: int) -> ConntrackSocket:
-        # a missing namespace is an error (nothing is created)
-        return RawConntrack(family, netns=netns)
+        # the kernel sends only the entries of the pod IPs; a missing namespace is an error (nothing is created)
+        return RawConntrack(family, netns=netns, sources=wanted)
 
-    return flush_with(pod_ips, open_socket, timeout_s=timeout_s)
+    return flush_with(wanted, open_socket, timeout_s=timeout_s)
 
 
 def conntrack_changes(result: ConntrackFlushResult) -> tuple[str, ...]:

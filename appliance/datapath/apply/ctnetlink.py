@@ -19,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import os
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
+
+from appliance.core.model import IPAddress
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -37,9 +40,15 @@ IPCTNL_MSG_CT_DELETE = 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_TYPE_MASK = 0x3FFF
-CTA_TUPLE_ORIG, CTA_ZONE = 1, 18
+CTA_TUPLE_ORIG, CTA_ZONE, CTA_FILTER = 1, 18, 25
 CTA_TUPLE_IP = 1
 CTA_IP_V4_SRC, CTA_IP_V6_SRC = 1, 3
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
+#: CTA_FILTER flag: match the original tuple's source address (Linux >= 5.8)
+CTA_FILTER_F_CTA_IP_SRC = 1 << 0
+NLA_F_NESTED = 0x8000
+#: at most this many kernel-filtered dumps per flush and family; more sources read the table once instead
+MAX_FILTERED_DUMPS = 8
 CLONE_NEWNET = 0x40000000
 
 _NLMSG = struct.Struct("=IHHII")
@@ -99,6 +108,10 @@ def parse_entry(msg: bytes, family: int) -> RawEntry | None:
     return RawEntry(RawTuple(saddr, bytes(msg[t_off:t_off + t_len])), zone)
 
 
+def _family(address: IPAddress) -> int:
+    return socket.AF_INET if address.version == 4 else socket.AF_INET6
+
+
 def _attr(kind: int, payload: bytes) -> bytes:
     data = _NLA.pack(4 + len(payload), kind) + payload
     return data + b"\0" * (-len(data) % 4)
@@ -107,6 +120,15 @@ def _attr(kind: int, payload: bytes) -> bytes:
 def delete_payload(tuple_orig: RawTuple, zone: int | None) -> bytes:
     """The attributes of a delete request for one entry: its original tuple as dumped, and its zone."""
     return tuple_orig.raw + (b"" if zone is None else _attr(CTA_ZONE, struct.pack("!H", zone)))
+
+
+def source_filter(source: IPAddress) -> bytes:
+    """The attributes of a dump request the kernel filters on the original tuple's source address."""
+    kind = CTA_IP_V4_SRC if source.version == 4 else CTA_IP_V6_SRC
+    ip = _attr(CTA_TUPLE_IP | NLA_F_NESTED, _attr(kind, source.packed))
+    flags = _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_F_CTA_IP_SRC))
+    flags += _attr(CTA_FILTER_REPLY_FLAGS, struct.pack("=I", 0))
+    return _attr(CTA_TUPLE_ORIG | NLA_F_NESTED, ip) + _attr(CTA_FILTER | NLA_F_NESTED, flags)
 
 
 def _open_in_netns(netns: str) -> socket.socket:
@@ -139,8 +161,19 @@ def _open_in_netns(netns: str) -> socket.socket:
 class RawConntrack:
     """Dump and delete the conntrack entries of one address family (a `conntrack.ConntrackSocket`)."""
 
-    def __init__(self, family: int, *, netns: str | None = None) -> None:
+    def __init__(self, family: int, *, netns: str | None = None, sources: Sequence[IPAddress] | None = None) -> None:
+        """`sources`: IPv4 only, dump only the entries of these original-direction sources (the kernel filters: one
+        dump per source, up to `MAX_FILTERED_DUMPS` sources; a kernel that refuses the filter gets one dump of the
+        whole table instead). IPv6 always
+        reads the whole table: the kernel's IPv6 source filter (6.18 here) sends exactly the entries that do NOT
+        match. Either way the caller selects by source again, so a wrong filter can only miss entries, never delete
+        another source's. None: every entry."""
         self.family = family
+        mine = tuple(s for s in sources or () if _family(s) == family)
+        # each filtered dump still walks the whole kernel table: past a few sources one unfiltered dump is cheaper
+        # (a policy change moves many pod IPs at once; pod churn moves one or two)
+        filtered = sources is not None and family == socket.AF_INET and len(mine) <= MAX_FILTERED_DUMPS
+        self.sources = mine if filtered else None
         self.sock = (_open_in_netns(netns) if netns is not None
                      else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
@@ -178,14 +211,29 @@ class RawConntrack:
                 yield kind, payload
 
     async def dump_entries(self, *, tuple_orig: Any = None) -> AsyncIterator[RawEntry]:
-        """Every entry of the family (`tuple_orig` must be None: no filter is offered)."""
+        """The entries of the family (of `sources` only, when given). `tuple_orig` must be None: the caller
+        selects by source again in any case."""
         if tuple_orig is not None:
-            raise ValueError("RawConntrack dumps the whole table; select entries from the result")
-        request, seq = self._request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, b"")
-        await asyncio.get_running_loop().sock_sendall(self.sock, request)
-        return self._entries(seq)
+            raise ValueError("RawConntrack takes no tuple filter (see `sources`)")
+        return self._dump()
 
-    async def _entries(self, seq: int) -> AsyncIterator[RawEntry]:
+    async def _dump(self) -> AsyncIterator[RawEntry]:
+        if self.sources is not None:
+            try:
+                for source in self.sources:
+                    async for entry in self._entries(source_filter(source)):
+                        yield entry
+                return
+            except NetlinkError as e:
+                if e.code not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                # a kernel without CTA_FILTER (< 5.8): the whole table, selected by the caller
+        async for entry in self._entries(b""):
+            yield entry
+
+    async def _entries(self, attrs: bytes) -> AsyncIterator[RawEntry]:
+        request, seq = self._request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, attrs)
+        await asyncio.get_running_loop().sock_sendall(self.sock, request)
         async for _, payload in self._messages(seq):
             entry = parse_entry(bytes(payload), self.family)
             if entry is not None:
