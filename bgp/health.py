@@ -41,6 +41,8 @@ class Check(enum.StrEnum):
     NOT_DISABLED = "not_disabled"
     #: set by the service while a drain is in progress
     NOT_DRAINING = "not_draining"
+    #: no `egressgw.io/drain` annotation on the member's Node / appliance Lease (appliance.core.maintenance)
+    NOT_IN_MAINTENANCE = "not_in_maintenance"
 
 
 class HealthStatus(enum.StrEnum):
@@ -54,10 +56,12 @@ class HealthReason(enum.StrEnum):
     CHECK_FAILED = "CheckFailed"
     DISABLED = "Disabled"
     DRAINING = "Draining"
+    #: drained through the API (the `egressgw.io/drain` annotation)
+    MAINTENANCE = "Maintenance"
 
 
 #: checks that act at once (operator intent), not after `fall` observations
-_IMMEDIATE = frozenset({Check.NOT_DISABLED, Check.NOT_DRAINING})
+_IMMEDIATE = frozenset({Check.NOT_DISABLED, Check.NOT_DRAINING, Check.NOT_IN_MAINTENANCE})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +119,8 @@ def step_health(
     failing = tuple(sorted(c for c, ok in results.items() if not ok))
     immediate = [c for c in failing if c in _IMMEDIATE]
     if immediate:
-        reason = HealthReason.DRAINING if Check.NOT_DRAINING in immediate else HealthReason.DISABLED
+        reason = (HealthReason.DRAINING if Check.NOT_DRAINING in immediate
+                  else HealthReason.MAINTENANCE if Check.NOT_IN_MAINTENANCE in immediate else HealthReason.DISABLED)
         return _to_unhealthy(state, reason, failing, now, consecutive_fail=state.consecutive_fail + 1)
     if failing:
         fails = state.consecutive_fail + 1

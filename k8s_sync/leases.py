@@ -33,7 +33,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.core.events import EventLogger, error_text
-from appliance.core.model import APPLIANCE_ADDRESS_ANNOTATION, APPLIANCE_LEASE_LABEL, WIREGUARD_KEY_ANNOTATION
+from appliance.core.model import (
+    APPLIANCE_ADDRESS_ANNOTATION,
+    APPLIANCE_LEASE_LABEL,
+    DRAIN_ANNOTATION,
+    WIREGUARD_KEY_ANNOTATION,
+)
 from k8s_sync.kubeapi import CONNECT_TIMEOUT_S, JSON, ApiError, KubeApi, Resource, is_network_error
 
 log = EventLogger(logging.getLogger(__name__))
@@ -224,10 +229,25 @@ class MemberLease(_Loop):
             log.info("lease.created", member=self.me.name, namespace=self.namespace)
 
     def release(self) -> None:
-        """Stop renewing and delete the lease (planned drain: the member is gone at once, not after expiry)."""
+        """Stop renewing and delete the lease (planned drain: the member is gone at once, not after expiry). A Lease
+        carrying an operator's drain annotation (an appliance in maintenance) is written expired instead: deleting it
+        would drop the annotation, and the restarted appliance would announce again."""
         self.stop()
         with contextlib.suppress(ApiError):
+            if self._drain_annotated():
+                self.renew_once(expired=True)
+                log.info("lease.kept_for_maintenance", member=self.me.name)
+                return
+        with contextlib.suppress(ApiError):
             self.api.delete(self.path, timeout=LEASE_TIMEOUT)
+
+    def _drain_annotated(self) -> bool:
+        """Our Lease carries the drain annotation (False when it cannot be read: then it is deleted as before)."""
+        try:
+            current = self.api.get(self.path, timeout=LEASE_TIMEOUT)
+        except ApiError:
+            return False
+        return DRAIN_ANNOTATION in ((current.get("metadata") or {}).get("annotations") or {})
 
 
 class LeaderElection(_Loop):

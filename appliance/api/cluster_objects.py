@@ -15,6 +15,7 @@ from typing import Any
 from appliance.core.model import (
     APPLIANCE_ADDRESS_ANNOTATION,
     APPLIANCE_LEASE_LABEL,
+    DRAIN_ANNOTATION,
     WIREGUARD_KEY_ANNOTATION,
     Appliance,
     IPAddress,
@@ -59,14 +60,21 @@ def parse_namespace(raw: Mapping[str, Any]) -> Namespace:
 
 
 def parse_node(raw: Mapping[str, Any]) -> Node:
-    """InternalIP addresses (in the order the node reports them), spec.podCIDRs (else spec.podCIDR), labels and
-    the WireGuard public key annotation."""
+    """InternalIP addresses (in the order the node reports them), spec.podCIDRs (else spec.podCIDR), labels, the
+    WireGuard public key annotation and the drain annotation."""
     meta, spec, status = raw.get("metadata") or {}, raw.get("spec") or {}, raw.get("status") or {}
     addresses = _ips(a.get("address") for a in status.get("addresses") or () if a.get("type") == "InternalIP")
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-    key = (meta.get("annotations") or {}).get(WIREGUARD_KEY_ANNOTATION) or None
+    annotations = meta.get("annotations") or {}
+    key = annotations.get(WIREGUARD_KEY_ANNOTATION) or None
     return Node(name=str(meta.get("name", "")), labels=_labels(meta), addresses=addresses, pod_cidrs=_nets(cidrs),
-                wireguard_public_key=key)
+                wireguard_public_key=key, drain_reason=_drain_reason(annotations))
+
+
+def _drain_reason(annotations: Mapping[str, Any]) -> str | None:
+    """The drain annotation's value (its presence is what counts: an empty value still drains)."""
+    value = annotations.get(DRAIN_ANNOTATION)
+    return None if value is None else str(value)
 
 
 def parse_pod(raw: Mapping[str, Any]) -> Pod:
@@ -110,4 +118,5 @@ def parse_appliance_lease(raw: Mapping[str, Any], now: datetime) -> Appliance | 
     alive = (renewed is not None and isinstance(duration, int | float)
              and renewed + timedelta(seconds=duration) > now)
     return Appliance(name=str(meta.get("name", "")), gateway=str(gateway), address=addresses[0], addresses=addresses,
-                     wireguard_public_key=annotations.get(WIREGUARD_KEY_ANNOTATION) or None, alive=alive)
+                     wireguard_public_key=annotations.get(WIREGUARD_KEY_ANNOTATION) or None, alive=alive,
+                     drain_reason=_drain_reason(annotations))

@@ -9,10 +9,12 @@ subcommand. `status` and `explain` are the `egressgw` subcommands of the same na
 `explain` also takes the pod kubectl-style (`kubectl egressgw explain web-0 -n shop`, or `pod/web-0`) and defaults
 the namespace to the kubeconfig context's, like kubectl. `validate` is offline (files only).
 
-`drain` is honest about where it happens: a drain is an operation *on the member* (`egressgw gateway drain`
-signals the local service through its state directory; there is no drain request in the API that a member would
-act on). So `kubectl egressgw drain MEMBER` changes nothing: it looks the member up (cluster node or appliance,
-its gateway pod) and prints what to run where, then exits 2 - a script that expected a drain must not carry on.
+`drain MEMBER [--reason R]` is a maintenance drain through the API: it sets the `egressgw.io/drain` annotation
+(value: the reason) on the member's Node, or on an appliance's member Lease (`egressgw-member-<name>`). The member's
+service reads it from its cluster view (`appliance.core.maintenance`): it withdraws its EIPs at once (the routers
+move them to the next member), keeps its data path, reports `Maintenance`, and stays so across restarts until
+`undrain MEMBER` removes the annotation; then it returns through its normal rise and failback hold-down. The one-off
+drain-and-exit of a service stays on the member (`egressgw gateway drain`).
 """
 
 from __future__ import annotations
@@ -24,20 +26,19 @@ from collections.abc import Sequence
 from kubernetes import config as kube_config
 
 from appliance.cli.main import main as egressgw_main
+from appliance.core.model import DRAIN_ANNOTATION
 from k8s_sync.kubeapi import ApiError, KubeApi, make_api_client
 from k8s_sync.leases import DEFAULT_NAMESPACE, LEASES, MEMBER_PREFIX
 
 PROG = "kubectl egressgw"
-#: exit code of `drain`: nothing was drained here (the text says where to run it)
-EXIT_NOT_HERE = 2
-#: the gateway DaemonSet's pods (deploy/gateway/daemonset.yaml)
-GATEWAY_POD_SELECTOR = "app.kubernetes.io/name=egressgw-gateway"
-GATEWAY_CONFIG = "/etc/egressgw/gateway.yaml"
+#: the annotation's value when `drain` is given no --reason
+DEFAULT_REASON = "maintenance"
 
 COMMANDS: dict[str, str] = {
     "status": "gateways, members, EIPs and policies (-o table|wide|json|yaml, -w to watch)",
     "explain": "which policy, gateway and EIP apply to a pod: explain POD [-n NS] [--dest IP]",
-    "drain": "how to drain a gateway member (a drain runs on the member; this prints what to run where)",
+    "drain": "keep a gateway member out (maintenance, also across restarts): drain MEMBER [--reason R]",
+    "undrain": "let a drained member return (after its failback hold-down): undrain MEMBER",
     "validate": "check egressgw.io manifests offline: validate FILE...",
 }
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG} validate: reads files only; --kubeconfig, --context and -n do not apply", file=sys.stderr)
             return 2
         return egressgw_main(["validate", *rest])
-    return drain(top, rest)
+    return drain(top, rest, undrain=top.command == "undrain")
 
 
 def explain(top: argparse.Namespace, kube: list[str], rest: list[str]) -> int:
@@ -127,32 +128,84 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
     return None
 
 
-# ----- drain -----
+# ----- drain / undrain -----
 
-def drain_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} drain", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="A drain withdraws a member's EIP announcements (the routers move them to the next member), "
-                    "waits for the withdrawal to be acknowledged, keeps forwarding for the settle time, then stops "
-                    "the member's service. It runs ON THE MEMBER (`egressgw gateway drain`), which signals the local "
-                    "service; nothing in the API asks a member to drain. This command changes nothing: it finds the "
-                    f"member and prints what to run where, and exits {EXIT_NOT_HERE}.")
+def drain_parser(*, undrain: bool) -> argparse.ArgumentParser:
+    if undrain:
+        text = (f"Remove the {DRAIN_ANNOTATION} annotation from a member's Node (or an appliance's member Lease): "
+                "the member returns through its normal rise and failback hold-down, then announces again.")
+    else:
+        text = (f"Set the {DRAIN_ANNOTATION} annotation (value: the reason) on a member's Node, or on an appliance's "
+                f"member Lease ({MEMBER_PREFIX}<name>). The member withdraws its EIPs at once (the routers move them "
+                "to the next member), keeps its data path, reports Maintenance, and stays out - also across service "
+                f"restarts - until `{PROG} undrain MEMBER`.")
+    parser = argparse.ArgumentParser(prog=f"{PROG} {'undrain' if undrain else 'drain'}", description=text)
     parser.add_argument("member", help="the member: a gateway node's name or an appliance's name")
-    add_globals(parser, namespace_help=f"namespace of egressgw's pods and member Leases (default {DEFAULT_NAMESPACE})")
+    if not undrain:
+        parser.add_argument("--reason", default=DEFAULT_REASON,
+                            help=f"why (the annotation's value, shown by `{PROG} status`; default {DEFAULT_REASON!r})")
+    add_globals(parser, namespace_help=f"namespace of the member Leases (default {DEFAULT_NAMESPACE})")
     return parser
 
 
-def drain(top: argparse.Namespace, rest: list[str]) -> int:
-    args = drain_parser().parse_args(rest)
+def drain_patch(reason: str | None) -> dict[str, object]:
+    """The JSON merge patch that sets the drain annotation to `reason`, or removes it (None)."""
+    return {"metadata": {"annotations": {DRAIN_ANNOTATION: reason}}}
+
+
+def drain_target(node: dict[str, object] | None, lease: dict[str, object] | None, member: str,
+                 namespace: str) -> tuple[str, str] | None:
+    """(what, API path) of the object carrying member `member`'s drain annotation: its Node when there is one (a
+    cluster-node member), else its member Lease (an appliance); None when neither exists."""
+    if node is not None:
+        return f"node/{member}", f"/api/v1/nodes/{member}"
+    if lease is not None:
+        return f"lease {namespace}/{MEMBER_PREFIX}{member}", LEASES.path(namespace, MEMBER_PREFIX + member)
+    return None
+
+
+def _annotation(obj: dict[str, object] | None) -> str | None:
+    meta = (obj or {}).get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    value = annotations.get(DRAIN_ANNOTATION) if isinstance(annotations, dict) else None
+    return None if value is None else str(value)
+
+
+def drain(top: argparse.Namespace, rest: list[str], *, undrain: bool = False) -> int:
+    args = drain_parser(undrain=undrain).parse_args(rest)
     kubeconfig, context = args.kubeconfig or top.kubeconfig, args.context or top.context
     namespace = args.namespace or top.namespace or DEFAULT_NAMESPACE
-    lines = [f"{PROG} drain: nothing was drained; a drain runs on the member itself."]
+    command = f"{PROG} {'undrain' if undrain else 'drain'}"
     try:
-        lines += describe_member(KubeApi(make_api_client(kubeconfig, context=context)), args.member, namespace)
+        api = KubeApi(make_api_client(kubeconfig, context=context))
+        lease = _get(api, LEASES.path(namespace, MEMBER_PREFIX + args.member))
+        node = _get(api, f"/api/v1/nodes/{args.member}")
+        target = drain_target(node, lease, args.member, namespace)
+        if target is None:
+            print(f"{command}: no node and no member Lease {MEMBER_PREFIX}{args.member} in namespace {namespace}: "
+                  f"{args.member!r} is not a gateway member (`{PROG} status -o wide` lists them)", file=sys.stderr)
+            return 1
+        what, path = target
+        current = _annotation(node if node is not None else lease)
+        if undrain and current is None:
+            print(f"{what} carries no {DRAIN_ANNOTATION} annotation: {args.member} is not drained; nothing to do.")
+            return 0
+        api.merge_patch(path, drain_patch(None if undrain else args.reason))
     except Exception as e:
-        lines += [f"(cannot read the cluster to find member {args.member!r}: {e})", *_generic(args.member)]
-    print("\n".join(lines))
-    return EXIT_NOT_HERE
+        print(f"{command}: cannot change member {args.member!r}: {e}", file=sys.stderr)
+        return 1
+    if undrain:
+        print(f"{what}: removed {DRAIN_ANNOTATION} (was {current!r}). {args.member} returns: it announces again "
+              "once healthy, after its failback hold-down.")
+    else:
+        print(f"{what}: set {DRAIN_ANNOTATION}={args.reason!r}"
+              + (f" (was {current!r})" if current is not None else "")
+              + f". {args.member} withdraws its EIPs now (they move to the next member), keeps its data path and "
+                f"stays in maintenance, also across restarts, until `{PROG} undrain {args.member}`.")
+        if node is not None and lease is None:
+            print(f"note: no member Lease {namespace}/{MEMBER_PREFIX}{args.member}: no gateway service has "
+                  "registered on this node yet (or -n names the wrong namespace).")
+    return 0
 
 
 def _get(api: KubeApi, path: str) -> dict[str, object] | None:
@@ -162,44 +215,6 @@ def _get(api: KubeApi, path: str) -> dict[str, object] | None:
         if e.status == 404:
             return None
         raise
-
-
-def describe_member(api: KubeApi, member: str, namespace: str) -> list[str]:
-    """Where member `member`'s service runs and what to run there (a cluster node's gateway pod, or an appliance)."""
-    lease = _get(api, LEASES.path(namespace, MEMBER_PREFIX + member))
-    node = _get(api, f"/api/v1/nodes/{member}")
-    if node is None and lease is None:
-        return [f"No node and no member Lease {MEMBER_PREFIX}{member} in namespace {namespace}: {member!r} is not a "
-                f"gateway member (`{PROG} status -o wide` lists them)."]
-    if node is None:
-        return [f"{member} is an appliance outside the cluster (member Lease {namespace}/{MEMBER_PREFIX}{member}). "
-                "On it, run:", *_appliance_commands()]
-    pods = api.get(f"/api/v1/namespaces/{namespace}/pods",
-                   {"labelSelector": GATEWAY_POD_SELECTOR, "fieldSelector": f"spec.nodeName={member}"})
-    names = [str((p.get("metadata") or {}).get("name")) for p in pods.get("items") or ()]
-    if not names:
-        return [f"{member} is a cluster node, but no gateway pod ({GATEWAY_POD_SELECTOR}) runs on it in namespace "
-                f"{namespace}; if its service runs outside Kubernetes, run on the node:", *_appliance_commands()]
-    pod = names[0]
-    return [
-        f"{member} is a cluster node; its service runs in pod {namespace}/{pod}.",
-        "Drain it and let it come back (the service exits after the drain, the kubelet restarts it, and it announces "
-        "again after its hold-down):",
-        f"  kubectl -n {namespace} exec {pod} -- egressgw gateway drain --config {GATEWAY_CONFIG}",
-        "Keep it out (maintenance: it withdraws while the file exists; the default health.disable_file):",
-        f"  kubectl -n {namespace} exec {pod} -- touch /var/lib/egressgw/maintenance",
-        f"  kubectl -n {namespace} exec {pod} -- rm /var/lib/egressgw/maintenance     # to return",
-        "Deleting the pod drains it too (SIGTERM), and the DaemonSet starts a new one at once.",
-    ]
-
-
-def _appliance_commands() -> list[str]:
-    return [f"  egressgw gateway drain --config {GATEWAY_CONFIG}      # or: systemctl stop egressgw-gateway",
-            "  touch /var/lib/egressgw/maintenance                         # maintenance: withdraw, keep running"]
-
-
-def _generic(member: str) -> list[str]:
-    return [f"On {member} (an appliance, or inside its gateway pod), run:", *_appliance_commands()]
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import yaml
 
 from appliance.core.intent import PolicyState
+from appliance.core.maintenance import drained_by_annotation
 from appliance.policy.resolution import resolve
 from k8s_sync.cluster import ClusterSync
 from k8s_sync.leases import LEADER_LEASE, MEMBER_PREFIX, STATE_SYNC_ANNOTATION, parse_time
@@ -82,7 +83,9 @@ def status_document(view: ClusterView, *, namespace: str | None = None) -> JSON:
                     "leaseRenewTime": (_lease_of(view, MEMBER_PREFIX + m["name"]).get("spec") or {})
                     .get("renewTime") or "",
                     "stateSync": ((_lease_of(view, MEMBER_PREFIX + m["name"]).get("metadata") or {})
-                                  .get("annotations") or {}).get(STATE_SYNC_ANNOTATION, "")} for m in st["members"]]
+                                  .get("annotations") or {}).get(STATE_SYNC_ANNOTATION, ""),
+                    # the egressgw.io/drain annotation's reason (None: not in maintenance)
+                    "maintenance": drained_by_annotation(snap, m["name"])} for m in st["members"]]
         gateways.append({"name": gw.name, "clusterDefault": gw.cluster_default, "ready": ready["status"] == "True",
                          "reason": ready["reason"], "message": ready["message"], "tunnel": str(gw.tunnel.type),
                          "members": members, "eips": st["eips"], "ipUsage": st["ipUsage"]})
@@ -152,7 +155,7 @@ def _ago(stamp: str, now: float, *, suffix: str = "") -> str:
 def gateway_lines(doc: JSON, *, wide: bool = False) -> list[str]:
     rows = []
     for g in doc["gateways"]:
-        members = ", ".join(f"{m['name']}{'' if m['healthy'] else ' (down)'}" for m in g["members"]) or "-"
+        members = ", ".join(f"{m['name']}{_member_note(m)}" for m in g["members"]) or "-"
         row = [g["name"] + (" (default)" if g["clusterDefault"] else ""), "yes" if g["ready"] else "no",
                members, _usage(g["ipUsage"], 4), _usage(g["ipUsage"], 6)]
         if wide:
@@ -162,9 +165,17 @@ def gateway_lines(doc: JSON, *, wide: bool = False) -> list[str]:
     return ["GATEWAYS", *_table(headers, rows)]
 
 
+def _member_note(m: JSON) -> str:
+    """` (maintenance: REASON)` for a member drained by annotation, ` (down)` for another one not alive."""
+    if m.get("maintenance") is not None:
+        return f" (maintenance: {m['maintenance'] or '-'})"
+    return "" if m["healthy"] else " (down)"
+
+
 def member_lines(doc: JSON, *, now: float) -> list[str]:
     """Wide only: one row per member of each gateway."""
-    rows = [[g["name"], m["name"], m["kind"], m.get("address") or "-", "yes" if m["healthy"] else "no",
+    rows = [[g["name"], m["name"], m["kind"], m.get("address") or "-",
+             ("yes" if m["healthy"] else "no") + (" (maintenance)" if m.get("maintenance") is not None else ""),
              _ago(m.get("leaseRenewTime") or "", now, suffix=" ago"), ", ".join(m.get("eips") or ()) or "-"]
             for g in doc["gateways"] for m in g["members"]]
     return ["MEMBERS", *_table(["GATEWAY", "MEMBER", "KIND", "ADDRESS", "ALIVE", "LEASE RENEWED", "PRIMARY FOR"],

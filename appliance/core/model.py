@@ -29,6 +29,9 @@ WIREGUARD_KEY_ANNOTATION = "egressgw.io/wireguard-public-key"
 APPLIANCE_LEASE_LABEL = "egressgw.io/gateway"
 #: Lease annotation with the appliance's underlay (tunnel) address.
 APPLIANCE_ADDRESS_ANNOTATION = "egressgw.io/underlay-address"
+#: maintenance drain requested through the API, on a member's Node or on an appliance's member Lease: the value is the
+#: operator's reason; while it is present the member withdraws (appliance.core.maintenance)
+DRAIN_ANNOTATION = "egressgw.io/drain"
 
 NodeName = NewType("NodeName", str)
 GatewayName = NewType("GatewayName", str)
@@ -334,6 +337,8 @@ class Node:
     addresses: tuple[IPAddress, ...] = ()
     pod_cidrs: tuple[IPNetwork, ...] = ()
     wireguard_public_key: str | None = None
+    #: the `egressgw.io/drain` annotation's value (the reason; "" when empty); None = not drained
+    drain_reason: str | None = None
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -376,6 +381,8 @@ class Appliance:
     addresses: tuple[IPAddress, ...] = ()
     #: False when the lease expired (renewTime + leaseDurationSeconds in the past)
     alive: bool = True
+    #: the `egressgw.io/drain` annotation's value on its member Lease (the reason); None = not drained
+    drain_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)

@@ -35,6 +35,7 @@ import threading
 
 from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
+from appliance.core.maintenance import drained_by_annotation
 from appliance.core.model import IPAddress
 from appliance.core.snapshot import Snapshot
 from appliance.gateway.member_state import StateDir
@@ -106,6 +107,8 @@ class GatewayService:
         self._drain_requested = threading.Event()
         self._abort = threading.Event()
         self._drain_reason = ""
+        #: the drain annotation's reason at the last health observation (None = not in maintenance)
+        self._maintenance: str | None = None
         #: the stop request allows a restart stop when this member is an instance's only live member
         self._restart_if_sole = False
         #: stopping for a restart: the kernel state and the BFD sidecar stay (set by `run`)
@@ -285,6 +288,13 @@ class GatewayService:
             self.reconciler.heartbeat, now=now, max_age_s=self.cfg.health.heartbeat_max_age_s
         ) and (self.reconciler.last_report is not None)
         results[Check.NOT_DISABLED] = not self.cfg.disable_file.exists()
+        maintenance = drained_by_annotation(self.snapshot, self.cfg.node_name)
+        results[Check.NOT_IN_MAINTENANCE] = maintenance is None
+        if maintenance != self._maintenance:
+            # the drain annotation (appliance.core.maintenance) appeared, changed or went away
+            self.log.info("member.maintenance", drained=maintenance is not None, reason=maintenance,
+                          previous=self._maintenance)
+            self._maintenance = maintenance
         results[Check.NOT_DRAINING] = not self._draining
         return results
 

@@ -352,10 +352,10 @@ class ResyncProgress:
     it SNATs is an event) while it answers, so under traffic the counter never holds still for a whole interval and
     every resync ran into its timeout (15 of 15 restarts in a drain benchmark): the gate then announced blind.
     What FTFW gives instead: the peer answers a resync request by queueing its whole internal cache at once, ahead
-    of everything it sends later, and delivers in order (sequence numbers, NACK, resend). So once packets from the
-    peer arrived in a reading at least one interval after the first one that heard it, and the entries received in
-    the last interval did not grow over the interval before (the burst is behind us, what remains are live
-    updates), the copy is in the kernel table."""
+    of everything it sends later, and delivers in order (sequence numbers, NACK, resend). So once a reading at least
+    one interval after the first one that heard the peer shows that the entries received in the last interval did
+    not grow over the interval before (the burst is behind us; what remains are live updates, or nothing from an
+    idle peer), the copy is in the kernel table."""
 
     #: when the first reading after the request showed packets from the peer (None: not heard yet)
     heard_at: float | None = None
@@ -374,7 +374,8 @@ def step_resync(progress: ResyncProgress, *, old: ChannelStats, new: ChannelStat
     if progress.heard_at is None:
         return ResyncProgress(heard_at=at, last_delta=delta) if heard else progress
     settled = progress.last_delta is None or delta <= progress.last_delta
-    if heard and at - progress.heard_at >= interval_s and settled:
+    # the peer need not be heard again: an idle peer has nothing to send after its burst
+    if at - progress.heard_at >= interval_s and settled:
         return ResyncProgress(heard_at=progress.heard_at, last_delta=delta, done=True)
     return ResyncProgress(heard_at=progress.heard_at, last_delta=delta)
 

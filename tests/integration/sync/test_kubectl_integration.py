@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.cli.kubectl_plugin import EXIT_NOT_HERE
+from appliance.core.model import DRAIN_ANNOTATION
 from appliance.core.waiting import wait_until
 from k8s_sync.kubeapi import KubeApi
-from k8s_sync.leases import MemberIdentity, MemberLease
+from k8s_sync.leases import DEFAULT_NAMESPACE, LEASES, MEMBER_PREFIX, MemberIdentity, MemberLease
 from lab.kube_apiserver import ApiServer
 from tests.kube_support import Kube
 
@@ -99,18 +99,36 @@ def test_kubectl_finds_and_runs_the_plugin(kube: Kube, kube_namespace: str, sync
     assert got.returncode == 1 and "no-such-context" in got.stderr
 
 
-def test_plugin_drain_points_at_the_member(kube: Kube, kube_namespace: str, sync_api: KubeApi,
-                                           apiserver: ApiServer) -> None:
-    _, nodes = setup_world(kube, kube_namespace, sync_api)
-    kube.pod(kube_namespace, "egressgw-gateway-x1", labels={"app.kubernetes.io/name": "egressgw-gateway"},
-             node=nodes[0])
-    got = kubectl(apiserver, "egressgw", "drain", nodes[0], "-n", kube_namespace)
-    assert got.returncode == EXIT_NOT_HERE, got.stderr
-    assert "nothing was drained" in got.stdout
-    assert (f"kubectl -n {kube_namespace} exec egressgw-gateway-x1 -- egressgw gateway drain --config "
-            "/etc/egressgw/gateway.yaml") in got.stdout
+def test_plugin_drain_and_undrain_annotate_the_member(kube: Kube, kube_namespace: str, sync_api: KubeApi,
+                                                      apiserver: ApiServer) -> None:
+    gw, nodes = setup_world(kube, kube_namespace, sync_api)
+    node_path = f"/api/v1/nodes/{nodes[0]}"
+    got = kubectl(apiserver, "egressgw", "drain", nodes[0], "--reason", "kernel upgrade")
+    assert got.returncode == 0, got.stderr
+    assert f"node/{nodes[0]}: set {DRAIN_ANNOTATION}='kernel upgrade'" in got.stdout
+    assert sync_api.get(node_path)["metadata"]["annotations"][DRAIN_ANNOTATION] == "kernel upgrade"
+    got = kubectl(apiserver, "egressgw", "status", "-o", "json")
+    assert got.returncode == 0, got.stderr
+    members = {m["name"]: m for g in json.loads(got.stdout)["gateways"] if g["name"] == gw for m in g["members"]}
+    assert members[nodes[0]]["maintenance"] == "kernel upgrade" and members[nodes[1]]["maintenance"] is None
+    got = kubectl(apiserver, "egressgw", "status")
+    assert f"{nodes[0]} (maintenance: kernel upgrade)" in got.stdout, got.stdout
+
+    got = kubectl(apiserver, "egressgw", "undrain", nodes[0])
+    assert got.returncode == 0 and f"removed {DRAIN_ANNOTATION}" in got.stdout, got.stdout + got.stderr
+    assert DRAIN_ANNOTATION not in (sync_api.get(node_path)["metadata"].get("annotations") or {})
+    assert "is not drained; nothing to do" in kubectl(apiserver, "egressgw", "undrain", nodes[0]).stdout
+
+    # an appliance (no Node): its member Lease carries the annotation
+    box = kube.unique("kbox")
+    MemberLease(sync_api, MemberIdentity(name=box, gateway=gw, address="198.51.100.45"), duration=60).renew_once()
+    got = kubectl(apiserver, "egressgw", "drain", box)
+    assert got.returncode == 0 and f"lease {DEFAULT_NAMESPACE}/{MEMBER_PREFIX}{box}" in got.stdout, got.stderr
+    lease = sync_api.get(LEASES.path(DEFAULT_NAMESPACE, MEMBER_PREFIX + box))
+    assert lease["metadata"]["annotations"][DRAIN_ANNOTATION] == "maintenance"
+
     got = kubectl(apiserver, "egressgw", "drain", "not-a-member", "-n", kube_namespace)
-    assert got.returncode == EXIT_NOT_HERE and "is not a gateway member" in got.stdout
+    assert got.returncode == 1 and "is not a gateway member" in got.stderr
 
 
 def test_status_watch_prints_each_change(kube: Kube, kube_namespace: str, sync_api: KubeApi,

@@ -5,6 +5,7 @@ election (one leader, takeover after release and after expiry), the status write
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from appliance.core.intent import Intent
+from appliance.core.model import DRAIN_ANNOTATION
 from appliance.core.snapshot import Snapshot
 from appliance.core.waiting import wait_until
 from k8s_sync.kubeapi import KubeApi, make_api_client
@@ -52,6 +54,20 @@ def test_member_lease_is_created_renewed_and_released(sync_api: KubeApi, kube: K
     lease.release()
     assert not any(o["metadata"]["name"] == lease.path.rsplit("/", 1)[1]
                    for o in sync_api.get(LEASES.path(NS))["items"])
+
+
+def test_member_lease_in_maintenance_is_kept_expired_on_release(sync_api: KubeApi, kube: Kube) -> None:
+    """An appliance drained by annotation keeps its Lease (and so the annotation) when its service stops."""
+    lease = MemberLease(sync_api, MemberIdentity(name=kube.unique("appl"), gateway="gw-x", address="198.51.100.61"),
+                        duration=10)
+    lease.renew_once()
+    sync_api.merge_patch(lease.path, {"metadata": {"annotations": {DRAIN_ANNOTATION: "swap PSU"}}})
+    lease.renew_once()  # a renewal (merge patch) leaves the operator's annotation alone
+    assert sync_api.get(lease.path)["metadata"]["annotations"][DRAIN_ANNOTATION] == "swap PSU"
+    lease.release()
+    obj = sync_api.get(lease.path)
+    assert obj["metadata"]["annotations"][DRAIN_ANNOTATION] == "swap PSU"
+    assert lease_alive(obj) is not None and lease_alive(obj) <= time.time()  # written expired: not a live member
 
 
 def test_member_lease_says_expired_and_is_not_renewed_while_unhealthy(sync_api: KubeApi, kube: Kube) -> None:
