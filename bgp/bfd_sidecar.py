@@ -132,20 +132,9 @@ class AdoptedBird:
 
 
 def _stop_bird(child: subprocess.Popen[bytes] | AdoptedBird | None, timeout_s: float) -> bool:
-    """SIGTERM BIRD's process group (it runs in its own session), SIGKILL after `timeout_s`."""
-    if not isinstance(child, AdoptedBird):
-        return stop_group(child, timeout_s)
-    if child.poll() is not None:
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGTERM)
-    try:
-        child.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait(5.0)
-    return True
+    """SIGTERM BIRD's process group (it runs in its own session), SIGKILL after `timeout_s`. An adopted BIRD is not
+    our child (someone else reaps it): wait for it a bounded time after the SIGKILL."""
+    return stop_group(child, timeout_s, reap_timeout_s=5.0 if isinstance(child, AdoptedBird) else None)
 
 
 class BfdSidecar:

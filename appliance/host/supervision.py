@@ -100,8 +100,19 @@ def kill_stale(pidfile: Path, marker: str, *, timeout_s: float = 3.0) -> bool:
     return True
 
 
-def stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
-    """SIGTERM the process group of `proc` (started with `start_new_session`), SIGKILL it after `timeout_s`, reap it.
+class GroupLeader(Protocol):
+    """What `stop_group` needs of a process: a `subprocess.Popen`, or a process known only by its pid."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def stop_group(proc: GroupLeader | None, timeout_s: float, *, reap_timeout_s: float | None = None) -> bool:
+    """SIGTERM the process group of `proc` (started with `start_new_session`), SIGKILL it after `timeout_s`, reap it
+    (waiting at most `reap_timeout_s` after the SIGKILL, None = until it is gone).
 
     False when there was nothing to stop (never started, or already exited)."""
     if proc is None or proc.poll() is not None:
@@ -113,7 +124,7 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.wait(reap_timeout_s)
     return True
 
 
