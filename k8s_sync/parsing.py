@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import sys
 from datetime import UTC, datetime
 
 from appliance.api import manifests
@@ -21,7 +22,21 @@ log = EventLogger(logging.getLogger(__name__))
 
 
 def parse_pod_obj(obj: JSON) -> Pod:
-    return manifests.parse_pod(obj)
+    return compact_pod(manifests.parse_pod(obj))
+
+
+def compact_pod(pod: Pod) -> Pod:
+    """`pod` with its repeated strings interned (namespace, node, phase, label keys and values): every parsed watch
+    event brings fresh copies of strings that thousands of pods share; interned, they are stored once (memory at
+    100k pods). Interned strings are freed when nothing refers to them any more."""
+    intern = sys.intern
+    return dataclasses.replace(
+        pod,
+        namespace=intern(pod.namespace),
+        node_name=intern(pod.node_name),
+        phase=intern(pod.phase),
+        labels=tuple((intern(k), intern(v)) for k, v in pod.labels),
+    )
 
 
 def parse_node_obj(obj: JSON) -> Node:

@@ -2,6 +2,10 @@
 
 - `submit(snapshot, intent)` never blocks: it replaces the pending work (latest wins) and wakes the worker thread,
   so a slow or absent API server never stalls a reconcile loop.
+- Coalescing window: write passes start at least `window_s` apart. The first submission after a quiet window is
+  written at once (a new policy gets its status without delay); everything submitted during the window collapses
+  into one pass at its end. So during a rollout every object gets at most one patch per window (its `selectedIPs`
+  changes with every pod event; the API server must not see a request per pod event). `flush()` skips the wait.
 - Only the leader writes (`is_leader`, from `leases.LeaderElection`); followers drop work silently.
 - Each write is a JSON merge patch of `status` carrying `metadata.resourceVersion`: if someone changed the object
   since we read it (409 Conflict), the object is fetched again, its status re-planned against it, and the write
@@ -55,14 +59,24 @@ class WriteReport:
 class StatusWriter:
     def __init__(self, api: KubeApi, objects: Callable[[str], Sequence[JSON]], *,
                  is_leader: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.time,
-                 identity: str = "egressgw", retry_delay: float = 2.0) -> None:
-        """`objects(kind)` returns the current raw objects of a kind (the store's `raw_objects`)."""
+                 identity: str = "egressgw", retry_delay: float = 2.0, window_s: float = 1.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`objects(kind)` returns the current raw objects of a kind (the store's `raw_objects`). `window_s`: the
+        least time between the starts of two write passes (1 s: status lags pod churn by at most a second, and a
+        rollout of hundreds of pods per second costs one patch per changed object per second)."""
         self.api = api
         self._objects = objects
         self._is_leader = is_leader
         self._clock = clock
         self.identity = identity
         self._retry_delay = retry_delay
+        self.window_s = window_s
+        self._monotonic = monotonic
+        #: when the next write pass may start (the coalescing window), and whether a flush waives the wait
+        self._next_pass_at = float("-inf")
+        self._flushing = 0
+        #: True while the worker holds pending work until the window ends (tests, metrics)
+        self.holding = False
         self._cond = threading.Condition()
         self._pending: tuple[Snapshot, Intent] | None = None
         self._busy = False
@@ -103,11 +117,32 @@ class StatusWriter:
         """Wait until everything submitted so far has been handled (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._pending is not None or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._pending is not None or self._busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+            finally:
+                self._flushing -= 1
+        return True
+
+    def poke(self) -> None:
+        """Wake the worker to re-check its window (an injected `monotonic` clock moved)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _hold(self) -> bool:
+        """Under the lock: wait a little if the window is not over; True when the caller must check again."""
+        left = self._next_pass_at - self._monotonic()
+        if left <= 0 or self._flushing or self._stop:
+            self.holding = False
+            return False
+        self.holding = True
+        self._cond.notify_all()
+        self._cond.wait(min(left, 0.5))  # bounded: an injected clock moves without notifying
         return True
 
     def _run(self) -> None:
@@ -122,9 +157,12 @@ class StatusWriter:
                     self._cond.wait(self._retry_delay)  # a newer submission supersedes the retry
                     if self._stop:
                         return
+                if self._hold():
+                    continue
                 work = self._pending or retry
                 self._pending, retry = None, None
                 self._busy = True
+                self._next_pass_at = self._monotonic() + self.window_s
             try:
                 if work is not None and self._is_leader():
                     report = self.write_once(*work)

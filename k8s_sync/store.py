@@ -4,8 +4,11 @@
   planned before that (an empty store must never mean "withdraw every EIP").
 - **Typed once, at the edge**: nodes, pods and namespaces are parsed (`appliance.api.manifests`) when their reflector
   delivers them, so a snapshot of 10k pods only assembles already-parsed objects; per-kind sorted tuples are cached
-  until that kind changes. The egressgw objects are validated together (`appliance.api.validation.validate_all`), with
-  `accepted=` the policies accepted before, so an edit of an immutable field is refused and the old version kept.
+  until that kind changes (kept in key order per event: no sort or Python loop over every pod). Of a pod the store
+  keeps the typed object (its repeated strings interned, `parsing.compact_pod`) and its resourceVersion, not the
+  raw dict (memory at 100k pods). The egressgw objects are validated together
+  (`appliance.api.validation.validate_all`), with `accepted=` the policies accepted before, so an edit of an
+  immutable field is refused and the old version kept.
 - **Snapshots** are cached by revision (a counter bumped on every change) and rebuilt only when something changed
   or a member lease expired since (liveness is a function of time, not only of events).
 - **Notifications**: every change calls the subscribers with a reason (`"Pod/MODIFIED"`); callers coalesce.
@@ -49,6 +52,9 @@ TYPED_KINDS = ("Node", "Pod", "Namespace", REMOTE_PODS)
 #: the kinds the detected cluster-internal ranges are computed from
 DETECTION_KINDS = ("Node", "EgressClusterInfo", "IPPool", "ServiceCIDR")
 Key = tuple[str, str]  # (namespace, name)
+#: the cluster info of a cluster without an EgressClusterInfo object: one shared instance, so the caches keyed by the
+#: identity of a snapshot's inputs (`cluster_cidrs.detected_ranges`) still hit when only pods changed
+NO_CLUSTER_INFO = EgressClusterInfo()
 
 
 def _key(obj: JSON) -> Key:
@@ -56,18 +62,28 @@ def _key(obj: JSON) -> Key:
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
-def _stub(obj: JSON) -> JSON:
-    """What the store keeps of a remote stray's raw object: its key and resourceVersion (memory: the typed pod
-    holds the rest)."""
-    meta = obj.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion") if k in meta}}
+def _stub(key: Key, rv: str, pod: Any) -> JSON:
+    """The raw object a tool reads of a stubbed kind (`raw_objects`, `get_raw`): key, resourceVersion and
+    `status.podIP`, made on demand from what the store keeps (the typed pod and the resourceVersion)."""
+    meta = {"name": key[1], "resourceVersion": rv} | ({"namespace": key[0]} if key[0] else {})
+    stub: JSON = {"metadata": meta}
+    if pod is not None and pod.ips:
+        stub["status"] = {"podIP": str(pod.ips[0])}
+    return stub
+
+
+#: kinds of which the store keeps no raw object, only its resourceVersion (memory: at 100k pods the raw dicts were
+#: the largest item; the typed object holds everything the planners read); `raw_objects`/`get_raw` return `_stub`s
+STUBBED_KINDS = frozenset({"Pod", REMOTE_PODS})
 
 
 def _same_ips(a: Any, b: Any) -> bool:
     return a is not None and b is not None and (a.ips, a.host_network) == (b.ips, b.host_network)
 
 
-def _rv(obj: JSON) -> str:
+def _rv(obj: JSON | str) -> str:
+    if isinstance(obj, str):  # a stubbed kind's entry is its resourceVersion
+        return obj
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
@@ -79,11 +95,14 @@ class Store:
         self._expected = frozenset(expected)
         self._clock = clock
         self._lock = threading.RLock()
-        self._raw: dict[str, dict[Key, JSON]] = {k: {} for k in self._expected}
+        #: kind -> key -> raw object (for STUBBED_KINDS: its resourceVersion)
+        self._raw: dict[str, dict[Key, Any]] = {k: {} for k in self._expected}
         self._typed: dict[str, dict[Key, Any]] = {k: {} for k in TYPED_KINDS}
         self._sorted: dict[str, tuple[Any, ...]] = {}
-        #: keys of each typed kind in sorted order, maintained incrementally (no full sort per pod event)
+        #: keys of each typed kind in sorted order, and the typed objects in the same order, maintained
+        #: incrementally: a pod event costs a bisect and a C-speed tuple copy, no Python loop over every pod
         self._order: dict[str, list[Key]] = {k: [] for k in TYPED_KINDS}
+        self._values: dict[str, list[Any]] = {k: [] for k in TYPED_KINDS}
         self._listed: set[str] = set()
         self._revision = 0
         self._kind_revision: dict[str, int] = {}
@@ -128,9 +147,9 @@ class Store:
                     if k not in kept:
                         kept[k] = (_rv(o), self._parse(key, o))
                 self._typed[key] = kept
-                self._order[key] = sorted(kept)
-                if key == REMOTE_PODS:
-                    self._raw[key] = {k: _stub(o) for k, o in fresh.items()}
+                self._reorder(key)
+                if key in STUBBED_KINDS:
+                    self._raw[key] = {k: _rv(o) for k, o in fresh.items()}
             first = key not in self._listed
             self._listed.add(key)
             if changed or first:
@@ -161,18 +180,24 @@ class Store:
                     i = bisect.bisect_left(order, k)
                     if i < len(order) and order[i] == k:
                         order.pop(i)
+                        self._values[key].pop(i)
             else:
                 old = raw.get(k)
                 if old is not None and _rv(old) == _rv(obj):
                     return
-                raw[k] = _stub(obj) if key == REMOTE_PODS else obj
+                raw[k] = _rv(obj) if key in STUBBED_KINDS else obj
                 if key in TYPED_KINDS:
                     parsed = self._parse(key, obj)
                     before = self._typed[key].get(k)
                     self._typed[key][k] = (_rv(obj), parsed)
-                    if old is None:
-                        bisect.insort(self._order[key], k)
-                    elif key == REMOTE_PODS and before is not None and _same_ips(before[1], parsed):
+                    order = self._order[key]
+                    i = bisect.bisect_left(order, k)
+                    if i < len(order) and order[i] == k:
+                        self._values[key][i] = parsed
+                    else:
+                        order.insert(i, k)
+                        self._values[key].insert(i, parsed)
+                    if old is not None and key == REMOTE_PODS and before is not None and _same_ips(before[1], parsed):
                         return  # a remote stray changed in a way nobody reads (phase, status conditions)
             self._bump(key)
             relist = key in DETECTION_KINDS and self._recheck_remote()
@@ -289,11 +314,29 @@ class Store:
 
     def raw_objects(self, key: str) -> list[JSON]:
         with self._lock:
+            if key in STUBBED_KINDS:
+                typed = self._typed[key]
+                return [_stub(k, rv, typed[k][1]) for k, rv in self._raw.get(key, {}).items()]
             return list(self._raw.get(key, {}).values())
+
+    def typed_objects(self, key: str) -> list[Any]:
+        """The parsed objects of a typed kind (Pod, Node, Namespace, RemotePod) in no particular order; cheap (no
+        snapshot, no stubs): for tools and benchmarks polling for a state."""
+        with self._lock:
+            return [v[1] for v in self._typed.get(key, {}).values() if v[1] is not None]
+
+    def typed_object(self, key: str, namespace: str, name: str) -> Any:
+        """The parsed object of a typed kind by key (None when absent or unparsable)."""
+        with self._lock:
+            found = self._typed.get(key, {}).get((namespace, name))
+            return None if found is None else found[1]
 
     def get_raw(self, key: str, namespace: str, name: str) -> JSON | None:
         with self._lock:
-            return self._raw.get(key, {}).get((namespace, name))
+            found = self._raw.get(key, {}).get((namespace, name))
+            if found is not None and key in STUBBED_KINDS:
+                return _stub((namespace, name), found, self._typed[key][(namespace, name)][1])
+            return found
 
     @property
     def revision(self) -> int:
@@ -334,7 +377,7 @@ class Store:
         if self._detection is not None and self._detection[0] == revs:
             return self._detection[1]
         view = Snapshot(nodes=self._typed_sorted("Node"), service_cidrs=self._service_cidrs,
-                        cluster_info=self._validate().cluster_info or EgressClusterInfo(),
+                        cluster_info=self._validate().cluster_info or NO_CLUSTER_INFO,
                         calico_pools=self._calico_pools())
         found = detected_ranges(view)
         self._detection = (revs, found)
@@ -362,7 +405,7 @@ class Store:
             del typed[k]
             self._raw[REMOTE_PODS].pop(k, None)
         if covered:
-            self._order[REMOTE_PODS] = sorted(typed)
+            self._reorder(REMOTE_PODS)
             self._bump(REMOTE_PODS)
         return not old.within(found)
 
@@ -396,11 +439,15 @@ class Store:
             log.warning("store.parse_failed", kind=key, object="/".join(_key(obj)), error=error_text(e))
             return None
 
+    def _reorder(self, key: str) -> None:
+        typed = self._typed[key]
+        self._order[key] = sorted(typed)
+        self._values[key] = [typed[k][1] for k in self._order[key]]
+
     def _typed_sorted(self, key: str) -> tuple[Any, ...]:
         cached = self._sorted.get(key)
         if cached is None:
-            items = self._typed.get(key, {})
-            cached = tuple(p for k in self._order[key] if (p := items[k][1]) is not None)
+            cached = tuple(filter(None, self._values[key]))  # None: a parse failure (typed objects are truthy)
             self._sorted[key] = cached
         return cached
 
@@ -437,7 +484,7 @@ class Store:
             gateways=tuple(result.gateways),
             policies=tuple(result.policies),
             problems=tuple(result.problems),
-            cluster_info=result.cluster_info or EgressClusterInfo(),
+            cluster_info=result.cluster_info or NO_CLUSTER_INFO,
             namespaces=self._typed_sorted("Namespace"),
             nodes=self._typed_sorted("Node"),
             pods=self._typed_sorted("Pod"),

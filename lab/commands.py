@@ -49,7 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     ex.set_defaults(func=run_exec)
-    demo = sub.add_parser("demo", help="the guided demo (lab/demo.py)", add_help=False)
+    # prefix_chars "+": every argument (`--topology FILE`, `--help`) goes to lab/demo.py's own parser; with "-" an
+    # option right after `demo` is not taken by the REMAINDER positional and argparse refuses it
+    demo = sub.add_parser("demo", help="the guided demo (lab/demo.py)", add_help=False, prefix_chars="+")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=run_demo)
 

@@ -1,7 +1,9 @@
-"""`egressgw lab demo`: the whole system in the default lab, shown as tables.
+"""`egressgw lab demo`: the whole system in a lab (the default one, or `--topology FILE`), shown as tables.
 
-1. bring up the lab (kube-apiserver + etcd, BIRD 2 router, two gateways with ExaBGP + BFD, two workers with pods);
-2. apply an EgressGateway and a tenant EgressPolicy through the Kubernetes API, create the pods;
+1. bring up the lab (kube-apiserver + etcd, the BIRD 2 or FRR router, gateways with ExaBGP + BFD, workers with pods);
+   everything about the network comes from the topology file, the EgressGateway from its scenario file
+   (`NAME.scenario.yml` beside it, or `--scenario FILE`; lab/scenario_spec.py);
+2. apply the scenario's EgressGateway and a tenant EgressPolicy through the Kubernetes API, create the pods;
 3. show which source address the external server sees for each pod (the EIP for selected pods, the node IP for
    the rest), IPv4 and IPv6;
 4. with one probe running (UDP every 10 ms + a long-lived TCP stream): cut the primary gateway's uplink and show
@@ -27,15 +29,7 @@ from lab.bench.fresh_flows import FreshFlows, analyse_fresh, default_sync_mode
 from lab.bench.harness import RouteMonitor
 from lab.bench.probes import RawProbe, Window, window
 from lab.plots import write_event_plots
-from lab.scenarios import (
-    DEFAULT_EIP_V4,
-    DEFAULT_EIP_V6,
-    demo_pods,
-    gateway_manifest,
-    policy_manifest,
-    router_next_hop,
-    stable_primary,
-)
+from lab.scenarios import demo_pods, policy_manifest, router_next_hop, scenario_gateway, stable_primary
 from lab.system import DEFAULT_TOPOLOGY, System
 from lab.tables import render_table
 
@@ -65,21 +59,26 @@ def _fresh_row(label: str, f: dict[str, Any]) -> list[object]:
 
 def run(args: argparse.Namespace) -> int:
     parser = argparse.ArgumentParser(prog="egressgw lab demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
+    parser.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY,
+                        help="the lab topology (default lab/topologies/default.clab.yml)")
+    parser.add_argument("--scenario", type=Path, default=None,
+                        help="the scenario file (default: NAME.scenario.yml beside the topology)")
     parser.add_argument("--keep", action="store_true",
                         help="leave the lab running (remove it with `egressgw lab down`)")
     parser.add_argument("--plots", type=Path, default=Path("out/demo-plots"),
                         help="directory for one timeline SVG per failover event (default out/demo-plots)")
     opts = parser.parse_args(getattr(args, "demo_args", []) or [])
     started = time.monotonic()
-    system = System.up(opts.topology, progress=_say)
+    system = System.up(opts.topology, opts.scenario, progress=_say)
     ok = False
     try:
         ok = _demo(system, plots=opts.plots)
     finally:
         if opts.keep:
-            _say(f"lab kept. kubectl from inside the lab: egressgw lab exec api -- kubectl --kubeconfig "
-                 f"{system.lab.kubeconfig()} get egw,egp -A ; remove it with: egressgw lab down")
+            api = next(n for n, v in system.nodes.items() if v.role == "kube-api")
+            name = system.lab.name
+            _say(f"lab kept. kubectl from inside the lab: egressgw lab exec --lab {name} {api} -- kubectl "
+                 f"--kubeconfig {system.lab.kubeconfig()} get egw,egp -A ; remove it with: egressgw lab down {name}")
         else:
             _say("tearing the lab down")
             system.down()
@@ -90,23 +89,25 @@ def run(args: argparse.Namespace) -> int:
 def _demo(system: System, *, plots: Path | None = None) -> bool:
     _say(f"kubectl works against the lab's API server: kubectl --kubeconfig {system.kubeconfig} get egw,egp -A")
     pods = demo_pods(system)
-    _say("applying the EgressGateway `egw-default` (cluster default) and the policy shop/web-egress (app=web)")
+    spec = system.scenario
+    eip4, eip6 = spec.default_eip_v4, spec.default_eip_v6
+    _say(f"applying the EgressGateway `{spec.gateway}` (cluster default) and the policy shop/web-egress (app=web)")
     system.ensure_namespace("shop")
     system.ensure_namespace("blog")
-    system.apply([gateway_manifest(), policy_manifest("shop", "web-egress", match_labels={"app": "web"})])
+    system.apply([scenario_gateway(spec), policy_manifest("shop", "web-egress", match_labels={"app": "web"})])
     for p in pods:
         system.create_pod(p.namespace, p.name, p.lab_pod, dict(p.labels))
     _say("waiting for the agents and gateways to converge")
     first = next(p for p in pods if p.selected)
-    wait_until(lambda: system.seen_source(first.lab_pod) == DEFAULT_EIP_V4,
+    wait_until(lambda: system.seen_source(first.lab_pod) == eip4,
                timeout=90, what="the EIP at the server", interval=0.2)
     rows = []
     all_good = True
     for p in pods:
         node = system.nodes[p.lab_pod]
         worker = system.nodes[node.worker]
-        want4 = DEFAULT_EIP_V4 if p.selected else str(worker.address(4))
-        want6 = DEFAULT_EIP_V6 if p.selected else str(worker.address(6))
+        want4 = eip4 if p.selected else str(worker.address(4, system.underlay(node.worker)))
+        want6 = eip6 if p.selected else str(worker.address(6, system.underlay(node.worker)))
         seen4 = system.wait_source(p.lab_pod, want4, timeout=20)
         seen6 = system.wait_source(p.lab_pod, want6, version=6, timeout=20)
         good = seen4 == want4 and seen6 == want6
@@ -115,26 +116,26 @@ def _demo(system: System, *, plots: Path | None = None) -> bool:
                      "ok" if good else f"expected {want4} / {want6}"])
     print(render_table(["pod", "worker", "selected", "server saw (IPv4)", "server saw (IPv6)", "check"], rows,
                        title="Source address seen by the external server"))
-    primary = stable_primary(system, DEFAULT_EIP_V4)
+    primary = stable_primary(system, eip4)
     _say(f"starting one probe in {first.namespace}/{first.name}: a UDP datagram every 10 ms and a long-lived TCP "
          "stream, through the tunnel, the gateway's SNAT and the router")
-    monitor = RouteMonitor(system, DEFAULT_EIP_V4).start()  # the router's route changes, for the plots
-    probe = RawProbe(system.lab, first.lab_pod).start()
+    monitor = RouteMonitor(system, eip4).start()  # the router's route changes, for the plots
+    probe = RawProbe(system.lab, first.lab_pod, server=system.external_address(4), port=system.ext_port).start()
     fresh = FreshFlows(system, first.lab_pod)
     events: list[tuple[str, float, float]] = []
     try:
         time.sleep(1.0)
-        _say(f"the router sends {DEFAULT_EIP_V4} to {primary}; cutting {primary}'s uplink (hard failure)")
+        _say(f"the router sends {eip4} to {primary}; cutting {primary}'s uplink (hard failure)")
         t0 = time.time()
-        system.lab.cut_link(primary, "eth1")
+        system.lab.cut_link(primary, system.uplink(primary))
         time.sleep(3.0)
         events.append((f"uplink of {primary} cut", t0, time.time()))
-        after_cut = router_next_hop(system, DEFAULT_EIP_V4)
+        after_cut = router_next_hop(system, eip4)
         all_good &= bool(after_cut) and after_cut != primary
         _say(f"restoring {primary}'s uplink: it returns as a backup, then takes its primaries back after the hold-down")
         t0 = time.time()
-        system.lab.restore_link(primary, "eth1")
-        wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=60,
+        system.lab.restore_link(primary, system.uplink(primary))
+        wait_until(lambda: router_next_hop(system, eip4) == primary, timeout=60,
                    what=f"{primary} to take its primaries back after the hold-down", interval=0.2)
         time.sleep(1.0)
         events.append((f"{primary} returns (hold-down, take-back)", t0, time.time()))
@@ -154,7 +155,7 @@ def _demo(system: System, *, plots: Path | None = None) -> bool:
     event_rows: list[list[object]] = []
     for label, t0, t1 in events:
         w = window(raw, t0 - 0.2, t1)
-        eip_ok = w.sources == (DEFAULT_EIP_V4,)
+        eip_ok = w.sources == (eip4,)
         all_good &= eip_ok and w.tcp_survived
         if label.startswith("drain") or "returns" in label:
             all_good &= w.udp.lost == 0

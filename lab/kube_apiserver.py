@@ -86,8 +86,10 @@ class ApiServerConfig:
 
     #: everything goes here: etcd data, certs, keys, token file, kubeconfig, logs
     workdir: Path
-    #: the apiserver's bind and advertise address (in the namespace when `netns` is set)
+    #: the apiserver's advertise address and the one its kubeconfig names (in the namespace when `netns` is set)
     address: str = "127.0.0.1"
+    #: the address it listens on (default: `address`); "::" listens on every IPv6 and IPv4 address of the namespace
+    bind_address: str | None = None
     port: int | None = None
     etcd_client_port: int | None = None
     etcd_peer_port: int | None = None
@@ -241,7 +243,7 @@ class ApiServer:
         return [
             str(binary),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_client_port}",
-            f"--bind-address={self.config.address}",
+            f"--bind-address={self.config.bind_address or self.config.address}",
             f"--advertise-address={self.config.address}",
             f"--secure-port={self.port}",
             "--insecure-port=0",

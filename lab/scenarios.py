@@ -1,7 +1,8 @@
 """Building blocks shared by the demo, the end-to-end tests and the lab benchmarks: manifests and measured steps.
 
 Every step returns data (what the external server saw, a probe report, the primary member); callers render it
-(the demo as tables) or assert on it (tests) or aggregate it (benchmarks).
+(the demo as tables) or assert on it (tests) or aggregate it (benchmarks). The gateway, its pools and default EIPs
+come from the lab's scenario (`system.scenario`, lab/scenario_spec.py), the server's addresses from the topology.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ from typing import Any
 
 from appliance.core.waiting import wait_until
 from lab.probe import BackgroundProbe, ProbeReport
-from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
-
-GATEWAY = "egw-default"
-POOL_V4 = "203.0.113.128/25"
-POOL_V6 = "2001:db8:e1::/64"
-DEFAULT_EIP_V4 = "203.0.113.200"
-DEFAULT_EIP_V6 = "2001:db8:e1::200"
+from lab.scenario_spec import ScenarioSpec
+from lab.system import System
 
 
-def gateway_manifest(name: str = GATEWAY, *, pools_v4: tuple[str, ...] = ("203.0.113.200-203.0.113.209",),
-                     pools_v6: tuple[str, ...] = ("2001:db8:e1::200-2001:db8:e1::209",),
-                     default_v4: str | None = DEFAULT_EIP_V4, default_v6: str | None = DEFAULT_EIP_V6,
+def scenario_gateway(spec: ScenarioSpec, *, failback_hold_s: float | None = None, tunnel: str | None = None,
+                     **kwargs: Any) -> dict[str, Any]:
+    """The scenario's EgressGateway (name, pools, default EIPs, tunnel, hold-down), with `gateway_manifest`'s other
+    arguments (`cluster_default`, `node_selector`, `no_gateway_action`) passed on."""
+    return gateway_manifest(spec.gateway, pools_v4=spec.pools_v4, pools_v6=spec.pools_v6,
+                            default_v4=spec.default_eip_v4 or None, default_v6=spec.default_eip_v6 or None,
+                            failback_hold_s=spec.failback_hold_s if failback_hold_s is None else failback_hold_s,
+                            tunnel=tunnel or spec.tunnel_type, tunnel_family=spec.tunnel_family, **kwargs)
+
+
+def gateway_manifest(name: str, *, pools_v4: tuple[str, ...], pools_v6: tuple[str, ...] = (),
+                     default_v4: str | None = None, default_v6: str | None = None,
                      cluster_default: bool = True, failback_hold_s: float = 3.0,
-                     node_selector: dict[str, str] | None = None, tunnel: str = "vxlan",
+                     node_selector: dict[str, str] | None = None, tunnel: str = "vxlan", tunnel_family: str = "",
                      no_gateway_action: str = "FailClosed") -> dict[str, Any]:
     ippools: dict[str, Any] = {}
     if pools_v4:
@@ -43,7 +48,7 @@ def gateway_manifest(name: str = GATEWAY, *, pools_v4: tuple[str, ...] = ("203.0
             "ippools": ippools,
             "nodeSelector": {"selector": {"matchLabels": node_selector or {"egressgw.io/gateway": "true"}}},
             "clusterDefault": cluster_default,
-            "tunnel": {"type": tunnel},
+            "tunnel": {"type": tunnel, **({"family": tunnel_family} if tunnel_family else {})},
             "failover": {"noGatewayAction": no_gateway_action, "failbackHoldSeconds": failback_hold_s},
         },
     }
@@ -98,7 +103,7 @@ def policy_eips(system: System, namespace: str, name: str) -> tuple[str, str]:
 
 def primary_member(system: System, eip: str) -> str:
     """The member the gateway status names primary for `eip` ("" when unknown)."""
-    status = system.get("EgressGateway", GATEWAY).get("status") or {}
+    status = system.get("EgressGateway", system.scenario.gateway).get("status") or {}
     for entry in status.get("eips") or []:
         if entry.get("ip") == eip:
             return str(entry.get("primary") or "")
@@ -108,8 +113,7 @@ def primary_member(system: System, eip: str) -> str:
 def router_next_hop(system: System, eip: str) -> str:
     """The gateway member the router forwards `eip` to right now, from the router's kernel table."""
     version = 6 if ":" in eip else 4
-    router = next(n for n, v in system.nodes.items() if v.role == "router")
-    res = system.lab.exec(router, ["ip", f"-{version}", "route", "get", eip], check=False)
+    res = system.lab.exec(system.router, ["ip", f"-{version}", "route", "get", eip], check=False)
     text = str(res.stdout)
     for gw in system.gateways:
         addrs = {str(ifc.ip) for _, ifc in system.nodes[gw].addresses}
@@ -133,7 +137,8 @@ def stable_primary(system: System, eip: str, *, timeout: float = 60.0) -> str:
 def measure_failure(system: System, lab_pod: str, act: Callable[[], None], *, after: float = 3.0,
                     version: int = 4, tcp: bool = False) -> ProbeReport:
     """Run the 10 ms probe from `lab_pod`, perform `act` (a failure or a drain), keep probing `after` seconds."""
-    probe = BackgroundProbe(system.lab, lab_pod, server=EXTERNAL_V4 if version == 4 else EXTERNAL_V6, tcp=tcp)
+    probe = BackgroundProbe(system.lab, lab_pod, server=system.external_address(version), port=system.ext_port,
+                            tcp=tcp)
     probe.start()
     time.sleep(1.0)  # a second of normal traffic before the event
     try:

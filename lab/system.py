@@ -6,6 +6,11 @@ starts `egressgw gateway` in every gateway namespace and `egressgw agent` in eve
 what scenarios need: create pods (Pod objects whose IPs are the lab pod namespaces' addresses), apply manifests,
 ask the external server which source address it saw, run the 10 ms probe, cut links and kill members.
 
+Everything about the network comes from the topology file: node roles and their details from the `egressgw.*` labels
+(docs/lab.md), addresses from the nodes' `ip addr add` exec lines, the API server's addresses from its
+`@kube-apiserver --address ...` command line. The cluster objects the callers apply (gateway name, pools, default EIPs,
+tunnel family) come from the topology's scenario file (`lab.scenario_spec`, `system.scenario`).
+
 Used by the demo (`egressgw lab demo`), the end-to-end tests (tests/e2e) and the failover/convergence benchmarks.
 """
 
@@ -33,15 +38,21 @@ from appliance.core.waiting import poll_until, wait_until
 from lab.kube_apiserver import install_service_accounts, service_account_kubeconfig
 from lab.netns_forward import ForwardSpec, NetnsForwarder
 from lab.runner import Lab
+from lab.scenario_spec import ScenarioSpec, default_scenario_path, load_scenario
+from lab.topology import Topology
 
 TOPOLOGIES = Path(__file__).parent / "topologies"
 DEFAULT_TOPOLOGY = TOPOLOGIES / "default.clab.yml"
-EXTERNAL_V4 = "203.0.113.2"
-EXTERNAL_V6 = "2001:db8:203::2"
-ROUTER_ASN = 64512
-GATEWAY_ASN = 64513
 GATEWAY_LABEL = ("egressgw.io/gateway", "true")
-_ADDR_RE = re.compile(r"ip (?:-6 )?addr(?:ess)? add (\S+) dev (\S+)")
+_ADDR_RE = re.compile(r"ip (?:-[46] )?addr(?:ess)? add (\S+) dev (\S+)")
+#: the external server's port when its node has no `egressgw.ext-port` label (lab.extserver's default)
+DEFAULT_EXT_PORT = 7000
+#: `ip route show proto X` of the routes the router's BGP daemon installed, per `egressgw.router-kind`
+ROUTE_PROTO = {"bird": "bird", "frr": "bgp"}
+
+
+class LabTopologyError(ValueError):
+    """The topology lacks something the harness needs (a role, a label, an address); the message names it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +62,25 @@ class LabNode:
     #: addresses configured by the topology: interface -> interfaces (with prefix length)
     addresses: tuple[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface], ...]
     worker: str = ""  # for pods: the worker they sit behind
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def label(self, key: str, default: str = "") -> str:
+        return dict(self.labels).get(key, default)
+
+    def interface(self, label: str) -> str:
+        """The interface named by label `label` (e.g. `egressgw.uplink`), else the one holding the first address."""
+        named = self.label(label)
+        if named:
+            return named
+        if not self.addresses:
+            raise LabTopologyError(f"node {self.name}: no `ip addr add` exec line, and no {label} label")
+        return self.addresses[0][0]
+
+    def asn(self) -> int:
+        text = self.label("egressgw.asn")
+        if not text.isdigit():
+            raise LabTopologyError(f"node {self.name}: label egressgw.asn {text or '(missing)'!r} must be an AS number")
+        return int(text)
 
     def address(self, version: int, interface: str | None = None) -> IPAddress:
         for ifname, ifc in self.addresses:
@@ -64,8 +94,13 @@ class LabNode:
 
 def lab_nodes(lab: Lab) -> dict[str, LabNode]:
     """Roles and addresses of the lab's nodes, read from the topology (labels `egressgw.role`, exec lines)."""
+    return topology_nodes(lab.topology)
+
+
+def topology_nodes(topology: Topology) -> dict[str, LabNode]:
+    """Roles, labels and addresses of a topology's linux nodes (pure: from the file, nothing running)."""
     out: dict[str, LabNode] = {}
-    for n in lab.topology.linux_nodes:
+    for n in topology.linux_nodes:
         labels = dict(n.labels)
         addrs = []
         for line in n.exec:
@@ -73,7 +108,7 @@ def lab_nodes(lab: Lab) -> dict[str, LabNode]:
             if m:
                 addrs.append((m.group(2), ipaddress.ip_interface(m.group(1))))
         out[n.name] = LabNode(name=n.name, role=labels.get("egressgw.role", ""), addresses=tuple(addrs),
-                              worker=labels.get("egressgw.worker", ""))
+                              worker=labels.get("egressgw.worker", ""), labels=tuple(labels.items()))
     return out
 
 
@@ -84,41 +119,50 @@ class System:
     kubeconfig: Path
     nodes: dict[str, LabNode]
     api: Any  # kubernetes.client.ApiClient
+    scenario: ScenarioSpec
     gateway_config: dict[str, Any] = field(default_factory=dict)
     _custom: Any = None
     _core: Any = None
 
     # ---- bring-up ------------------------------------------------------------------------------------------
     @classmethod
-    def up(cls, topology: str | Path = DEFAULT_TOPOLOGY, *, prefix: str | None = None,
-           start_services: bool = True, progress: Callable[[str], None] = lambda _m: None,
+    def up(cls, topology: str | Path = DEFAULT_TOPOLOGY, scenario: str | Path | ScenarioSpec | None = None, *,
+           prefix: str | None = None, start_services: bool = True,
+           progress: Callable[[str], None] = lambda _m: None,
            gateway_overrides: Mapping[str, Any] | None = None) -> System:
+        """`scenario`: a ScenarioSpec, a scenario file, or None for the topology's own (`NAME.scenario.yml`)."""
+        spec = scenario if isinstance(scenario, ScenarioSpec) else load_scenario(
+            scenario if scenario is not None else default_scenario_path(topology))
         progress("bringing up the lab topology (namespaces, links, routers, API server)")
         lab = Lab.up(topology, prefix=prefix)
         try:
-            return cls._attach(lab, start_services=start_services, progress=progress,
+            return cls._attach(lab, spec, start_services=start_services, progress=progress,
                                gateway_overrides=gateway_overrides)
         except BaseException:
             lab.down()
             raise
 
     @classmethod
-    def _attach(cls, lab: Lab, *, start_services: bool, progress: Callable[[str], None],
+    def _attach(cls, lab: Lab, scenario: ScenarioSpec, *, start_services: bool, progress: Callable[[str], None],
                 gateway_overrides: Mapping[str, Any] | None) -> System:
         # the lab's API server has a self-signed certificate; the kubeconfig says insecure-skip-tls-verify
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         nodes = lab_nodes(lab)
-        api_node = next(n for n in nodes.values() if n.role == "kube-api")
+        api_node = _one_role(nodes, "kube-api")
         inner = yaml.safe_load(lab.kubeconfig().read_text())
-        server = inner["clusters"][0]["cluster"]["server"]
+        server = inner["clusters"][0]["cluster"]["server"]  # https://<the first --address>:<port>
         port = int(server.rsplit(":", 1)[1])
-        fwd = NetnsForwarder(ForwardSpec(netns=lab.netns(api_node.name), upstream=(str(api_node.address(4)), port)))
+        addresses = api_addresses(lab, api_node.name)
+        if not addresses:
+            raise LabTopologyError(f"node {api_node.name}: no @kube-apiserver daemon with --address")
+        # the forwarder connects from inside the API node's namespace: its own first address is always reachable
+        fwd = NetnsForwarder(ForwardSpec(netns=lab.netns(api_node.name), upstream=(addresses[0], port)))
         outer = json.loads(json.dumps(inner))
         outer["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{fwd.port}"
         host_kubeconfig = lab.state_dir / "kubeconfig.host"
         host_kubeconfig.write_text(yaml.safe_dump(outer))
         api = config.new_client_from_config(config_file=str(host_kubeconfig))
-        sys_ = cls(lab=lab, forwarder=fwd, kubeconfig=host_kubeconfig, nodes=nodes, api=api)
+        sys_ = cls(lab=lab, forwarder=fwd, kubeconfig=host_kubeconfig, nodes=nodes, api=api, scenario=scenario)
         sys_._custom = client.CustomObjectsApi(api)
         sys_._core = client.CoreV1Api(api)
         sys_.gateway_config = dict(gateway_overrides or {})
@@ -160,8 +204,9 @@ class System:
                                     "spec": {"podCIDR": pod_cidrs[0], "podCIDRs": pod_cidrs} if pod_cidrs else {}}
             with contextlib.suppress(Exception):
                 self._core.create_node(body)
-            addrs = [{"type": "InternalIP", "address": str(ifc.ip)} for _, ifc in node.addresses
-                     if _.startswith("eth")]
+            bridge = node.label("egressgw.pod-bridge", "cni0")
+            addrs = [{"type": "InternalIP", "address": str(ifc.ip)} for ifname, ifc in node.addresses
+                     if ifname not in (bridge, "lo")]
             addrs.append({"type": "Hostname", "address": name})
             self._core.patch_node_status(name, {"status": {"addresses": addrs, "conditions": [
                 {"type": "Ready", "status": "True", "reason": "LabNode", "message": "lab namespace"}]}})
@@ -178,7 +223,8 @@ class System:
         return self.lab.state_dir / f"kubeconfig.{role}"
 
     def _pod_cidrs(self, worker: str) -> list[str]:
-        return [str(ifc.network) for ifname, ifc in self.nodes[worker].addresses if ifname == "cni0"]
+        bridge = self.nodes[worker].label("egressgw.pod-bridge", "cni0")
+        return [str(ifc.network) for ifname, ifc in self.nodes[worker].addresses if ifname == bridge]
 
     # ---- services ------------------------------------------------------------------------------------------
     def _config_common(self, node: str) -> dict[str, Any]:
@@ -193,14 +239,16 @@ class System:
 
     def gateway_config_for(self, gw: str) -> dict[str, Any]:
         node = self.nodes[gw]
-        v4 = node.address(4)
+        uplink = self.uplink(gw)
+        router = self.nodes[self.router]
         cfg = self._config_common(gw)
-        peers: list[dict[str, Any]] = [{"address": self._router_address(4), "asn": ROUTER_ASN}]
-        if node.has(6):
-            peers.append({"address": self._router_address(6), "asn": ROUTER_ASN})
+        peers: list[dict[str, Any]] = [{"address": peer, "asn": router.asn()}
+                                       for version in (4, 6) if (peer := self._router_address(gw, version))]
+        if not peers:
+            raise LabTopologyError(f"gateway {gw}: no router address on the subnet of its uplink {uplink}")
         cfg.update({
-            "uplink": {"interface": "eth1"},
-            "bgp": {"local_asn": GATEWAY_ASN, "router_id": str(v4), "peers": peers,
+            "uplink": {"interface": uplink},
+            "bgp": {"local_asn": node.asn(), "router_id": _router_id(node, uplink), "peers": peers,
                     "bfd": {"enabled": True, "min_tx_ms": 50, "min_rx_ms": 50, "multiplier": 3},
                     "drain": {"timeout_s": 10, "settle_s": 1.0}},
             "health": {"interval_s": 0.2, "fall": 2, "rise": 2},
@@ -209,16 +257,67 @@ class System:
             cfg[k] = v
         return cfg
 
-    def _router_address(self, version: int) -> str:
-        router = next(n for n in self.nodes.values() if n.role == "router")
-        gw = self.nodes[self.gateways[0]]
-        net = next(ifc.network for _, ifc in gw.addresses if ifc.version == version)
-        return str(next(ifc.ip for _, ifc in router.addresses if ifc.version == version and ifc.ip in net))
+    def _router_address(self, gw: str, version: int) -> str:
+        """The router's address on the subnet of `gw`'s uplink address of family `version` ("" when none)."""
+        node, router = self.nodes[gw], self.nodes[self.router]
+        uplink = self.uplink(gw)
+        for ifname, ifc in node.addresses:
+            if ifname == uplink and ifc.version == version:
+                for _, r in router.addresses:
+                    if r.version == version and r.ip in ifc.network:
+                        return str(r.ip)
+        return ""
 
     def agent_config_for(self, worker: str) -> dict[str, Any]:
         cfg = self._config_common(worker)
-        cfg["underlay"] = {"interface": "eth1"}
+        cfg["underlay"] = {"interface": self.underlay(worker)}
         return cfg
+
+    # ---- what the topology says ------------------------------------------------------------------------------
+    @property
+    def router(self) -> str:
+        return _one_role(self.nodes, "router").name
+
+    @property
+    def router_kind(self) -> str:
+        """`bird` or `frr`: the router's `egressgw.router-kind` label, else guessed from its daemons."""
+        kind = self.nodes[self.router].label("egressgw.router-kind")
+        if not kind:
+            kind = "bird" if self.lab.daemon(self.router, "bird") is not None else "frr"
+        if kind not in ROUTE_PROTO:
+            raise LabTopologyError(f"node {self.router}: label egressgw.router-kind {kind!r} must be bird or frr")
+        return kind
+
+    def uplink(self, gw: str) -> str:
+        """The gateway's interface facing the router (`egressgw.uplink`, else the one holding its first address)."""
+        return self.nodes[gw].interface("egressgw.uplink")
+
+    def underlay(self, worker: str) -> str:
+        """The worker's underlay interface (`egressgw.underlay`, else the one holding its first address)."""
+        return self.nodes[worker].interface("egressgw.underlay")
+
+    @property
+    def external(self) -> LabNode:
+        return _one_role(self.nodes, "external")
+
+    def external_address(self, version: int) -> str:
+        """The external server's (first) address of family `version`, from its exec lines."""
+        return str(self.external.address(version))
+
+    @property
+    def ext_port(self) -> int:
+        text = self.external.label("egressgw.ext-port", str(DEFAULT_EXT_PORT))
+        if not text.isdigit():
+            raise LabTopologyError(f"node {self.external.name}: label egressgw.ext-port {text!r} must be a port")
+        return int(text)
+
+    def gateway_address(self, gw: str) -> str:
+        """The gateway's uplink address the router names as next hop (IPv4 when it has one, else IPv6)."""
+        node, uplink = self.nodes[gw], self.uplink(gw)
+        for version in (4, 6):
+            with contextlib.suppress(LookupError):
+                return str(node.address(version, uplink))
+        raise LabTopologyError(f"gateway {gw}: no address on its uplink {uplink}")
 
     @staticmethod
     def python_module(module: str, *args: str) -> list[str]:
@@ -347,9 +446,10 @@ class System:
     def seen_source(self, lab_pod: str, *, version: int = 4, proto: str = "udp", timeout: float = 2.0,
                     server: str | None = None) -> str:
         """The source address the external server saw for one request from `lab_pod` ("" when none came back)."""
-        server = server or (EXTERNAL_V4 if version == 4 else EXTERNAL_V6)
+        server = server or self.external_address(version)
         res = self.lab.exec(lab_pod, [sys.executable, "-m", "lab.extclient", "source", "--server", server,
-                                      "--proto", proto, "--timeout", str(timeout)], check=False, timeout=timeout + 10)
+                                      "--port", str(self.ext_port), "--proto", proto, "--timeout", str(timeout)],
+                            check=False, timeout=timeout + 10)
         return str(res.stdout).strip() if res.returncode == 0 else ""
 
     def wait_source(self, lab_pod: str, expected: str, *, version: int = 4, proto: str = "udp",
@@ -366,8 +466,10 @@ class System:
         return seen
 
     def router_routes(self, version: int = 4) -> str:
-        router = next(n for n, v in self.nodes.items() if v.role == "router")
-        res = self.lab.exec(router, ["ip", f"-{version}", "route", "show", "proto", "bird"], check=False)
+        """The routes the router's BGP daemon installed (all its routes when there are none)."""
+        router = self.router
+        res = self.lab.exec(router, ["ip", f"-{version}", "route", "show", "proto", ROUTE_PROTO[self.router_kind]],
+                            check=False)
         if not str(res.stdout).strip():
             res = self.lab.exec(router, ["ip", f"-{version}", "route", "show"], check=False)
         return str(res.stdout)
@@ -376,6 +478,31 @@ class System:
         with contextlib.suppress(Exception):
             self.forwarder.close()
         self.lab.down()
+
+
+def _one_role(nodes: Mapping[str, LabNode], role: str) -> LabNode:
+    found = [n for n in nodes.values() if n.role == role]
+    if len(found) != 1:
+        raise LabTopologyError(f"the topology needs exactly one node with label egressgw.role: {role} "
+                               f"(found {len(found)})")
+    return found[0]
+
+
+def api_addresses(lab: Lab, node: str) -> tuple[str, ...]:
+    """The `--address` values of the node's `@kube-apiserver` daemon, in order."""
+    for daemon in lab.topology.node(node).daemons:
+        words = daemon.command.split()
+        if words and words[0] == "@kube-apiserver":
+            return tuple(words[i + 1] for i, w in enumerate(words[:-1]) if w == "--address")
+    return ()
+
+
+def _router_id(node: LabNode, uplink: str) -> str:
+    """The gateway's IPv4 uplink address, else the last 32 bits of its IPv6 one (a BGP router ID is 32 bits)."""
+    try:
+        return str(node.address(4, uplink))
+    except LookupError:
+        return str(ipaddress.IPv4Address(int(node.address(6, uplink)) & 0xFFFFFFFF))
 
 
 @contextlib.contextmanager
@@ -390,7 +517,7 @@ def system_up(topology: str | Path = DEFAULT_TOPOLOGY, **kwargs: Any) -> Iterato
 def restart_apiserver(system: System, *, down_for: float = 5.0) -> None:
     """Stop the lab's kube-apiserver process for `down_for` seconds, then start it again with the same command
     line (etcd keeps running, so the cluster state survives; watchers get connection errors, then 410s)."""
-    api = next(n for n, v in system.nodes.items() if v.role == "kube-api")
+    api = _one_role(system.nodes, "kube-api").name
     rec = system.lab.daemon(api, "kube-apiserver")
     if rec is None:
         raise RuntimeError("the lab has no kube-apiserver daemon")

@@ -6,7 +6,9 @@ containerlab YAML (committed; the runner reads the files, not this module). Rege
 
 The address plan (see docs/lab.md): cluster LAN 100.127.0.0/24 + 2001:db8:127::/64, gateway uplink LAN
 198.51.100.0/24 + 2001:db8:198::/64, external LAN 203.0.113.0/28 + 2001:db8:203::/64, pods 100.64.<w>.0/24 +
-2001:db8:64:<w>::/64 behind bridge `cni0` on worker <w>.
+2001:db8:64:<w>::/64 behind bridge `cni0` on worker <w>; router AS 64512, gateways AS 64513. Every node carries the
+labels the harness reads (`egressgw.role`, `egressgw.asn`, `egressgw.router-kind`, `egressgw.uplink`,
+`egressgw.underlay`, `egressgw.ext-port`), and every topology gets its scenario file (`NAME.scenario.yml`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 
 from lab.cni import LABEL as CNI_LABEL
 from lab.cni import CniKind
+from lab.scenario_spec import default_scenario_path
 
 HERE = Path(__file__).resolve().parent / "topologies"
 IMAGE = "egressgw/lab-node:latest"  # what real containerlab would need: Debian + iproute2, nftables, python3, ...
@@ -30,6 +33,9 @@ SERVICES = ("100.100.0.0/16",)
 #: destinations the default CNI stand-in never masquerades: pods, services, the cluster LAN, the gateway uplink LAN
 NOT_MASQUERADED = (PODS[0], SERVICES[0], CLUSTER_V4, UPLINK_V4, PODS[1], "2001:db8:127::/64", "2001:db8:198::/64")
 NOT_MASQUERADED_V4 = "{ " + ", ".join(n for n in NOT_MASQUERADED if ":" not in n) + " }"
+ROUTER_ASN, GATEWAY_ASN = 64512, 64513
+#: the API node's addresses (cluster LAN), one `--address` each
+API_ADDRESSES = ("100.127.0.10", "2001:db8:127::10")
 NOT_MASQUERADED_V6 = "{ " + ", ".join(n for n in NOT_MASQUERADED if ":" in n) + " }"
 
 
@@ -52,7 +58,7 @@ def _worker(w: int, pods: int, cni: str | None = None) -> tuple[dict[str, Any], 
         "ip link set cni0 up",
     ]
     ex += [f"ip link set vp{p} master cni0" for p in range(1, pods + 1)]
-    labels = {"egressgw.role": "worker"}
+    labels = {"egressgw.role": "worker", "egressgw.underlay": "eth1"}
     if cni is not None:
         # a CNI stand-in chosen by label (lab/cni.py): its iptables/ipset rules instead of the default nft chain
         labels[CNI_LABEL] = cni
@@ -104,7 +110,8 @@ def _router(flavour: str, workers: int, v6_underlay_only: bool) -> dict[str, Any
             f"nft add rule inet lab_underlay forward ip saddr {UPLINK_V4} ip daddr {CLUSTER_V4} drop "
             "comment '\"IPv6 underlay lab: no IPv4 between workers and gateways\"'",
         ]
-    node: dict[str, Any] = {"kind": "linux", "labels": {"egressgw.role": "router"}, "exec": ex}
+    labels = {"egressgw.role": "router", "egressgw.asn": str(ROUTER_ASN), "egressgw.router-kind": flavour}
+    node: dict[str, Any] = {"kind": "linux", "labels": labels, "exec": ex}
     if flavour == "bird":
         node["image"] = "egressgw/lab-router-bird:latest"
         node["binds"] = ["../routers/bird.conf:/etc/bird/bird.conf:ro"]
@@ -140,8 +147,11 @@ def build(*, name: str, gateways: int, flavour: str = "bird", v6_underlay_only: 
         "router": _router(flavour, workers, v6_underlay_only),
         "api": {
             "kind": "linux", "image": IMAGE,
-            "labels": {"egressgw.role": "kube-api", "egressgw.daemon.kube-apiserver": "@kube-apiserver --address "
-                       "100.127.0.10 --crds"},
+            # the IPv6-underlay lab lists the API's IPv6 address first: the kubeconfigs name the first address, and
+            # the router drops IPv4 between the gateways and the cluster LAN
+            "labels": {"egressgw.role": "kube-api", "egressgw.daemon.kube-apiserver": "@kube-apiserver "
+                       + " ".join(f"--address {a}" for a in (API_ADDRESSES[::-1] if v6_underlay_only
+                                                            else API_ADDRESSES[:1])) + " --crds"},
             "exec": ["ip addr add 100.127.0.10/24 dev eth1", "ip addr add 2001:db8:127::10/64 dev eth1",
                      "ip route add default via 100.127.0.1", "ip -6 route add default via 2001:db8:127::1"],
         },
@@ -161,7 +171,8 @@ def build(*, name: str, gateways: int, flavour: str = "bird", v6_underlay_only: 
             links.append({"endpoints": [f"worker{w}:vp{p}", f"{pname}:eth0"]})
     for g in range(1, gateways + 1):
         nodes[f"gw{g}"] = {
-            "kind": "linux", "image": IMAGE, "labels": {"egressgw.role": "gateway"},
+            "kind": "linux", "image": IMAGE,
+            "labels": {"egressgw.role": "gateway", "egressgw.asn": str(GATEWAY_ASN), "egressgw.uplink": "eth1"},
             "exec": [f"ip addr add 198.51.100.1{g}/24 dev eth1", f"ip addr add 2001:db8:198::1{g}/64 dev eth1",
                      "ip route add default via 198.51.100.1", "ip -6 route add default via 2001:db8:198::1"],
         }
@@ -170,6 +181,7 @@ def build(*, name: str, gateways: int, flavour: str = "bird", v6_underlay_only: 
         "kind": "linux", "image": IMAGE,
         "labels": {
             "egressgw.role": "external",
+            "egressgw.ext-port": "7000",
             "egressgw.daemon.extserver": "{python} -m lab.extserver --port 7000 --control 127.0.0.1:7080",
             "egressgw.ready.extserver": "{python} -m lab.extclient peers",
         },
@@ -202,6 +214,32 @@ FILES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+#: the scenario (lab/scenario_spec.py) shipped next to every topology: same gateway, pools and EIPs everywhere; the
+#: IPv6-underlay lab tunnels over IPv6
+SCENARIO: dict[str, Any] = {
+    "gateway": "egw-default",
+    "tunnel": {"type": "vxlan", "family": ""},
+    "pools": {"ipv4": ["203.0.113.200-203.0.113.209"], "ipv6": ["2001:db8:e1::200-2001:db8:e1::209"]},
+    "default_eip": {"ipv4": "203.0.113.200", "ipv6": "2001:db8:e1::200"},
+    "failback_hold_s": 3.0,
+}
+
+
+def scenario_for(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kwargs.get("v6_underlay_only"):
+        return {**SCENARIO, "tunnel": {"type": "vxlan", "family": "IPv6"}}
+    return SCENARIO
+
+
+def render_scenario(fname: str, data: dict[str, Any]) -> str:
+    header = (
+        "# Generated by `python -m lab.topogen` (edit lab/topogen.py, then regenerate).\n"
+        f"# The scenario of {fname} (lab/scenario_spec.py): the EgressGateway the demo, the e2e scenarios and the\n"
+        "# benchmarks apply on that topology. Override with --scenario FILE.\n"
+    )
+    return header + yaml.safe_dump(data, sort_keys=False, width=200, default_flow_style=None)
+
+
 def render(purpose: str, data: dict[str, Any]) -> str:
     header = (
         "# Generated by `python -m lab.topogen` (edit lab/topogen.py, then regenerate).\n"
@@ -217,6 +255,9 @@ def main() -> int:
     for fname, (purpose, kwargs) in FILES.items():
         (HERE / fname).write_text(render(purpose, build(**kwargs)))
         print(HERE / fname)
+        scenario = default_scenario_path(HERE / fname)
+        scenario.write_text(render_scenario(fname, scenario_for(kwargs)))
+        print(scenario)
     return 0
 
 

@@ -47,7 +47,7 @@ from appliance.datapath.plan.worker import (
 )
 from appliance.datapath.plan.worker_nft import worker_bridge_table
 from appliance.runtime.config import AgentConfig
-from appliance.runtime.datapath_common import require_binaries, table_present
+from appliance.runtime.datapath_common import require_binaries, ruleset_variant, table_present
 from appliance.runtime.reconciling import PassOutcome
 from appliance.runtime.skips import SkipNote, worker_skips
 from appliance.runtime.underlay import Underlay
@@ -85,7 +85,7 @@ class RealWorkerDataPath:
         self.source = tunnel_source(underlay)
         self.settings = WorkerSettings(underlay_mtu=underlay.mtu, tunnel_mtu=cfg.tunnel.mtu,
                                        source_validation=cfg.source_validation, marks=cfg.marks)
-        self.applier = DataPathApplier()
+        self.applier = DataPathApplier(variant=ruleset_variant(cfg))
         self.discovery = PodInterfaceDiscovery()
         self.bridge = BridgeBindingApplier()
         #: strict mode: the unbound pod IPs the inet table holds (a change forces a full plan)
@@ -151,7 +151,7 @@ class RealWorkerDataPath:
     def _converge_bridge(self, sources: SourceCheck) -> ApplyResult:
         if self.settings.source_validation is SourceValidation.OFF:
             return self.bridge.remove()
-        return self.bridge.apply(worker_bridge_table(sources.bridged))
+        return self.bridge.apply(worker_bridge_table(sources.bridged, self.applier.variant))
 
     def drifted(self) -> bool:
         bridge_gone = self.settings.source_validation is not SourceValidation.OFF and not self.bridge.exists()

@@ -53,7 +53,7 @@ from appliance.gateway.spoofing import SpoofWatch, spoof_condition
 from appliance.gateway.view import MemberCondition
 from appliance.gateway.wireguard import GatewayWireguardHook
 from appliance.runtime.config import GatewayConfig
-from appliance.runtime.datapath_common import require_binaries, table_present
+from appliance.runtime.datapath_common import require_binaries, ruleset_variant, table_present
 from appliance.runtime.reconciling import PassOutcome
 from appliance.runtime.skips import gateway_skips
 from appliance.runtime.underlay import Underlay
@@ -103,7 +103,7 @@ class RealGatewayDataPath:
         self.settings = GatewaySettings(uplink_mtu=uplink.mtu, tunnel_mtu=cfg.tunnel.mtu, marks=cfg.marks,
                                         source_check=cfg.tunnel_source_check,
                                         state_sync=cfg.state_sync if cfg.state_sync.enabled else None)
-        self.applier = applier or DataPathApplier()
+        self.applier = applier or DataPathApplier(variant=ruleset_variant(cfg))
         self.clock = clock
         self.log = log or EventLogger("egressgw.gateway", node=cfg.node_name)
         self.flows = FlowFlusher(flush or flush_pod_conntrack)

@@ -6,7 +6,10 @@
   gone only marks its own channel down.
 - `ready()`: a member that just started announces nothing before its first full resync from its peers finished
   or timed out (`state_sync.resync_timeout_s`, plus the daemons' start time): so the entries the others hold are in
-  its kernel table before the routers can send it traffic. Never blocks forever; once ready it stays ready.
+  its kernel table before the routers can send it traffic. A peer with nothing to send finishes its resync one
+  statistics interval after its channel is up (`plan.state_sync.step_resync`), so idle peers do not hold the gate
+  until the timeout. Never blocks forever; once ready it stays ready; `ready_reason` says why the gate opened
+  (`ReadyReason`).
 - `view()` for the `MemberView` (status document, `egressgw gateway status`).
 
 Metrics (gateway `/metrics`): `egressgw_state_sync_peers`, `egressgw_state_sync_peers_up`,
@@ -25,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
-from appliance.datapath.apply.state_sync import START_TIMEOUT_S, PeerState, StateSyncDaemons
+from appliance.datapath.apply.state_sync import START_TIMEOUT_S, PeerState, ResyncState, StateSyncDaemons
 from appliance.datapath.plan.state_sync import StateSyncPlan, StateSyncSettings, plan_state_sync
 from appliance.gateway.view import PeerSyncView, StateSyncView
 
@@ -74,6 +77,19 @@ class StateSyncMetrics:
             self.last_resync.set(last_resync_s)
 
 
+class ReadyReason:
+    """Why the announcement gate opened (`GatewayStateSync.ready_reason`, the `state_sync.ready` event)."""
+
+    #: every channel's first resync finished
+    RESYNC_DONE = "resync done"
+    #: every channel's first resync ended, at least one of them by its own timeout (that peer did not answer)
+    RESYNC_TIMED_OUT = "resync timed out"
+    #: the gate's overall bound passed before every resync ended
+    TIMEOUT = "timeout"
+    #: nothing to wait for: no channel (sync off, or no other member)
+    NO_PEERS = "no peers"
+
+
 class GatewayStateSync:
     """Start/stop helper of the gateway service (`Lifecycle`) and its state-sync seam (`StateSync`)."""
 
@@ -89,6 +105,7 @@ class GatewayStateSync:
         self.plan: StateSyncPlan | None = None
         self._first_plan_at: float | None = None
         self._ready = False
+        self.ready_reason: str | None = None
         self._skipped: tuple[tuple[str, str], ...] = ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,11 +162,22 @@ class GatewayStateSync:
         if self._first_plan_at is None:
             return False
         waited = self.clock() - self._first_plan_at
-        if self.daemons.resync_settled() or waited >= self.settings.resync_timeout_s + START_TIMEOUT_S:
-            self._ready = True
-            self.log.info("state_sync.ready", waited_s=round(waited, 3), peers=len(self.daemons.states()),
-                          settled=self.daemons.resync_settled())
-        return self._ready
+        states = self.daemons.states()
+        if self.daemons.resync_settled():
+            if not states:
+                reason = ReadyReason.NO_PEERS
+            elif all(s.resync == ResyncState.DONE for s in states):
+                reason = ReadyReason.RESYNC_DONE
+            else:
+                reason = ReadyReason.RESYNC_TIMED_OUT
+        elif waited >= self.settings.resync_timeout_s + START_TIMEOUT_S:
+            reason = ReadyReason.TIMEOUT
+        else:
+            return False
+        self._ready, self.ready_reason = True, reason
+        self.log.info("state_sync.ready", waited_s=round(waited, 3), peers=len(states), reason=reason,
+                      resyncs={s.peer: s.resync for s in states})
+        return True
 
     def view(self) -> StateSyncView:
         states = self.daemons.states()

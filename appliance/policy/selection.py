@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any
 
 from appliance.core.model import EgressPolicy, IPAddress, IPNetwork, LabelSelector, Namespace, Pod, PolicyKind
 
@@ -80,42 +80,102 @@ def ip_mismatch(
     return None
 
 
-class IndexedPod(NamedTuple):
-    """An eligible pod with what selection needs precomputed (a NamedTuple: built 10k times per resolution)."""
-
-    pod: Pod
-    labels: Mapping[str, str]
-    #: per pod IP (same positions as pod.ips): (family, integer value) - the sort key of steerings
-    ip_keys: tuple[tuple[int, int], ...]
-
-
 class PodIndex:
-    """Eligible pods of one snapshot, indexed for selection. Build once per snapshot; read-only afterwards."""
+    """Eligible pods indexed for selection: built once from a snapshot, then kept current by `add`/`remove` (the
+    incremental resolver's pod index) or read only (one full resolution).
+
+    Positions are stable while a pod stays: a removed pod leaves a hole (None) that the next added pod reuses.
+    Memory (it lives as long as the resolver): the pods themselves are the snapshot's objects; per pod the index adds
+    a position in a few sets and two parallel sorted lists per family, nothing else.
+    """
 
     def __init__(self, pods: Iterable[Pod], namespaces: Iterable[Namespace]) -> None:
-        eligible = [p for p in pods if ineligibility(p) is None]  # order is irrelevant: callers sort what they emit
-        self.pods: tuple[IndexedPod, ...] = tuple(
-            IndexedPod(p, dict(p.labels), tuple((a.version, int(a)) for a in p.ips)) for p in eligible
-        )
-        self.ns_labels: dict[str, dict[str, str]] = {ns.name: dict(ns.labels) for ns in namespaces}
-        self._by_ns: dict[str, list[int]] = {}
-        self._by_label: dict[tuple[str, str, str], list[int]] = {}
-        by_ip: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-        for i, ip_pod in enumerate(self.pods):
-            ns = ip_pod.pod.namespace
-            self._by_ns.setdefault(ns, []).append(i)
-            for k, v in ip_pod.labels.items():
-                self._by_label.setdefault((ns, k, v), []).append(i)
-            for family, value in ip_pod.ip_keys:
-                by_ip[family].append((value, i))
-        for entries in by_ip.values():
-            entries.sort()
-        self._ip_keys = {v: [e[0] for e in entries] for v, entries in by_ip.items()}
-        self._ip_pods = {v: [e[1] for e in entries] for v, entries in by_ip.items()}
-        self.namespace_names: tuple[str, ...] = tuple(sorted(set(self.ns_labels) | set(self._by_ns)))
+        self.pods: list[Pod | None] = []
+        self._position: dict[tuple[str, str], int] = {}
+        self._free: list[int] = []
+        self.ns_labels: dict[str, dict[str, str]] = {}
+        self.set_namespaces(namespaces)
+        self._by_ns: dict[str, set[int]] = {}
+        self._by_label: dict[tuple[str, str, str], set[int]] = {}
+        #: per family, the pod IPs' integer values in ascending order, and the pod position of each
+        self._ip_values: dict[int, list[int]] = {4: [], 6: []}
+        self._ip_pods: dict[int, list[int]] = {4: [], 6: []}
+        for p in pods:
+            if ineligibility(p) is None:  # order is irrelevant: callers sort what they emit
+                self._insert(p, sort=False)
+        for v in (4, 6):
+            pairs = sorted(zip(self._ip_values[v], self._ip_pods[v], strict=True))
+            self._ip_values[v] = [e[0] for e in pairs]
+            self._ip_pods[v] = [e[1] for e in pairs]
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+    def set_namespaces(self, namespaces: Iterable[Namespace]) -> None:
+        self.ns_labels = {ns.name: dict(ns.labels) for ns in namespaces}
 
     def labels_of_namespace(self, namespace: str) -> Mapping[str, str]:
         return self.ns_labels.get(namespace, {})
+
+    def position(self, key: tuple[str, str]) -> int | None:
+        return self._position.get(key)
+
+    def in_namespace(self, namespace: str) -> Iterable[int]:
+        """Positions of the indexed pods of `namespace`."""
+        return self._by_ns.get(namespace, ())
+
+    # ----- keeping it current -----
+
+    def add(self, pod: Pod) -> int | None:
+        """Index `pod` (replacing the pod of the same key); its position, or None when it is not eligible."""
+        self.remove(pod.key)
+        if ineligibility(pod) is not None:
+            return None
+        return self._insert(pod, sort=True)
+
+    def remove(self, key: tuple[str, str]) -> None:
+        pos = self._position.pop(key, None)
+        if pos is None:
+            return
+        pod = self.pods[pos]
+        assert pod is not None
+        ns = pod.namespace
+        _discard(self._by_ns, ns, pos)
+        for k, v in pod.labels:
+            _discard(self._by_label, (ns, k, v), pos)
+        for ip in pod.ips:
+            values, pods = self._ip_values[ip.version], self._ip_pods[ip.version]
+            value = int(ip)
+            i = bisect.bisect_left(values, value)
+            while i < len(values) and values[i] == value:
+                if pods[i] == pos:
+                    del values[i], pods[i]
+                    break
+                i += 1
+        self.pods[pos] = None
+        self._free.append(pos)
+
+    def _insert(self, pod: Pod, *, sort: bool) -> int:
+        if self._free:
+            pos = self._free.pop()
+            self.pods[pos] = pod
+        else:
+            pos = len(self.pods)
+            self.pods.append(pod)
+        ns = pod.namespace
+        self._position[(ns, pod.name)] = pos
+        self._by_ns.setdefault(ns, set()).add(pos)
+        for k, v in pod.labels:
+            self._by_label.setdefault((ns, k, v), set()).add(pos)
+        for ip in pod.ips:
+            values, pods = self._ip_values[ip.version], self._ip_pods[ip.version]
+            value = int(ip)
+            i = bisect.bisect_right(values, value) if sort else len(values)
+            values.insert(i, value)
+            pods.insert(i, pos)
+        return pos
+
+    # ----- selection -----
 
     def namespaces_for(self, policy: EgressPolicy) -> list[str]:
         if policy.ref.kind is PolicyKind.NAMESPACED:
@@ -125,30 +185,37 @@ class PodIndex:
             return list(self._by_ns)
         return [ns for ns in self._by_ns if sel.matches(self.labels_of_namespace(ns))]
 
-    def _by_selector(self, namespace: str, selector: LabelSelector) -> Sequence[int]:
+    def by_selector(self, namespace: str, selector: LabelSelector) -> Iterable[int]:
+        """Positions of the pods of `namespace` whose labels `selector` matches."""
+        return self._by_selector(namespace, selector)
+
+    def _by_selector(self, namespace: str, selector: LabelSelector) -> Iterable[int]:
+        candidates: Iterable[int]
         if not selector.match_labels:
-            candidates: Sequence[int] = self._by_ns.get(namespace, ())
+            candidates = self._by_ns.get(namespace, ())
         else:
-            lists = [self._by_label.get((namespace, k, v), []) for k, v in selector.match_labels]
-            lists.sort(key=len)
-            if len(lists) == 1:
-                candidates = lists[0]
-            else:
-                rest = [set(lst) for lst in lists[1:]]
-                candidates = [i for i in lists[0] if all(i in s for s in rest)]
+            sets = [self._by_label.get((namespace, k, v), _EMPTY) for k, v in selector.match_labels]
+            sets.sort(key=len)
+            candidates = sets[0] if len(sets) == 1 else sets[0].intersection(*sets[1:])
         if not selector.match_expressions:
-            return candidates  # the intersection of the label lists is exact
-        return [i for i in candidates if selector.matches(self.pods[i].labels)]
+            return candidates  # the intersection of the label sets is exact
+        return [i for i in candidates if selector.matches(dict(self._at(i).labels))]
+
+    def _at(self, pos: int) -> Pod:
+        pod = self.pods[pos]
+        assert pod is not None
+        return pod
 
     def _by_subnets(self, subnets: Sequence[IPNetwork]) -> set[tuple[int, int]]:
         found: set[tuple[int, int]] = set()
         for net in subnets:
-            keys = self._ip_keys[net.version]
-            lo = bisect.bisect_left(keys, int(net.network_address))
-            hi = bisect.bisect_right(keys, int(net.broadcast_address))
+            values, pods = self._ip_values[net.version], self._ip_pods[net.version]
+            lo = bisect.bisect_left(values, int(net.network_address))
+            hi = bisect.bisect_right(values, int(net.broadcast_address))
             for k in range(lo, hi):
-                i = self._ip_pods[net.version][k]
-                found.add((i, self.pods[i].ip_keys.index((net.version, keys[k]))))
+                i = pods[k]
+                found.add((i, next(j for j, a in enumerate(self._at(i).ips) if a.version == net.version
+                                    and int(a) == values[k])))
         return found
 
     def select(self, policy: EgressPolicy) -> list[tuple[int, int]]:
@@ -165,11 +232,22 @@ class PodIndex:
             subnets = applied.pod_subnet
             for ns in namespaces:
                 for i in self._by_selector(ns, applied.pod_selector):
-                    ips = self.pods[i].pod.ips
+                    ips = self._at(i).ips
                     for j, ip in enumerate(ips):
                         if not subnets or any(ip in n for n in subnets if n.version == ip.version):
                             out.append((i, j))
         else:
             wanted = set(namespaces)
-            out = [(i, j) for i, j in self._by_subnets(applied.pod_subnet) if self.pods[i].pod.namespace in wanted]
+            out = [(i, j) for i, j in self._by_subnets(applied.pod_subnet) if self._at(i).namespace in wanted]
         return out
+
+
+_EMPTY: frozenset[int] = frozenset()
+
+
+def _discard(index: dict[Any, set[int]], key: Any, pos: int) -> None:
+    found = index.get(key)
+    if found is not None:
+        found.discard(pos)
+        if not found:
+            del index[key]

@@ -30,6 +30,7 @@ from appliance.core.events import LogFormat, LogLevel, LogSettings
 from appliance.core.model import IPAddress
 from appliance.datapath.plan.endpoint_liveness import ProbeSettings
 from appliance.datapath.plan.gateway import TunnelSourceCheck
+from appliance.datapath.plan.nft_variant import RULESET_SETTINGS
 from appliance.datapath.plan.state_sync import StateSyncSettings, peer_overrides
 from appliance.datapath.plan.tunnel import GATEWAY_MARKS, MarkSettings
 from appliance.datapath.plan.worker import SourceValidation
@@ -118,6 +119,13 @@ class WireguardSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DatapathSettings:
+    #: `datapath.ruleset`: the nftables ruleset variant (`plan.nft_variant`): `auto` picks `modern` on kernels that
+    #: have every feature it uses and `compat` below (docs/datapath.md "Kernel floor")
+    ruleset: str = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CommonConfig:
     """Fields shared by both roles."""
 
@@ -131,6 +139,7 @@ class CommonConfig:
     state_dir: Path = Path("/var/lib/egressgw")
     log: LogSettings = LogSettings()
     wireguard: WireguardSettings = WireguardSettings()
+    datapath: DatapathSettings = DatapathSettings()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,7 +186,7 @@ class GatewayConfig(CommonConfig):
 
 _COMMON_KEYS = {
     "node_name", "kubeconfig", "tunnel", "metrics", "lease_namespace", "reconcile", "state_dir",
-    "log",
+    "log", "datapath",
 }  # fmt: skip
 _AGENT_KEYS = _COMMON_KEYS | {"underlay", "wireguard", "source_validation", "liveness", "marks"}
 _GATEWAY_KEYS = _COMMON_KEYS | {
@@ -370,7 +379,16 @@ def _common(m: Mapping[str, Any], source: Path, default_metrics_port: int, env: 
         "reconcile": _reconcile(m.get("reconcile"), "reconcile"),
         "state_dir": abs_path(m.get("state_dir", "/var/lib/egressgw"), "state_dir", base),
         "log": _log(m.get("log"), "log"),
+        "datapath": _datapath(m.get("datapath"), "datapath"),
     }
+
+
+def _datapath(raw: Any, path: str) -> DatapathSettings:
+    m = mapping(raw, path, {"ruleset"})
+    ruleset = string(m.get("ruleset", "auto"), f"{path}.ruleset")
+    if ruleset not in RULESET_SETTINGS:
+        raise ConfigError(f"{path}.ruleset", f"must be one of {', '.join(RULESET_SETTINGS)}, got {ruleset!r}")
+    return DatapathSettings(ruleset=ruleset)
 
 
 def _read(path: Path) -> Mapping[str, Any]:

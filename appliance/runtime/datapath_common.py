@@ -7,6 +7,7 @@ the two services must not import each other; these helpers are the part both nee
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from prometheus_client import CollectorRegistry
@@ -17,6 +18,7 @@ from appliance.datapath.apply.metrics import register
 from appliance.datapath.apply.wireguard import WireguardApplier
 from appliance.datapath.apply.worker_guards import BridgeBindingApplier
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE
+from appliance.datapath.plan.nft_variant import RulesetVariant, choose_variant
 from appliance.datapath.plan.wireguard import WgSettings
 from appliance.runtime.config import AgentConfig, GatewayConfig
 
@@ -32,8 +34,13 @@ def require_binaries() -> None:
         raise DataPathUnavailable(f"missing {' and '.join(missing)} (install iproute2 and nftables)")
 
 
+def ruleset_variant(cfg: AgentConfig | GatewayConfig) -> RulesetVariant:
+    """The nftables ruleset this node renders: `datapath.ruleset`, or from the running kernel when `auto`."""
+    return choose_variant(os.uname().release, cfg.datapath.ruleset)
+
+
 def table_present() -> bool:
-    """Our nft table exists (`nft -t`: terse, so a table with 40k set elements is not printed every tick)."""
+    """Our nft table exists (one netlink request: no listing of 40k set elements every tick)."""
     return health_checks.nft_table_present(FAMILY, TABLE)
 
 

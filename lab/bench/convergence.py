@@ -45,8 +45,8 @@ from lab.bench.harness import wait_steady
 from lab.bench.stats import fmt_ms, summarize
 from lab.extserver import DEFAULT_PORT
 from lab.plots import plot_distributions
-from lab.scenarios import DEFAULT_EIP_V4, gateway_manifest, policy_manifest
-from lab.system import EXTERNAL_V4, System
+from lab.scenarios import policy_manifest, scenario_gateway
+from lab.system import System
 from lab.tables import render_table
 
 PREFIX = "egt-bn-"
@@ -112,7 +112,8 @@ class Watcher:
         self.changes: list[tuple[float, str]] = []
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[str] = system.lab.popen(
-            lab_pod, [sys.executable, "-m", "lab.bench.convergence", "watch", "--server", EXTERNAL_V4],
+            lab_pod, [sys.executable, "-m", "lab.bench.convergence", "watch", "--server",
+                      system.external_address(4), "--port", str(system.ext_port)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -205,7 +206,7 @@ def measure_pods(c: Cluster, rounds: int, *, timeout: float = 20.0) -> list[floa
             written[lab_pod] = c.create_pod(f"conv-{lab_pod}", system.nodes[lab_pod].worker,
                                             _pod_ips(system, lab_pod))
         for lab_pod, w in c.watchers.items():
-            t = wait_first(w, DEFAULT_EIP_V4, written[lab_pod], timeout=timeout)
+            t = wait_first(w, system.scenario.default_eip_v4, written[lab_pod], timeout=timeout)
             out.append(round((t - written[lab_pod]) * 1000.0, 1))
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{v:.0f}" for v in out[-len(c.watchers):]) + " ms",
               flush=True)
@@ -224,7 +225,7 @@ def measure_policy(c: Cluster, reps: int, *, timeout: float = 20.0) -> list[floa
         created = time.time()
         system.apply([policy_manifest(NAMESPACE, POLICY, match_labels=LABELS)])
         for w in c.watchers.values():
-            t = wait_first(w, DEFAULT_EIP_V4, created, timeout=timeout)
+            t = wait_first(w, system.scenario.default_eip_v4, created, timeout=timeout)
             out.append(round((t - created) * 1000.0, 1))
     return out
 
@@ -256,7 +257,7 @@ def add_extra_pods(c: Cluster, count: int) -> float:
     for w in system.workers:
         system.start_agent(w)
     for watcher in c.watchers.values():
-        wait_current(watcher, DEFAULT_EIP_V4, timeout=120)
+        wait_current(watcher, system.scenario.default_eip_v4, timeout=120)
     wait_steady(system)
     time.sleep(2.0)
     return time.time() - started
@@ -285,12 +286,12 @@ def run_convergence_bench(out_path: Path, *, quick: bool = False) -> dict[str, A
     try:
         system.ensure_namespace(NAMESPACE)
         system.ensure_namespace(UNSELECTED_NAMESPACE)
-        system.apply([gateway_manifest(), policy_manifest(NAMESPACE, POLICY, match_labels=LABELS)])
+        system.apply([scenario_gateway(system.scenario), policy_manifest(NAMESPACE, POLICY, match_labels=LABELS)])
         for lab_pod in system.pods:
             c.create_pod(f"conv-{lab_pod}", system.nodes[lab_pod].worker, _pod_ips(system, lab_pod))
         c.watchers = {p: Watcher(system, p) for p in system.pods}
         for w in c.watchers.values():
-            wait_current(w, DEFAULT_EIP_V4, timeout=120)
+            wait_current(w, system.scenario.default_eip_v4, timeout=120)
         wait_steady(system)
         say(f"pod IP written -> first packet with the EIP: {rounds} rounds x {len(c.watchers)} pods")
         results["pod_to_eip_ms"] = measure_pods(c, rounds)
@@ -347,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.bench.convergence", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("watch", help="(inside a pod namespace) print source changes")
-    w.add_argument("--server", default=EXTERNAL_V4)
+    w.add_argument("--server", required=True)
     w.add_argument("--port", type=int, default=DEFAULT_PORT)
     w.add_argument("--interval-ms", type=float, default=INTERVAL_S * 1000)
     args = parser.parse_args(argv)

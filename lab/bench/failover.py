@@ -1,7 +1,9 @@
 """`egressgw bench failover --out FILE.json`: the outage of every failure scenario, measured in the lab with a
 real kube-apiserver, real gateway members (ExaBGP + BFD) and a real upstream router (BIRD 2, then FRR).
 
-Per router the lab comes up once (`System.up`), the demo's objects are applied, and one probe process
+Per router the lab comes up once (BIRD: lab/topologies/default.clab.yml, FRR: default-frr.clab.yml; `--topology
+FILE` runs one lab of the user's instead, its router kind read from the topology, its scenario from `--scenario FILE`
+or the topology's own `NAME.scenario.yml`) (`System.up`), the demo's objects are applied, and one probe process
 (`lab.bench.probes`: UDP every 10 ms + one long-lived TCP stream) runs from a selected pod for the whole series. Each
 repetition: wait until every member announces with its ranked preference, take the member the router forwards the
 EIP to right now, perform the fault, keep probing, bring the member back (and measure that as "member returns"),
@@ -53,9 +55,11 @@ from lab.bench.harness import RouteEvent, RouteMonitor, router_of, set_up_worklo
 from lab.bench.probes import RawProbe, RawRun, window
 from lab.bench.stats import Summary, fmt_ms, summarize, summary_cells
 from lab.plots import write_event_plots
+from lab.scenario_spec import ScenarioSpec, default_scenario_path, load_scenario
 from lab.scenarios import router_next_hop
-from lab.system import DEFAULT_TOPOLOGY, TOPOLOGIES, System
+from lab.system import DEFAULT_TOPOLOGY, ROUTE_PROTO, TOPOLOGIES, LabTopologyError, System
 from lab.tables import render_table
+from lab.topology import load as load_topology
 
 ROUTERS: dict[str, Path] = {"bird": DEFAULT_TOPOLOGY, "frr": TOPOLOGIES / "default-frr.clab.yml"}
 PREFIX = "egt-bn-"
@@ -80,11 +84,11 @@ class Bench:
 # ----- faults and restores -----
 
 def _uplink_cut(b: Bench, gw: str) -> None:
-    b.system.lab.cut_link(gw, "eth1")
+    b.system.lab.cut_link(gw, b.system.uplink(gw))
 
 
 def _uplink_restore(b: Bench, gw: str) -> None:
-    b.system.lab.restore_link(gw, "eth1")
+    b.system.lab.restore_link(gw, b.system.uplink(gw))
 
 
 def _kill_all(b: Bench, gw: str) -> None:
@@ -146,8 +150,7 @@ def _drain(b: Bench, gw: str) -> None:
 
 
 def _router_daemon(b: Bench) -> str:
-    router = router_of(b.system)
-    return "bird" if b.system.lab.daemon(router, "bird") is not None else "bgpd"
+    return "bird" if b.system.router_kind == "bird" else "bgpd"
 
 
 def _router_restart(b: Bench, _gw: str) -> None:
@@ -203,7 +206,7 @@ def scenario(name: str) -> Scenario:
 # ----- one repetition -----
 
 def _gw_address(b: Bench, gw: str) -> str:
-    return str(b.system.nodes[gw].address(4))
+    return b.system.gateway_address(gw)
 
 
 def convergence_ms(events: list[RouteEvent], *, fault_at: float, away_from: str, reinstall: bool) -> float | None:
@@ -395,11 +398,13 @@ def _repair(b: Bench) -> None:
 def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], reps: int,
                say: Callable[[str], None], *, keep_logs: Path | None = None, fresh_faults: tuple[Scenario, ...] = (),
                fresh_modes: tuple[SyncMode, ...] = (), fresh_reps: int = 0, prefix: str = PREFIX,
-               plots: Path | None = None, gateway_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               plots: Path | None = None, gateway_overrides: dict[str, Any] | None = None,
+               scenario_spec: ScenarioSpec | None = None) -> dict[str, Any]:
     """The scenarios, then the fresh-flow faults, in one lab; `gateway_overrides`: the members' config from the
-    start (e.g. the first sync mode's, which then needs no rolling restart)."""
+    start (e.g. the first sync mode's, which then needs no rolling restart); `scenario_spec`: the lab's scenario
+    (default: the topology's own scenario file)."""
     say(f"{router}: bringing up the lab ({topology.name})")
-    system = System.up(topology, prefix=prefix, gateway_overrides=gateway_overrides)
+    system = System.up(topology, scenario_spec, prefix=prefix, gateway_overrides=gateway_overrides)
     b = Bench(system=system, lab_pod="", eip="", say=say)
     fresh: FreshFlows | None = None
     try:
@@ -483,8 +488,27 @@ HEADERS = ["router", "scenario", "n", "outage p50", "p95", "max (ms)", "lost", "
            "max (ms)", "TCP survived", "TCP stall max (ms)", "lost on return"]
 
 
+def router_kind_of(topology: Path) -> str:
+    """The router kind (`bird` | `frr`) of a topology file: its router's `egressgw.router-kind` label, else guessed
+    from the router's daemons (a `bird` daemon: BIRD, else FRR)."""
+    topo = load_topology(topology)
+    routers = [n for n in topo.linux_nodes if dict(n.labels).get("egressgw.role") == "router"]
+    if len(routers) != 1:
+        raise LabTopologyError(f"{topology}: needs exactly one node with label egressgw.role: router")
+    kind = dict(routers[0].labels).get("egressgw.router-kind") or (
+        "bird" if any(d.name == "bird" for d in routers[0].daemons) else "frr")
+    if kind not in ROUTE_PROTO:
+        raise LabTopologyError(f"{topology}: node {routers[0].name}: egressgw.router-kind {kind!r} must be bird or frr")
+    return kind
+
+
 def run_failover_bench(out_path: Path, *, quick: bool = False, routers: tuple[str, ...] = ("bird", "frr"),
-                       scenarios: tuple[str, ...] = ()) -> dict[str, Any]:
+                       scenarios: tuple[str, ...] = (), topology: Path | None = None,
+                       scenario_file: Path | None = None) -> dict[str, Any]:
+    """`topology`: run one lab of that file (its router kind from the file) instead of one per router in `routers`;
+    `scenario_file`: the scenario file (default: each topology's own)."""
+    labs = {router_kind_of(topology): topology} if topology is not None else {r: ROUTERS[r] for r in routers}
+    specs = {r: load_scenario(scenario_file or default_scenario_path(t)) for r, t in labs.items()}
     reps = 2 if quick else 10
     fresh_reps = 1 if quick else 10
     chosen = tuple(sc for sc in SCENARIOS if not scenarios or sc.name in scenarios)
@@ -497,11 +521,13 @@ def run_failover_bench(out_path: Path, *, quick: bool = False, routers: tuple[st
 
     logs = out_path.parent / (out_path.stem + "-logs")
     plots = out_path.parent / (out_path.stem + "-plots")  # one timeline SVG per repetition (lab.plots)
-    results = {r: run_router(r, ROUTERS[r], chosen, reps, say, keep_logs=logs, plots=plots, fresh_faults=fresh_faults,
-                             fresh_modes=modes, fresh_reps=fresh_reps) for r in routers}
+    results = {r: run_router(r, t, chosen, reps, say, keep_logs=logs, plots=plots, fresh_faults=fresh_faults,
+                             fresh_modes=modes, fresh_reps=fresh_reps, scenario_spec=specs[r]) for r, t in labs.items()}
     doc = {
         "benchmark": "failover",
-        "command": "egressgw bench failover" + (" --quick" if quick else "") + f" --out {out_path}",
+        "command": "egressgw bench failover" + (" --quick" if quick else "") + f" --out {out_path}"
+                   + (f" --topology {topology}" if topology is not None else "")
+                   + (f" --scenario {scenario_file}" if scenario_file is not None else ""),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),
         "repetitions": reps,

@@ -31,8 +31,9 @@ from appliance.core.waiting import wait_until
 from lab import wireguard_lab as wl
 from lab.bench.stats import percentile
 from lab.probe import BackgroundProbe, ProbeReport
-from lab.scenarios import DEFAULT_EIP_V4, GATEWAY, gateway_manifest, policy_manifest, primary_member, router_next_hop
-from lab.system import DEFAULT_TOPOLOGY, EXTERNAL_V4, System
+from lab.scenario_spec import default_scenario_path, load_scenario
+from lab.scenarios import policy_manifest, primary_member, router_next_hop, scenario_gateway
+from lab.system import DEFAULT_TOPOLOGY, System
 from lab.tables import render_table
 
 PREFIX = "egt-bw-"
@@ -53,7 +54,7 @@ def outage_ms(report: ProbeReport) -> float:
     return round(report.longest_gap_ms, 1) if report.lost else 0.0
 
 
-def summarize(reps: Sequence[dict[str, Any]], prefix: str) -> dict[str, Any]:
+def summarize(reps: Sequence[dict[str, Any]], prefix: str, eip: str) -> dict[str, Any]:
     """Figures of one phase (`cut` or `return`) over the repetitions (pure)."""
     outages = [float(r[f"{prefix}_outage_ms"]) for r in reps]
     lost = [int(r[f"{prefix}_lost"]) for r in reps]
@@ -63,7 +64,7 @@ def summarize(reps: Sequence[dict[str, Any]], prefix: str) -> dict[str, Any]:
                                             "p99": percentile(outages, 99), "max": max(outages)},
             "lost_total": sum(lost), "lost_max": max(lost),
             "primary_not_back": sum(1 for r in reps if r["primary_back_after_s"] is None),
-            "eip_kept": all(r[f"{prefix}_sources"] == [DEFAULT_EIP_V4] for r in reps)}
+            "eip_kept": all(r[f"{prefix}_sources"] == [eip] for r in reps)}
 
 
 def table_rows(summary: dict[str, Any]) -> list[list[object]]:
@@ -79,13 +80,13 @@ def table_rows(summary: dict[str, Any]) -> list[list[object]]:
 
 
 def _probe(system: System) -> BackgroundProbe:
-    return BackgroundProbe(system.lab, LAB_POD, server=EXTERNAL_V4).start()
+    return BackgroundProbe(system.lab, LAB_POD, server=system.external_address(4), port=system.ext_port).start()
 
 
 def _steady(system: System, primary: str) -> None:
-    wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=90, interval=0.1,
+    wait_until(lambda: router_next_hop(system, system.scenario.default_eip_v4) == primary, timeout=90, interval=0.1,
                what=f"{primary} carrying the EIP")
-    wait_until(lambda: system.seen_source(LAB_POD, timeout=1.0) == DEFAULT_EIP_V4, timeout=60,
+    wait_until(lambda: system.seen_source(LAB_POD, timeout=1.0) == system.scenario.default_eip_v4, timeout=60,
                what="the pod's traffic leaving with the EIP", interval=0.2)
     time.sleep(1.0)
 
@@ -95,19 +96,19 @@ def run_rep(system: System, primary: str, rep: int, say: Callable[[str], None]) 
     probe = _probe(system)
     try:
         time.sleep(BEFORE_S)
-        system.lab.cut_link(primary, "eth1")
+        system.lab.cut_link(primary, system.uplink(primary))
         time.sleep(AFTER_S)
     finally:
         cut = probe.stop()
-    took_over = router_next_hop(system, DEFAULT_EIP_V4)
+    took_over = router_next_hop(system, system.scenario.default_eip_v4)
     probe = _probe(system)
     try:
         time.sleep(BEFORE_S)
-        system.lab.restore_link(primary, "eth1")
+        system.lab.restore_link(primary, system.uplink(primary))
         restored = time.monotonic()
         back_after: float | None = None
         try:
-            wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == primary, timeout=TAKE_BACK_S,
+            wait_until(lambda: router_next_hop(system, system.scenario.default_eip_v4) == primary, timeout=TAKE_BACK_S,
                        interval=0.05, what=f"{primary} taking the EIP back")
             back_after = time.monotonic() - restored
         except TimeoutError:
@@ -130,18 +131,18 @@ def run_rep(system: System, primary: str, rep: int, say: Callable[[str], None]) 
 
 def set_up(system: System) -> str:
     """The WireGuard gateway instance, one selected pod; returns the primary member."""
-    system.apply([gateway_manifest(tunnel="wireguard", failback_hold_s=FAILBACK_HOLD_S)])
+    system.apply([scenario_gateway(system.scenario, tunnel="wireguard", failback_hold_s=FAILBACK_HOLD_S)])
     system.ensure_namespace(NAMESPACE)
     system.create_pod(NAMESPACE, "web", LAB_POD, {"app": "web"})
     system.apply([policy_manifest(NAMESPACE, "p", match_labels={"app": "web"})])
-    wait_until(lambda: system.seen_source(LAB_POD, timeout=1.0) == DEFAULT_EIP_V4, timeout=120,
+    wait_until(lambda: system.seen_source(LAB_POD, timeout=1.0) == system.scenario.default_eip_v4, timeout=120,
                what="the pod's traffic leaving with the EIP through WireGuard", interval=0.2)
 
     def ranked_primary() -> str:
         # not simply the router's next hop: the member that announced first carries the EIP until the ranked
         # primary announces too, and only the ranked primary takes the EIP back after its uplink returns
-        primary = primary_member(system, DEFAULT_EIP_V4)
-        return primary if primary and router_next_hop(system, DEFAULT_EIP_V4) == primary else ""
+        primary = primary_member(system, system.scenario.default_eip_v4)
+        return primary if primary and router_next_hop(system, system.scenario.default_eip_v4) == primary else ""
 
     return str(wait_until(ranked_primary, timeout=60, interval=0.1, what="the EIP routed to its ranked primary"))
 
@@ -151,7 +152,8 @@ def run_wireguard_failover_bench(out_path: Path, *, quick: bool = False,
     reps = QUICK_REPS if quick else REPS
     started = time.time()
     say("bringing up the lab with a WireGuard gateway instance")
-    system = wl.up(DEFAULT_TOPOLOGY, prefix=PREFIX, wg_prefix=WG_PREFIX, instances=[GATEWAY], progress=say)
+    system = wl.up(DEFAULT_TOPOLOGY, prefix=PREFIX, wg_prefix=WG_PREFIX, progress=say,
+                    instances=[load_scenario(default_scenario_path(DEFAULT_TOPOLOGY)).gateway])
     records: list[dict[str, Any]] = []
     try:
         primary = set_up(system)
@@ -159,7 +161,7 @@ def run_wireguard_failover_bench(out_path: Path, *, quick: bool = False,
         for rep in range(reps):
             records.append(run_rep(system, primary, rep, say))
             if records[-1]["primary_back_after_s"] is None:  # go on with the member carrying the EIP now
-                primary = router_next_hop(system, DEFAULT_EIP_V4) or primary
+                primary = router_next_hop(system, system.scenario.default_eip_v4) or primary
     finally:
         if any(r["primary_back_after_s"] is None for r in records):
             logs = out_path.with_suffix(".logs")
@@ -167,7 +169,8 @@ def run_wireguard_failover_bench(out_path: Path, *, quick: bool = False,
             shutil.copytree(system.lab.state_dir / "logs", logs)
             say(f"the lab's logs are in {logs}")
         wl.down(system, WG_PREFIX)
-    summary = {"cut": summarize(records, "cut"), "return": summarize(records, "return")}
+    eip = system.scenario.default_eip_v4
+    summary = {"cut": summarize(records, "cut", eip), "return": summarize(records, "return", eip)}
     doc = {"benchmark": "failover-wireguard", "started": started, "duration_s": round(time.time() - started, 1),
            "reps": reps, "probe_interval_ms": 10, "bfd": "50 ms x 3", "wireguard_prober": "100 ms x 3",
            "failback_hold_s": FAILBACK_HOLD_S, "summary": summary, "repetitions": records}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.core.waiting import wait_until
-from lab.scenarios import DEFAULT_EIP_V4, demo_pods, gateway_manifest, policy_manifest
+from lab.scenarios import demo_pods, policy_manifest, scenario_gateway
 from lab.system import System
 
 
@@ -55,8 +55,8 @@ def parse_route_line(line: str, eip: str) -> RouteEvent | None:
 class RouteMonitor:
     """`ip -ts monitor route` in the router namespace; records the changes of one EIP's route."""
 
-    def __init__(self, system: System, eip: str = DEFAULT_EIP_V4) -> None:
-        self.system, self.eip = system, eip
+    def __init__(self, system: System, eip: str | None = None) -> None:
+        self.system, self.eip = system, eip or system.scenario.default_eip_v4
         self.events: list[RouteEvent] = []
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
@@ -127,16 +127,18 @@ def member_ranked(system: System, gw: str) -> bool:
             and sorted(desired) == sorted(ann.get("acknowledged") or []))
 
 
-def router_paths(system: System, eip: str = DEFAULT_EIP_V4) -> set[str]:
-    """The gateway members the router holds a BGP path from for `eip` (best and backups), from BIRD or FRR."""
+def router_paths(system: System, eip: str | None = None) -> set[str]:
+    """The gateway members the router holds a BGP path from for `eip` (default: the scenario's default IPv4 EIP; best
+    and backups), from BIRD or FRR."""
+    eip = eip or system.scenario.default_eip_v4
     router = router_of(system)
-    if system.lab.daemon(router, "bird") is not None:
+    if system.router_kind == "bird":
         argv = system.lab.expand(router, "birdc -s {nodedir}/bird.ctl show route for " + eip + " all").split()
     else:
         family = "ipv6" if ":" in eip else "ipv4"
         argv = ["vtysh", "-N", system.lab.netns(router), "-c", f"show bgp {family} unicast {eip}"]
     res = system.lab.exec(router, argv, check=False, timeout=10)
-    return paths_in(str(res.stdout), {gw: str(system.nodes[gw].address(4)) for gw in system.gateways})
+    return paths_in(str(res.stdout), {gw: system.gateway_address(gw) for gw in system.gateways})
 
 
 def paths_in(text: str, members: dict[str, str]) -> set[str]:
@@ -171,19 +173,20 @@ class Workload:
     eip: str
 
 
-def set_up_workload(system: System, *, failback_hold_s: float = 3.0, timeout: float = 120.0) -> Workload:
+def set_up_workload(system: System, *, failback_hold_s: float | None = None, timeout: float = 120.0) -> Workload:
     """The demo's objects: an EgressGateway, the shop/web-egress policy, the four lab pods as Pod objects."""
     system.ensure_namespace("shop")
     system.ensure_namespace("blog")
-    system.apply([gateway_manifest(failback_hold_s=failback_hold_s),
+    system.apply([scenario_gateway(system.scenario, failback_hold_s=failback_hold_s),
                   policy_manifest("shop", "web-egress", match_labels={"app": "web"})])
     pods = demo_pods(system)
     for p in pods:
         system.create_pod(p.namespace, p.name, p.lab_pod, dict(p.labels))
     first = next(p for p in pods if p.selected)
-    wait_until(lambda: system.seen_source(first.lab_pod, timeout=1.0) == DEFAULT_EIP_V4, timeout=timeout,
+    eip = system.scenario.default_eip_v4
+    wait_until(lambda: system.seen_source(first.lab_pod, timeout=1.0) == eip, timeout=timeout,
                what="the EIP at the external server", interval=0.2)
-    return Workload(lab_pod=first.lab_pod, eip=DEFAULT_EIP_V4)
+    return Workload(lab_pod=first.lab_pod, eip=eip)
 
 
 def timed(fn: Callable[[], object]) -> float:

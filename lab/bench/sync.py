@@ -33,7 +33,6 @@ from appliance.policy.incremental import pod_added
 from appliance.policy.resolution import resolve
 from k8s_sync.cluster import ClusterSync
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi, make_api_client
-from k8s_sync.parsing import parse_pod_obj
 from k8s_sync.reflector import ReflectorSettings
 from k8s_sync.resources import RESOURCES, Role
 from lab.kube_apiserver import ApiServerConfig, apply_crds, start_apiserver
@@ -127,9 +126,10 @@ def _write_all(api: KubeApi, objs: dict[str, list[JSON]]) -> None:
 
 
 def _complete(sync: ClusterSync, pods: int, policies: int) -> bool:
-    """Cheap check on the raw store (building a 10k-pod snapshot on every poll would slow what we measure)."""
+    """Cheap check on the store's parsed pods (building a snapshot or raw stubs on every poll would slow what we
+    measure)."""
     store = sync.store
-    with_ips = sum(1 for p in store.raw_objects("Pod") if (p.get("status") or {}).get("podIP"))
+    with_ips = sum(1 for p in store.typed_objects("Pod") if p.ips)
     n_policies = len(store.raw_objects("EgressPolicy")) + len(store.raw_objects("EgressClusterPolicy"))
     return with_ips >= pods and n_policies >= policies
 
@@ -219,9 +219,9 @@ def _incremental(api: KubeApi, sync: ClusterSync, intent: Any) -> dict[str, Any]
         t1 = time.thread_time()
         snap = sync.store.snapshot()
         t2 = time.thread_time()
-        raw = sync.store.get_raw("Pod", ns, name)
-        assert raw is not None
-        intent = pod_added(snap, intent, parse_pod_obj(raw))
+        pod = sync.store.typed_object("Pod", ns, name)  # the store keeps the parsed pod, not its raw object
+        assert pod is not None
+        intent = pod_added(snap, intent, pod)
         build.append(t2 - t1)
         local.append(time.thread_time() - t2)
     return {

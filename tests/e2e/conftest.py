@@ -15,10 +15,21 @@ from typing import Any
 
 import pytest
 
-from lab.scenarios import gateway_manifest
-from lab.system import DEFAULT_TOPOLOGY, System
+from lab.scenario_spec import default_scenario_path, load_scenario
+from lab.scenarios import scenario_gateway
+from lab.system import DEFAULT_TOPOLOGY, System, topology_nodes
+from lab.topology import load as load_topology
 
 _counter = itertools.count()
+
+#: what the scenarios of the shared lab (the default topology and its scenario file) expect: the default EIPs and the
+#: external server's addresses, read from those files (a lab fixture's `system.scenario` / `system.external_address`
+#: say the same)
+DEFAULT_SCENARIO = load_scenario(default_scenario_path(DEFAULT_TOPOLOGY))
+DEFAULT_EIP_V4, DEFAULT_EIP_V6 = DEFAULT_SCENARIO.default_eip_v4, DEFAULT_SCENARIO.default_eip_v6
+GATEWAY = DEFAULT_SCENARIO.gateway
+_EXTERNAL = next(n for n in topology_nodes(load_topology(DEFAULT_TOPOLOGY)).values() if n.role == "external")
+EXTERNAL_V4, EXTERNAL_V6 = str(_EXTERNAL.address(4)), str(_EXTERNAL.address(6))
 
 
 class Scenario:
@@ -57,7 +68,7 @@ class Scenario:
 def system() -> Iterator[System]:
     s = System.up(DEFAULT_TOPOLOGY, prefix="egt-e2-")
     try:
-        s.apply([gateway_manifest()])
+        s.apply([scenario_gateway(s.scenario)])
         yield s
     finally:
         s.down()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from appliance.core.waiting import wait_until
-from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, gateway_manifest, measure_failure, policy_manifest
+from lab.scenarios import gateway_manifest, measure_failure, policy_manifest
 from lab.system import System
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, DEFAULT_EIP_V6, Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 

@@ -43,10 +43,10 @@ import pytest
 from appliance.core.model import TunnelSpec
 from appliance.core.waiting import poll_until, wait_until
 from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY
-from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, gateway_manifest, policy_manifest
-from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
+from lab.scenarios import gateway_manifest, policy_manifest
+from lab.system import System
 from lab.urpf import set_router_urpf
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, DEFAULT_EIP_V6, EXTERNAL_V4, EXTERNAL_V6, Scenario
 from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]

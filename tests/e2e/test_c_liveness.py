@@ -27,9 +27,9 @@ from appliance.datapath.plan.nft_rendering import FAMILY, TABLE
 from k8s_sync.kubeapi import KubeApi, make_api_client
 from k8s_sync.leases import DEFAULT_NAMESPACE, LEASES, MEMBER_PREFIX, lease_alive
 from lab.faults import api_cut
-from lab.scenarios import DEFAULT_EIP_V4, GATEWAY, gateway_manifest, policy_manifest
+from lab.scenarios import policy_manifest, scenario_gateway
 from lab.system import System
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, GATEWAY, Scenario
 from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
 from tests.e2e.test_z_failures import assert_kept_flowing, measure_against_control
 
@@ -150,7 +150,7 @@ def test_l03_fail_open_leaves_with_the_node_ip_when_no_member_can_carry(system: 
     scenario.pod("web", pod, {"app": "web"})
     scenario.apply(policy_manifest(scenario.namespace, "p", match_labels={"app": "web"}))
     expect_source(system, pod, DEFAULT_EIP_V4)
-    system.apply([gateway_manifest(no_gateway_action="FailOpen")])
+    system.apply([scenario_gateway(system.scenario, no_gateway_action="FailOpen")])
     try:
         wait_endpoint_up(system, worker, DEFAULT_EIP_V4)
         before = drop_no_gateway(system, worker)
@@ -159,4 +159,4 @@ def test_l03_fail_open_leaves_with_the_node_ip_when_no_member_can_carry(system: 
             assert drop_no_gateway(system, worker) == before
         expect_source(system, pod, DEFAULT_EIP_V4)
     finally:
-        system.apply([gateway_manifest()])
+        system.apply([scenario_gateway(system.scenario)])

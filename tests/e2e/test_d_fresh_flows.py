@@ -17,7 +17,7 @@ import pytest
 
 from lab.bench.failover import ROUTERS, run_router, scenario
 from lab.bench.fresh_flows import FRESH_KEYS, SYNC_OFF, SYNC_ON, SyncMode
-from lab.scenarios import DEFAULT_EIP_V4
+from tests.e2e.conftest import DEFAULT_EIP_V4
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 

@@ -29,9 +29,9 @@ import yaml
 from appliance.core.waiting import poll_until, wait_until
 from appliance.runtime.config import MetricsSettings
 from lab.netns_forward import ForwardSpec, NetnsForwarder
-from lab.scenarios import DEFAULT_EIP_V4, gateway_manifest, policy_manifest, stable_primary
+from lab.scenarios import policy_manifest, scenario_gateway, stable_primary
 from lab.system import DEFAULT_TOPOLOGY, System
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, Scenario
 from tests.monitoring import (
     ALERTS,
     alert_rules,
@@ -76,7 +76,7 @@ def monitored() -> Iterator[System]:
     s = MonitoredSystem.up(DEFAULT_TOPOLOGY, prefix="egt-e2m-")
     sc: Scenario | None = None
     try:
-        s.apply([gateway_manifest()])
+        s.apply([scenario_gateway(s.scenario)])
         sc = Scenario(s, "monitoring")  # a policy with traffic: EIPs in place, per-policy and per-EIP series
         sc.pod("web", "w1p1", {"app": "web"})
         sc.apply(policy_manifest(sc.namespace, "p", match_labels={"app": "web"}))

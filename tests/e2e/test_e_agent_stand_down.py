@@ -12,9 +12,9 @@ from kubernetes import client
 
 from appliance.core.waiting import wait_until
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE
-from lab.scenarios import DEFAULT_EIP_V4, gateway_manifest, policy_manifest
+from lab.scenarios import gateway_manifest, policy_manifest
 from lab.system import System
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, Scenario
 from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]

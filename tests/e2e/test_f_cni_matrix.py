@@ -18,10 +18,10 @@ import pytest
 from appliance.core.waiting import wait_until
 from lab import cni
 from lab.cni import CniKind, CniNetworks
-from lab.scenarios import DEFAULT_EIP_V4, DEFAULT_EIP_V6, policy_manifest
+from lab.scenarios import policy_manifest
 from lab.system import System
 from lab.topogen import NOT_MASQUERADED, PODS, SERVICES
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, DEFAULT_EIP_V6, Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 

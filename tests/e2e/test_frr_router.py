@@ -6,16 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.scenarios import (
-    DEFAULT_EIP_V4,
-    gateway_manifest,
-    measure_failure,
-    policy_manifest,
-    router_next_hop,
-    stable_primary,
-)
+from lab.scenarios import measure_failure, policy_manifest, router_next_hop, scenario_gateway, stable_primary
 from lab.system import TOPOLOGIES, System
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -24,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 def frr_system() -> Iterator[System]:
     s = System.up(TOPOLOGIES / "default-frr.clab.yml", prefix="egt-e2f-")
     try:
-        s.apply([gateway_manifest()])
+        s.apply([scenario_gateway(s.scenario)])
         yield s
     finally:
         s.down()

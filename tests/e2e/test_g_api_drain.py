@@ -15,9 +15,9 @@ import pytest
 from appliance.cli import kubectl_plugin
 from appliance.core.waiting import wait_until
 from lab.bench.harness import member_status
-from lab.scenarios import DEFAULT_EIP_V4, policy_manifest, router_next_hop, stable_primary
+from lab.scenarios import policy_manifest, router_next_hop, stable_primary
 from lab.system import System
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, Scenario
 from tests.e2e.test_a_policies import expect_source
 from tests.e2e.test_z_failures import assert_kept_flowing, measure_against_control
 

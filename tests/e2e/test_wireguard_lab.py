@@ -25,18 +25,9 @@ from appliance.core.waiting import poll_until, wait_until
 from appliance.datapath.apply.wireguard_keyfiles import read_key_file
 from lab import wireguard_lab as wl
 from lab.probe import BackgroundProbe
-from lab.scenarios import (
-    DEFAULT_EIP_V4,
-    DEFAULT_EIP_V6,
-    GATEWAY,
-    gateway_manifest,
-    measure_failure,
-    policy_manifest,
-    primary_member,
-    router_next_hop,
-)
-from lab.system import EXTERNAL_V4, EXTERNAL_V6, System
-from tests.e2e.conftest import Scenario
+from lab.scenarios import measure_failure, policy_manifest, primary_member, router_next_hop, scenario_gateway
+from lab.system import System
+from tests.e2e.conftest import DEFAULT_EIP_V4, DEFAULT_EIP_V6, EXTERNAL_V4, EXTERNAL_V6, GATEWAY, Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -51,7 +42,7 @@ def system() -> Iterator[System]:
     """This module's own lab (overrides the package's VXLAN lab for the tests here)."""
     s = wl.up(prefix=PREFIX, wg_prefix=WG_PREFIX, instances=[GATEWAY])
     try:
-        s.apply([gateway_manifest(tunnel="wireguard")])
+        s.apply([scenario_gateway(s.scenario, tunnel="wireguard")])
         yield s
     finally:
         keep = os.environ.get("EGRESSGW_E2W_LOGS")  # a directory to keep the lab's logs in (debugging)

@@ -23,15 +23,15 @@ from appliance.core.waiting import wait_until
 from appliance.datapath.apply.applier import DataPathApplier
 from lab.probe import ProbeReport
 from lab.scenarios import (
-    DEFAULT_EIP_V4,
     gateway_manifest,
     measure_failure,
     policy_manifest,
     router_next_hop,
+    scenario_gateway,
     stable_primary,
 )
 from lab.system import System, restart_apiserver
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, Scenario
 from tests.e2e.test_a_policies import CONVERGE_S, expect_source, node_ip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
@@ -65,12 +65,12 @@ def test_g14_gateway_node_selector_retargeting(system: System, scenario: Scenari
     expect_source(system, "w1p1", DEFAULT_EIP_V4)
     only = system.gateways[-1]
     try:
-        system.apply([gateway_manifest(node_selector={"kubernetes.io/hostname": only})])
+        system.apply([scenario_gateway(system.scenario, node_selector={"kubernetes.io/hostname": only})])
         wait_until(lambda: router_next_hop(system, DEFAULT_EIP_V4) == only, timeout=CONVERGE_S,
                    what=f"the router to send the EIP to {only}", interval=0.2)
         expect_source(system, "w1p1", DEFAULT_EIP_V4)
     finally:
-        system.apply([gateway_manifest()])
+        system.apply([scenario_gateway(system.scenario)])
 
 
 def test_i01_i05_cluster_info_status_and_extra_cidr(system: System, scenario: Scenario) -> None:

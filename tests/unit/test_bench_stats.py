@@ -51,7 +51,7 @@ def test_the_wireguard_failover_summary_uses_the_shared_nearest_rank_percentiles
     outages = [120.0, 80.0, 300.0, 90.0, 110.0]
     reps = [{"cut_outage_ms": o, "cut_lost": int(o // 10), "cut_sources": ["203.0.113.200"],
              "primary_back_after_s": 1.0} for o in outages]
-    s = summarize_wireguard_phase(reps, "cut")
+    s = summarize_wireguard_phase(reps, "cut", "203.0.113.200")
     assert s["outage_ms"] == {"p50": percentile(outages, 50), "p95": percentile(outages, 95),
                               "p99": percentile(outages, 99), "max": 300.0}
     assert (s["outage_ms"]["p50"], s["outage_ms"]["p95"]) == (110.0, 300.0)  # measured values, not interpolated

@@ -7,10 +7,12 @@ from dataclasses import replace
 from ipaddress import ip_address
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from appliance.core.intent import Intent
 from appliance.core.model import NoGatewayAction
+from appliance.datapath.apply import incremental
 from appliance.datapath.apply.incremental import IncrementalWorker
 from appliance.datapath.apply.metrics import register
 from appliance.datapath.apply.netlink import ApplyResult
@@ -140,6 +142,8 @@ def test_readings_of_known_counters_only_become_samples() -> None:
 
 
 class _Shell:
+    netns = None
+
     def __init__(self) -> None:
         self.inputs: list[str] = []
 
@@ -148,9 +152,11 @@ class _Shell:
         return 0, "", ""
 
 
-def test_fast_path_feeds_existing_drop_counters_and_falls_back_for_new_ones() -> None:
+def test_fast_path_feeds_existing_drop_counters_and_falls_back_for_new_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     applied: list[object] = []
     shell = _Shell()
+    # the nft transactions go through apply.nft_exec: record their text instead
+    monkeypatch.setattr(incremental, "run_nft", lambda text, netns: shell.run(["nft", "-f", "-"], input=text))
 
     def apply(plan: object, observe: bool = True) -> ApplyResult:
         applied.append(plan)

@@ -8,9 +8,11 @@ from dataclasses import replace
 from ipaddress import ip_address
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from appliance.core.model import IPAddress
+from appliance.datapath.apply import incremental
 from appliance.datapath.apply.incremental import IncrementalGateway
 from appliance.datapath.apply.metrics import register
 from appliance.datapath.apply.netlink import ApplyResult
@@ -110,8 +112,11 @@ def test_readings_split_into_traffic_and_connections_of_known_counters_only() ->
     assert split_readings(readings, known) == ({a: (10, 900)}, {a: 2})
 
 
-def test_incremental_delta_feeds_existing_policy_counters_and_refuses_new_ones() -> None:
+def test_incremental_delta_feeds_existing_policy_counters_and_refuses_new_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     class Shell:
+        netns = None
+
         def __init__(self) -> None:
             self.inputs: list[str] = []
 
@@ -121,6 +126,8 @@ def test_incremental_delta_feeds_existing_policy_counters_and_refuses_new_ones()
 
     applied: list[object] = []
     shell = Shell()
+    # the nft transactions go through apply.nft_exec: record their text instead
+    monkeypatch.setattr(incremental, "run_nft", lambda text, netns: shell.run(["nft", "-f", "-"], input=text))
 
     def apply(plan: object, observe: bool = True) -> ApplyResult:
         applied.append(plan)

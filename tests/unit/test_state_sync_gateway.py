@@ -18,7 +18,7 @@ from appliance.datapath.apply.state_sync import START_TIMEOUT_S, PeerState
 from appliance.datapath.plan.state_sync import ChannelStats, StateSyncPlan, StateSyncSettings
 from appliance.gateway.member_state import StateDir, render_status
 from appliance.gateway.service import GatewayDeps, GatewayService
-from appliance.gateway.state_sync import GatewayStateSync, StateSyncMetrics
+from appliance.gateway.state_sync import GatewayStateSync, ReadyReason, StateSyncMetrics
 from appliance.gateway.status import state_sync_line, status_document
 from appliance.runtime.config import parse_gateway_config
 from bgp.health import Check
@@ -48,8 +48,9 @@ class FakeDaemons:
         return self.settled or not (self.plans and self.plans[-1].channels)
 
 
-def peer(name: str, *, up: bool = True, sent: int = 0, received: int = 0, lost: int = 0, port: int = 3800) -> PeerState:
-    return PeerState(peer=name, address="198.51.100.12", port=port, running=True, up=up, resync="done",
+def peer(name: str, *, up: bool = True, sent: int = 0, received: int = 0, lost: int = 0, port: int = 3800,
+         resync: str = "done") -> PeerState:
+    return PeerState(peer=name, address="198.51.100.12", port=port, running=True, up=up, resync=resync,
                      resync_seconds=0.4, stats=ChannelStats(sent=sent, received=received, lost=lost))
 
 
@@ -88,6 +89,31 @@ def test_the_gate_is_bounded(tmp_path: Path) -> None:
     assert sp.current == frozenset()
     tick(svc, clock, int(5.0 + START_TIMEOUT_S) + 1)  # no peer ever answers
     assert {a.eip for a in sp.current} == {EIP}
+
+
+@pytest.mark.parametrize(("resyncs", "settled", "wait_s", "reason"), [
+    (("done", "done"), True, 0.0, ReadyReason.RESYNC_DONE),
+    (("done", "timed_out"), True, 0.0, ReadyReason.RESYNC_TIMED_OUT),
+    (("done", "running"), False, 5.0 + START_TIMEOUT_S, ReadyReason.TIMEOUT),
+    ((), True, 0.0, ReadyReason.NO_PEERS),
+])
+def test_the_gate_records_why_it_opened(tmp_path: Path, resyncs: tuple[str, ...], settled: bool, wait_s: float,
+                                         reason: str) -> None:
+    clock, daemons = Clock(), FakeDaemons()
+    daemons.peers = tuple(peer(f"gw{i + 2}", resync=r, port=3800 + i) for i, r in enumerate(resyncs))
+    sync = gateway_sync(clock, daemons, tmp_path)
+    daemons.resync_settled = lambda: settled  # type: ignore[method-assign]
+    sync.converge(world_intent())
+    if wait_s:
+        assert not sync.ready() and sync.ready_reason is None
+        clock.sleep(wait_s)
+    assert sync.ready() and sync.ready_reason == reason
+    daemons.peers = ()  # decided once: later changes do not rewrite it
+    assert sync.ready() and sync.ready_reason == reason
+
+
+def world_intent() -> Intent:
+    return Intent(steerings=(), outcomes=(), instances=(), cluster_cidrs=())
 
 
 def test_status_document_and_lines(tmp_path: Path) -> None:

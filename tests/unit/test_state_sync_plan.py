@@ -233,50 +233,114 @@ def test_channel_ports_avoid_bfd_vxlan_and_tunnel_ports() -> None:
     assert ports and not ports & {4784, 4789, 4790}
 
 
-def _run_resync(readings: list[tuple[int, int]], interval: float = 1.0) -> tuple[int | None, ResyncProgress]:
-    """Feed `(packets received, entries received)` readings taken every `interval` after a resync request; the index
-    of the reading that finished it (None: never) and the last progress."""
-    progress, old = ResyncProgress(), ChannelStats()
-    for i, (packets, entries) in enumerate(readings):
-        new = ChannelStats(packets_received=packets, received=entries)
-        progress = step_resync(progress, old=old, new=new, at=(i + 1) * interval, interval_s=interval)
+Reading = tuple[int, bool]  # (entries received in the interval, the channel up after the reading)
+
+
+def _run_resync(readings: list[Reading], *, interval: float = 1.0, asked_up: bool = True,
+                step: float | None = None) -> tuple[int | None, list[ResyncProgress]]:
+    """Feed readings taken every `step` (default: `interval`) after a resync request; the index of the reading that
+    finished it (None: never) and the progress after every reading."""
+    progress, old, seen = ResyncProgress(asked_up=asked_up), ChannelStats(), []
+    for i, (delta, up) in enumerate(readings):
+        new = ChannelStats(packets_received=old.packets_received + 1, received=old.received + delta)
+        progress = step_resync(progress, old=old, new=new, at=(i + 1) * (step or interval), interval_s=interval,
+                               up=up)
+        seen.append(progress)
         if progress.done:
-            return i, progress
+            return i, seen
         old = new
-    return None, progress
+    return None, seen
 
 
 def test_resync_finishes_while_the_peer_streams_live_updates() -> None:
     # the bench's case: the peer answers with its cache (40 entries), then keeps sending a few live updates every
     # interval (fresh flows it SNATs). The counter never holds still, yet the resync is done one interval after the
     # answer arrived
-    readings = [(10, 40), (14, 44), (19, 47), (25, 52), (30, 56), (36, 61)]
-    done_at, _ = _run_resync(readings)
+    done_at, _ = _run_resync([(40, True), (4, True), (3, True), (5, True), (4, True)])
     assert done_at == 1
 
 
 def test_resync_waits_for_the_burst_to_end() -> None:
     # a big cache arriving over three intervals at a rising rate: not done before the rate drops
-    readings = [(100, 2000), (300, 6000), (600, 12000), (605, 12003)]
-    done_at, _ = _run_resync(readings)
+    done_at, _ = _run_resync([(2000, True), (4000, True), (6000, True), (3, True)])
     assert done_at == 3
 
 
-def test_resync_never_done_without_the_peer() -> None:
-    # a silent peer (gone, or its channel not configured yet): only the timeout ends the wait
-    done_at, progress = _run_resync([(0, 0)] * 10)
-    assert done_at is None and progress.heard_at is None
+def test_an_idle_peer_is_done_one_interval_after_the_channel_is_up() -> None:
+    # a peer without flows answers nothing: done once nothing arrived for an interval with the channel up, not at
+    # the timeout (the gate of a restarting member used to wait the whole 5 s for such a peer)
+    done_at, seen = _run_resync([(0, True), (0, True), (0, True)])
+    assert done_at == 1 and not any(p.ask_again for p in seen)
 
 
-def test_resync_needs_the_peer_heard_over_a_whole_interval() -> None:
-    # heard once (its burst), then silent: an idle peer has nothing more to send, done one interval later (a peer
-    # dying mid-answer looks the same: what it sent is kept, the rest falls back to loose pickup)
-    done_at, _ = _run_resync([(5, 3), (5, 3), (5, 3)])
-    assert done_at == 1
-    # a reading taken less than one interval after the first heard one does not count
-    first = step_resync(ResyncProgress(), old=ChannelStats(), new=ChannelStats(packets_received=2, received=1), at=1.0,
-                        interval_s=1.0)
-    early = step_resync(first, old=ChannelStats(packets_received=2, received=1),
-                        new=ChannelStats(packets_received=3, received=1), at=1.5, interval_s=1.0)
-    assert first.heard_at == 1.0 and not early.done
+def test_never_done_before_the_channel_is_up() -> None:
+    # a peer that is not there (gone, or its daemon not configured yet): only the caller's timeout ends the wait,
+    # whatever the readings look like
+    done_at, seen = _run_resync([(0, False)] * 10)
+    assert done_at is None and all(p.up_at is None for p in seen)
+    done_at, _ = _run_resync([(5, False), (0, False), (0, False)])
+    assert done_at is None
 
+
+def test_a_request_sent_before_the_channel_was_up_is_sent_again_once() -> None:
+    # the first request may have gone to nobody; when the channel comes up the peer is asked again, once, and an
+    # idle peer is done one interval after that
+    done_at, seen = _run_resync([(0, False), (0, False), (0, True), (0, True), (0, True)], asked_up=False)
+    assert [p.ask_again for p in seen] == [False, False, True, False]
+    assert done_at == 3
+    # the second request's answer arrives in the interval after it: its burst is growth, done once it settled
+    done_at, seen = _run_resync([(0, True), (40, True), (2, True), (2, True)], asked_up=False)
+    assert seen[0].ask_again and done_at == 2
+
+
+def test_entries_before_the_channel_is_up_do_not_replace_the_second_request() -> None:
+    # entries arriving do not show the request got there: a busy peer whose daemon came late sends its live updates
+    # (every flow it SNATs) without ever having seen our request; it is asked again and its answer waited for
+    done_at, seen = _run_resync([(3, True), (40, True), (3, True)], asked_up=False)
+    assert seen[0].ask_again and [p.ask_again for p in seen[1:]] == [False, False] and done_at == 2
+
+
+def test_the_channel_going_down_restarts_the_count() -> None:
+    done_at, seen = _run_resync([(0, True), (0, False), (0, True), (0, True)])
+    assert seen[1].up_at is None and seen[2].ask_again  # down: asked again once back (nothing had arrived)
+    assert done_at == 3
+    # whatever had arrived before: its daemon may have restarted meanwhile
+    done_at, seen = _run_resync([(40, True), (0, False), (0, True), (0, True)])
+    assert [p.ask_again for p in seen] == [False, False, True, False] and done_at == 3
+
+
+def test_a_reading_less_than_an_interval_after_the_channel_is_up_does_not_count() -> None:
+    done_at, _ = _run_resync([(0, True)] * 5, interval=1.0, step=0.4)
+    assert done_at == 3  # at 1.6 s, the first reading at least 1 s after the first up one (0.4 s)
+
+
+def test_done_stays_done_and_a_restarted_daemon_counts_from_zero() -> None:
+    done = ResyncProgress(asked_up=True, up_at=1.0, last_delta=0, done=True)
+    assert step_resync(done, old=ChannelStats(), new=ChannelStats(received=9), at=5.0, interval_s=1.0,
+                       up=False) is done
+    first = step_resync(ResyncProgress(asked_up=True), old=ChannelStats(received=50), new=ChannelStats(received=7),
+                        at=1.0, interval_s=1.0, up=True)
+    assert first.received == 7 and first.last_delta == 7
+
+
+def test_resync_rule_over_every_short_history() -> None:
+    """Every history of up to 5 readings (entries 0, 1 or 30 per interval, channel up or down), both ways the
+    request can have gone out: done only on a reading with the channel up, at least an interval after the first of
+    an unbroken run of up readings, never while the entries still grew; asked again exactly when the channel is up
+    after a request that went out while it was not; done is final."""
+    choices = [(d, up) for d in (0, 1, 30) for up in (False, True)]
+    for asked_up in (False, True):
+        for n in range(1, 6):
+            for history in itertools.product(choices, repeat=n):
+                done_at, seen = _run_resync(list(history), asked_up=asked_up)
+                for i, p in enumerate(seen):
+                    delta, up = history[i]
+                    if p.done:
+                        assert i == done_at and up
+                        run_start = max((j for j in range(i + 1) if not history[j][1]), default=-1) + 1
+                        assert i - run_start >= 1, history  # an interval of up readings
+                        assert delta <= history[i - 1][0] or seen[i - 1].ask_again, history
+                    came_up = up and (not asked_up if i == 0 else not history[i - 1][1])
+                    assert p.ask_again == came_up, history
+                    if not up:
+                        assert not p.done and p.up_at is None

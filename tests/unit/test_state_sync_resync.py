@@ -3,13 +3,18 @@ fake conntrackd (no process: `_spawn`/`_call` replaced), on an injected clock.
 
 The bug this guards against: the drain benchmark's returning member saw its resync time out on every restart (the
 peer's live updates never let the received counter hold still for an interval), so the announcement gate always
-fell back to its 5 s timer and announced without knowing whether the peer's table had arrived."""
+fell back to its 5 s timer and announced without knowing whether the peer's table had arrived. And its follow-up:
+an idle peer (no flows, so no answer to the request, only a keep-alive a second) was asked again at each of its
+keep-alives when the statistics were read more often than that, so its resync never finished either."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
+
+import pytest
 
 from appliance.datapath.apply.state_sync import ResyncState, StateSyncDaemons
 from appliance.datapath.plan.state_sync import StateSyncPlan, StateSyncSettings, SyncChannel
@@ -28,7 +33,7 @@ class FakeProc:
 class ScriptedPeer:
     """The peer as our daemon's statistics show it: present from `present_at` on, sending a keep-alive or live update
     every second, `updates_per_s` live updates, and its whole table (`table` entries) right after each resync
-    request it gets while present."""
+    request it gets while present (an empty table: no answer at all)."""
 
     clock: list[float]
     present_at: float = 0.0
@@ -51,7 +56,7 @@ class ScriptedPeer:
     def request(self) -> None:
         self.advance()
         self.requests.append(self.clock[0])
-        if self.clock[0] >= self.present_at:  # a peer that is not there never gets the request
+        if self.clock[0] >= self.present_at and self.table:  # a peer that is not there never gets the request
             self.packets += 2
             self.entries += self.table
 
@@ -97,7 +102,7 @@ def test_resync_done_while_the_peer_keeps_sending_live_updates(tmp_path: Path) -
     (state,) = d.states()
     assert state.resync == ResyncState.DONE
     assert state.resync_seconds is not None and state.resync_seconds < SETTINGS.resync_timeout_s
-    assert len(peer.requests) == 1
+    assert len(peer.requests) == 2  # asked at the start and once more when the channel was up, never again
 
 
 def test_a_peer_whose_daemon_comes_late_is_asked_again(tmp_path: Path) -> None:
@@ -117,3 +122,16 @@ def test_a_silent_peer_only_times_out(tmp_path: Path) -> None:
     (state,) = d.states()
     assert state.resync == ResyncState.TIMED_OUT and not state.up
     assert len(peer.requests) == 1
+
+
+@pytest.mark.parametrize("stats_interval_s", [0.3, 1.0])
+def test_an_idle_peer_does_not_hold_the_resync_until_the_timeout(tmp_path: Path, stats_interval_s: float) -> None:
+    # a peer without flows: nothing answers the request, its daemon sends only a keep-alive a second
+    clock = [0.0]
+    peer = ScriptedPeer(clock, table=0, updates_per_s=0)
+    settings = dataclasses.replace(SETTINGS, stats_interval_s=stats_interval_s)
+    d = run(tmp_path, peer, clock, settings, 20.0)
+    (state,) = d.states()
+    assert state.resync == ResyncState.DONE and state.up
+    assert state.resync_seconds is not None and state.resync_seconds < settings.resync_timeout_s
+    assert len(peer.requests) == 2

@@ -17,6 +17,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from appliance.core.model import IPAddress
+from appliance.datapath.apply.kernel_fingerprint import nft_table_exists
 
 _IFF_UP = 0x1
 _IFF_LOWER_UP = 0x10000
@@ -53,13 +54,11 @@ def links_present(names: Iterable[str]) -> bool:
 
 
 def nft_table_present(family: str, name: str) -> bool:
-    """`nft list table FAMILY NAME` succeeds (our table exists; someone may have flushed the whole ruleset)."""
-    nft = shutil.which("nft") or "/usr/sbin/nft"
+    """Table FAMILY NAME exists (someone may have flushed the whole ruleset): one netlink request, not a listing."""
     try:
-        proc = subprocess.run([nft, "-t", "list", "table", family, name], capture_output=True, timeout=2.0, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        return nft_table_exists(family, name)
+    except OSError:
         return False
-    return proc.returncode == 0
 
 
 def tcp_probe(address: IPAddress, port: int, timeout_s: float) -> bool:

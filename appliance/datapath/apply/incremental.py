@@ -9,6 +9,9 @@ Safety: the delta path is taken only when nothing but steerings changed (same in
 settings) and every changed steering is "simple" (its pod IP has no other steering, its endpoint / worker slot
 already exists). Anything else - and every pass the caller marks `full` - runs the full plan and apply. After a delta
 the applier's cache is dropped, so the next non-incremental pass observes the kernel.
+The element texts below are the MODERN ruleset's; with the COMPAT variant (`plan.nft_variant`: a pod's
+destinations sit in its group's chain and sets) every pass takes the full plan, which renders and diffs the same
+elements - correct, at the full pass's cost.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from appliance.core.intent import Intent, Steering
 from appliance.core.model import IPAddress, IPNetwork, NoGatewayAction, TunnelType
 from appliance.datapath.apply.applier import DataPathApplier
 from appliance.datapath.apply.netlink import ApplyResult
+from appliance.datapath.apply.nft_exec import run_nft
 from appliance.datapath.plan.gateway import (
     GatewayPlan,
     GatewaySettings,
@@ -30,6 +34,7 @@ from appliance.datapath.plan.gateway import (
 )
 from appliance.datapath.plan.kernel_model import Change, Encap, Op, Route
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE, addr, mark, net
+from appliance.datapath.plan.nft_variant import RulesetVariant
 from appliance.datapath.plan.policy_counters import (
     PolicyLabels,
     connections_counter,
@@ -87,13 +92,18 @@ class _Elements:
         return "\n".join(lines) + "\n" if lines else ""
 
 
+def _modern(applier: DataPathApplier) -> bool:
+    """The element texts here are the MODERN ruleset's (an applier without a variant, a test double, is modern)."""
+    return getattr(applier, "variant", RulesetVariant.MODERN) is RulesetVariant.MODERN
+
+
 def _apply(applier: DataPathApplier, routes: list[Change], elements: _Elements) -> ApplyResult:
     adds = [c for c in routes if c.op is not Op.DELETE]
     dels = [c for c in routes if c.op is Op.DELETE]
     result = applier.netlink.execute(adds)
     text = elements.render()
     if text:
-        rc, _, err = applier.shell.run(["nft", "-f", "-"], input=text, check=False)
+        rc, _, err = run_nft(text, netns=applier.shell.netns)
         if rc != 0:
             result += ApplyResult(failures=(f"nft delta: {err.strip()[:500]}",))
         else:
@@ -133,7 +143,7 @@ class IncrementalWorker:
         return result
 
     def _delta(self, old: Intent, new: Intent, plan: WorkerPlan) -> ApplyResult:
-        if not _same_world(old, new):
+        if not _same_world(old, new) or not _modern(self.applier):
             raise NotIncremental
         added, removed = changed_steerings(old, new)
         added = [s for s in added if s.node == self.node]
@@ -231,7 +241,7 @@ class IncrementalGateway:
         return result
 
     def _delta(self, old: Intent, new: Intent, plan: GatewayPlan) -> ApplyResult:
-        if not _same_world(old, new):
+        if not _same_world(old, new) or not _modern(self.applier):
             raise NotIncremental
         mine = {i.name: i for i in new.instances if any(m.name == self.member for m in i.members)}
         added, removed = changed_steerings(old, new)

@@ -88,25 +88,27 @@ class NetlinkApplier:
 
     # ----- observe -----
 
-    def observe(self, sysctl_keys: Iterable[str] = ()) -> KernelState:
-        """What we own in the namespace right now (the parsing is `appliance.datapath.plan.kernel_parsing`)."""
+    def observe(self, sysctl_keys: Iterable[str] = (), *, routes: bool = True) -> KernelState:
+        """What we own in the namespace right now (the parsing is `appliance.datapath.plan.kernel_parsing`).
+
+        routes=False leaves the routes out (empty): the caller knows them from a matching kernel fingerprint."""
         sh = self.shell
         links = [
             parse_tunnel_link(d, self._addresses(str(d["ifname"])))
             for d in sh.json(["ip", "-d", "-j", "link", "show"])
             if str(d.get("ifname", "")).startswith(LINK_PREFIX)
         ]
-        routes: set[Route] = set()
+        owned: set[Route] = set()
         rules: set[Rule] = set()
         for version in (4, 6):
-            routes |= parse_routes(
-                sh.json(["ip", "-j", f"-{version}", "route", "show", "table", "all", "proto", str(OWN_PROTO)]), version
-            )
+            if routes:
+                owned |= parse_routes(sh.json(
+                    ["ip", "-j", f"-{version}", "route", "show", "table", "all", "proto", str(OWN_PROTO)]), version)
             rules |= parse_rules(sh.json(["ip", "-j", f"-{version}", "rule", "show"]), version)
         return KernelState(
             links=frozenset(links), addresses=parse_local_addresses(self._addresses("lo")),
             neighbours=parse_neighbours(sh.json(["ip", "-j", "neigh", "show", "nud", "permanent"])),
-            routes=frozenset(routes), rules=frozenset(rules), sysctls=self._sysctls(sysctl_keys),
+            routes=frozenset(owned), rules=frozenset(rules), sysctls=self._sysctls(sysctl_keys),
         )
 
     def _addresses(self, dev: str) -> list[dict[str, Any]]:

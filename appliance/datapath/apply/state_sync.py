@@ -8,11 +8,11 @@ its peer (`conntrackd -n`), re-sends its own entries every `refresh_interval_s` 
 entry expires with the timeout it was sent with), reads the statistics (`conntrackd -s`) and follows each peer's
 liveness: the daemon's received-packet counter moving (FTFW sends keep-alives when idle) means the peer is there.
 
-A resync counts as done when, after the request, the peer was heard from over a whole statistics interval and the
-entries received per interval stopped growing (`plan.state_sync.step_resync`: the peer's live updates never stop
-under traffic, so "the counter held still" is never reached), or when `resync_timeout_s` passed (a peer that is
-gone must not hold anyone up). Each daemon is handled on its own: a peer that disappears only marks its own channel
-down.
+A resync counts as done when, after the request, the channel to the peer is up and, over a whole statistics interval
+from then, the entries received per interval stopped growing - the peer's burst is in, or an idle peer sent nothing
+(`plan.state_sync.step_resync`; a request sent before the channel was up and answered by nothing is sent again once
+it is up) - or it is given up after `resync_timeout_s` from the first request (a peer that is gone must not hold
+anyone up). Each daemon is handled on its own: a peer that disappears only marks its own channel down.
 
 Every daemon runs in the foreground (`conntrackd -C conf`), in its own session, with the parent-death signal, its
 output appended to its log; its files live in `<state_dir>/state-sync/`, named by the channel's port (unique among
@@ -123,10 +123,10 @@ class _Channel:
     heard_at: float | None = None
     up: bool = False
     resync: str = ResyncState.PENDING
+    #: the first request of this resync (its duration and timeout count from here) and the last one
+    resync_started_at: float = 0.0
     resync_requested_at: float = 0.0
     resync_progress: ResyncProgress = field(default_factory=ResyncProgress)
-    #: a statistics reading after the resync request heard nothing from the peer (asked again once it speaks)
-    resync_peer_silent: bool = False
     resync_seconds: float | None = None
     refreshed_at: float = 0.0
     problem: str = ""
@@ -209,54 +209,61 @@ class StateSyncDaemons:
         if tick is Tick.SPAWNED:
             ch.problem = ""
             ch.stats, ch.stats_at, ch.heard_at = ChannelStats(), None, None
-            ch.resync, ch.resync_progress, ch.resync_peer_silent = ResyncState.PENDING, ResyncProgress(), False
+            ch.resync, ch.resync_progress = ResyncState.PENDING, ResyncProgress()
         elif tick is Tick.SPAWN_FAILED:
             ch.problem = "conntrackd did not start (see its log)"
         if not ch.supervisor.running():
             self._set_up(ch, False)
             return
-        # still waiting for the first word from the peer since the request (before this reading)
-        waiting = ch.resync == ResyncState.RUNNING and ch.resync_progress.heard_at is None
         read = ch.stats_at is None or now - ch.stats_at >= self.settings.stats_interval_s
-        if read:
-            self._read_stats(ch, now)
-        heard_now = read and ch.heard_at == now
+        readings = self._read_stats(ch, now) if read else None
         self._set_up(ch, ch.heard_at is not None and now - ch.heard_at < self.settings.peer_timeout_s)
-        if waiting and read and not heard_now and now > ch.resync_requested_at:
-            ch.resync_peer_silent = True  # a whole reading after the request without a word from the peer
-        # ask for the resync; ask again when a peer that stayed silent after the request starts to speak: its daemon
-        # was not there yet (a peer adds our channel only once it sees us in the cluster state), so it never got it
-        if ch.resync == ResyncState.PENDING or (waiting and ch.resync_peer_silent and heard_now):
-            self._call(ch, "-n")
-            ch.resync, ch.resync_requested_at, ch.refreshed_at = ResyncState.RUNNING, now, now
-            ch.resync_progress, ch.resync_peer_silent = ResyncProgress(), False
+        if ch.resync == ResyncState.PENDING:
+            self._ask_resync(ch, now)
+            ch.resync, ch.resync_started_at = ResyncState.RUNNING, now
+        elif ch.resync == ResyncState.RUNNING and readings is not None and now > ch.resync_requested_at:
+            self._step_resync(ch, readings, now)
         refresh = self.settings.refresh_interval_s
         if refresh > 0 and now - ch.refreshed_at >= refresh:
             self._call(ch, "-B")  # keep the peer's copies of our steady flows from expiring
             ch.refreshed_at = now
-        if ch.resync == ResyncState.RUNNING and now - ch.resync_requested_at >= self.settings.resync_timeout_s:
+        if ch.resync == ResyncState.RUNNING and now - ch.resync_started_at >= self.settings.resync_timeout_s:
             ch.resync = ResyncState.TIMED_OUT
             self.log.warning("state_sync.resync_timed_out", peer=ch.channel.peer,
                              timeout_s=self.settings.resync_timeout_s)
 
-    def _read_stats(self, ch: _Channel, now: float) -> None:
+    def _read_stats(self, ch: _Channel, now: float) -> tuple[ChannelStats, ChannelStats] | None:
+        """Read the daemon's statistics: (the reading before, this one), None when the call failed."""
         out = self._call(ch, "-s")
         if out is None:
-            return
+            return None
         new = parse_stats(out)
         old, ch.stats, ch.stats_at = ch.stats, new, now
         if new.packets_received > old.packets_received:
             ch.heard_at = now
-        if ch.resync != ResyncState.RUNNING or now <= ch.resync_requested_at:
-            return
-        # the peer's answer is in once it was heard over a whole interval and its burst is over (`step_resync`)
+        return old, new
+
+    def _ask_resync(self, ch: _Channel, now: float) -> None:
+        """Send a full-resync request (`conntrackd -n`); the peer's answer is followed from the next reading."""
+        self._call(ch, "-n")
+        ch.resync_requested_at = ch.refreshed_at = now
+        ch.resync_progress = ResyncProgress(asked_up=ch.up)
+
+    def _step_resync(self, ch: _Channel, readings: tuple[ChannelStats, ChannelStats], now: float) -> None:
+        old, new = readings
         ch.resync_progress = step_resync(ch.resync_progress, old=old, new=new, at=now,
-                                         interval_s=self.settings.stats_interval_s)
-        if ch.resync_progress.done:
+                                         interval_s=self.settings.stats_interval_s, up=ch.up)
+        if ch.resync_progress.ask_again:
+            # the first request went out before the channel was up and nothing answered it: the peer's daemon
+            # was not there yet (it adds our channel once it sees us in the cluster state)
+            self._call(ch, "-n")
+            ch.resync_requested_at = now
+            self.log.info("state_sync.resync_asked_again", peer=ch.channel.peer)
+        elif ch.resync_progress.done:
             ch.resync = ResyncState.DONE
-            ch.resync_seconds = self.last_resync_seconds = now - ch.resync_requested_at
+            ch.resync_seconds = self.last_resync_seconds = now - ch.resync_started_at
             self.log.info("state_sync.resync_done", peer=ch.channel.peer, seconds=round(ch.resync_seconds, 3),
-                          entries=new.received)
+                          entries=ch.resync_progress.received)
 
     def _set_up(self, ch: _Channel, up: bool) -> None:
         if up == ch.up:

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+from appliance.datapath.apply.kernel_fingerprint import table_exists
 from appliance.datapath.apply.netlink import ApplyResult, Shell
 from appliance.datapath.apply.nft import expected_rule_counts
+from appliance.datapath.apply.nft_exec import list_json, run_nft
 from appliance.datapath.plan.kernel_parsing import parse_nft_counters, parse_nft_table, table_comment
 from appliance.datapath.plan.nat_order import NatChain
 from appliance.datapath.plan.nat_order import foreign_nat_chains as parse_foreign_nat_chains
@@ -26,11 +28,13 @@ class BridgeBindingApplier:
 
     def apply(self, table: NftTable) -> ApplyResult:
         """Converge `bridge egressgw` to `table` (observes the kernel every time: the table is small)."""
-        rc, text, _ = self.shell.run(["nft", "-t", "list", "table", BRIDGE_FAMILY, TABLE], check=False)
+        rc, text, _ = run_nft(f"list table {BRIDGE_FAMILY} {TABLE}\n", netns=self.shell.netns, terse=True)
         full = rc != 0
         body = ""
         if not full:
-            _, out, _ = self.shell.run(["nft", "-j", "list", "table", BRIDGE_FAMILY, TABLE])
+            rc, out, err = list_json(("list", "table", BRIDGE_FAMILY, TABLE), netns=self.shell.netns)
+            if rc != 0:
+                return ApplyResult(failures=(f"nft -j list table {BRIDGE_FAMILY} {TABLE}: {err.strip()[:1000]}",))
             observed = parse_nft_table(out, comment=table_comment(text))
             full = (observed.comment != table.comment or observed.rule_counts != expected_rule_counts(table)
                     or set(observed.contents.elements) != {s.name for s in table.sets}
@@ -42,29 +46,29 @@ class BridgeBindingApplier:
                 what = f"bridge binding table: {n} sets refreshed"
         if full:
             body, what = render_bridge_full(table), "bridge binding table replaced"
-        rc, _, err = self.shell.run(["nft", "-f", "-"], input=body, check=False)
+        rc, _, err = run_nft(body, netns=self.shell.netns)
         if rc != 0:
             return ApplyResult(failures=(f"nft bridge table: {err.strip()[:1000]}",))
         return ApplyResult(changes=(what,))
 
     def remove(self) -> ApplyResult:
-        if self.shell.run(["nft", "list", "table", BRIDGE_FAMILY, TABLE], check=False)[0] != 0:
+        if not self.exists():
             return ApplyResult()
-        rc, _, err = self.shell.run(["nft", "delete", "table", BRIDGE_FAMILY, TABLE], check=False)
+        rc, _, err = run_nft(f"delete table {BRIDGE_FAMILY} {TABLE}\n", netns=self.shell.netns)
         if rc != 0:
             return ApplyResult(failures=(f"nft delete bridge table: {err.strip()[:500]}",))
         return ApplyResult(changes=("bridge binding table deleted",))
 
     def exists(self) -> bool:
-        return self.shell.run(["nft", "-t", "list", "table", BRIDGE_FAMILY, TABLE], check=False)[0] == 0
+        return table_exists(BRIDGE_FAMILY, TABLE, self.shell.netns)
 
     def counters(self) -> dict[str, tuple[int, int]]:
-        rc, out, _ = self.shell.run(["nft", "-j", "list", "counters", "table", BRIDGE_FAMILY, TABLE], check=False)
+        rc, out, _ = list_json(("list", "counters", "table", BRIDGE_FAMILY, TABLE), netns=self.shell.netns)
         return parse_nft_counters(out) if rc == 0 else {}
 
 
 def foreign_nat_chains(shell: Shell | None = None) -> tuple[NatChain, ...]:
     """Other nat postrouting chains at or before our identity SNAT's priority (any table, any family, iptables-nft
     included; iptables-legacy's nat table hooks at srcnat and is always after us)."""
-    rc, out, _ = (shell or Shell()).run(["nft", "-j", "list", "chains"], check=False)
+    rc, out, _ = list_json(("list", "chains"), netns=(shell or Shell()).netns)
     return parse_foreign_nat_chains(out) if rc == 0 else ()

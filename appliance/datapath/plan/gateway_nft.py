@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from appliance.datapath.plan.gateway import GatewayPlan, TunnelSourceCheck
 from appliance.datapath.plan.nft_rendering import NftSet, NftTable, addr, mark, net, split_families
+from appliance.datapath.plan.nft_variant import RulesetVariant, jump_elements, source_groups, split_concat
 from appliance.datapath.plan.policy_counters import counter_labels, map_elements
 from appliance.datapath.plan.tunnel import addr_token
 
@@ -81,7 +82,8 @@ def _sync_rules(plan: GatewayPlan) -> tuple[list[NftSet], str, str]:
     return sets, rules, f"\t\tct state new ct event set {SYNC_EVENTS}\n"
 
 
-def gateway_table(plan: GatewayPlan) -> NftTable:
+def gateway_table(plan: GatewayPlan, variant: RulesetVariant = RulesetVariant.MODERN) -> NftTable:
+    """The gateway's `inet egressgw` table (COMPAT: plus its `ip`/`ip6` NAT tables as companions; nft_variant)."""
     m = plan.marks
     base, mask = mark(m.mark_base), mark(m.mark_mask)
     c4, c6 = split_families(plan.cluster_cidrs)
@@ -243,4 +245,111 @@ def gateway_table(plan: GatewayPlan) -> NftTable:
     if plan.sync_guard is not None:
         counters.add("drop_sync_foreign")
     counters |= set(counter_labels(plan.snat))
-    return NftTable(role="gateway", chains=chains, sets=tuple(sets), counters=frozenset(counters))
+    table = NftTable(role="gateway", chains=chains, sets=tuple(sets), counters=frozenset(counters))
+    return _compat(table, base=base, mask=mask) if variant is RulesetVariant.COMPAT else table
+
+
+# ----- the compat variant (nft_variant): no concatenated interval sets, no typeof, no NAT in the inet table -----
+
+
+def _fam(v: int) -> tuple[str, str]:
+    """(nft address type, payload protocol) of an IP version."""
+    return ("ipv4_addr", "ip") if v == 4 else ("ipv6_addr", "ip6")
+
+
+def _compat_rules(v: int) -> dict[str, str]:
+    """The modern rules of one family and their compat replacements (pod lookups via verdict maps)."""
+    _, ip = _fam(v)
+    nf = f"meta nfproto ipv{v}"
+    pol = f"ct original {ip} saddr . ct original {ip} daddr"
+    return {
+        f"\t\tudp dport @tunnel_ports meta mark set {ip} saddr . {VNI_FIELD} map @vtepvni{v} accept\n":
+            f"\t\tudp dport @tunnel_ports {ip} saddr vmap @vtepvni{v}\n",
+        f"\t\tct state new ct direction original {nf} counter name {pol} map @polconn{v}\n":
+            f"\t\tct state new ct direction original {nf} ct original {ip} saddr vmap @polconn{v}\n",
+        f"\t\t{nf} counter name {pol} map @polpkt{v}\n": f"\t\t{nf} ct original {ip} saddr vmap @polpkt{v}\n",
+        f"\t\t{nf} {ip} saddr . {ip} daddr != @snat{v} {ip} saddr . {ip} daddr != @masq{v} counter name "
+        "drop_unselected drop\n":
+            f"\t\t{nf} {ip} saddr != @selpods{v} counter name drop_unselected drop\n\t\t{nf} {ip} saddr vmap @sel{v}\n",
+    }
+
+
+def _without_chain(chains: str, name: str) -> str:
+    start = chains.index(f"\tchain {name} {{\n")
+    end = chains.index("\n\t}", start) + len("\n\t}")
+    return chains[:start].rstrip("\n") + chains[end:]
+
+
+def _compat(table: NftTable, *, base: str, mask: str) -> NftTable:
+    chains = _without_chain(table.chains, "postrouting") + "\n"
+    for v in (4, 6):
+        for old, new in _compat_rules(v).items():
+            if old not in chains:
+                raise AssertionError(f"compat rendering: rule not found: {old.strip()}")
+            chains = chains.replace(old, new)
+    keep = [s for s in table.sets if not s.name.startswith(("vtepvni", "polpkt", "polconn", "snat", "masq"))]
+    sets: list[NftSet] = list(keep)
+    groups: list[str] = []
+    companions: list[NftTable] = []
+    for v in (4, 6):
+        key_type, ip = _fam(v)
+        # VXLAN admission: VTEP address -> its chain of (VNI -> worker mark) checks
+        names, vnis = source_groups(f"vtepvni{v}", ((src, (int(vni), m)) for k, m in table.set(f"vtepvni{v}").elements
+                                                     for src, vni in (split_concat(k),)))
+        sets.append(NftSet(name=f"vtepvni{v}", key_type=key_type, data_type="verdict", elements=jump_elements(names)))
+        for name in sorted(vnis):
+            lines = [f"\t\t{VNI_FIELD} {vni} meta mark set {m} accept" for vni, m in sorted(vnis[name], key=str)]
+            groups.append(f"\tchain {name} {{\n" + "\n".join(lines) + "\n\t}")
+        # per-policy counters: pod -> its group's destination -> counter map
+        for prefix in ("polconn", "polpkt"):
+            counted = table.set(f"{prefix}{v}").elements
+            names, members = source_groups(f"{prefix}{v}", ((src, (dst, c)) for k, c in counted
+                                                            for src, dst in (split_concat(k),)))
+            sets.append(NftSet(name=f"{prefix}{v}", key_type=key_type, data_type="verdict",
+                               elements=jump_elements(names)))
+            for name in sorted(members):
+                sets.append(NftSet(name=name, key_type=key_type, data_type="counter", interval=True,
+                                   elements=frozenset(members[name])))
+                groups.append(f"\tchain {name} {{\n\t\tcounter name ct original {ip} daddr map @{name}\n\t}}")
+        # selection: pod -> its group's destinations (SNAT'ed or masqueraded); anything else is unselected
+        snat, masq = table.set(f"snat{v}").elements, table.set(f"masq{v}").elements
+        pairs = [(*split_concat(k), e) for k, e in snat] + [(*split_concat(k), None) for k, _ in masq]
+        names, dsts = source_groups(f"sel{v}", ((src, dst) for src, dst, _ in pairs))
+        sets.append(NftSet(name=f"selpods{v}", key_type=key_type, elements=frozenset((p, None) for p in names)))
+        sets.append(NftSet(name=f"sel{v}", key_type=key_type, data_type="verdict", elements=jump_elements(names)))
+        for name in sorted(dsts):
+            sets.append(NftSet(name=name, key_type=key_type, interval=True,
+                               elements=frozenset((d, None) for d in dsts[name])))
+            groups.append(f"\tchain {name} {{\n\t\t{ip} daddr != @{name} counter name drop_unselected drop\n\t}}")
+        companions.append(_nat_table(v, pairs, base=base, mask=mask))
+    chains = "\n".join([chains.rstrip("\n"), *groups])
+    return NftTable(role="gateway", chains=chains, sets=tuple(sets), counters=table.counters, marker=True,
+                    companions=tuple(companions))
+
+
+def _nat_table(v: int, pairs: list[tuple[str, str, str | None]], *, base: str, mask: str) -> NftTable:
+    """`ip`/`ip6 egressgw`: the SNAT of one family (pod -> its group's chain: masquerade, or SNAT to the EIP of the
+    destination); a marked flow with no entry is dropped and counted (`drop_no_snat`, summed over the tables)."""
+    key_type, ip = _fam(v)
+    names, members = source_groups(f"nat{v}", ((src, (dst, eip or "")) for src, dst, eip in pairs))
+    sets = [NftSet(name=f"snat{v}", key_type=key_type, data_type="verdict", elements=jump_elements(names))]
+    groups: list[str] = []
+    for name in sorted(members):
+        masq = frozenset((d, None) for d, e in members[name] if not e)
+        snat = frozenset((d, e) for d, e in members[name] if e)
+        rules = []
+        if masq:
+            sets.append(NftSet(name=f"{name}_m", key_type=key_type, interval=True, elements=masq))
+            rules.append(f"\t\t{ip} daddr @{name}_m masquerade")
+        if snat:
+            sets.append(NftSet(name=name, key_type=key_type, data_type=key_type, interval=True, elements=snat))
+            rules.append(f"\t\tsnat to {ip} daddr map @{name}")
+        groups.append(f"\tchain {name} {{\n" + "\n".join(rules) + "\n\t}")
+    chains = "\n".join([f"""\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat - 10; policy accept;
+\t\tct mark & {mask} != {base} return
+\t\t{ip} saddr vmap @snat{v}
+\t\tcounter name drop_no_snat drop
+\t}}""", *groups])
+    return NftTable(role=f"gateway-nat{v}", family=ip, marker=True, chains=chains, sets=tuple(sets),
+                    counters=frozenset({"drop_no_snat"}))

@@ -15,7 +15,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface, ip_address, ip_interface, ip_network
 from typing import Any
 
@@ -33,7 +33,7 @@ from appliance.datapath.plan.kernel_model import (
     Sysctl,
     TunnelLink,
 )
-from appliance.datapath.plan.nft_rendering import Contents, Element
+from appliance.datapath.plan.nft_rendering import MARKER_PREFIX, Contents, Element
 
 JsonObject = dict[str, Any]
 
@@ -205,6 +205,8 @@ class ObservedTable:
     rule_counts: dict[str, int]
     #: counter name -> (packets, bytes)
     counter_values: dict[str, tuple[int, int]]
+    #: the COMPAT variant's companion tables (`ip`/`ip6 egressgw`, its NAT chains) by family, when they exist
+    companions: Mapping[str, ObservedTable] = field(default_factory=dict)
 
 
 def table_comment(text: str) -> str:
@@ -238,6 +240,11 @@ def _canon_value(data_type: str | None, value: Any) -> str | None:
         return None
     if data_type == "mark":
         return f"{int(value):#010x}"
+    if data_type == "verdict" and isinstance(value, dict) and len(value) == 1:
+        # a verdict map's `jump NAME` / `goto NAME` / `accept` ({"jump": {"target": NAME}})
+        ((kind, arg),) = value.items()
+        target = arg.get("target") if isinstance(arg, dict) else None
+        return f"{kind} {target}" if target else str(kind)
     return _canon_part(value)
 
 
@@ -277,12 +284,24 @@ def parse_nft_table(json_text: str, *, comment: str) -> ObservedTable:
                 else:
                     elems.add((_canon_key(e, types), None))
             elements[s["name"]] = frozenset(elems)
+    if not comment:
+        comment = marker_comment(rules)
     return ObservedTable(
         comment=comment,
         contents=Contents(elements=elements, counters=frozenset(counters)),
         rule_counts=rules,
         counter_values=counters,
     )
+
+
+def marker_comment(chains: Iterable[str]) -> str:
+    """The comment a COMPAT table would have had, from its marker chain `structure_<fingerprint>_<role>`
+    (`NftTable.marker_name`: table comments need Linux 5.10); empty when there is none."""
+    for name in chains:
+        if name.startswith(MARKER_PREFIX):
+            fingerprint, _, role = name.removeprefix(MARKER_PREFIX).partition("_")
+            return f"egressgw {role} structure={fingerprint}"
+    return ""
 
 
 def parse_nft_counters(json_text: str) -> dict[str, tuple[int, int]]:

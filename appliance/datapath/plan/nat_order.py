@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from appliance.datapath.plan.nft_rendering import FAMILY, TABLE
 
+#: the families of our tables holding nat chains: inet (MODERN ruleset), ip and ip6 (COMPAT ruleset)
+OUR_FAMILIES = (FAMILY, "ip", "ip6")
 #: the priority of the worker's identity SNAT chain (postrouting, type nat)
 WORKER_SNAT_PRIORITY = -190
 
@@ -53,8 +55,8 @@ def foreign_nat_chains(chains_json: str, *, priority: int = WORKER_SNAT_PRIORITY
         c = item.get("chain")
         if not isinstance(c, dict) or c.get("type") != "nat" or c.get("hook") != "postrouting":
             continue
-        if c.get("family") == FAMILY and c.get("table") == TABLE:
-            continue
+        if c.get("family") in OUR_FAMILIES and c.get("table") == TABLE:
+            continue  # ours: the inet table (MODERN) or the per-family NAT tables (COMPAT, plan.nft_variant)
         prio = c.get("prio")
         if isinstance(prio, int) and prio <= priority:
             out.add(NatChain(priority=prio, family=str(c.get("family")), table=str(c.get("table")),

@@ -20,6 +20,8 @@ from appliance.core.model import IPAddress, IPNetwork
 
 FAMILY = "inet"
 TABLE = "egressgw"
+#: the name prefix of a compat table's structure marker chain (`NftTable.marker`)
+MARKER_PREFIX = "structure_"
 
 Element = tuple[str, str | None]
 
@@ -57,6 +59,14 @@ class NftTable:
     chains: str
     sets: tuple[NftSet, ...]
     counters: frozenset[str]
+    #: the nft family of the table (the compat variant adds per-family `ip`/`ip6` tables for its NAT chains)
+    family: str = FAMILY
+    #: compat variant: the structure fingerprint and role are kept as the name of an empty chain (`marker_name`)
+    #: instead of the table comment (table comments need Linux 5.10 and nft 0.9.7)
+    marker: bool = False
+    #: compat variant: the per-family tables holding the NAT chains (NAT chains in an inet table need Linux 5.2),
+    #: converged together with this table
+    companions: tuple[NftTable, ...] = ()
 
     @property
     def structure(self) -> str:
@@ -69,6 +79,12 @@ class NftTable:
     @property
     def comment(self) -> str:
         return f"egressgw {self.role} structure={self.fingerprint}"
+
+    @property
+    def marker_name(self) -> str:
+        """The empty chain naming the structure fingerprint and role of a `marker` table ("" otherwise); listing
+        the table gives back `comment` from it (`kernel_parsing.parse_nft_table`)."""
+        return f"{MARKER_PREFIX}{self.fingerprint}_{self.role}" if self.marker else ""
 
     def set(self, name: str) -> NftSet:
         return next(s for s in self.sets if s.name == name)
@@ -115,8 +131,12 @@ def _elements_block(s: NftSet, elements: Iterable[Element]) -> str:
 
 def render_full(table: NftTable) -> str:
     """One `nft -f` transaction replacing our table (create-if-missing, delete, create): atomic."""
-    out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{"]
-    out.append(f'\tcomment "{table.comment}"')
+    head = f"{table.family} {TABLE}"
+    out = [f"table {head}", f"delete table {head}", f"table {head} {{"]
+    if table.marker:
+        out.append(f"\tchain {table.marker_name} {{\n\t}}")
+    else:
+        out.append(f'\tcomment "{table.comment}"')
     out += [f"\tcounter {c} {{ }}" for c in sorted(table.counters)]
     for s in table.sets:
         decl = s.declaration()[:-1]
@@ -140,7 +160,8 @@ def render_delta(observed: Contents, table: NftTable) -> tuple[str, int]:
     lines: list[str] = []
     changes = 0
     new_counters = table.counters - observed.counters
-    lines += [f"add counter {FAMILY} {TABLE} {c}" for c in sorted(new_counters)]
+    head = f"{table.family} {TABLE}"
+    lines += [f"add counter {head} {c}" for c in sorted(new_counters)]
     changes += len(new_counters)
     for s in table.sets:
         if s.dynamic_timeout:
@@ -152,12 +173,12 @@ def render_delta(observed: Contents, table: NftTable) -> tuple[str, int]:
         add = [(k, v) for k, v in s.elements if have_keys.get(k, "\0") != v]
         if remove:
             keys = ", ".join(sorted(key_text(s, k) for k, _ in remove))
-            lines.append(f"delete element {FAMILY} {TABLE} {s.name} {{ {keys} }}")
+            lines.append(f"delete element {head} {s.name} {{ {keys} }}")
         if add:
-            lines.append(f"add element {FAMILY} {TABLE} {s.name} {{ {_elements_block(s, add)} }}")
+            lines.append(f"add element {head} {s.name} {{ {_elements_block(s, add)} }}")
         changes += len(remove) + len(add)
     old_counters = observed.counters - table.counters
-    lines += [f"delete counter {FAMILY} {TABLE} {c}" for c in sorted(old_counters)]
+    lines += [f"delete counter {head} {c}" for c in sorted(old_counters)]
     changes += len(old_counters)
     return ("\n".join(lines) + "\n" if lines else "", changes)
 

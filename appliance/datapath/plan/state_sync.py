@@ -348,36 +348,55 @@ def parse_stats(text: str) -> ChannelStats:
 class ResyncProgress:
     """What one resync request (`conntrackd -n`) has seen of its peer, from the statistics readings taken after it.
 
-    Why not "done once the received counter holds still": the peer keeps streaming its live updates (every new flow
-    it SNATs is an event) while it answers, so under traffic the counter never holds still for a whole interval and
-    every resync ran into its timeout (15 of 15 restarts in a drain benchmark): the gate then announced blind.
-    What FTFW gives instead: the peer answers a resync request by queueing its whole internal cache at once, ahead
-    of everything it sends later, and delivers in order (sequence numbers, NACK, resend). So once a reading at least
-    one interval after the first one that heard the peer shows that the entries received in the last interval did
-    not grow over the interval before (the burst is behind us; what remains are live updates, or nothing from an
-    idle peer), the copy is in the kernel table."""
+    The rule (`step_resync`): the resync from a peer is done once the channel to it is **up** (its daemon heard
+    from recently: FTFW sends a keep-alive every second when it has nothing else to send) and, over a whole
+    interval counted from the first reading with the channel up, what arrives has **settled**: the entries received
+    in the last interval did not grow over the interval before. That covers the three shapes a peer can take:
+    - a busy peer: its answer (the whole internal cache, queued at once ahead of everything it sends later and
+      delivered in order: FTFW sequence numbers, NACK, resend) arrives as a burst, then only its live updates, which
+      never stop under traffic (so "the counter holds still" would never be reached and every resync would time out,
+      as it did in the drain benchmark: 15 of 15);
+    - an idle peer with nothing to send (no flows): nothing arrives for an interval while the channel is up: done
+      then, not at the timeout;
+    - a peer that is not there: never done (the channel is not up); the caller's timeout bounds the wait.
+    A request sent while the channel was down may have gone nowhere (the peer's daemon adds our channel only once
+    it sees us in the cluster state), and entries arriving meanwhile prove nothing (the peer's live updates flow
+    without any request): so when the channel comes up after such a request the peer is asked again (`ask_again`,
+    once per down -> up) and the count starts there; asking twice only costs the peer a second copy of its cache."""
 
-    #: when the first reading after the request showed packets from the peer (None: not heard yet)
-    heard_at: float | None = None
-    #: entries received in the interval ending at the last reading (None before the first heard reading)
+    #: the last request went out while the channel was up (the peer's daemon was there to receive it)
+    asked_up: bool = False
+    #: entries received since the last request
+    received: int = 0
+    #: the first reading since the request (or since the channel came back) with the channel up
+    up_at: float | None = None
+    #: entries received in the interval ending at the last reading (None before `up_at`)
     last_delta: int | None = None
     done: bool = False
+    #: the caller should send the request again now (this progress already counts from it)
+    ask_again: bool = False
 
 
-def step_resync(progress: ResyncProgress, *, old: ChannelStats, new: ChannelStats, at: float,
-                interval_s: float) -> ResyncProgress:
-    """One statistics reading taken at `at` (strictly after the request; `old` is the reading before it)."""
+def step_resync(progress: ResyncProgress, *, old: ChannelStats, new: ChannelStats, at: float, interval_s: float,
+                up: bool) -> ResyncProgress:
+    """One statistics reading taken at `at` (strictly after the request; `old` is the reading before it); `up`:
+    the channel to the peer is up after this reading."""
     if progress.done:
         return progress
-    heard = new.packets_received > old.packets_received
+    # a restarted daemon counts from zero again
     delta = new.received - old.received if new.received >= old.received else new.received
-    if progress.heard_at is None:
-        return ResyncProgress(heard_at=at, last_delta=delta) if heard else progress
-    settled = progress.last_delta is None or delta <= progress.last_delta
-    # the peer need not be heard again: an idle peer has nothing to send after its burst
-    if at - progress.heard_at >= interval_s and settled:
-        return ResyncProgress(heard_at=progress.heard_at, last_delta=delta, done=True)
-    return ResyncProgress(heard_at=progress.heard_at, last_delta=delta)
+    received = progress.received + delta
+    if not up:
+        # never done before the channel is up; a request sent now may be lost: ask again once it is up
+        return ResyncProgress(asked_up=False, received=received)
+    if not progress.asked_up:
+        # asked again now: the answer arrives over the next interval (its burst then counts as growth)
+        return ResyncProgress(asked_up=True, received=received, up_at=at, last_delta=0, ask_again=True)
+    if progress.up_at is None or progress.last_delta is None:
+        return ResyncProgress(asked_up=progress.asked_up, received=received, up_at=at, last_delta=delta)
+    settled = delta <= progress.last_delta
+    return ResyncProgress(asked_up=progress.asked_up, received=received, up_at=progress.up_at, last_delta=delta,
+                          done=settled and at - progress.up_at >= interval_s)
 
 
 def peer_overrides(raw: Mapping[str, IPAddress]) -> tuple[tuple[str, IPAddress], ...]:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from appliance.datapath.plan.nat_order import WORKER_SNAT_PRIORITY
 from appliance.datapath.plan.nft_rendering import TABLE, Element, NftSet, NftTable, addr, mark, net, split_families
+from appliance.datapath.plan.nft_variant import RulesetVariant, jump_elements, source_groups, split_concat
 from appliance.datapath.plan.policy_drops import index as policy_drop_index
 from appliance.datapath.plan.worker import SourceBinding, SourceValidation, WorkerPlan
 
@@ -22,7 +23,8 @@ BRIDGE_DROPS = ("drop_source_spoofed",)
 BRIDGE_FAMILY = "bridge"
 
 
-def worker_table(plan: WorkerPlan) -> NftTable:
+def worker_table(plan: WorkerPlan, variant: RulesetVariant = RulesetVariant.MODERN) -> NftTable:
+    """The worker's `inet egressgw` table (COMPAT: plus its `ip`/`ip6` NAT tables as companions; nft_variant)."""
     m = plan.marks
     base, mask, owned = mark(m.mark_base), mark(m.mark_mask), mark(m.owned_mask)
     c4, c6 = split_families(plan.cluster_cidrs)
@@ -120,7 +122,64 @@ def worker_table(plan: WorkerPlan) -> NftTable:
 \t\tmeta nfproto ipv6 snat ip6 to ip6 saddr
 \t}}"""
     counters = frozenset(WORKER_DROPS) | {e.counter for e in plan.endpoints} | set(drops.labels)
-    return NftTable(role="worker", chains=chains, sets=sets, counters=frozenset(counters))
+    table = NftTable(role="worker", chains=chains, sets=sets, counters=frozenset(counters))
+    return _compat(table, base=base, mask=mask) if variant is RulesetVariant.COMPAT else table
+
+
+# ----- the compat variant (nft_variant): no concatenated interval sets, no NAT in the inet table -----
+
+#: the modern rules replaced in the compat variant: pod . destination lookups become a verdict map pod -> group
+_COMPAT_RULES = {
+    "\t\tmeta mark set ip saddr . ip daddr map @steer4\n": "\t\tip saddr vmap @steer4\n",
+    "\t\tmeta mark set ip6 saddr . ip6 daddr map @steer6\n": "\t\tip6 saddr vmap @steer6\n",
+    "\t\tmeta nfproto ipv4 counter name ip saddr . ip daddr map @pddst4\n":
+        "\t\tmeta nfproto ipv4 ip saddr vmap @pddst4\n",
+    "\t\tmeta nfproto ipv6 counter name ip6 saddr . ip6 daddr map @pddst6\n":
+        "\t\tmeta nfproto ipv6 ip6 saddr vmap @pddst6\n",
+}
+#: per concatenated map: (single-key data type, the group chain's rule with `{set}` for the group's map)
+_GROUPED = {
+    "steer4": ("mark", "meta mark set ip daddr map @{set}"),
+    "steer6": ("mark", "meta mark set ip6 daddr map @{set}"),
+    "pddst4": ("counter", "counter name ip daddr map @{set}"),
+    "pddst6": ("counter", "counter name ip6 daddr map @{set}"),
+}
+
+
+def _compat(table: NftTable, *, base: str, mask: str) -> NftTable:
+    chains, _, _nat = table.chains.partition("\n\tchain postrouting {")
+    chains += "\n"
+    for old, new in _COMPAT_RULES.items():
+        if old not in chains:
+            raise AssertionError(f"compat rendering: rule not found: {old.strip()}")
+        chains = chains.replace(old, new)
+    sets: list[NftSet] = []
+    groups: list[str] = []
+    for s in table.sets:
+        if s.name not in _GROUPED:
+            sets.append(s)
+            continue
+        data_type, rule = _GROUPED[s.name]
+        key_type = s.key_type.split(" . ")[0]
+        names, members = source_groups(s.name, ((src, (dst, v)) for k, v in s.elements
+                                                for src, dst in (split_concat(k),)))
+        sets.append(NftSet(name=s.name, key_type=key_type, data_type="verdict", elements=jump_elements(names)))
+        for name in sorted(members):
+            sets.append(NftSet(name=name, key_type=key_type, data_type=data_type, interval=True,
+                               elements=frozenset(members[name])))
+            groups.append(f"\tchain {name} {{\n\t\t{rule.format(set=name)}\n\t}}")
+    chains = "\n".join([chains.rstrip("\n"), *groups])
+    nat = tuple(
+        NftTable(role=f"worker-nat{v}", family=fam, marker=True, sets=(), counters=frozenset(),
+                 chains=f"""\tchain postrouting {{
+\t\ttype nat hook postrouting priority {WORKER_SNAT_PRIORITY}; policy accept;
+\t\tmeta mark & {mask} != {base} return
+\t\tsnat to {fam} saddr
+\t}}""")
+        for v, fam in ((4, "ip"), (6, "ip6"))
+    )
+    return NftTable(role="worker", chains=chains, sets=tuple(sets), counters=table.counters, marker=True,
+                    companions=nat)
 
 
 # ----- the bridge table: (pod IP, bridge port) bindings -----
@@ -130,7 +189,7 @@ def _binding_key(b: SourceBinding) -> str:
     return f"{addr(b.pod_ip)} . {b.interface}"
 
 
-def worker_bridge_table(bridged: Iterable[SourceBinding]) -> NftTable:
+def worker_bridge_table(bridged: Iterable[SourceBinding], variant: RulesetVariant = RulesetVariant.MODERN) -> NftTable:
     """`bridge egressgw`: a frame whose source is a bound (steered, bridged) pod IP, arriving on any bridge port but
     that pod's, is dropped and counted (`drop_source_spoofed`), whatever its destination.
 
@@ -154,7 +213,8 @@ def worker_bridge_table(bridged: Iterable[SourceBinding]) -> NftTable:
 \t\tip saddr @bound4 ip saddr . iifname != @bindings4 counter name drop_source_spoofed drop
 \t\tip6 saddr @bound6 ip6 saddr . iifname != @bindings6 counter name drop_source_spoofed drop
 \t}"""
-    return NftTable(role="worker-bridge", chains=chains, sets=sets, counters=frozenset(BRIDGE_DROPS))
+    return NftTable(role="worker-bridge", chains=chains, sets=sets, counters=frozenset(BRIDGE_DROPS),
+                    marker=variant is RulesetVariant.COMPAT)
 
 
 def bridge_element_text(s: NftSet, e: Element) -> str:
@@ -169,7 +229,8 @@ def bridge_element_text(s: NftSet, e: Element) -> str:
 def render_bridge_full(table: NftTable) -> str:
     """One `nft -f` transaction replacing `bridge egressgw` (create-if-missing, delete, create): atomic."""
     head = f"{BRIDGE_FAMILY} {TABLE}"
-    out = [f"table {head}", f"delete table {head}", f"table {head} {{", f'\tcomment "{table.comment}"']
+    out = [f"table {head}", f"delete table {head}", f"table {head} {{"]
+    out.append(f"\tchain {table.marker_name} {{\n\t}}" if table.marker else f'\tcomment "{table.comment}"')
     out += [f"\tcounter {c} {{ }}" for c in sorted(table.counters)]
     for s in table.sets:
         body = ", ".join(bridge_element_text(s, e) for e in sorted(s.elements))

@@ -4,8 +4,11 @@ Each member runs the product's `StateSyncDaemons` (one conntrackd per peer, chan
 its namespace (the binary is a wrapper that enters it). A flow is created on a member by real SNATed traffic (a
 socket bound to a "pod" address on the member, our test nft table marking it like the gateway's forward chain does:
 ct mark + `ct event set`, SNAT to the EIP in postrouting). Asserted:
-- the entry appears on the other members with the same NAT binding (EIP and port) and ct mark, IPv4 and IPv6;
+- the entry appears on the other members with the same NAT binding (EIP and port) and ct mark, IPv4 and IPv6
+  flows, over IPv4 sync channels and over IPv6 ones (the members' sync addresses IPv6: `mesh6`);
 - a member whose daemons restart gets entries it missed by the full resync (`conntrackd -n`);
+- a restarting member's announcement gate (`GatewayStateSync.ready`) opens because every resync is done, an idle
+  peer's (nothing to send) included, not because the gate's timeout ran out;
 - a member that disappears is reported lost and does not keep the others from syncing;
 - the gateway nft table's guard: a foreign sender to the sync port is counted (`drop_sync_foreign`) and dropped,
   while the peers' channel keeps working.
@@ -34,6 +37,7 @@ from appliance.datapath.plan.gateway import GatewaySettings, plan_gateway
 from appliance.datapath.plan.gateway_nft import SYNC_EVENTS, gateway_table
 from appliance.datapath.plan.nft_rendering import render_full
 from appliance.datapath.plan.state_sync import StateSyncSettings, plan_state_sync
+from appliance.gateway.state_sync import GatewayStateSync, ReadyReason
 
 pytestmark = pytest.mark.netns
 
@@ -95,8 +99,12 @@ def add_port(ns: str, n: int) -> None:
     sh("ip", "addr", "add", f"2001:db8:55::{n}/64", "dev", "ss0", "nodad", ns=ns)
 
 
-def intent(names: tuple[str, ...] = tuple(MEMBERS)) -> Intent:
-    members = tuple(Member(name=n, address=ip_address(f"198.51.100.{MEMBERS[n]}")) for n in names)
+def member_address(name: str, family: int) -> str:
+    return f"198.51.100.{MEMBERS[name]}" if family == 4 else f"2001:db8:55::{MEMBERS[name]}"
+
+
+def intent(names: tuple[str, ...] = tuple(MEMBERS), family: int = 4) -> Intent:
+    members = tuple(Member(name=n, address=ip_address(member_address(n, family))) for n in names)
     inst = GatewayInstance(name="gw", members=members, eips=(ip_address(EIP4), ip_address(EIP6)), ranking=())
     return Intent(steerings=(), outcomes=(), instances=(inst,), cluster_cidrs=())
 
@@ -111,13 +119,16 @@ class Node:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
-    def start(self, it: Intent) -> None:
+    def make_daemons(self) -> StateSyncDaemons:
         ns = self.ns
-        self.daemons = StateSyncDaemons(
+        return StateSyncDaemons(
             self.state, self.settings, member=self.name,
             interface_of=lambda peer, local: sh("ip", "-j", "route", "get", peer, "from", local, ns=ns)
             .split('"dev":"')[1].split('"')[0],
         )
+
+    def start(self, it: Intent) -> None:
+        self.daemons = self.make_daemons()
         _changes, failures = self.daemons.apply(plan_state_sync(it, member=self.name, settings=self.settings))
         assert not failures, failures
         self.stop = threading.Event()
@@ -136,8 +147,8 @@ class Node:
         return next(s for s in self.daemons.states() if s.peer == name)
 
 
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[dict[str, Node]]:
+def _mesh(tmp_path: Path, family: int) -> Iterator[dict[str, Node]]:
+    """Three members on one bridge, their sync addresses (member addresses) of `family`."""
     if shutil.which("conntrackd") is None or shutil.which("conntrack") is None:
         pytest.fail("conntrackd and conntrack are required (apt install conntrackd conntrack)")
     cleanup()
@@ -160,8 +171,11 @@ def mesh(tmp_path: Path) -> Iterator[dict[str, Node]]:
             settings = StateSyncSettings(binary=str(wrapper), resync_timeout_s=30.0, peer_timeout_s=3.0,
                                          stats_interval_s=0.3)
             nodes[name] = Node(name=name, ns=ns, state=tmp_path / name, settings=settings)
+        for n in MEMBERS:  # IPv6 addresses usable (no DAD; the neighbours answer) before the daemons bind them
+            wait_until(lambda n=n: "tentative" not in sh("ip", "-6", "addr", "show", "dev", "ss0", ns=ns_of(n)),
+                       timeout=10, what=f"{n}'s IPv6 address usable")
         for node in nodes.values():
-            node.start(intent())
+            node.start(intent(family=family))
         for node in nodes.values():
             for other in MEMBERS:
                 if other != node.name:
@@ -172,6 +186,16 @@ def mesh(tmp_path: Path) -> Iterator[dict[str, Node]]:
             with contextlib.suppress(Exception):
                 node.halt()
         cleanup()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[dict[str, Node]]:
+    yield from _mesh(tmp_path, 4)
+
+
+@pytest.fixture
+def mesh6(tmp_path: Path) -> Iterator[dict[str, Node]]:
+    yield from _mesh(tmp_path, 6)
 
 
 def send_udp(ns: str, src: str, dst: str, sport: int) -> None:
@@ -208,6 +232,54 @@ def test_entry_reaches_every_peer_with_nat_binding_and_mark(mesh: dict[str, Node
                what="m1 counts what it sent")
 
 
+@pytest.mark.parametrize(("pod", "server", "eip"), [(POD4, SERVER4, EIP4), (POD6, SERVER6, EIP6)])
+def test_ipv6_sync_channels_carry_the_nat_binding_and_mark(mesh6: dict[str, Node], pod: str, server: str,
+                                                           eip: str) -> None:
+    m1 = mesh6["m1"]
+    assert m1.daemons is not None
+    plan = plan_state_sync(intent(family=6), member="m1", settings=m1.settings)
+    assert plan.channels and all(c.local_address.version == 6 and c.peer_address.version == 6 for c in plan.channels)
+    assert all(s.up and ":" in s.address for s in m1.daemons.states())
+    send_udp(m1.ns, pod, server, 40041)
+    origin = entry(m1.ns, pod, 40041)
+    assert origin is not None and ip_address(origin["snat"]) == ip_address(eip) and origin["mark"] == str(MARK)
+    for peer in ("m2", "m3"):
+        wait_until(lambda p=peer: entry(mesh6[p].ns, pod, 40041) == origin, timeout=20,
+                   what=f"the entry on {peer} over IPv6 with the same NAT binding and mark")
+
+
+def test_ipv6_restarted_member_resyncs_and_the_guard_holds(mesh6: dict[str, Node]) -> None:
+    m1, m2 = mesh6["m1"], mesh6["m2"]
+    m2.halt()
+    send_udp(m1.ns, POD4, SERVER4, 40042)
+    origin = entry(m1.ns, POD4, 40042)
+    m2.start(intent(family=6))
+    wait_until(lambda: entry(m2.ns, POD4, 40042) == origin, timeout=30, what="m2 got the missed entry by resync")
+    # the guard with IPv6 peers: a foreign IPv6 sender to m1's sync port is counted and dropped
+    settings = StateSyncSettings()
+    plan = plan_gateway(intent(family=6), member="m1", workers={}, settings=GatewaySettings(state_sync=settings))
+    subprocess.run(["ip", "netns", "exec", m1.ns, "nft", "-f", "-"], input=render_full(gateway_table(plan)),
+                   text=True, check=True)
+    try:
+        sh("ip", "netns", "add", FOREIGN_NS)
+        add_port(FOREIGN_NS, 9)
+        wait_until(lambda: "tentative" not in sh("ip", "-6", "addr", "show", "dev", "ss0", ns=FOREIGN_NS),
+                   timeout=10, what="the foreign IPv6 address usable")
+        port = plan_state_sync(intent(family=6), member="m1", settings=settings).channel("m2").port  # type: ignore[union-attr]
+        dropped = counter(m1.ns, "drop_sync_foreign")
+        for _ in range(5):
+            code = ("import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+                    f"s.sendto(b'forged state', ('2001:db8:55::1', {port}))")
+            sh("python3", "-c", code, ns=FOREIGN_NS)
+        wait_until(lambda: counter(m1.ns, "drop_sync_foreign") >= dropped + 5, timeout=10,
+                   what="the foreign IPv6 packets counted and dropped")
+        send_udp(m2.ns, POD6, SERVER6, 40043)
+        wait_until(lambda: entry(m1.ns, POD6, 40043) is not None, timeout=20, what="m2's entry on m1 over IPv6")
+    finally:
+        subprocess.run(["ip", "netns", "exec", m1.ns, "nft", "delete", "table", "inet", "egressgw"],
+                       capture_output=True, check=False)
+
+
 def test_unmarked_flows_are_not_synced(mesh: dict[str, Node]) -> None:
     sh("ip", "addr", "add", "100.64.7.3/32", "dev", "lo", ns=mesh["m1"].ns)
     send_udp(mesh["m1"].ns, "100.64.7.3", SERVER4, 40002)  # not marked: no event, never synced
@@ -232,6 +304,29 @@ def test_restarted_member_resyncs(mesh: dict[str, Node]) -> None:
     wait_until(lambda: {s.peer: s.resync for s in daemons.states()}.get("m1") == ResyncState.DONE,
                timeout=30, what="m2's resync from m1 done")
     assert daemons.last_resync_seconds is not None
+
+
+def test_an_idle_peer_does_not_hold_up_announcing(mesh: dict[str, Node]) -> None:
+    """m2 restarts as the gateway service runs it (`GatewayStateSync`): m1 holds a flow m2 missed, m3 holds none
+    and has nothing to send. The gate opens because both resyncs are done (not by its timeout, 30 s + start here),
+    and by then m1's entry is in m2's table."""
+    m2 = mesh["m2"]
+    m2.halt()
+    send_udp(mesh["m1"].ns, POD4, SERVER4, 40015)
+    origin = entry(mesh["m1"].ns, POD4, 40015)
+    assert origin is not None  # m3 SNATs nothing itself: its daemon's cache is empty, its answer nothing
+    daemons = m2.make_daemons()
+    gate = GatewayStateSync(m2.settings, member="m2", state_dir=m2.state, daemons=daemons)
+    m2.daemons = daemons
+    gate.converge(intent())
+    gate.start()
+    try:
+        wait_until(gate.ready, timeout=25, what="m2's announcement gate to open")
+        assert gate.ready_reason == ReadyReason.RESYNC_DONE
+        assert {s.peer: s.resync for s in daemons.states()} == {"m1": ResyncState.DONE, "m3": ResyncState.DONE}
+        assert entry(m2.ns, POD4, 40015) == origin
+    finally:
+        gate.stop()
 
 
 def test_a_lost_peer_does_not_block_the_others(mesh: dict[str, Node]) -> None:
