@@ -31,6 +31,7 @@ from appliance.core.events import EventLogger, error_text
 from appliance.core.intent import Intent
 from appliance.core.model import API_VERSION
 from appliance.core.snapshot import ObjectRef, Snapshot
+from k8s_sync.event_filter import EventFilter
 from k8s_sync.kubeapi import JSON, ApiError, KubeApi
 from k8s_sync.resources import RESOURCES
 from k8s_sync.status_planning import STATUS_KINDS, EventSpec, StatusPlan, StatusWrite, plan_status
@@ -83,6 +84,8 @@ class StatusWriter:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._written: dict[ObjectRef, tuple[str, JSON]] = {}
+        #: which Events are posted (a per-object budget, no repeats): k8s_sync.event_filter
+        self.event_filter = EventFilter()
         self.last_report = WriteReport()
         #: cumulative counts since start (metrics, tests)
         self.totals = {"written": 0, "conflicts": 0, "failed": 0, "events": 0}
@@ -204,7 +207,12 @@ class StatusWriter:
             if result[0]:
                 ok_refs.add(write.ref)
         for event in plan.events:
-            if event.ref in ok_refs and self._record(event):
+            if event.ref not in ok_refs:
+                continue
+            if not self.event_filter.admit(event, self._monotonic()):
+                log.debug("event.suppressed", object=event.ref, reason=event.reason, message=event.message)
+                continue
+            if self._record(event):
                 events += 1
         report = WriteReport(written=written, conflicts=conflicts, failed=failed, events=events)
         if plan.writes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,9 +65,9 @@ class Scenario:
                 self.system.delete(kind, name, obj_ns)
 
 
-@pytest.fixture(scope="package")
-def system() -> Iterator[System]:
-    s = System.up(DEFAULT_TOPOLOGY, prefix="egt-e2-")
+def lab_with_gateway(topology: Path, prefix: str) -> Iterator[System]:
+    """A whole-system lab of `topology` with its scenario's EgressGateway applied; torn down after (fixture body)."""
+    s = System.up(topology, prefix=prefix)
     try:
         s.apply([scenario_gateway(s.scenario)])
         yield s
@@ -74,10 +75,20 @@ def system() -> Iterator[System]:
         s.down()
 
 
-@pytest.fixture
-def scenario(system: System, request: pytest.FixtureRequest) -> Iterator[Scenario]:
+def per_test_objects(system: System, request: pytest.FixtureRequest) -> Iterator[Scenario]:
+    """One test's own namespace, pods and policies in `system`, removed afterwards (fixture body)."""
     sc = Scenario(system, request.node.name)
     try:
         yield sc
     finally:
         sc.cleanup()
+
+
+@pytest.fixture(scope="package")
+def system() -> Iterator[System]:
+    yield from lab_with_gateway(DEFAULT_TOPOLOGY, "egt-e2-")
+
+
+@pytest.fixture
+def scenario(system: System, request: pytest.FixtureRequest) -> Iterator[Scenario]:
+    yield from per_test_objects(system, request)

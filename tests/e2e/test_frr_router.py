@@ -6,21 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.scenarios import measure_failure, policy_manifest, router_next_hop, scenario_gateway, stable_primary
+from lab.scenarios import measure_failure, policy_manifest, router_next_hop, stable_primary
 from lab.system import TOPOLOGIES, System
-from tests.e2e.conftest import DEFAULT_EIP_V4, Scenario
+from tests.e2e.conftest import DEFAULT_EIP_V4, Scenario, lab_with_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
 
 @pytest.fixture(scope="module")
 def frr_system() -> Iterator[System]:
-    s = System.up(TOPOLOGIES / "default-frr.clab.yml", prefix="egt-e2f-")
-    try:
-        s.apply([scenario_gateway(s.scenario)])
-        yield s
-    finally:
-        s.down()
+    yield from lab_with_gateway(TOPOLOGIES / "default-frr.clab.yml", "egt-e2f-")
 
 
 def test_frr_uplink_cut_failover_keeps_the_eip(frr_system: System) -> None:

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from lab.scenarios import policy_manifest, scenario_gateway
+from lab.scenarios import policy_manifest
 from lab.system import TOPOLOGIES, System, api_addresses
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import Scenario, lab_with_gateway, per_test_objects
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -29,21 +29,12 @@ SELECTED, UNSELECTED = "w1p1", "w1p2"
 
 @pytest.fixture(scope="module")
 def dual() -> Iterator[System]:
-    s = System.up(TOPOLOGY, prefix="egt-e2v-")
-    try:
-        s.apply([scenario_gateway(s.scenario)])
-        yield s
-    finally:
-        s.down()
+    yield from lab_with_gateway(TOPOLOGY, "egt-e2v-")
 
 
 @pytest.fixture
 def sc(dual: System, request: pytest.FixtureRequest) -> Iterator[Scenario]:
-    scenario = Scenario(dual, request.node.name)
-    try:
-        yield scenario
-    finally:
-        scenario.cleanup()
+    yield from per_test_objects(dual, request)
 
 
 def _connects(system: System, node: str, address: str, port: int) -> bool:

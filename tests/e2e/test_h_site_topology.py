@@ -19,9 +19,10 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.core.waiting import wait_until
-from lab.scenarios import measure_failure, policy_manifest, router_next_hop, scenario_gateway, stable_primary
+from lab.scenario_spec import default_scenario_path, load_scenario
+from lab.scenarios import measure_failure, policy_manifest, router_next_hop, stable_primary
 from lab.system import TOPOLOGIES, System
-from tests.e2e.conftest import Scenario
+from tests.e2e.conftest import Scenario, lab_with_gateway, per_test_objects
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -30,22 +31,14 @@ SITE = TOPOLOGIES / "site-v6.clab.yml"
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[System]:
-    s = System.up(SITE, prefix="egt-e2s-")
-    try:
-        assert s.scenario.tunnel_family == "ipv6", "site-v6.scenario.yml must ask for the IPv6 underlay"
-        s.apply([scenario_gateway(s.scenario)])
-        yield s
-    finally:
-        s.down()
+    assert load_scenario(default_scenario_path(SITE)).tunnel_family == "ipv6", \
+        "site-v6.scenario.yml must ask for the IPv6 underlay"
+    yield from lab_with_gateway(SITE, "egt-e2s-")
 
 
 @pytest.fixture
 def sc(site: System, request: pytest.FixtureRequest) -> Iterator[Scenario]:
-    scenario = Scenario(site, request.node.name)
-    try:
-        yield scenario
-    finally:
-        scenario.cleanup()
+    yield from per_test_objects(site, request)
 
 
 def _pods_by_worker(system: System) -> dict[str, list[str]]:

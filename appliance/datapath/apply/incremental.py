@@ -121,6 +121,7 @@ class IncrementalWorker:
         self.intent: Intent | None = None
         self.plan: WorkerPlan | None = None
         self.wireguard: dict[str, str] = {}
+        self.bindings: tuple[SourceBinding, ...] | None = None
         #: the per-policy drop counters of the last full plan: counter name -> labels (a delta never creates one)
         self.policy_drops: dict[str, DropLabels] = {}
 
@@ -135,10 +136,16 @@ class IncrementalWorker:
                 return self._delta(self.intent, intent, self.plan)
             except NotIncremental:
                 pass
-        plan = plan_worker(intent, node=self.node, underlay=self.underlay, settings=self.settings,
-                           wireguard_devices=wg, source_bindings=source_bindings)
+        bindings = tuple(source_bindings) if source_bindings is not None else None
+        if (self.plan is not None and wg == self.wireguard and bindings == self.bindings
+                and (intent is self.intent or intent == self.intent)):
+            plan = self.plan  # a resync with nothing new: the applier only checks the kernel against it
+        else:
+            plan = plan_worker(intent, node=self.node, underlay=self.underlay, settings=self.settings,
+                               wireguard_devices=wg, source_bindings=source_bindings)
         result = self.applier.apply(plan, observe=full)
         self.intent, self.plan, self.wireguard = (intent, plan, wg) if not result.failures else (None, None, {})
+        self.bindings = bindings
         self.policy_drops = drop_labels(plan)
         return result
 
@@ -231,8 +238,11 @@ class IncrementalGateway:
                 return self._delta(self.intent, intent, self.plan)
             except NotIncremental:
                 pass
-        plan = plan_gateway(intent, member=self.member, workers=w, settings=self.settings, wireguard_devices=wg,
-                            worker_pod_cidrs=cidrs)
+        if self.plan is not None and same_inputs and (intent is self.intent or intent == self.intent):
+            plan = self.plan  # a resync with nothing new: the applier only checks the kernel against it
+        else:
+            plan = plan_gateway(intent, member=self.member, workers=w, settings=self.settings,
+                                wireguard_devices=wg, worker_pod_cidrs=cidrs)
         result = self.applier.apply(plan, observe=full)
         ok = not result.failures
         self.intent, self.plan = (intent, plan) if ok else (None, None)
