@@ -244,7 +244,7 @@ def run_probe(server: str, *, port: int = DEFAULT_PORT, tcp: bool = False, inter
 class BackgroundProbe:
     """A probe running as `python -m lab.probe` inside a lab node; stop() ends it and returns the report."""
 
-    def __init__(self, lab: ProbeHost, node: str, *, server: str = "203.0.113.2", port: int = DEFAULT_PORT,
+    def __init__(self, lab: ProbeHost, node: str, *, server: str, port: int = DEFAULT_PORT,
                  tcp: bool = False, interval_ms: float = 10.0) -> None:
         self.lab, self.node = lab, node
         self.argv = [sys.executable, "-m", "lab.probe", "--server", server, "--port", str(port),
@@ -289,7 +289,7 @@ def stop_for_json(proc: subprocess.Popen[str] | None, node: str, *, timeout: flo
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="203.0.113.2")
+    parser.add_argument("--server", required=True)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--tcp", action="store_true", help="one long-lived TCP stream instead of UDP datagrams")
     parser.add_argument("--interval-ms", type=float, default=10.0)

@@ -411,7 +411,7 @@ def run_router(router: str, topology: Path, scenarios: tuple[Scenario, ...], rep
         w = set_up_workload(system, failback_hold_s=FAILBACK_HOLD_S)
         b.lab_pod, b.eip = w.lab_pod, w.eip
         b.monitor = RouteMonitor(system, b.eip).start()
-        b.probe = RawProbe(system.lab, b.lab_pod).start()
+        b.probe = RawProbe(system.lab, b.lab_pod, server=system.external_address(4), port=system.ext_port).start()
         records: list[dict[str, Any]] = []
         errors: dict[str, str] = {}
         for sc in scenarios:

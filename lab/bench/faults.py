@@ -282,7 +282,7 @@ def run_faults_bench(out_path: Path, *, quick: bool = False, faults: tuple[str, 
         w = set_up_workload(system)
         wait_steady(system)
         run = Run(system=system, lab_pod=w.lab_pod, eip=w.eip, say=say, windows={}, extra={})
-        probe = RawProbe(system.lab, w.lab_pod).start()
+        probe = RawProbe(system.lab, w.lab_pod, server=system.external_address(4), port=system.ext_port).start()
         for name in chosen:
             say(f"{name}")
             try:

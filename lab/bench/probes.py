@@ -205,7 +205,7 @@ class _Prober:
 class RawProbe:
     """`python -m lab.bench.probes` inside a lab node; stop() returns every probe's fate."""
 
-    def __init__(self, lab: ProbeHost, node: str, *, server: str = "203.0.113.2", port: int = DEFAULT_PORT,
+    def __init__(self, lab: ProbeHost, node: str, *, server: str, port: int = DEFAULT_PORT,
                  interval_ms: float = 10.0) -> None:
         self.lab, self.node = lab, node
         self.argv = [sys.executable, "-m", "lab.bench.probes", "--server", server, "--port", str(port),
@@ -227,7 +227,7 @@ class RawProbe:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.bench.probes", description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="203.0.113.2")
+    parser.add_argument("--server", required=True)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--interval-ms", type=float, default=10.0)
     args = parser.parse_args(argv)

@@ -119,7 +119,7 @@ def test_single_member_restarts_keep_the_eip_and_a_hard_failure_still_withdraws(
                    describe=lambda: why(system, gw))
         assert router_paths(system, EIP) == {gw}  # the instance really has one member
         monitor = RouteMonitor(system, EIP).start()
-        probe = RawProbe(system.lab, pod).start()
+        probe = RawProbe(system.lab, pod, server=system.external_address(4), port=system.ext_port).start()
         time.sleep(1.0)  # normal traffic before the first event
 
         # G01: the service restarted

@@ -11,7 +11,6 @@ The pod-churn fast-path test is not repeated: with COMPAT every pass takes the f
 from __future__ import annotations
 
 import functools
-import shutil
 from collections.abc import Iterator
 from ipaddress import ip_address
 
@@ -62,17 +61,7 @@ def compat_variant() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def bed(compat_variant: None) -> Iterator[Testbed]:
-    for binary in ("ip", "nft", "iperf3", "sysctl"):
-        if shutil.which(binary) is None:
-            pytest.fail(f"{binary} is missing (apt-get install iproute2 nftables iperf3 procps)", pytrace=False)
-    tb = Testbed(prefix="egt-dp-t")
-    try:
-        tb.up()
-        for eip in (EIP4, EIP4B, EIP6):
-            tb.route_eip(eip, "g1")
-        yield tb
-    finally:
-        tb.down()
+    yield from shared.datapath_bed()
 
 
 def _tables(bed: Testbed, node: str) -> str:

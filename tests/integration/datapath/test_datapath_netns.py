@@ -40,6 +40,11 @@ GW = Gw(eips=(EIP4, EIP4B, EIP6), members=("gw1", "gw2"),
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Testbed]:
+    yield from datapath_bed()
+
+
+def datapath_bed() -> Iterator[Testbed]:
+    """The two-worker, two-gateway testbed with the EIPs routed to g1 (a fixture body; torn down afterwards)."""
     for binary in ("ip", "nft", "iperf3", "sysctl"):
         if shutil.which(binary) is None:
             pytest.fail(f"{binary} is missing (apt-get install iproute2 nftables iperf3 procps)", pytrace=False)

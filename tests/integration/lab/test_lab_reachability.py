@@ -96,7 +96,7 @@ def test_probe_reports_source_and_loss(bird_lab: Lab, tcp: bool) -> None:
     # the probe runs until the worker forwarded 30 of its packets (a count, not a duration)
     bird_lab.exec("worker1", ["nft", "-f", "-"], input=COUNT_TABLE)
     try:
-        probe = BackgroundProbe(bird_lab, "w1p1", tcp=tcp).start()
+        probe = BackgroundProbe(bird_lab, "w1p1", server="203.0.113.2", tcp=tcp).start()
         try:
             wait_until(lambda: packets(bird_lab, "worker1", "egt_lb_count") >= 30, timeout=60, interval=0.1,
                        what="30 probe packets forwarded by worker1")
