@@ -33,8 +33,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lab import topogen
 from lab.topogen import IMAGE
 
